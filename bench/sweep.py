@@ -1,0 +1,166 @@
+"""Sweep throughput: DepthScope's depth-shared batched decoding vs the naive per-prompt, per-depth loop.
+
+Both run in one process on the same random model and prompts, side by side, so a noisy machine still
+gives a fair ratio. The naive loop is the seed study's: for each depth, patch the model to k layers,
+then for each prompt call HF ``generate`` alone. The completions must be identical.
+
+    python bench/sweep.py [--quick] [--preset cpu|7b] [--prompts N] [--max-new-tokens N]
+
+The last line is ``speedup_vs_naive: X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from engine.depths import DEFAULT_DEPTHS, layers_from_percent  # noqa: E402
+from engine.generation import encode_prompts, generate  # noqa: E402
+from engine.models import LoadedModel, from_objects, truncated  # noqa: E402
+from engine.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from engine.types import GenerationParams  # noqa: E402
+
+TOPICS = ["bread", "the sea", "a bicycle", "tax forms", "a garden", "chess", "volcanoes", "a birthday party"]
+FORMS = [
+    "Explain {t} to a child.",
+    "Write a short poem about {t}, with a rhyme in every line and a twist at the end.",
+    "What is {t}?",
+    "Give me three facts about {t} that most people do not know, and say where they come from.",
+]
+
+
+def bench_prompts(n: int) -> list[str]:
+    return [
+        FORMS[i % len(FORMS)].format(t=TOPICS[(i // len(FORMS)) % len(TOPICS)]) + f" ({i})" for i in range(n)
+    ]
+
+
+def build_model(preset: str, device: str) -> LoadedModel:
+    tokenizer = build_tiny_tokenizer(vocab_size=2000, corpus=bench_prompts(64) * 4)
+    if preset == "7b":  # a real 7B Llama shape with random weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.for_model(
+            "llama",
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32000,
+            max_position_embeddings=4096,
+            eos_token_id=2,
+        )
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    else:
+        model = build_tiny_model("llama", n_layers=8, hidden_size=256, vocab_size=len(tokenizer))
+    return from_objects(model.to(device), tokenizer, model_id=f"random-{preset}")
+
+
+def naive_loop(
+    loaded: LoadedModel, prompts: list[str], layer_list: list[int], params: GenerationParams
+) -> dict:
+    """One prompt and one depth per HF generate call, the model patched by a context manager."""
+    eos = loaded.tokenizer.eos_token_id
+    out = {}
+    encoded = encode_prompts(loaded.tokenizer, prompts, params)
+    with torch.inference_mode():
+        for k in layer_list:
+            with truncated(loaded, k):
+                for text, ids in zip(prompts, encoded, strict=True):
+                    tensor = torch.tensor([ids], device=loaded.device)
+                    generated = loaded.model.generate(
+                        tensor,
+                        attention_mask=torch.ones_like(tensor),
+                        max_new_tokens=params.max_new_tokens,
+                        do_sample=False,
+                        eos_token_id=list(loaded.eos_token_ids),
+                        pad_token_id=eos,
+                    )[0, len(ids) :].tolist()
+                    cut = next(
+                        (i + 1 for i, t in enumerate(generated) if t in loaded.eos_token_ids), len(generated)
+                    )
+                    out[(text, k)] = tuple(generated[:cut])
+    return out
+
+
+def timed(func, *args, **kwargs):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    result = func(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="8 prompts, 16 tokens: under a minute on 2 cores"
+    )
+    parser.add_argument(
+        "--preset", choices=["cpu", "7b"], default="cpu", help="cpu: 8 layers × 256; 7b: GPU only"
+    )
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument(
+        "--naive-prompts", type=int, default=None, help="time the naive loop on fewer prompts"
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    n_prompts = args.prompts or (8 if args.quick else 32)
+    params = GenerationParams(max_new_tokens=args.max_new_tokens or (16 if args.quick else 32))
+    loaded = build_model(args.preset, args.device)
+    n_layers = loaded.n_layers
+    requested = [layers_from_percent(d, n_layers) for d in DEFAULT_DEPTHS]  # seven, with repeats
+    distinct = list(dict.fromkeys(requested))
+    prompts = bench_prompts(n_prompts)
+    print(
+        f"model: random Llama, {n_layers} layers, hidden {loaded.info.hidden_size}, {loaded.info.dtype}, "
+        f"{args.device}; torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"prompts: {n_prompts}, max_new_tokens: {params.max_new_tokens}, depths % {list(DEFAULT_DEPTHS)} "
+        f"→ layers {requested} ({len(distinct)} distinct)"
+    )
+    print(
+        f"per-depth batching would cost Σk/L = {sum(requested) / n_layers:.2f} full passes "
+        f"({sum(distinct) / n_layers:.2f} for the distinct depths)"
+    )
+
+    generate(loaded, prompts[:2], distinct, params)  # warm-up (allocator, kernels)
+    ours, ours_s = timed(generate, loaded, prompts, distinct, params)
+    _full, full_s = timed(generate, loaded, prompts, [n_layers], params)
+    naive_subset = prompts[: args.naive_prompts or n_prompts]
+    naive, naive_s = timed(naive_loop, loaded, naive_subset, requested, params)
+
+    ours_by_key = {(c.prompt_text, c.layers): c.token_ids for c in ours}
+    mismatches = [key for key, ids in naive.items() if ours_by_key[key] != ids]
+    naive_jobs = len(naive_subset) * len(requested)
+    ours_jobs = n_prompts * len(requested)  # every requested (prompt, depth) answered
+    naive_rate, ours_rate = naive_jobs / naive_s, ours_jobs / ours_s
+    print(f"naive loop:   {naive_jobs} completions in {naive_s:.2f} s = {naive_rate:.2f} completions/s")
+    print(f"depthscope:   {ours_jobs} completions in {ours_s:.2f} s = {ours_rate:.2f} completions/s")
+    print(f"full depth alone: {full_s:.2f} s; depth_overhead: {ours_s / full_s:.2f}")
+    print(f"identical completions: {len(naive) - len(mismatches)}/{len(naive)}")
+    if mismatches:
+        print(f"MISMATCH on {mismatches[:3]}")
+    print(f"speedup_vs_naive: {ours_rate / naive_rate:.2f}")
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
