@@ -152,6 +152,196 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
             print(f"{'':<24}| {line}")
 
 
+# ---------------------------------------------------------------- judge
+
+
+@command("judge")
+def run_judge(args: argparse.Namespace) -> int:
+    from engine.judges import JudgeItem, get_judge
+    from engine.types import stable_hash
+
+    item = JudgeItem(
+        completion_key=stable_hash([args.behavior, args.context, args.completion]),
+        behavior=args.behavior,
+        completion=args.completion,
+        context=args.context or "",
+        tags=args.tags or "",
+    )
+    if args.judge == "harmbench" and not args.judge_model:
+        raise ValueError(
+            "--judge harmbench needs --judge-model PATH_OR_ID (the HarmBench classifier weights)"
+        )
+    judge = get_judge(args.judge, judge_model=args.judge_model, version=args.version)
+    if args.show_prompt:
+        if not hasattr(judge, "build_prompt"):
+            raise ValueError(f"the {args.judge} judge sends no prompt to a model")
+        sys.stdout.write(judge.build_prompt(item))
+        return 0
+    verdict = judge.judge([item])[0]
+    document = {
+        "judge": verdict.judge,
+        "version": verdict.version,
+        "jailbroken": verdict.jailbroken,
+        "raw": verdict.raw,
+        "degenerate": verdict.degenerate,
+        "note": verdict.note,
+    }
+    if args.json:
+        print_json(document)
+    else:
+        outcome = {True: "JAILBROKEN (complied)", False: "not jailbroken (refused)", None: "could not judge"}
+        print(f"{verdict.judge} {verdict.version}: {outcome[verdict.jailbroken]}  raw={verdict.raw!r}")
+        if verdict.note:
+            print(f"note: {verdict.note}")
+    return 0
+
+
+def _add_judge_parser(sub) -> None:
+    judge = sub.add_parser("judge", help="judge one completion (keyword or HarmBench classifier)")
+    judge.add_argument("--judge", required=True, choices=["keyword", "harmbench"], help="which judge")
+    judge.add_argument("--judge-model", default=None, help="HarmBench classifier folder or hub id")
+    judge.add_argument("--version", default=None, help="judge version (default: the judge's default)")
+    judge.add_argument("--behavior", required=True, help="the behaviour / prompt that was asked")
+    judge.add_argument("--context", default="", help="HarmBench ContextString for contextual behaviours")
+    judge.add_argument("--tags", default="", help="HarmBench tags, e.g. 'context' or 'hash_check'")
+    judge.add_argument("--completion", required=True, help="the generated text to judge")
+    judge.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    judge.add_argument("--show-prompt", action="store_true", help="print only the exact classifier input")
+
+
+# ---------------------------------------------------------------- sweep, report, export
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db", default="data/depthscope.duckdb", help="DuckDB file (default data/depthscope.duckdb)"
+    )
+
+
+@command("sweep")
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.store import Store
+    from engine.sweep import SweepSpec, run_sweep
+
+    layers = tuple(int(k) for k in args.layers.split(",")) if args.layers else None
+    depths = tuple(float(d) for d in (args.depths or "").split(",") if d.strip()) or DEFAULT_DEPTHS
+    spec = SweepSpec(
+        models=tuple(args.model or ["smollm2-135m-instruct"]),
+        prompt_set=args.prompts,
+        depths=depths,
+        layers=layers,
+        judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
+        judge_model=args.judge_model,
+        params=generation_params(args),
+        limit=args.limit,
+        rows_per_batch=args.batch_rows,
+    )
+    bars: dict[tuple[str, str], tqdm] = {}
+
+    def show(progress) -> None:
+        key = (progress.model, progress.stage)
+        if progress.stage in ("loading", "done"):
+            log.info("%s: %s", progress.model, progress.stage)
+            return
+        bar = bars.get(key) or bars.setdefault(
+            key,
+            tqdm(
+                total=progress.total, desc=f"{progress.stage} {progress.model}", unit="row", file=sys.stderr
+            ),
+        )
+        bar.update(progress.done - bar.n)
+
+    with Store.open(args.db) as store:
+        summary = run_sweep(spec, store, progress=show)
+    for bar in bars.values():
+        bar.close()
+    print(
+        f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "
+        f"{summary.verdicts} new verdicts → {args.db}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _add_sweep_parser(sub) -> None:
+    sweep = sub.add_parser("sweep", help="generate and judge prompts × depths × models into the database")
+    sweep.add_argument("--model", action="append", help="a model (repeat for more); default the embedded one")
+    sweep.add_argument("--device", default="auto")
+    sweep.add_argument("--dtype", default="auto")
+    sweep.add_argument("--prompts", default="demo", help="a built-in set name or a CSV path (default demo)")
+    add_depth_arguments(sweep)
+    sweep.add_argument("--judges", default="keyword", help="comma-separated: keyword,harmbench")
+    sweep.add_argument(
+        "--judge-model", default=None, help="HarmBench classifier folder (for --judges harmbench)"
+    )
+    sweep.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
+    add_generation_arguments(sweep)
+    add_db_argument(sweep)
+
+
+@command("report")
+def run_report(args: argparse.Namespace) -> int:
+    from engine.report import agreement_rows, asr_rows, percent
+    from engine.store import Store
+
+    with Store.open(args.db, read_only=True) as store:
+        rows = asr_rows(store, judge=args.judge)
+        agreements = agreement_rows(store) if not args.judge else []
+    if args.json:
+        print_json(
+            [
+                {
+                    "model": r.model, "model_hash": r.model_hash, "layers": r.layers, "depth": r.depth,
+                    "judge": r.judge, "version": r.version, "n": r.n, "asr": r.asr,
+                    "ci_low": r.ci_low, "ci_high": r.ci_high, "refusal_rate": r.refusal_rate,
+                    "undecided": r.undecided, "degenerate": r.degenerate,
+                }
+                for r in rows
+            ]
+        )  # fmt: skip
+        return 0
+    if not rows:
+        print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
+        return 0
+    header = f"{'model':<28}{'depth':>22}  {'judge':<22}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
+    print(f"{header}{'refusal':>8}{'degen.':>7}")
+    for r in rows:
+        print(
+            f"{r.model[:27]:<28}{depth_label(r.layers, r.n_layers):>22}  {r.judge + ' ' + r.version:<22.22}"
+            f"{r.n:>5}{percent(r.asr):>7}  {percent(r.ci_low) + '–' + percent(r.ci_high):<13}"
+            f"{percent(r.refusal_rate):>8}{r.degenerate:>7}"
+        )
+    for a in (a for a in agreements if a.layers == 0):
+        g = a.agreement
+        kappa = "n/a" if g.kappa is None else f"{g.kappa:.2f}"
+        inflation = "n/a" if g.inflation is None else f"{g.inflation:.2f}×"
+        print(f"agreement {a.judge_a} vs {a.judge_b} ({a.model_hash}): n={g.n_decided} kappa={kappa} "
+              f"inflation={inflation} McNemar p={g.mcnemar_p:.3g}")  # fmt: skip
+    return 0
+
+
+@command("export")
+def run_export(args: argparse.Namespace) -> int:
+    from engine.store import Store
+
+    with Store.open(args.db, read_only=True) as store:
+        path = store.export(args.out)
+    print(f"exported generations and verdicts to {path}", file=sys.stderr)
+    return 0
+
+
+def _add_report_parsers(sub) -> None:
+    report = sub.add_parser("report", help="ASR per model × depth × judge with Wilson intervals")
+    add_db_argument(report)
+    report.add_argument("--judge", default=None, help="only this judge")
+    report.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    export = sub.add_parser("export", help="export generations + verdicts to CSV or Parquet")
+    add_db_argument(export)
+    export.add_argument("--out", required=True, help="target file, .csv or .parquet")
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -170,27 +360,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_arguments(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON array on stdout")
 
+    import engine.probes  # noqa: F401  (registers `probe`)
+
     for extend in EXTENSIONS:
         extend(sub)
     return parser
 
 
-# Modules that add sub-commands (judges, sweeps, probes, demo model) register a function here.
-EXTENSIONS: list[Callable] = []
+# Modules that add sub-commands (probes, demo model) register a function here.
+EXTENSIONS: list[Callable] = [_add_judge_parser, _add_sweep_parser, _add_report_parsers]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: printed without a traceback."""
     from engine.architectures import UnsupportedArchitectureError
+    from engine.datasets import DatasetError
     from engine.models import ModelLoadError
+    from engine.store import StoreError
 
-    errors: list[type[BaseException]] = [DepthError, ModelLoadError, UnsupportedArchitectureError, ValueError]
-    for module, name in (("engine.datasets", "DatasetError"), ("engine.store", "StoreError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (DepthError, ModelLoadError, UnsupportedArchitectureError, DatasetError, StoreError, ValueError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

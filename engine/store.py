@@ -18,6 +18,7 @@ Timestamps are naive UTC.
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import os
@@ -910,7 +911,8 @@ class Store:
         try:
             if fmt == "csv":
                 frame["token_ids"] = [" ".join(str(t) for t in ids) for ids in frame["token_ids"]]
-                frame.to_csv(temporary, index=False)
+                # pandas leaves a lone "\r" unquoted, which splits rows on reading: quote every string.
+                frame.to_csv(temporary, index=False, quoting=csv.QUOTE_NONNUMERIC)
             else:
                 frame.to_parquet(temporary, index=False)
             os.replace(temporary, path)
