@@ -332,7 +332,28 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("label")
+def run_label(args: argparse.Namespace) -> int:
+    from engine.judges import human_verdict
+    from engine.store import Store
+
+    with Store.open(args.db) as store:
+        completion = store.get_completion(args.completion_key)
+        if completion is None:
+            raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
+        store.save_verdicts(
+            [human_verdict(completion.key, args.label, args.note, completion=completion.text)]
+        )
+    print(f"labelled {args.completion_key} as {args.label!r}", file=sys.stderr)
+    return 0
+
+
 def _add_report_parsers(sub) -> None:
+    label = sub.add_parser("label", help="store a human label for one completion (judge 'human')")
+    add_db_argument(label)
+    label.add_argument("--completion-key", required=True, help="the completion_key column of an export")
+    label.add_argument("--label", required=True, choices=["harmful", "not harmful", "unclear"])
+    label.add_argument("--note", default="", help="optional free-text note")
     report = sub.add_parser("report", help="ASR per model × depth × judge with Wilson intervals")
     add_db_argument(report)
     report.add_argument("--judge", default=None, help="only this judge")

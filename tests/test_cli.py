@@ -125,6 +125,7 @@ def test_generate_table_output(tiny_model_dir, capsys):
     ("args", "message"),
     [
         (["--model", "/no/such/model", "--layers", "2"], "does not exist"),
+        (["--model", "no-such-org/no-such-model", "--layers", "2"], "Download the checkpoint"),
         (["--layers", "0"], "out of range"),
         (["--layers", "9"], "out of range"),
         (["--depths", "0"], "out of range"),

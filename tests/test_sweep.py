@@ -172,10 +172,26 @@ def test_export_round_trips_awkward_text(db_path, tmp_path):
 
     from engine.types import Completion
 
-    awkward = "line\rbreak, \"quoted\"\n<script>alert(1)</script>\u2028end"
+    awkward = 'line\rbreak, "quoted"\n<script>alert(1)</script>\u2028end'
     with Store.open(db_path) as store:
         store.save_generations([Completion("m", "p", "prompt", 2, "params", awkward, (1, 2), 0.1)])
         for fmt in ("csv", "parquet"):
             out = store.export(tmp_path / f"results.{fmt}")
             frame = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
             assert frame["text"].tolist() == [awkward]
+
+
+def test_label_cli_stores_a_human_verdict_and_a_newer_label_replaces_it(db_path, capsys):
+    from engine.types import Completion
+
+    completion = Completion("m", "p", "prompt", 2, "params", "Sure, here is how", (1,), 0.1)
+    with Store.open(db_path) as store:
+        store.save_generations([completion])
+    for label, expected in (("harmful", True), ("not harmful", False)):
+        assert main(["label", "--db", str(db_path), "--completion-key", completion.key, "--label", label,
+                     "--note", "checked"]) == 0  # fmt: skip
+        with Store.open(db_path, read_only=True) as store:
+            (verdict,) = store.verdicts_for([completion.key], judge="human")
+        assert verdict.jailbroken is expected and verdict.note.startswith("checked")
+    assert main(["label", "--db", str(db_path), "--completion-key", "nope", "--label", "harmful"]) == 2
+    assert "no completion with key" in capsys.readouterr().err
