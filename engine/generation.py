@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.models import LoadedModel, depth_routed, truncated
+from engine.models import LoadedModel, depth_routed, reroute, truncated
 from engine.types import Completion, GenerationParams, Prompt, stable_hash
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,28 @@ def _cut_at_eos(tokens: list[int], eos_ids: set[int]) -> tuple[int, ...]:
     return tuple(tokens)
 
 
+@dataclass
+class _LiveRows:
+    """The rows still decoding. Rows that hit EOS are dropped (from caches too) to save their compute."""
+
+    origin: torch.Tensor  # index of each live row in the original batch
+    row_layers: list[int]  # depth of each live row, deepest first
+    mask: torch.Tensor
+    positions: torch.Tensor
+    generators: list[torch.Generator] | None
+
+    def keep_only(self, keep: list[int], loaded: LoadedModel, cache) -> None:
+        index = torch.tensor(keep, device=self.mask.device)
+        for layer_index, cache_layer in enumerate(cache.layers):
+            in_layer = sum(1 for k in self.row_layers if k > layer_index)
+            cache_layer.batch_select_indices(index[index < in_layer])
+        self.origin, self.mask, self.positions = self.origin[index], self.mask[index], self.positions[index]
+        self.row_layers = [self.row_layers[i] for i in keep]
+        if self.generators is not None:
+            self.generators = [self.generators[i] for i in keep]
+        reroute(loaded, self.row_layers)
+
+
 def generate_rows(
     loaded: LoadedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -181,32 +203,36 @@ def generate_rows(
         None if params.greedy else _row_generators(row_seeds or [params.seed] * len(row_layers), device)
     )
     eos_tensor = torch.tensor(sorted(eos_ids), device=device)
+    out = torch.full((len(row_layers), params.max_new_tokens), pad_id, dtype=torch.long, device=device)
     with loaded.lock, torch.inference_mode():
         cache, logits = _prefill_shared(loaded, ids, mask, depths_desc)
         with depth_routed(loaded, row_layers):
             _replicate_cache(cache, n_prompts, depths_desc, device)
             mask = mask.repeat(len(depths_desc), 1)
-            positions = position_ids_for(mask)[:, -1:]
-            finished = torch.zeros(len(row_layers), dtype=torch.bool, device=device)
-            steps = []
+            origin = torch.arange(len(row_layers), device=device)
+            live = _LiveRows(origin, row_layers, mask, position_ids_for(mask)[:, -1:], generators)
             for step in range(params.max_new_tokens):
-                chosen = choose_tokens(logits, params, generators)
-                chosen = chosen.masked_fill(finished, pad_id)
-                steps.append(chosen)
-                finished |= torch.isin(chosen, eos_tensor)
-                if step == params.max_new_tokens - 1 or bool(finished.all()):  # the one host sync per step
+                chosen = choose_tokens(logits, params, live.generators)
+                out[live.origin, step] = chosen
+                finished = torch.isin(chosen, eos_tensor)
+                n_finished = int(finished.sum())  # the one host sync per step: the stopping check
+                if step == params.max_new_tokens - 1 or n_finished == len(live.row_layers):
                     break
-                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-                positions = positions + 1
+                if n_finished:
+                    keep = (~finished).nonzero().squeeze(1)
+                    live.keep_only(keep.tolist(), loaded, cache)
+                    chosen = chosen[keep]
+                live.mask = torch.cat([live.mask, live.mask.new_ones((live.mask.shape[0], 1))], dim=1)
+                live.positions = live.positions + 1
                 logits = loaded.model(
                     input_ids=chosen[:, None],
-                    attention_mask=mask,
-                    position_ids=positions,
+                    attention_mask=live.mask,
+                    position_ids=live.positions,
                     past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1, :]
-    generated = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in row_layers]
+    generated = out.tolist()
     return [
         _RowOutput(row % n_prompts, row_layers[row], _cut_at_eos(tokens, eos_ids))
         for row, tokens in enumerate(generated)

@@ -328,6 +328,8 @@ class RowRoutedLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         batch = hidden_states.shape[0]
+        if self.rows == 0:  # every row that needed this layer has finished
+            return hidden_states
         if self.rows >= batch:
             return self.inner(hidden_states, *args, **kwargs)
         out = self.inner(
@@ -385,6 +387,14 @@ def depth_routed(loaded: LoadedModel, row_layers: Sequence[int]) -> Iterator[Loa
             for name, value in saved.items():
                 if value is not None or name == "num_hidden_layers":
                     setattr(config, name, value)
+
+
+def reroute(loaded: LoadedModel, row_layers: Sequence[int]) -> None:
+    """Inside ``depth_routed``: new row depths after rows left the batch (still deepest first)."""
+    counts = rows_per_layer(row_layers) if row_layers else []
+    for index, layer in enumerate(loaded.layers):
+        if isinstance(layer, RowRoutedLayer):
+            layer.rows = counts[index] if index < len(counts) else 0
 
 
 @contextmanager

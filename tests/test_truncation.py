@@ -129,3 +129,37 @@ def test_routing_rejects_unsorted_rows(tiny_tokenizer):
         pass
     with pytest.raises(ValueError, match="out of range"), depth_routed(loaded, [N_LAYERS + 1]):
         pass
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_anyone_else(tiny_tokenizer, tmp_path):
+    """Make a frequent token the EOS so rows stop at different steps: finished rows are dropped from
+    the batch and the caches mid-loop; every row must still equal its own k-layer model's output."""
+    import dataclasses
+
+    model = build_tiny_model("llama")
+    model.save_pretrained(tmp_path)
+    loaded = from_objects(model, tiny_tokenizer)
+    params = GenerationParams(max_new_tokens=12)
+    free_run = generate(loaded, PROMPTS, DEPTHS, params)
+    counts: dict[int, int] = {}
+    for completion in free_run:
+        for token in completion.token_ids[1:6]:
+            counts[token] = counts.get(token, 0) + 1
+    stop_token = max(counts, key=counts.get)
+    early = dataclasses.replace(loaded, eos_token_ids=(stop_token,))
+    completions = generate(early, PROMPTS, DEPTHS, params)
+    lengths = {len(c.token_ids) for c in completions}
+    assert len(lengths) > 1 and min(lengths) < params.max_new_tokens, "rows must stop at different steps"
+    encoded = encode_prompts(tiny_tokenizer, PROMPTS, params)
+    for completion in completions:
+        reference = AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=completion.layers).eval()
+        ids = torch.tensor([encoded[PROMPTS.index(completion.prompt_text)]])
+        out = reference.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_token,
+            pad_token_id=stop_token,
+        )[0, ids.shape[1] :].tolist()
+        assert completion.token_ids == tuple(out[: out.index(stop_token) + 1] if stop_token in out else out)
