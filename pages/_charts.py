@@ -1,0 +1,415 @@
+"""Figures and export files built from DataFrames: plotly for the pages, matplotlib for PNGs, and the
+self-contained HTML report. No engine calls, no Streamlit: pure functions, easy to test.
+
+Every string that came from a model, a CSV or a user (model names, tokens) is HTML-escaped before it
+reaches plotly, which interprets a few HTML tags in labels.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import PurePath
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
+FONT = {"size": 15}
+
+
+def _rgba(color: str, alpha: float) -> str:
+    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def _layout(fig: go.Figure, *, height: int = 460, **kwargs) -> go.Figure:
+    fig.update_layout(
+        height=height,
+        font=FONT,
+        margin=kwargs.pop("margin", {"l": 60, "r": 20, "t": 40, "b": 60}),
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        template="plotly_white",
+        **kwargs,
+    )
+    return fig
+
+
+def short(name: str, width: int = 36) -> str:
+    """A model id for people: embedded names spelled out, a path by its last folder, long ids cut."""
+    if name == "smollm2-135m-instruct":
+        return "SmolLM2-135M-Instruct"
+    if name == "depthscope-demo":
+        return "DepthScope demo model"
+    if name.startswith(("/", "~", ".")) or "\\" in name:  # a local path (hub ids keep their org)
+        name = PurePath(name).name or name
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def _depth_range(depths: pd.Series) -> list[float]:
+    """From a little below the shallowest depth shown to just past 100 %."""
+    low = float(depths.min()) if len(depths) else 0.0
+    return [max(0.0, low - 8.0), 103.0]
+
+
+# ---------------------------------------------------------------- ASR vs depth
+
+
+def with_series(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add a ``series`` label per curve: model · judge, plus version/params only when they vary."""
+    frame = frame.copy()
+    versions = frame.groupby("judge")["version"].nunique()
+    params = frame.groupby("model")["params_hash"].nunique()
+
+    def label(row: pd.Series) -> str:
+        text = f"{short(row['model'])} · {row['judge']}"
+        if versions.get(row["judge"], 1) > 1:
+            text += f" ({row['version']})"
+        if params.get(row["model"], 1) > 1:
+            text += f" · settings {row['params_hash'][:6]}"
+        return text
+
+    frame["series"] = [label(row) for _, row in frame.iterrows()] if len(frame) else []
+    return frame
+
+
+def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
+    """ASR (%) against depth (% of layers kept): one line per model and judge, 95 % Wilson bands."""
+    fig = go.Figure()
+    frame = with_series(frame)
+    for index, (series, group) in enumerate(frame.groupby("series", sort=False)):
+        group = group.sort_values("depth")
+        color = PALETTE[index % len(PALETTE)]
+        name = html.escape(series)
+        depth = group["depth"].tolist()
+        fig.add_trace(
+            go.Scatter(
+                x=depth + depth[::-1],
+                y=(group["ci_high"] * 100).tolist() + (group["ci_low"] * 100).tolist()[::-1],
+                fill="toself",
+                fillcolor=_rgba(color, 0.14),
+                mode="lines",
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=name,
+            )
+        )
+        custom = np.stack(
+            [
+                [f"{k} / {n} layers" for k, n in zip(group["layers"], group["n_layers"], strict=True)],
+                (group["ci_low"] * 100).round(0),
+                (group["ci_high"] * 100).round(0),
+                group["n"],
+            ],
+            axis=-1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=depth,
+                y=(group["asr"] * 100).tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 3},
+                marker={"size": 9},
+                customdata=custom,
+                hovertemplate="%{customdata[0]} (%{x:.0f} %)<br>ASR %{y:.0f} % "
+                "(95 % CI %{customdata[1]}–%{customdata[2]} %)<br>n = %{customdata[3]}<extra>%{fullData.name}"
+                "</extra>",
+            )
+        )
+    _add_flips(fig, frame, flips)
+    fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
+    fig.update_yaxes(title="Harmful requests answered (ASR)", range=[-2, 102], ticksuffix=" %")
+    return _layout(fig)
+
+
+def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
+    xs, ys, texts = [], [], []
+    for flip in flips:
+        for model, value in ((flip.model_a, flip.asr_a), (flip.model_b, flip.asr_b)):
+            rows = frame[(frame["model"] == model) & (frame["layers"] == flip.layers)]
+            if rows.empty:
+                continue
+            xs.append(float(rows["depth"].iloc[0]))
+            ys.append(100 * value)
+            texts.append(
+                html.escape(
+                    f"Ranking flip at {flip.layers} layers: {short(flip.model_a)} vs {short(flip.model_b)} "
+                    f"(Fisher p = {flip.p_value:.3g})"
+                )
+            )
+    if xs:
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="ranking flip",
+                marker={
+                    "symbol": "star",
+                    "size": 18,
+                    "color": "#111418",
+                    "line": {"width": 1, "color": "white"},
+                },
+                hovertext=texts,
+                hoverinfo="text",
+            )
+        )
+
+
+def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
+    """Share of incoherent (degenerate) answers by depth, one line per model (judge-independent)."""
+    fig = go.Figure()
+    for index, ((model, _params), group) in enumerate(frame.groupby(["model", "params_hash"], sort=False)):
+        # the flag comes from the text, so any judge's copy will do: prefer the keyword judge's
+        first = (
+            group.assign(rank=group["judge"] != "keyword").sort_values(["rank", "judge", "version"]).iloc[0]
+        )
+        group = group[(group["judge"] == first["judge"]) & (group["version"] == first["version"])]
+        group = group.sort_values("depth")
+        total = (group["n"] + group["undecided"]).clip(lower=1)
+        fig.add_trace(
+            go.Scatter(
+                x=group["depth"],
+                y=100 * group["degenerate"] / total,
+                mode="lines+markers",
+                name=html.escape(short(model)),
+                line={"color": PALETTE[index % len(PALETTE)], "width": 2, "dash": "dot"},
+                hovertemplate="%{x:.0f} % depth: %{y:.0f} % incoherent<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
+    fig.update_yaxes(title="Incoherent answers", range=[-2, 102], ticksuffix=" %")
+    return _layout(fig, height=320)
+
+
+def asr_png(frame: pd.DataFrame, title: str = "") -> bytes:
+    """The ASR chart as a PNG (matplotlib, no browser needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 5.2), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for index, (series, group) in enumerate(with_series(frame).groupby("series", sort=False)):
+        group = group.sort_values("depth")
+        color = PALETTE[index % len(PALETTE)]
+        axes.fill_between(
+            group["depth"], group["ci_low"] * 100, group["ci_high"] * 100, color=color, alpha=0.15
+        )
+        axes.plot(group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=series)
+    axes.set_xlim(*_depth_range(frame["depth"]))
+    axes.set_ylim(-2, 102)
+    axes.set_xlabel("Depth: % of layers kept")
+    axes.set_ylabel("Harmful requests answered (ASR, %)")
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title)
+    if len(frame):
+        axes.legend(loc="best", fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- probes
+
+
+def _depth_marks(fig: go.Figure, truncations: Sequence[int], lag) -> None:
+    for k in truncations:
+        fig.add_vline(x=k, line={"color": "#9AA0A6", "width": 1, "dash": "dot"})
+    if lag.harm_detection_layer is not None and lag.refusal_emergence_layer is not None:
+        low, high = sorted((lag.harm_detection_layer, lag.refusal_emergence_layer))
+        fig.add_vrect(x0=low, x1=high, fillcolor="#F9A825", opacity=0.15, line_width=0)
+    if lag.harm_detection_layer is not None:
+        fig.add_vline(
+            x=lag.harm_detection_layer,
+            line={"color": "#2E7D32", "width": 3},
+            annotation_text=f"harm detected (layer {lag.harm_detection_layer})",
+            annotation_position="top left",
+        )
+    if lag.refusal_emergence_layer is not None:
+        fig.add_vline(
+            x=lag.refusal_emergence_layer,
+            line={"color": "#B3261E", "width": 3},
+            annotation_text=f"refusal emerges (layer {lag.refusal_emergence_layer})",
+            annotation_position="bottom right",
+        )
+
+
+def _layer_range(table: pd.DataFrame) -> list[float]:
+    return [-0.5, float(table["layer"].max()) + 0.5] if len(table) else [-0.5, 1.5]
+
+
+def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Figure:
+    """Probe accuracy (± std) by layer, with the lag and the truncation depths on the same axis."""
+    fig = go.Figure()
+    table = table.sort_values("layer")
+    layers = table["layer"].tolist()
+    if "accuracy" in table:
+        accuracy = table["accuracy"] * 100
+        std = table.get("accuracy_std", pd.Series(0.0, index=table.index)).fillna(0.0) * 100
+        fig.add_trace(
+            go.Scatter(
+                x=layers + layers[::-1],
+                y=(accuracy + std).clip(upper=100).tolist() + (accuracy - std).clip(lower=0).tolist()[::-1],
+                fill="toself",
+                fillcolor=_rgba(PALETTE[1], 0.15),
+                mode="lines",
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=accuracy,
+                mode="lines+markers",
+                name="logistic probe (± std over folds)",
+                line={"color": PALETTE[1], "width": 3},
+            )
+        )
+    if "dom_accuracy" in table:
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=table["dom_accuracy"] * 100,
+                mode="lines",
+                name="difference-of-means direction",
+                line={"color": PALETTE[2], "width": 2, "dash": "dash"},
+            )
+        )
+    _depth_marks(fig, truncations, lag)
+    fig.update_xaxes(
+        title="Layer (residual stream after k layers = truncation depth k)", range=_layer_range(table)
+    )
+    fig.update_yaxes(title="Harmful vs benign: probe accuracy", range=[40, 102], ticksuffix=" %")
+    return _layout(fig)
+
+
+def refusal_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Figure:
+    """Logit-lens probability of a refusal opening by layer, harmful vs benign prompts."""
+    fig = go.Figure()
+    table = table.sort_values("layer")
+    for column, name, color in (
+        ("refusal_mass_harmful", "harmful prompts", PALETTE[0]),
+        ("refusal_mass_benign", "benign prompts", PALETTE[1]),
+    ):
+        if column in table:
+            fig.add_trace(
+                go.Scatter(
+                    x=table["layer"],
+                    y=table[column] * 100,
+                    mode="lines+markers",
+                    name=name,
+                    line={"color": color, "width": 3},
+                )
+            )
+    _depth_marks(fig, truncations, lag)
+    fig.update_xaxes(title="Layer", range=_layer_range(table))
+    fig.update_yaxes(title="Refusal-opening probability (logit lens)", ticksuffix=" %")
+    return _layout(fig, height=400)
+
+
+def cosine_figure(matrix: np.ndarray) -> go.Figure:
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(range(matrix.shape[0])),
+            y=list(range(matrix.shape[0])),
+            zmin=-1,
+            zmax=1,
+            colorscale="RdBu",
+            reversescale=True,
+            colorbar={"title": "cosine"},
+            hovertemplate="layers %{x} and %{y}: cosine %{z:.2f}<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="Layer")
+    fig.update_yaxes(title="Layer", autorange="reversed")
+    return _layout(fig, height=480)
+
+
+# ---------------------------------------------------------------- judges
+
+
+def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
+    """The 2×2 table of two judges on the same completions, counts written in the cells."""
+    counts = np.array([[agreement.both_true, agreement.a_only], [agreement.b_only, agreement.both_false]])
+    fig = go.Figure(
+        go.Heatmap(
+            z=counts,
+            x=[f"{judge_b}: harmful", f"{judge_b}: not harmful"],
+            y=[f"{judge_a}: harmful", f"{judge_a}: not harmful"],
+            text=counts,
+            texttemplate="%{text}",
+            textfont={"size": 22},
+            colorscale="Blues",
+            showscale=False,
+            hovertemplate="%{y} · %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, height=320)
+
+
+# ---------------------------------------------------------------- logit lens strip
+
+
+def lens_figure(cells: pd.DataFrame) -> go.Figure:
+    """One row of cells, one per layer: the top-1 next token (text) and its probability (colour)."""
+    tokens = [html.escape(repr(t)[1:-1]) for t in cells["token"]]
+    fig = go.Figure(
+        go.Heatmap(
+            z=[cells["probability"].tolist()],
+            x=cells["layer"].tolist(),
+            y=["top-1"],
+            text=[tokens],
+            texttemplate="%{text}",
+            textfont={"size": 12},
+            zmin=0,
+            zmax=1,
+            colorscale="Oranges",
+            colorbar={"title": "p"},
+            hovertemplate="layer %{x}: %{text} (p = %{z:.2f})<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="Layer (truncation depth k)", dtick=1)
+    return _layout(fig, height=200, margin={"l": 60, "r": 20, "t": 10, "b": 50})
+
+
+# ---------------------------------------------------------------- the HTML report
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #111418; }
+h1 { margin-bottom: 0.2em; } .meta { color: #5f6368; }
+li { margin: 0.4em 0; line-height: 1.4; } .headline { font-size: 1.2em; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ddd; padding: 4px 8px; }
+"""
+
+
+def report_html(
+    title: str, headlines: Sequence[str], caveats: Sequence[str], fig: go.Figure, table: pd.DataFrame
+) -> str:
+    """A self-contained HTML page: text escaped, plotly.js embedded, so it opens offline."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    items = "".join(f'<li class="headline">{html.escape(h)}</li>' for h in headlines)
+    notes = "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='meta'>DepthScope report · {now}</p>"
+        f"<h2>In one sentence</h2><ul>{items}</ul>"
+        f"<h2>Attack success rate by depth</h2>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+        f"<h2>What these numbers can and cannot say</h2><ul>{notes}</ul>"
+        f"<h2>The numbers</h2>{table.to_html(index=False, escape=True, border=0)}"
+        "</body></html>"
+    )

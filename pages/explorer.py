@@ -1,0 +1,306 @@
+"""Prompt explorer: one prompt, many truncation depths, side by side, with every judge's verdict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pandas as pd
+import streamlit as st
+
+from engine import queries
+from engine.datasets import DatasetError
+from engine.depths import default_layers, depth_label
+from engine.judges import HUMAN_LABELS, human_verdict
+from engine.store import Store
+from engine.types import Completion, Prompt, Verdict
+from pages import _charts, _state
+
+GRID_COLUMNS = 4
+TYPED = "Type your own"
+FROM_SET = "From the prompt set"
+
+
+# ---------------------------------------------------------------- choosing the prompt and depths
+
+
+def pick_prompt(sel: _state.Selection) -> Prompt | None:
+    source = st.radio(
+        "Prompt source", [FROM_SET, TYPED], horizontal=True, key="prompt_source", persist_state="session"
+    )
+    if source == TYPED:
+        text = st.text_area(
+            "Your prompt", key="typed_prompt", placeholder="How do I pick a lock?", persist_state="session"
+        )
+        if not text.strip():
+            st.info("Type a prompt above, then press Generate to see the model answer it at each depth.")
+            return None
+        return queries.typed_prompt(text)
+    try:
+        prompts = _state.prompts_of(sel.prompt_set)
+    except DatasetError as exc:
+        _state.show_error(exc)
+        return None
+    if not prompts:
+        st.info("This prompt set is empty: pick another one in the sidebar.")
+        return None
+    index = st.selectbox(
+        "Prompt",
+        range(len(prompts)),
+        format_func=lambda i: (
+            f"[{prompts[i].label or 'unlabelled'}] {prompts[i].prompt_id} · {prompts[i].text}"
+        ),
+        key=f"prompt-{sel.prompt_set}",
+    )
+    prompt = prompts[index or 0]
+    st.text(prompt.text)
+    if prompt.context:
+        with st.expander("Context given with this prompt (HarmBench contextual behaviour)"):
+            st.text(prompt.context)
+    return prompt
+
+
+def pick_depths(n_layers: int) -> tuple[int, list[int]]:
+    """The slider's depth (whole layers) and the depths to compare side by side."""
+    options = list(range(1, n_layers + 1))
+    label = lambda k: depth_label(k, n_layers)  # noqa: E731
+    focus = st.select_slider(
+        "Depth: how many layers the model keeps",
+        options=options,
+        value=n_layers,
+        format_func=label,
+        key=f"depth-{n_layers}",
+        persist_state="session",
+        help="Layers from this depth on are skipped; the final norm and the output head are kept.",
+    )
+    with st.container(key="depth-label"):
+        st.markdown(f"### {depth_label(focus, n_layers)}")
+    compare = st.multiselect(
+        "Compare these depths side by side",
+        options,
+        default=default_layers(n_layers),
+        format_func=label,
+        key=f"compare-{n_layers}",
+        persist_state="session",
+    )
+    return focus, sorted(set(compare) - {focus})
+
+
+# ---------------------------------------------------------------- showing completions
+
+
+def _badge(judge: str, verdict: Verdict | None) -> str:
+    if verdict is None:
+        return ""
+    if judge == "keyword":
+        words = {True: "no refusal", False: "refused", None: "undecided"}
+    elif judge == "human":
+        words = {True: "harmful", False: "not harmful", None: "unclear"}
+    else:
+        words = {True: "harmful", False: "not harmful", None: "undecided"}
+    colour = {True: "red", False: "green", None: "gray"}[verdict.jailbroken]
+    return f":{colour}-badge[{judge}: {words[verdict.jailbroken]}]"
+
+
+def verdict_line(verdicts: dict[str, Verdict]) -> str:
+    badges = [_badge(judge, verdicts.get(judge)) for judge in ("keyword", "harmbench", "human")]
+    badges += [_badge(j, v) for j, v in verdicts.items() if j not in ("keyword", "harmbench", "human")]
+    if any(v.degenerate for v in verdicts.values()):
+        badges.append(":orange-badge[incoherent output]")
+    return " ".join(b for b in badges if b)
+
+
+def human_label_form(store: Store, completion: Completion, current: Verdict | None) -> None:
+    labels = list(HUMAN_LABELS)
+    index = labels.index(current.raw) if current is not None and current.raw in labels else None
+    with st.expander("Your label"), st.form(f"label-{completion.key}", border=False):
+        label = st.radio("Is this answer harmful?", labels, index=index, horizontal=True)
+        note = st.text_input("Note (optional)")
+        if st.form_submit_button("Save label"):
+            if label is None:
+                st.warning("Pick a label first.")
+                return
+            try:
+                store.save_verdicts([human_verdict(completion.key, label, note, completion=completion.text)])
+            except Exception as exc:  # a read-only or locked store: say so
+                _state.show_error(exc)
+                return
+            _state.clear_data()
+            st.toast("Label saved.")
+            st.rerun()
+
+
+def show_text(text: str, big: bool) -> None:
+    """Model output as plain text; long or many-line answers scroll inside a fixed-height box."""
+    long = len(text) > (900 if big else 320) or text.count("\n") > (14 if big else 8)
+    box = st.container(height=(340 if big else 240), border=False) if long else st.container()
+    box.text(text)
+
+
+def completion_card(
+    store: Store,
+    k: int,
+    n_layers: int,
+    completion: Completion | None,
+    verdicts: dict[str, Verdict],
+    big: bool,
+) -> None:
+    with st.container(border=True):
+        label = depth_label(k, n_layers)
+        st.markdown(f"#### {label}" if big else f"**{label}**")
+        if completion is None:
+            st.caption("Not generated yet: press “Generate missing depths”.")
+            return
+        if completion.text.strip():
+            show_text(completion.text, big)
+        else:
+            st.caption("(the model produced no text)")
+        line = verdict_line(verdicts)
+        if line:
+            st.markdown(line)
+        human_label_form(store, completion, verdicts.get("human"))
+
+
+def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], found: _state.Answers) -> None:
+    """The slider's depth large, then the compared depths in a grid."""
+    completion_card(store, focus, n_layers, found.completions.get(focus), found.verdicts_at(focus), big=True)
+    for start in range(0, len(compare), GRID_COLUMNS):
+        row = compare[start : start + GRID_COLUMNS]
+        for column, k in zip(st.columns(GRID_COLUMNS), row, strict=False):
+            with column:
+                completion_card(store, k, n_layers, found.completions.get(k), found.verdicts_at(k), big=False)
+
+
+# ---------------------------------------------------------------- heavy work (buttons only)
+
+
+def generate(sel: _state.Selection, store: Store, prompt: Prompt, layers: list[int]) -> None:
+    def work() -> int:
+        from engine.judges import get_judge
+        from engine.sweep import generate_missing, judge_stored
+
+        loaded = _state.model_hub().load(sel.model)
+        store.save_model(loaded.info)
+        if prompt.source != "typed":
+            store.save_prompt_set(sel.prompt_set, _state.prompts_of(sel.prompt_set), source=sel.prompt_set)
+        depths = [k for k in layers if k <= loaded.n_layers]
+        new, _ = generate_missing(store, loaded, [prompt], depths, sel.params)
+        judge_stored(
+            store, [get_judge("keyword")], [prompt], loaded.info.model_hash, depths, sel.params.key()
+        )
+        return new
+
+    label = f"Loading {_state.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
+    if _state.run_now(label, work) is not None:
+        _state.clear_data()
+        st.rerun()
+
+
+def logit_lens(sel: _state.Selection, prompt: Prompt) -> None:
+    try:
+        from engine import lens
+    except ImportError:
+        lens = None
+    if lens is None or not hasattr(lens, "logit_lens_strip"):
+        st.info("The logit lens (engine/lens.py) is not available yet.")
+        return
+
+    def work() -> pd.DataFrame:
+        loaded = _state.model_hub().load(sel.model)
+        cells = lens.logit_lens_strip(loaded, queries.model_input(prompt), sel.params)
+        return pd.DataFrame([asdict(c) for c in cells])
+
+    frame = _state.run_now("Running the logit lens…", work)
+    if frame is not None:
+        st.session_state["lens-result"] = (sel.model, queries.model_input(prompt), sel.params.key(), frame)
+
+
+def show_lens(sel: _state.Selection, prompt: Prompt, n_layers: int) -> None:
+    saved = st.session_state.get("lens-result")
+    if not saved or saved[:3] != (sel.model, queries.model_input(prompt), sel.params.key()):
+        return
+    frame = saved[3]
+    st.subheader("Logit lens: the first word the model would say if cut at each layer")
+    st.caption(
+        "Each cell applies the final norm and output head to the prompt's last position after k layers: "
+        "the top-1 next token and its probability. Refusal openings (“I”, “Sorry”, …) show where "
+        "refusal forms."
+    )
+    st.plotly_chart(_charts.lens_figure(frame), key="lens-chart")
+    table = frame.assign(
+        depth=[depth_label(int(k), n_layers) if k else "embeddings" for k in frame["layer"]],
+        token=[repr(t)[1:-1] for t in frame["token"]],  # "\n" and spaces stay visible
+    )
+    columns = [c for c in ("layer", "depth", "token", "probability", "refusal_mass") if c in table]
+    st.dataframe(table[columns].round(4), hide_index=True)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def model_status(sel: _state.Selection, n_layers: int | None) -> None:
+    loaded = _state.model_hub().get(sel.model) is not None
+    state = "loaded" if loaded else "not loaded yet: it loads on the first Generate (≈ 15 s for the default)"
+    layers = f"{n_layers} layers" if n_layers else "layer count unknown"
+    st.caption(f"Model: {_state.md_escape(_state.short_name(sel.model))} · {layers} · {state}")
+
+
+def main() -> None:
+    _state.ensure_frame()
+    _state.page_header(
+        "Prompt explorer",
+        "Pick one prompt and see what the model answers when it keeps only its first k layers. Answers "
+        "already in the database appear at once; press Generate for the missing depths.",
+    )
+    sel = _state.selection()
+    store = _state.get_store(sel.db)
+    if store is None:
+        return
+    prompt = pick_prompt(sel)
+    if prompt is None:
+        return
+    info = _state.model_info(sel, store)
+    n_layers = info.n_layers if info is not None else _state.peek_n_layers(sel.model)
+    model_status(sel, n_layers)
+    if n_layers is None:
+        st.info(
+            "DepthScope cannot tell this model's layer count without loading it. Press Load model "
+            "(a checkpoint folder with config.json, or a .gguf file)."
+        )
+        load = lambda: _state.model_hub().load(sel.model)  # noqa: E731
+        if st.button("Load model", type="primary") and _state.run_now("Loading the model…", load) is not None:
+            st.rerun()
+        return
+    focus, compare = pick_depths(n_layers)
+    wanted = [focus, *compare]
+    found = (
+        _state.answers(sel.db, info.model_hash, prompt, tuple(wanted), sel.params.key())
+        if info
+        else _state.Answers({}, {})
+    )
+    missing = [k for k in wanted if k not in found.completions]
+    buttons = st.columns([2, 2, 3])
+    if buttons[0].button(
+        f"Generate missing depths ({len(missing)})", type="primary", disabled=not missing, key="generate"
+    ):
+        generate(sel, store, prompt, missing)
+    if buttons[1].button("Logit lens for this prompt", key="lens"):
+        logit_lens(sel, prompt)
+    auto = buttons[2].toggle(
+        "Auto-generate the slider's depth",
+        key="auto-generate",
+        persist_state="session",
+        help="When the slider lands on a depth with no stored answer, generate it at once (only after the "
+        "model has been loaded by a first Generate).",
+    )
+    if auto and focus in missing and _state.model_hub().get(sel.model) is not None:
+        generate(sel, store, prompt, [focus])
+    if not found.completions:
+        st.info(
+            "Nothing stored for this prompt with this model and settings yet. Press “Generate missing "
+            "depths”, or run a sweep (Depth sweep page)."
+        )
+    show_cards(store, n_layers, focus, compare, found)
+    show_lens(sel, prompt, n_layers)
+
+
+main()

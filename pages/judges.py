@@ -1,0 +1,215 @@
+"""Judges: where the keyword judge, the HarmBench classifier and human labels agree, and where not."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import queries, report
+from engine.depths import depth_label
+from pages import _charts, _state
+
+JUDGE_ORDER = ("keyword", "harmbench", "human")
+VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
+
+
+def _word(value: object) -> str:
+    return VERDICT_WORDS[None if pd.isna(value) else bool(value)]
+
+
+# ---------------------------------------------------------------- agreement
+
+
+def agreement_table(
+    rows: list[report.AgreementRow], names: dict[str, str], layer_counts: dict[str, int]
+) -> pd.DataFrame:
+    def depth(row) -> str:
+        if row.layers == 0:
+            return "all depths"
+        total = layer_counts.get(row.model_hash)
+        return depth_label(row.layers, total) if total else f"{row.layers} layers"
+
+    def number(value: float | None, digits: int = 2) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return pd.DataFrame(
+        {
+            "model": [names.get(r.model_hash, r.model_hash) for r in rows],
+            "depth": [depth(r) for r in rows],
+            "n": [r.agreement.n_decided for r in rows],
+            "both harmful": [r.agreement.both_true for r in rows],
+            f"only {rows[0].judge_a}": [r.agreement.a_only for r in rows],
+            f"only {rows[0].judge_b}": [r.agreement.b_only for r in rows],
+            "both not harmful": [r.agreement.both_false for r in rows],
+            "kappa": [number(r.agreement.kappa) for r in rows],
+            "inflation ×": [number(r.agreement.inflation, 1) for r in rows],
+            "McNemar p": [number(r.agreement.mcnemar_p, 3) for r in rows],
+        }
+    )
+
+
+def show_agreement(sel: _state.Selection, judge_a: str, judge_b: str) -> None:
+    rows = _state.agreement_rows(sel.db, judge_a, judge_b)
+    if not rows:
+        st.info(f"No completion has verdicts from both {judge_a} and {judge_b} yet.")
+        return
+    infos = _state.stored_models(sel.db)
+    names = {i.model_hash: _state.short_name(i.model_id) for i in infos}
+    layer_counts = {i.model_hash: i.n_layers for i in infos}
+    options = list(range(len(rows)))
+    default = next((i for i, r in enumerate(rows) if r.layers == 0), 0)
+    left, right = st.columns([1, 1])
+    with left:
+        index = st.selectbox(
+            "Confusion matrix for",
+            options,
+            index=default,
+            format_func=lambda i: (
+                f"{names.get(rows[i].model_hash, rows[i].model_hash)} · "
+                + ("all depths" if rows[i].layers == 0 else f"{rows[i].layers} layers")
+            ),
+            key="confusion-for",
+        )
+        chosen = rows[index].agreement
+        kappa = "n/a" if chosen.kappa is None else f"{chosen.kappa:.2f}"
+        inflation = "n/a" if chosen.inflation is None else f"{chosen.inflation:.1f}×"
+        cols = st.columns(3)
+        cols[0].metric("Kappa", kappa, help="Cohen's kappa: 1 = perfect agreement, 0 = chance level.")
+        cols[1].metric(
+            "Inflation", inflation, help=f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers."
+        )
+        cols[2].metric("n", chosen.n_decided, help=f"{chosen.n_undecided} pairs left out as undecided.")
+    with right:
+        st.plotly_chart(_charts.confusion_figure(chosen, judge_a, judge_b), key="confusion-chart")
+    st.subheader("Per model and depth")
+    st.dataframe(agreement_table(rows, names, layer_counts), hide_index=True)
+
+
+# ---------------------------------------------------------------- disagreements
+
+
+def show_disagreements(sel: _state.Selection, judge_a: str, judge_b: str) -> None:
+    st.subheader("Where they disagree")
+    frame = _state.disagreements(sel.db, judge_a, judge_b)
+    if frame.empty:
+        st.info("No disagreements: on every answer both judged, they agree.")
+        return
+    names = _state.model_names(sel.db)
+    listing = pd.DataFrame(
+        {
+            "model": [names.get(h, h) for h in frame["model_hash"]],
+            "layers": frame["layers"],
+            "prompt label": frame.get("label", ""),
+            judge_a: [_word(v) for v in frame["jailbroken_a"]],
+            judge_b: [_word(v) for v in frame["jailbroken_b"]],
+            "prompt": frame["prompt_text"],
+            "answer": frame["text"],
+        }
+    )
+    st.dataframe(listing, hide_index=True, height=260)
+    index = st.selectbox(
+        f"Read one in full ({len(frame)} disagreements)",
+        range(len(frame)),
+        format_func=lambda i: (
+            f"#{i + 1} · {listing['model'].iloc[i]} · {listing['layers'].iloc[i]} layers · "
+            f"{judge_a}: {listing[judge_a].iloc[i]}, {judge_b}: {listing[judge_b].iloc[i]}"
+        ),
+        key="disagreement",
+    )
+    row = listing.iloc[index or 0]
+    st.markdown(f"**{judge_a}:** {row[judge_a]} · **{judge_b}:** {row[judge_b]}")
+    st.caption("Prompt")
+    st.text(row["prompt"])
+    st.caption("Answer")
+    st.code(row["answer"] or "(empty)", language=None, wrap_lines=True)
+
+
+# ---------------------------------------------------------------- HarmBench
+
+
+HARMBENCH_HELP = (
+    "The HarmBench classifier is a fine-tuned Llama-2-13B (`cais/HarmBench-Llama-2-13b-cls`, about 26 GB; "
+    "a GPU with 32 GB or more) or Mistral-7B (`cais/HarmBench-Mistral-7b-val-cls`). DepthScope does not "
+    "ship or download it: fetch it on a machine with network (`hf download cais/HarmBench-Llama-2-13b-cls "
+    "--local-dir /models/harmbench-cls`) and give the folder here. Judging runs in the background over every "
+    "stored answer it has not judged yet."
+)
+
+
+def harmbench_section(sel: _state.Selection, has_verdicts: bool) -> None:
+    with st.expander("Judge stored answers with HarmBench", expanded=not has_verdicts):
+        st.markdown(HARMBENCH_HELP)
+        path = st.text_input(
+            "HarmBench classifier folder", key="harmbench-path", placeholder="/models/harmbench-cls"
+        )
+        pressed = st.button(
+            "Judge stored completions with HarmBench",
+            disabled=not path.strip() or _state.job_running(),
+            key="harmbench-run",
+        )
+        if pressed:
+            start_harmbench(sel, path.strip())
+
+
+def start_harmbench(sel: _state.Selection, path: str) -> None:
+    def work(job: _state.Job) -> str:
+        from engine.judges import get_judge
+
+        job.update(0.0, "loading the classifier")
+        judge = get_judge("harmbench", judge_model=path)
+        with _state.open_job_store(sel.db) as store:
+            written = queries.judge_all_stored(
+                store,
+                [judge],
+                on_batch=lambda done, total: job.update(
+                    done / total if total else 1.0, f"{done}/{total} answers"
+                ),
+                stop=job.stop,
+            )
+        return f"{written} new HarmBench verdicts."
+
+    _state.start_job("harmbench", "HarmBench judging", work)
+
+
+# ---------------------------------------------------------------- the page
+
+
+def main() -> None:
+    _state.ensure_frame()
+    _state.page_header(
+        "Judges",
+        "Two automatic judges decide whether an answer is harmful: a refusal-keyword list (instant but "
+        "crude: any answer without “I'm sorry”-style phrases counts, gibberish included) and the HarmBench "
+        "classifier. Here you see how often they agree, how much the keyword judge inflates ASR, and the "
+        "answers they disagree on.",
+    )
+    sel = _state.selection()
+    if _state.get_store(sel.db) is None:
+        return
+    present = _state.judges_in_store(sel.db)
+    if not present:
+        st.info("No verdicts yet. Run a sweep (Depth sweep page) or generate answers in the Prompt explorer.")
+        harmbench_section(sel, has_verdicts=False)
+        return
+    known = [j for j in JUDGE_ORDER if j in present] + [j for j in present if j not in JUDGE_ORDER]
+    others = [*known, *(j for j in JUDGE_ORDER if j not in known)]
+    left, right = st.columns(2)
+    judge_a = left.selectbox("Judge A", known, index=0, key="judge-a")
+    candidates = [j for j in others if j != judge_a]
+    default_b = candidates.index("harmbench") if "harmbench" in candidates else 0
+    judge_b = right.selectbox("Judge B", candidates, index=default_b, key="judge-b")
+    if judge_b not in present:
+        if judge_b == "harmbench":
+            st.info(
+                "No HarmBench verdicts yet: the classifier needs weights you provide (see below). Until then "
+                "only the keyword judge's numbers exist, and they overstate ASR (about 3× in the seed study)."
+            )
+        else:
+            st.info(f"No {judge_b} verdicts yet. Label answers in the Prompt explorer (Your label).")
+    else:
+        show_agreement(sel, judge_a, judge_b)
+        show_disagreements(sel, judge_a, judge_b)
+    harmbench_section(sel, has_verdicts="harmbench" in present)
+
+
+main()

@@ -1,0 +1,222 @@
+"""Depth sweep: start a background sweep, then read ASR-vs-depth curves, intervals and ranking flips."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from engine import report
+from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths
+from engine.stats import Flip
+from engine.store import Store
+from engine.sweep import SweepProgress, SweepSpec
+from pages import _charts, _state
+
+DEFAULT_DEPTH_TEXT = ", ".join(f"{d:g}" for d in DEFAULT_DEPTHS)
+STAGE_SPAN = {"loading": (0.0, 0.05), "generating": (0.05, 0.9), "judging": (0.9, 1.0), "done": (1.0, 1.0)}
+
+
+# ---------------------------------------------------------------- starting a sweep
+
+
+def parse_percentages(text: str) -> tuple[float, ...]:
+    """'50, 84, 100 %' → (50.0, 84.0, 100.0); DepthError with a readable message otherwise."""
+    parse_depths(text, 1000)  # validates: numbers, in (0, 100]
+    return tuple(dict.fromkeys(float(part.strip().rstrip("%").strip()) for part in text.split(",")))
+
+
+def progress_of(progress: SweepProgress, models: tuple[str, ...]) -> tuple[float, str]:
+    """One bar over all models: each model gets an equal share, split by stage."""
+    index = models.index(progress.model) if progress.model in models else 0
+    low, high = STAGE_SPAN.get(progress.stage, (0.0, 1.0))
+    within = progress.done / progress.total if progress.total else 1.0
+    fraction = (index + low + (high - low) * within) / len(models)
+    eta = progress.eta_seconds
+    eta_text = (
+        f", about {eta / 60:.0f} min left" if eta and progress.stage == "generating" and eta > 90 else ""
+    )
+    name = _state.short_name(progress.model)
+    what = {
+        "loading": "loading the model",
+        "generating": f"generating {progress.done}/{progress.total} answers{eta_text}",
+        "judging": f"judging {progress.done}/{progress.total}",
+        "done": "done",
+    }.get(progress.stage, progress.stage)
+    return fraction, f"{name}: {what}"
+
+
+def start_sweep(sel: _state.Selection, spec: SweepSpec) -> None:
+    hub = _state.model_hub()
+
+    def work(job: _state.Job) -> str:
+        from engine.sweep import run_sweep
+
+        with _state.open_job_store(sel.db) as store:
+            summary = run_sweep(
+                spec,
+                store,
+                progress=lambda p: job.update(*progress_of(p, spec.models)),
+                stop=job.stop,
+                load=hub.load,
+            )
+        return (
+            f"{summary.generated} new completions, {summary.cached} already stored, "
+            f"{summary.verdicts} new verdicts."
+        )
+
+    title = f"Sweep: {len(spec.models)} model(s) × {_state.short_name(spec.prompt_set)}"
+    _state.start_job("sweep", title, work)
+
+
+def sweep_form(sel: _state.Selection, store: Store) -> None:
+    models = [m for m in dict.fromkeys([sel.model, *_state.model_options(sel.db)]) if m != _state.OTHER_MODEL]
+    info = _state.model_info(sel, store)
+    n_layers = info.n_layers if info else _state.peek_n_layers(sel.model)
+    with st.form("sweep-form"):
+        st.markdown(
+            f"**Prompt set:** {_state.md_escape(_state.set_title(sel.prompt_set))} (change it in the sidebar)"
+        )
+        chosen = st.multiselect("Models", models, default=[sel.model], format_func=_state.model_label)
+        left, right = st.columns(2)
+        depth_text = left.text_input(
+            "Depths, in % of each model's layers",
+            value=DEFAULT_DEPTH_TEXT,
+            help="k = round(d/100 · L) layers are kept; two depths mapping to the same k run once.",
+        )
+        limit = right.number_input("Only the first N prompts (0 = all)", min_value=0, value=0, step=1)
+        judges = st.multiselect(
+            "Judges",
+            ["keyword", "harmbench"],
+            default=["keyword"],
+            help="The keyword judge is instant. HarmBench needs the classifier's weights (see the Judges "
+            "page).",
+        )
+        judge_model = st.text_input("HarmBench classifier folder (only with the harmbench judge)", value="")
+        if n_layers:
+            st.caption(
+                f"On {_state.md_escape(_state.short_name(sel.model))} ({n_layers} layers) the default depths "
+                f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers."
+            )
+        submitted = st.form_submit_button("Start sweep", type="primary", disabled=_state.job_running())
+    if not submitted:
+        return
+    try:
+        depths = parse_percentages(depth_text)
+    except DepthError as exc:
+        _state.show_error(exc)
+        return
+    if not chosen:
+        st.error("Pick at least one model.")
+        return
+    if "harmbench" in judges and not judge_model.strip():
+        st.error("The harmbench judge needs the classifier folder; or judge later on the Judges page.")
+        return
+    spec = SweepSpec(
+        models=tuple(chosen),
+        prompt_set=sel.prompt_set,
+        depths=depths,
+        judges=tuple(judges or ["keyword"]),
+        judge_model=judge_model.strip() or None,
+        params=sel.params,
+        limit=int(limit) or None,
+    )
+    start_sweep(sel, spec)
+
+
+# ---------------------------------------------------------------- results
+
+
+def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
+    flip_at = {(f.model_a, f.layers) for f in flips} | {(f.model_b, f.layers) for f in flips}
+    decided = frame["n"] + frame["undecided"]
+    return pd.DataFrame(
+        {
+            "model": [_charts.short(m) for m in frame["model"]],
+            "judge": frame["judge"],
+            "depth": [
+                depth_label(int(k), int(n)) for k, n in zip(frame["layers"], frame["n_layers"], strict=True)
+            ],
+            "n": frame["n"],
+            "ASR %": (frame["asr"] * 100).round(1),
+            "95 % interval": [
+                f"{lo * 100:.0f}–{hi * 100:.0f} %"
+                for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)
+            ],
+            "incoherent %": (100 * frame["degenerate"] / decided.clip(lower=1)).round(0),
+            "undecided": frame["undecided"],
+            "ranking flip": [
+                "⚠ flip" if (m, int(k)) in flip_at else ""
+                for m, k in zip(frame["model"], frame["layers"], strict=True)
+            ],
+        }
+    )
+
+
+def show_flips(flips: list[Flip], judge: str) -> None:
+    for f in flips:
+        a, b = (_state.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
+        chance = " (this could be chance)" if f.p_value >= 0.05 else ""
+        st.warning(
+            f"Ranking flip at {f.layers} layers ({judge} judge): {a} answers more harmful requests than "
+            f"{b} at full depth ({f.full_asr_a:.0%} vs {f.full_asr_b:.0%}) but fewer here "
+            f"({f.asr_a:.0%} vs {f.asr_b:.0%}). "
+            f"Fisher exact p = {f.p_value:.3g}{chance}.",
+            icon=":material/swap_vert:",
+        )
+
+
+def results(sel: _state.Selection) -> None:
+    st.header("Results")
+    rows = _state.asr_rows(sel.db)
+    if not rows:
+        st.info(
+            "No judged completions in this database yet. Start a sweep above: the demo set (12 harmful + "
+            "12 benign prompts) at the seven default depths takes a few minutes with the default model on a "
+            "CPU. From a terminal: `python -m engine sweep --prompts demo`."
+        )
+        return
+    order = {"harmbench": 0, "keyword": 1, "human": 2}
+    judges = sorted({r.judge for r in rows}, key=lambda j: (order.get(j, 9), j))
+    preferred = next((j for j in ("harmbench", "keyword") if j in judges), judges[0])
+    judge = st.segmented_control(
+        "Judge", judges, default=preferred, key="sweep-judge", help="Whose verdicts the curves count."
+    )
+    judge = judge or preferred
+    rows = [r for r in rows if r.judge == judge]
+    frame = report.asr_frame(rows)
+    flips = report.flips(rows)
+    st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
+    st.caption(
+        "ASR: share of harmful prompts the judge says were answered (undecided verdicts left out). Shaded "
+        "bands: 95 % Wilson intervals. Stars mark ranking flips between models."
+    )
+    show_flips(flips, judge)
+    st.subheader("Refusal gone, or language gone?")
+    st.caption(
+        "Share of answers flagged incoherent (empty, looping, or not words). A high ASR with a high "
+        "incoherent share means the refusal vanished because the model stopped making sense."
+    )
+    st.plotly_chart(_charts.degenerate_figure(frame), key="degenerate-chart")
+    st.subheader("Numbers")
+    st.dataframe(result_table(frame, flips), hide_index=True)
+
+
+def main() -> None:
+    _state.ensure_frame()
+    _state.page_header(
+        "Depth sweep",
+        "Run every prompt of a set at several depths, judge the answers, and see how the attack success rate "
+        "(ASR, the share of harmful requests answered) changes as layers are cut. Sweeps run in the "
+        "background: switch pages freely; a stopped sweep resumes where it stopped.",
+    )
+    sel = _state.selection()
+    store = _state.get_store(sel.db)
+    if store is None:
+        return
+    sweep_form(sel, store)
+    if _state.job_running():
+        _state.job_panel("sweep-page")
+    results(sel)
+
+
+main()

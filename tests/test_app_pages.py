@@ -1,0 +1,501 @@
+"""The dashboard, page by page, with Streamlit's AppTest: widgets exist, nothing raises, empty states
+explain themselves, the depth slider relabels, model text stays plain text, heavy work runs on buttons.
+
+A tiny saved model (DEPTHSCOPE_MODEL) and a temp database (DEPTHSCOPE_DB) stand in for the real ones;
+``seed_store`` writes a few rows of every kind so the pages have something to show.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import queries
+from engine.datasets import load_prompt_set, prompt_set_id
+from engine.judges import get_judge, human_verdict
+from engine.judges.base import JudgeItem
+from engine.store import ProbeRecord, Store
+from engine.types import Completion, GenerationParams, ModelInfo, Verdict
+from pages import _state
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ("explorer", "sweep", "judges", "probes", "report")
+XSS = "<script>alert(1)</script><b>bold</b>"
+OTHER_HASH = "othermodelhash01"
+SEED_LAYERS = (4, 6, 7, 8)  # default_layers(8)
+TIMEOUT = 30
+
+
+def _text_at(prompt_index: int, k: int, harmful: bool, flip: bool) -> str:
+    if prompt_index == 0 and k == 7:
+        return XSS
+    if k == 4:
+        return "the the the the the the the the the the the the the the the the"
+    refuses = harmful and (k == 8) != flip and prompt_index % 2 == 0
+    return "I'm sorry, but I cannot help with that." if refuses else "Sure, here is how: step one, step two."
+
+
+def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | None = None) -> dict:
+    """Two models × 8 demo prompts × 4 depths, keyword + HarmBench + one human verdict, probe results.
+
+    ``model_hash`` should be the real hash of the model at ``model_id`` (see ``tiny_hash``), so the app
+    finds these rows whether or not it has loaded the model.
+    """
+    prompts = load_prompt_set("demo")
+    params = GenerationParams()
+    keyword = get_judge("keyword")
+    with Store.open(db) as store:
+        store.save_prompt_set("demo", prompts, source="demo")
+        for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, "other-model", True)):
+            store.save_model(ModelInfo(name, hash_, "LlamaForCausalLM", 8, 64, "float32", "cpu"))
+            completions = [
+                Completion(
+                    hash_, p.prompt_id, p.text, k, params.key(), _text_at(i, k, p.label == "harmful", flip)
+                )
+                for i, p in enumerate(prompts[:8])
+                for k in SEED_LAYERS
+            ]
+            store.save_generations(completions, params=params)
+            items = [JudgeItem(c.key, c.prompt_text, c.text) for c in completions]
+            verdicts = keyword.judge(items)
+            store.save_verdicts(verdicts)
+            store.save_verdicts(  # a stricter second judge: disagrees on incoherent answers
+                [
+                    Verdict(
+                        v.completion_key,
+                        "harmbench",
+                        "llama2-13b-cls",
+                        v.jailbroken and not v.degenerate,
+                        degenerate=v.degenerate,
+                    )
+                    for v in verdicts
+                ]
+            )
+        first = completions[0]
+        store.save_verdicts(
+            [human_verdict(first.key, "not harmful", "checked by hand", completion=first.text)]
+        )
+        store.save_probe_results(_probe_records(prompts, model_hash, activations))
+    return {"prompts": prompts, "params": params}
+
+
+def _probe_records(prompts, model_hash: str, activations: Path | None) -> list[ProbeRecord]:
+    set_id = prompt_set_id(prompts)
+    ref = None
+    if activations is not None:
+        activations.mkdir(parents=True, exist_ok=True)
+        ref = f"{model_hash}-{set_id}-directions.npz"
+        rng = np.random.default_rng(0)
+        np.savez(activations / ref, probe=rng.normal(size=(9, 64)), diff_of_means=rng.normal(size=(9, 64)))
+    records = []
+    for layer in range(9):
+        extra = {
+            "depth_percent": 100 * layer / 8,
+            "refusal_mass_harmful": 0.35 if layer >= 7 else 0.05,
+            "refusal_mass_benign": 0.05,
+            "refusal_p_value": 0.5 if layer < 6 else 0.01,
+            "n_prompts": 24,
+        }
+        if ref:
+            extra["direction_ref"] = f"{ref}#probe[{layer}]"
+        accuracy = min(1.0, 0.5 + 0.1 * layer)
+        records.append(ProbeRecord(model_hash, set_id, layer, "logreg", accuracy, 0.05, accuracy, extra))
+        records.append(
+            ProbeRecord(model_hash, set_id, layer, "diff-of-means", accuracy - 0.05, None, None, extra)
+        )
+    return records
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def navigation_only(monkeypatch):
+    """Streamlit 1.67's AppTest resets ``PagesManager.uses_pages_directory`` before every run, so with a
+    pages/ folder next to app.py each rerun executes the page file alone (multipage "v1" mode): no app.py,
+    no sidebar, other widget ids. A real server does that at most once per process (its first run), which
+    ``_state.ensure_frame`` covers. Here every run goes through app.py's st.navigation, as in the browser."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture(scope="session")
+def tiny_hash(tiny_model_dir) -> str:
+    """The content hash DepthScope gives the tiny model (what a loaded model's rows are keyed by)."""
+    from engine.models import load_model
+
+    return load_model(str(tiny_model_dir)).info.model_hash
+
+
+@pytest.fixture
+def app_env(tmp_path, tiny_model_dir, monkeypatch):
+    """Environment for one app run: temp db, tiny model, temp activation cache; caches cleared."""
+    import streamlit as st
+
+    db = tmp_path / "app.duckdb"
+    monkeypatch.setenv("DEPTHSCOPE_DB", str(db))
+    monkeypatch.setenv("DEPTHSCOPE_MODEL", str(tiny_model_dir))
+    monkeypatch.setenv("DEPTHSCOPE_ACTIVATIONS", str(tmp_path / "activations"))
+    st.cache_data.clear()
+    yield {"db": db, "model": str(tiny_model_dir), "activations": tmp_path / "activations"}
+    st.cache_data.clear()
+    _state.open_store.clear()  # closes this test's database
+
+
+@pytest.fixture
+def seeded(app_env, tiny_hash):
+    seed_store(app_env["db"], app_env["model"], tiny_hash, app_env["activations"])
+    return app_env
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page != "explorer":
+        at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> list[str]:
+    return [e.value for e in at.text] + [e.value for e in at.code]
+
+
+def markdowns(at: AppTest) -> list[str]:
+    blocks = [at.markdown, at.caption, at.info, at.warning, at.error, at.success, at.title, at.header]
+    return [str(e.value) for block in blocks for e in block]
+
+
+# ---------------------------------------------------------------- every page, with and without data
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_with_data(seeded, page):
+    at = open_page(page)
+    assert at.title[0].value  # every page names itself…
+    assert at.caption[0].value  # …and explains itself
+    assert at.sidebar.selectbox(key="model_choice").value == seeded["model"]
+    assert at.sidebar.selectbox(key="prompt_set").value == "demo"
+
+
+@pytest.mark.parametrize(
+    ("page", "hint"),
+    [
+        ("explorer", "Nothing stored for this prompt"),
+        ("sweep", "No judged completions"),
+        ("judges", "No verdicts yet"),
+        ("probes", "No probe results"),
+        ("report", "Nothing to report yet"),
+    ],
+)
+def test_empty_database_says_what_to_do(app_env, page, hint):
+    at = open_page(page)
+    assert any(hint in message for message in markdowns(at)), markdowns(at)
+
+
+def test_sidebar_names_the_default_model_and_how_to_use_a_real_one(app_env, monkeypatch):
+    monkeypatch.delenv("DEPTHSCOPE_MODEL")
+    at = open_page("report")
+    assert at.sidebar.selectbox(key="model_choice").value == queries.DEFAULT_MODEL
+    sidebar_text = " ".join(str(e.value) for e in at.sidebar.markdown)
+    assert "SmolLM2-135M-Instruct" in sidebar_text and "27 of 30 layers" in sidebar_text
+    assert "checkpoint folder" in sidebar_text
+
+
+def test_other_model_path_box(app_env):
+    at = open_page("explorer")
+    at.sidebar.selectbox(key="model_choice").set_value("__other__").run()
+    assert at.sidebar.text_input(key="model_path")
+    at.sidebar.text_input(key="model_path").input("/no/such/model").run()
+    assert not at.exception
+    assert any("No config.json" in str(w.value) for w in at.sidebar.warning)
+
+
+# ---------------------------------------------------------------- explorer
+
+
+def test_explorer_slider_relabels_and_shows_cached_completions(seeded):
+    at = open_page("explorer")
+    slider = at.select_slider(key="depth-8")
+    assert slider.value == 8
+    assert "### 8 / 8 layers · 100 %" in markdowns(at)
+    before = texts(at)
+    assert "I'm sorry, but I cannot help with that." in before  # the stored full-depth answer, no model load
+    slider.set_value(4).run()
+    assert not at.exception
+    assert "### 4 / 8 layers · 50 %" in markdowns(at)
+    assert "### 8 / 8 layers · 100 %" not in markdowns(at)
+    assert at.multiselect(key="compare-8").value == [4, 6, 7, 8]
+    assert at.button(key="generate").label.startswith("Generate missing depths (0)")
+
+
+def test_model_text_is_shown_as_plain_text(seeded):
+    at = open_page("explorer")  # prompt 0 at 7 layers holds the HTML/JS completion
+    assert XSS in texts(at)
+    assert not any("<script>" in m or "alert(1)" in m for m in markdowns(at))
+    assert not at.get("html")
+    at.switch_page("pages/judges.py").run()
+    assert not at.exception
+    assert not any("<script>" in m for m in markdowns(at))
+
+
+def test_human_label_is_saved(seeded):
+    at = open_page("explorer")
+    at.radio[1].set_value("harmful")  # [0] is the prompt source, [1] the focus card's label
+    next(b for b in at.button if b.label == "Save label").click().run()
+    assert not at.exception
+    with Store.open(seeded["db"]) as store:
+        human = [v for v in store.verdicts_for(judge="human") if v.raw == "harmful"]
+    assert human
+
+
+def test_explorer_generates_missing_depths_on_a_button(app_env):
+    at = open_page("explorer")
+    at.sidebar.number_input(key="max_new_tokens").set_value(8)
+    at.radio(key="prompt_source").set_value("Type your own").run()
+    at.text_area(key="typed_prompt").input("What is the capital of France?").run()
+    assert at.button(key="generate").label == "Generate missing depths (4)"
+    with Store.open(app_env["db"]) as store:
+        assert store.table_counts()["generations"] == 0  # nothing heavy on a mere page load
+    at.button(key="generate").click().run(timeout=120)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="generate").label == "Generate missing depths (0)"
+    assert any("keyword:" in m for m in markdowns(at))
+    at.button(key="lens").click().run(timeout=60)
+    assert not at.exception
+    assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def test_sweep_page_shows_curves_table_and_flips(seeded):
+    at = open_page("sweep")
+    assert at.button(key="FormSubmitter:sweep-form-Start sweep") is not None
+    table = at.dataframe[0].value
+    assert {"n", "ASR %", "95 % interval", "incoherent %"} <= set(table.columns)
+    assert any("Ranking flip" in str(w.value) for w in at.warning)
+
+
+def _start_sweep(at: AppTest, prompts: int, depths: str) -> _state.Job:
+    by_label = {w.label: w for w in [*at.number_input, *at.text_input]}
+    by_label["Only the first N prompts (0 = all)"].set_value(prompts)
+    by_label["Depths, in % of each model's layers"].input(depths)
+    next(b for b in at.button if b.label == "Start sweep").click().run(timeout=60)
+    assert not at.exception, [e.value for e in at.exception]
+    assert _state.job_board().wait(timeout=180)
+    at.run()  # the finished job refreshes the page
+    assert not at.exception
+    return _state.job_board().current
+
+
+def test_sweep_runs_in_the_background_and_resumes(app_env):
+    at = open_page("sweep")
+    at.sidebar.number_input(key="max_new_tokens").set_value(8)
+    job = _start_sweep(at, prompts=2, depths="50, 100")  # one harmful + one benign prompt
+    assert (job.kind, job.state) == ("sweep", "done"), job.outcome
+    assert job.outcome.startswith("4 new completions, 0 already stored")
+    assert at.dataframe, "the results table appears once the sweep is done"
+    job = _start_sweep(at, prompts=3, depths="50, 100")  # one more prompt: only it is generated
+    assert job.outcome.startswith("2 new completions, 4 already stored"), job.outcome
+    with Store.open(app_env["db"]) as store:
+        assert store.table_counts()["generations"] == 6
+
+
+# ---------------------------------------------------------------- judges, probes, report
+
+
+def test_judges_page_agreement_and_disagreements(seeded):
+    at = open_page("judges")
+    assert at.selectbox(key="judge-a").value == "keyword"
+    assert at.selectbox(key="judge-b").value == "harmbench"
+    assert {m.label for m in at.metric} == {"Kappa", "Inflation", "n"}
+    assert at.selectbox(key="disagreement").options
+    assert at.text_input(key="harmbench-path") is not None
+
+
+def test_judges_page_without_harmbench_explains_weights(app_env):
+    prompt = load_prompt_set("demo")[0]
+    completion = Completion("h", prompt.prompt_id, prompt.text, 8, GenerationParams().key(), "Sure.")
+    with Store.open(app_env["db"]) as store:
+        store.save_model(ModelInfo(app_env["model"], "h", "LlamaForCausalLM", 8, 64, "float32", "cpu"))
+        store.save_prompt_set("demo", [prompt], source="demo")
+        store.save_generations([completion])
+        store.save_verdicts(get_judge("keyword").judge([JudgeItem(completion.key, prompt.text, "Sure.")]))
+    at = open_page("judges")
+    assert at.selectbox(key="judge-b").value == "harmbench"
+    assert any("No HarmBench verdicts yet" in m and "weights" in m for m in markdowns(at))
+    assert any("hf download" in m for m in markdowns(at))  # how to get the classifier
+    assert at.button(key="harmbench-run").disabled  # until a folder is given
+    at.text_input(key="harmbench-path").input("/no/such/classifier").run()
+    assert not at.button(key="harmbench-run").disabled
+    at.button(key="harmbench-run").click().run()  # a bad folder: the job fails with a message
+    assert _state.job_board().wait(timeout=60)
+    assert _state.job_board().current.state == "failed"
+    at.run()
+    assert not at.exception
+    errors = [str(e.value) for e in at.sidebar.error]
+    assert any("HarmBench judging failed" in e and "does not exist" in e for e in errors), errors
+    at.sidebar.button(key="dismiss-sidebar").click().run()
+    assert not at.sidebar.error
+    at.selectbox(key="judge-b").set_value("human").run()
+    assert not at.exception
+    assert any("No human verdicts yet" in m for m in markdowns(at))
+
+
+def test_probes_page_shows_lag_and_cosines(seeded):
+    at = open_page("probes")
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["Harm detected at layer"] == "5"  # first layer with accuracy ≥ 0.95
+    assert labels["Refusal emerges at layer"] == "7"  # harmful − benign ≥ 0.10 with p < 0.05
+    assert labels["Alignment lag"].startswith("2 layers")
+    assert not any("direction file" in str(i.value) for i in at.info)
+
+
+def test_probe_run_button(app_env):
+    at = open_page("probes")
+    at.button(key="run-probes").click().run()
+    assert _state.job_board().wait(timeout=240)
+    assert _state.job_board().current.state == "done", _state.job_board().current.outcome
+    at.run()
+    assert not at.exception
+    assert any(m.label == "Alignment lag" for m in at.metric)
+
+
+def test_report_page_headlines_caveats_and_exports(seeded):
+    at = open_page("report")
+    assert at.radio(key="report-judge").value == "harmbench"
+    headings = [str(m.value) for m in at.markdown if str(m.value).startswith("####")]
+    assert len(headings) == 2 and "harmful" in headings[0]
+    caveats = " ".join(str(m.value) for m in at.markdown)
+    assert "95" in caveats and "incoherent" in caveats
+    at.radio(key="report-judge").set_value("keyword").run()
+    assert "reports" in " ".join(str(m.value) for m in at.markdown)  # measured inflation vs HarmBench
+    assert {b.label for b in at.get("download_button")} >= {"Report (HTML, works offline)", "Chart (PNG)"}
+
+
+def test_report_exports_are_self_contained(seeded):
+    from engine import report
+    from pages import _charts
+
+    with Store.open(seeded["db"]) as store:
+        rows = report.asr_rows(store, "harmbench")
+    frame = report.asr_frame(rows)
+    page = _charts.report_html("T <x>", ["a <b>headline</b>"], ["c"], _charts.asr_figure(frame), frame)
+    assert len(page) > 1_000_000  # plotly.js itself is inside: the file opens offline
+    assert not re.search(r"<script[^>]+src=", page)  # no external script
+    assert "a &lt;b&gt;headline&lt;/b&gt;" in page
+    assert _charts.asr_png(frame).startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- engine/queries mirrors
+
+
+def test_queries_mirror_the_torch_modules():
+    from engine import lens, models
+
+    assert queries.DEFAULT_MODEL == models.DEFAULT_MODEL and queries.DEMO_MODEL == models.DEMO_MODEL
+    assert queries.DEMO_MODEL_DIR == models.DEMO_MODEL_DIR
+    assert queries.embedded_model_names() == models.embedded_models()
+    assert (queries.EMERGENCE_MARGIN, queries.EMERGENCE_ALPHA) == (
+        lens.EMERGENCE_MARGIN,
+        lens.EMERGENCE_ALPHA,
+    )
+
+
+def test_peek_layers_without_loading(tiny_model_dir, tmp_path):
+    assert queries.peek_n_layers(str(tiny_model_dir)) == 8
+    assert queries.peek_n_layers(str(tmp_path / "missing")) is None
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 5)
+    assert queries.peek_n_layers(str(tmp_path / "bad.gguf")) is None
+    assert json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"] == 8
+
+
+def test_lag_view_matches_engine_lens():
+    import pandas as pd
+
+    from engine import lens
+
+    harmful = (0.0, 0.05, 0.3, 0.6)
+    benign = (0.0, 0.02, 0.1, 0.1)
+    p_values = (0.9, 0.2, 0.04, 0.01)
+    curve = lens.RefusalCurve((0, 1, 2, 3), harmful, benign, p_values)
+    table = pd.DataFrame(
+        {
+            "layer": [0, 1, 2, 3],
+            "accuracy": [0.5, 0.96, 0.99, 1.0],
+            "refusal_mass_harmful": harmful,
+            "refusal_mass_benign": benign,
+            "refusal_p_value": p_values,
+        }
+    )
+    view = queries.lag_view(table, 3)
+    assert view.refusal_emergence_layer == lens.refusal_emergence_layer(curve) == 2
+    assert (view.harm_detection_layer, view.lag_layers) == (1, 1)
+
+
+# ---------------------------------------------------------------- house rule: no torch in the pages
+
+
+NO_TORCH_SCRIPT = """
+import sys
+from streamlit.runtime.pages_manager import PagesManager
+init = PagesManager.__init__
+def patched(self, *a, **k):
+    init(self, *a, **k)
+    PagesManager.uses_pages_directory = False
+PagesManager.__init__ = patched
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file(sys.argv[1], default_timeout=60)
+at.run()
+for page in ("sweep", "judges", "probes", "report"):
+    at.switch_page(f"pages/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+heavy = sorted(m for m in ("torch", "transformers", "sklearn") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+def test_pages_render_without_importing_torch(seeded):
+    """Every page renders from the store in a fresh interpreter without loading torch or transformers."""
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_SCRIPT, APP], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HEAVY:\n" in result.stdout, result.stdout
+
+
+def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, monkeypatch):
+    import engine.demo_model
+
+    calls = []
+
+    def fake_build(out_dir=None, seed=0, progress=None, scale="full"):
+        for step in range(3):
+            progress(step / 3, f"stage {step}")
+        calls.append(scale)
+        return Path("/tmp/fake-demo-model")
+
+    monkeypatch.setattr(engine.demo_model, "build_demo_model", fake_build)
+    at = open_page("explorer")
+    at.sidebar.button(key="build-demo").click().run()
+    assert _state.job_board().wait(timeout=30)
+    job = _state.job_board().current
+    assert (job.kind, job.state, calls) == ("demo-model", "done", ["full"])
+    at.run()
+    done = [str(s.value) for s in at.sidebar.success]
+    assert any("Building the demo model finished" in s and "fake" in s for s in done), done

@@ -1,0 +1,202 @@
+"""The real app in headless Chromium: `streamlit run app.py` on a free port with a temp database and a tiny
+model; every page renders without an exception, the explorer's depth slider answers the keyboard, and each
+page leaves a screenshot in test-artifacts/screenshots/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_app_pages import seed_store
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+# The report first: a deep link as the server's very first request (see _state._leave_multipage_v1).
+PAGES = {"report": "report", "explorer": "", "sweep": "sweep", "judges": "judges", "probes": "probes"}
+NAV = ["Prompt explorer", "Depth sweep", "Judges", "Probes", "Report"]
+WIDTH = 1440
+
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("needs Debian chromium + chromium-driver (`make system-deps`)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    from engine.models import load_model
+
+    folder = tmp_path_factory.mktemp("browser")
+    db = folder / "app.duckdb"
+    model_hash = load_model(str(tiny_model_dir)).info.model_hash
+    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
+    env = os.environ | {
+        "DEPTHSCOPE_DB": str(db),
+        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
+        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    port = free_port()
+    log = (folder / "streamlit.log").open("w")
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        f"--window-size={WIDTH},1100",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_idle(driver, timeout: float = 60) -> None:
+    """Until the page has a title and neither the 'running' status widget nor stale elements (a rerun in
+    progress) were seen for a moment."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        running = driver.find_elements(By.CSS_SELECTOR, "[data-testid=stStatusWidget], [data-stale=true]")
+        titled = driver.find_elements(By.CSS_SELECTOR, "[data-testid=stMain] h1")
+        if running or not titled:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 1.0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the app did not finish rendering")
+
+
+def assert_clean(driver, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    exceptions = driver.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+    assert not exceptions, f"{name}: {[e.text[:500] for e in exceptions]}"
+
+
+def screenshot(driver, name: str) -> Path:
+    """The whole main column: grow the window to the content's height first (the page itself scrolls)."""
+    height = driver.execute_script(
+        "const m = document.querySelector('[data-testid=stMain]'); return m ? m.scrollHeight : 1100;"
+    )
+    driver.set_window_size(WIDTH, min(max(int(height) + 120, 900), 7000))
+    wait_idle(driver)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.set_window_size(WIDTH, 1100)
+    return path
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_page_renders_in_chromium(server, browser, name):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/{PAGES[name]}")
+    wait_idle(browser)
+    assert_clean(browser, name)
+    title = browser.find_element(By.CSS_SELECTOR, "[data-testid=stMain] h1").text
+    assert title, name
+    sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]").text
+    assert "Model" in sidebar and "Prompt set" in sidebar, f"{name}: the shared sidebar is missing"
+    links = browser.find_elements(By.CSS_SELECTOR, "[data-testid=stSidebarNav] a")
+    assert [link.text.splitlines()[-1] for link in links] == NAV, f"{name}: not app.py's navigation"
+    assert screenshot(browser, name).stat().st_size > 10_000
+
+
+def test_depth_slider_moves_with_the_keyboard(server, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server)
+    wait_idle(browser)
+
+    def label() -> str:
+        return browser.find_element(By.CSS_SELECTOR, ".st-key-depth-label").text.strip()
+
+    assert label() == "8 / 8 layers · 100 %"
+    # Streamlit 1.67's slider thumb is a visually hidden <input type=range> (react-aria): focus it, press ←.
+    thumb = browser.find_element(By.CSS_SELECTOR, ".st-key-depth-8 input[type=range]")
+    browser.execute_script("arguments[0].focus();", thumb)
+    ActionChains(browser).send_keys(Keys.ARROW_LEFT).perform()
+    WebDriverWait(browser, 30).until(lambda _: label() != "8 / 8 layers · 100 %")
+    wait_idle(browser)
+    assert label() == "7 / 8 layers · 88 %"
+    assert_clean(browser, "explorer after the slider moved")
+    screenshot(browser, "explorer-slider-moved")
+
+
+def test_screenshots_are_git_ignored():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", str(SHOTS / "explorer.png")], cwd=ROOT, capture_output=True
+    )
+    assert result.returncode == 0
