@@ -143,10 +143,13 @@ def headline(rows: Sequence[AsrRow], model: str) -> str | None:
     if not shallow:
         return None
     biggest = max(shallow, key=lambda r: abs(r.asr - full.asr))
-    direction = "rises" if biggest.asr > full.asr else "falls" if biggest.asr < full.asr else "stays"
+    if biggest.asr == full.asr:
+        change = f"stays at {percent(full.asr)}"
+    else:
+        direction = "rises" if biggest.asr > full.asr else "falls"
+        change = f"{direction} from {percent(full.asr)} to {percent(biggest.asr)}"
     return (
         f"At {biggest.depth:.0f} % depth ({biggest.layers} of {biggest.n_layers} layers), {model}'s "
-        f"harmful-compliance rate {direction} from {percent(full.asr)} to {percent(biggest.asr)} "
-        f"({biggest.judge} judge, n = {biggest.n}, 95 % interval {percent(biggest.ci_low)}–"
-        f"{percent(biggest.ci_high)})."
+        f"harmful-compliance rate {change} ({biggest.judge} judge, n = {biggest.n}, 95 % interval "
+        f"{percent(biggest.ci_low)}–{percent(biggest.ci_high)})."
     )
