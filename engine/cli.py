@@ -381,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_arguments(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON array on stdout")
 
+    import engine.demo_model  # noqa: F401  (registers `demo-model`)
     import engine.probes  # noqa: F401  (registers `probe`)
 
     for extend in EXTENSIONS:
