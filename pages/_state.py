@@ -38,6 +38,7 @@ from engine.datasets import (
     prompt_set_available,
     to_csv,
 )
+from engine.paths import PathNotAllowedError, check_allowed, looks_like_path
 from engine.store import DEFAULT_DB_PATH, Store, StoreError, StoreLockedError
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
 from pages import _charts
@@ -134,7 +135,8 @@ def selection() -> Selection:
     state = st.session_state
     model = state.get("model_choice", default_model())
     if model == OTHER_MODEL:
-        model = (state.get("model_path") or "").strip() or default_model()
+        model = (state.get("model_path") or "").strip()
+        model = model if model and path_problem(model, "model path") is None else default_model()
     return Selection(
         model=model,
         prompt_set=state.get("prompt_set", "demo"),
@@ -157,6 +159,7 @@ def _close_store(store: Store) -> None:
 @st.cache_resource(max_entries=4, show_spinner=False, on_release=_close_store)
 def open_store(db: str) -> Store:
     """Read-write when possible; read-only while another process (a CLI sweep) holds the file."""
+    allowed_db(db)
     try:
         return Store.open(db, lock_timeout_s=1.0)
     except StoreLockedError:
@@ -166,10 +169,22 @@ def open_store(db: str) -> Store:
 atexit.register(open_store.clear)  # close the databases when the server stops
 
 
+def path_problem(text: str, what: str) -> str | None:
+    """Why a path typed in a page may not be opened (outside data/ and the allow-list), else None."""
+    if not looks_like_path(text):
+        return None  # a hub id or a name, not a file of this machine
+    try:
+        check_allowed(text, what)
+    except PathNotAllowedError as exc:
+        return str(exc)
+    return None
+
+
 def get_store(db: str | None = None) -> Store | None:
     """The store of the selected database, or None after showing why it cannot be opened."""
+    db = db or selection().db
     try:
-        return open_store(db or selection().db)
+        return open_store(db)
     except StoreError as exc:
         show_error(exc)
         st.info("Pick another database file in the sidebar (Settings), or close the program using it.")
@@ -178,7 +193,16 @@ def get_store(db: str | None = None) -> Store | None:
 
 def open_job_store(db: str) -> Store:
     """A background job's own connection to the database; use it in a ``with`` block."""
+    allowed_db(db)
     return Store.open(db, lock_timeout_s=5.0)
+
+
+def allowed_db(db: str) -> None:
+    """Every way the pages open a database passes here: only data/ and the allow-list."""
+    try:
+        check_allowed(db, "database file")
+    except PathNotAllowedError as exc:
+        raise StoreError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- models and heavy work
@@ -555,6 +579,8 @@ def _model_picker(db: str) -> None:
         )
         if not path.strip():
             st.caption(f"Type a path; until then {model_label(default_model())} is used.")
+        elif problem := path_problem(path, "model path"):
+            st.error(f"{problem} Until then {model_label(default_model())} is used.")
         elif queries.peek_n_layers(path) is None and (path.startswith(("/", "~", ".")) or "\\" in path):
             st.warning("No config.json or .gguf file found there yet.")
     if selection().model == queries.DEFAULT_MODEL:

@@ -148,7 +148,10 @@ def harmbench_section(sel: _state.Selection, has_verdicts: bool) -> None:
             key="harmbench-run",
         )
         if pressed:
-            start_harmbench(sel, path.strip())
+            if problem := _state.path_problem(path, "classifier folder"):
+                st.error(problem)
+            else:
+                start_harmbench(sel, path.strip())
 
 
 def start_harmbench(sel: _state.Selection, path: str) -> None:

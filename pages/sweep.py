@@ -111,6 +111,9 @@ def sweep_form(sel: _state.Selection, store: Store) -> None:
     if "harmbench" in judges and not judge_model.strip():
         st.error("The harmbench judge needs the classifier folder; or judge later on the Judges page.")
         return
+    if judge_model.strip() and (problem := _state.path_problem(judge_model, "classifier folder")):
+        st.error(problem)
+        return
     spec = SweepSpec(
         models=tuple(chosen),
         prompt_set=sel.prompt_set,

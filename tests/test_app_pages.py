@@ -216,13 +216,27 @@ def test_sidebar_names_the_default_model_and_how_to_use_a_real_one(app_env, monk
     assert "checkpoint folder" in sidebar_text
 
 
-def test_other_model_path_box(app_env):
+def test_other_model_path_box(app_env, monkeypatch):
+    monkeypatch.setenv("DEPTHSCOPE_ALLOWED_PATHS", "/no")
     at = open_page("explorer")
     at.sidebar.selectbox(key="model_choice").set_value("__other__").run()
     assert at.sidebar.text_input(key="model_path")
     at.sidebar.text_input(key="model_path").input("/no/such/model").run()
     assert not at.exception
     assert any("No config.json" in str(w.value) for w in at.sidebar.warning)
+
+
+def test_paths_outside_data_and_the_allow_list_are_refused(app_env):
+    at = open_page("explorer")
+    at.sidebar.selectbox(key="model_choice").set_value("__other__").run()
+    at.sidebar.text_input(key="model_path").input("/etc").run()
+    assert any("outside the folders" in str(e.value) for e in at.sidebar.error)
+    assert not at.exception
+    target = Path("/tmp/depthscope-not-allowed.duckdb")
+    target.unlink(missing_ok=True)
+    at.sidebar.text_input(key="db").input(str(target)).run()
+    assert any("outside the folders" in str(e.value) for e in at.error)
+    assert not target.exists() and not at.exception
 
 
 # ---------------------------------------------------------------- explorer
