@@ -342,7 +342,7 @@ def test_judges_page_agreement_and_disagreements(seeded):
     assert at.text_input(key="harmbench-path") is not None
 
 
-def test_judges_page_without_harmbench_explains_weights(app_env):
+def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
     prompt = load_prompt_set("demo")[0]
     completion = Completion("h", prompt.prompt_id, prompt.text, 8, GenerationParams().key(), "Sure.")
     with Store.open(app_env["db"]) as store:
@@ -357,7 +357,10 @@ def test_judges_page_without_harmbench_explains_weights(app_env):
     assert at.button(key="harmbench-run").disabled  # until a folder is given
     at.text_input(key="harmbench-path").input("/no/such/classifier").run()
     assert not at.button(key="harmbench-run").disabled
-    at.button(key="harmbench-run").click().run()  # a bad folder: the job fails with a message
+    at.button(key="harmbench-run").click().run()  # outside data/ and the allow-list: refused at once
+    assert any("outside the folders" in str(e.value) for e in at.error)
+    monkeypatch.setenv("DEPTHSCOPE_ALLOWED_PATHS", "/no")
+    at.button(key="harmbench-run").click().run()  # allowed but missing: the job fails with a message
     assert _state.job_board().wait(timeout=60)
     assert _state.job_board().current.state == "failed"
     at.run()
@@ -493,9 +496,10 @@ def test_pages_render_without_importing_torch(seeded):
     assert "HEAVY:\n" in result.stdout, result.stdout
 
 
-def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, monkeypatch):
+def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, monkeypatch, tmp_path):
     import engine.demo_model
 
+    monkeypatch.setattr(queries, "DEMO_MODEL_DIR", tmp_path / "not-built")  # as on a fresh clone
     calls = []
 
     def fake_build(out_dir=None, seed=0, progress=None, scale="full"):
