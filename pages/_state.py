@@ -38,14 +38,13 @@ from engine.datasets import (
     prompt_set_available,
     to_csv,
 )
-from engine.paths import PathNotAllowedError, check_allowed, looks_like_path
+from engine.paths import REPO_ROOT, PathNotAllowedError, check_allowed, looks_like_path
 from engine.store import DEFAULT_DB_PATH, Store, StoreError, StoreLockedError
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
 from pages import _charts
 
 log = logging.getLogger("depthscope.app")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_DB = "DEPTHSCOPE_DB"
 ENV_MODEL = "DEPTHSCOPE_MODEL"
 ENV_ACTIVATIONS = "DEPTHSCOPE_ACTIVATIONS"
