@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePath
 
@@ -294,9 +294,24 @@ def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Fig
     return _layout(fig)
 
 
-def refusal_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Figure:
-    """Logit-lens probability of a refusal opening by layer, harmful vs benign prompts."""
+def refusal_figure(
+    table: pd.DataFrame, lag, truncations: Sequence[int], swept: Mapping[int, float] | None = None
+) -> go.Figure:
+    """Logit-lens probability of a refusal opening by layer, harmful vs benign prompts; with ``swept``
+    (layers k → share of harmful prompts refused when truncated at k) the sweep's refusal rate too.
+    Residual l is exactly what a model truncated at k = l feeds its head, so both share one axis."""
     fig = go.Figure()
+    if swept:
+        layers = sorted(swept)
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=[100 * swept[k] for k in layers],
+                mode="lines+markers",
+                name="harmful prompts refused when truncated here (sweep, keyword judge)",
+                line={"color": PALETTE[2], "width": 2, "dash": "dash"},
+            )
+        )
     table = table.sort_values("layer")
     for column, name, color in (
         ("refusal_mass_harmful", "harmful prompts", PALETTE[0]),

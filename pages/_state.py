@@ -605,6 +605,8 @@ def _prompt_set_picker(db: str) -> None:
     if current and current not in options:
         options.append(current)
     st.selectbox("Prompt set", options, index=options.index("demo"), format_func=set_title, key="prompt_set")
+    if info := BUILTIN_SETS.get(st.session_state.get("prompt_set", "demo")):
+        st.caption(f"{info.description} Source: {info.source}. Licence: {info.licence}.")
     with st.expander("Use your own prompts (CSV)"):
         st.file_uploader(
             "Upload a prompt CSV",

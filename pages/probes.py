@@ -85,7 +85,12 @@ def show_results(sel: _state.Selection, table: pd.DataFrame, info: ModelInfo) ->
     st.plotly_chart(_charts.probe_figure(table, lag, truncations), key="probe-chart")
     st.subheader("When does refusal appear? (logit lens)")
     if "refusal_mass_harmful" in table:
-        st.plotly_chart(_charts.refusal_figure(table, lag, truncations), key="refusal-chart")
+        swept = {
+            row.layers: row.refusal_rate
+            for row in _state.asr_rows(sel.db, "keyword")
+            if row.model_hash == info.model_hash and row.n
+        }
+        st.plotly_chart(_charts.refusal_figure(table, lag, truncations, swept), key="refusal-chart")
     else:
         st.info("These probe results carry no refusal curve: run the probes again.")
     st.subheader("Do the layers agree on the direction? (cosine between probe directions)")

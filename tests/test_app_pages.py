@@ -214,6 +214,11 @@ def test_sidebar_names_the_default_model_and_how_to_use_a_real_one(app_env, monk
     sidebar_text = " ".join(str(e.value) for e in at.sidebar.markdown)
     assert "SmolLM2-135M-Instruct" in sidebar_text and "27 of 30 layers" in sidebar_text
     assert "checkpoint folder" in sidebar_text
+    captions = " ".join(str(e.value) for e in at.sidebar.caption)
+    assert "Licence: MIT" in captions  # every built-in set names its source and licence
+    at.sidebar.selectbox(key="prompt_set").set_value("harmbench-val").run()
+    captions = " ".join(str(e.value) for e in at.sidebar.caption)
+    assert "HarmBench" in captions and "centerforaisafety" in captions
 
 
 def test_other_model_path_box(app_env, monkeypatch):
@@ -381,6 +386,11 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     assert labels["Refusal emerges at layer"] == "7"  # harmful − benign ≥ 0.10 with p < 0.05
     assert labels["Alignment lag"].startswith("2 layers")
     assert not any("direction file" in str(i.value) for i in at.info)
+    charts = {chart.proto.id: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+    refusal = next(spec for spec in charts.values() if "logit lens" in json.dumps(spec["layout"]))
+    swept = next(t for t in refusal["data"] if "sweep" in t["name"])
+    # seeded keyword verdicts: at full depth the 4 harmful prompts refuse, below it none do
+    assert dict(zip(swept["x"], swept["y"], strict=True)) == {4: 0.0, 6: 0.0, 7: 0.0, 8: 100.0}
 
 
 def test_probe_run_button(app_env):
