@@ -283,7 +283,7 @@ def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Fig
                 y=table["dom_accuracy"] * 100,
                 mode="lines",
                 name="difference-of-means direction",
-                line={"color": PALETTE[2], "width": 2, "dash": "dash"},
+                line={"color": PALETTE[3], "width": 2, "dash": "dash"},
             )
         )
     _depth_marks(fig, truncations, lag)
@@ -308,8 +308,8 @@ def refusal_figure(
                 x=layers,
                 y=[100 * swept[k] for k in layers],
                 mode="lines+markers",
-                name="harmful prompts refused when truncated here (sweep, keyword judge)",
-                line={"color": PALETTE[2], "width": 2, "dash": "dash"},
+                name="refused when truncated here (sweep)",
+                line={"color": PALETTE[3], "width": 2, "dash": "dash"},
             )
         )
     table = table.sort_values("layer")
