@@ -283,7 +283,7 @@ def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Fig
                 y=table["dom_accuracy"] * 100,
                 mode="lines",
                 name="difference-of-means direction",
-                line={"color": PALETTE[3], "width": 2, "dash": "dash"},
+                line={"color": PALETTE[2], "width": 2, "dash": "dash"},
             )
         )
     _depth_marks(fig, truncations, lag)
