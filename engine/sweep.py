@@ -112,14 +112,21 @@ def generate_missing(
     run_id: str | None = None,
     rows_per_batch: int | None = None,
     on_batch: Callable[[list[Completion]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> tuple[int, int]:
-    """Generate and store every (prompt, depth) not yet stored. Returns (new, already stored)."""
+    """Generate and store every (prompt, depth) not yet stored. Returns (new, already stored).
+
+    ``on_start`` hears how many rows are missing before the first batch (a progress bar's total).
+    """
     from engine.generation import iter_completions
 
     inputs = _as_model_prompts(prompts)
     key_of_input = {p.text: _prompt_key(original) for p, original in zip(inputs, prompts, strict=True)}
     groups, n_missing = _missing_by_prompt(store, loaded.info.model_hash, inputs, layers, params.key())
+    already = len(inputs) * len(layers) - n_missing
+    if on_start:
+        on_start(n_missing)
     written = 0
     for group_layers, indices in groups.items():
         batches = iter_completions(
@@ -132,8 +139,8 @@ def generate_missing(
             if on_batch:
                 on_batch(batch)
             if stop is not None and stop.is_set():
-                return written, len(inputs) * len(layers) - n_missing
-    return written, len(inputs) * len(layers) - n_missing
+                return written, already
+    return written, already
 
 
 def judge_stored(
@@ -145,8 +152,12 @@ def judge_stored(
     params_hash: str,
     *,
     on_batch: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> int:
-    """Judge every stored completion of these prompts × depths that a judge version has not seen."""
+    """Judge every stored completion of these prompts × depths that a judge version has not seen.
+
+    ``on_start`` hears how many judgements are due (over all judges) before the first one.
+    """
     from engine.judges import JudgeItem
 
     by_input = {model_input(p): p for p in prompts}
@@ -155,10 +166,14 @@ def judge_stored(
         for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=params_hash)
         if c.prompt_text in by_input
     ]
-    written = 0
+    due = []
     for judge in judges:
         todo_keys = store.missing_verdicts([c.key for c in completions], judge.name, judge.version)
-        todo = [c for c in completions if c.key in todo_keys]
+        due.append((judge, [c for c in completions if c.key in todo_keys]))
+    if on_start:
+        on_start(sum(len(todo) for _judge, todo in due))
+    written = 0
+    for judge, todo in due:
         for start in range(0, len(todo), JUDGE_BATCH):
             chunk = todo[start : start + JUDGE_BATCH]
             items = [
@@ -211,48 +226,41 @@ def run_sweep(
     judges = build_judges(spec.judges, spec.judge_model)
     run_id = store.start_run(_run_parameters(spec, saved_set.set_id))
     generated = cached = verdicts = 0
-    began = time.perf_counter()
+    # One stage at a time: its own total (only the work still to do) and clock, so rate and ETA are true.
+    stage = {"model": "", "name": "", "done": 0, "total": 0, "began": time.perf_counter()}
 
-    def report(model: str, stage: str, done: int, total: int) -> None:
+    def report() -> None:
         if progress:
-            progress(SweepProgress(model, stage, done, total, time.perf_counter() - began))
+            elapsed = time.perf_counter() - stage["began"]
+            progress(SweepProgress(stage["model"], stage["name"], stage["done"], stage["total"], elapsed))
+
+    def begin(model: str, name: str, total: int) -> None:
+        stage.update(model=model, name=name, done=0, total=total, began=time.perf_counter())
+        report()
+
+    def advance(n: int) -> None:
+        stage["done"] += n
+        report()
 
     try:
         for name in spec.models:
-            report(name, "loading", 0, 1)
+            begin(name, "loading", 1)
             loaded = load(name)
             store.save_model(loaded.info)
             layers = spec.layers_for(loaded.n_layers)
-            total = len(prompts) * len(layers)
-            state = {"done": 0}
-
-            def count(batch: list[Completion], name=name, total=total, state=state) -> None:
-                state["done"] += len(batch)
-                report(name, "generating", state["done"], total)
-
             new, already = generate_missing(
-                store, loaded, prompts, layers, spec.params, run_id=run_id,
-                rows_per_batch=spec.rows_per_batch, on_batch=count, stop=stop,
+                store, loaded, prompts, layers, spec.params,
+                run_id=run_id, rows_per_batch=spec.rows_per_batch, on_batch=lambda batch: advance(len(batch)),
+                on_start=lambda total, name=name: begin(name, "generating", total), stop=stop,
             )  # fmt: skip
             generated, cached = generated + new, cached + already
             if stop is not None and stop.is_set():
                 break
-            judged = {"done": 0}
-
-            def count_judged(n: int, name=name, total=total, judged=judged) -> None:
-                judged["done"] += n
-                report(name, "judging", judged["done"], total * len(judges))
-
             verdicts += judge_stored(
-                store,
-                judges,
-                prompts,
-                loaded.info.model_hash,
-                layers,
-                spec.params.key(),
-                on_batch=count_judged,
-            )
-            report(name, "done", total, total)
+                store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(), on_batch=advance,
+                on_start=lambda total, name=name: begin(name, "judging", total),
+            )  # fmt: skip
+            begin(name, "done", 0)
     except BaseException:
         store.finish_run(run_id, "interrupted")
         raise

@@ -195,3 +195,17 @@ def test_label_cli_stores_a_human_verdict_and_a_newer_label_replaces_it(db_path,
         assert verdict.jailbroken is expected and verdict.note.startswith("checked")
     assert main(["label", "--db", str(db_path), "--completion-key", "nope", "--label", "harmful"]) == 2
     assert "no completion with key" in capsys.readouterr().err
+
+
+def test_progress_counts_only_the_work_still_to_do(tiny_model_dir, prompts_csv, db_path):
+    loaded = load_model(str(tiny_model_dir))
+    with Store.open(db_path) as store:
+        run_sweep(spec_for(tiny_model_dir, prompts_csv, layers=(8,)), store, load=lambda _name: loaded)
+        seen = []
+        run_sweep(
+            spec_for(tiny_model_dir, prompts_csv), store, load=lambda _name: loaded, progress=seen.append
+        )
+    last = {p.stage: (p.done, p.total) for p in seen}
+    assert last["generating"] == (10, 10)  # 5 prompts × 3 depths, 5 already stored at depth 8
+    assert last["judging"] == (10, 10)  # the stored depth-8 rows were judged by the first run
+    assert all(p.done <= p.total for p in seen if p.stage in ("generating", "judging"))
