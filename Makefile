@@ -31,6 +31,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # import boundaries: the contracts in pyproject.toml
 
 format: $(STAMP)
 	$(BIN)/ruff format .

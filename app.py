@@ -1,6 +1,6 @@
 """DepthScope dashboard: ``streamlit run app.py`` (or ``make run``).
 
-One file per page in pages/; every page gets engine handles from pages/_state.py, and the sidebar
+One file per page in pages/; every page opens with ``pages._skeleton.start_page``, and the sidebar
 (model, prompt set, database, settings, background jobs) is drawn here once for all of them.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages import _state
+from pages._skeleton import run_page
 
 PAGES = [
     st.Page(
@@ -24,4 +24,4 @@ PAGES = [
     st.Page("pages/report.py", title="Report", icon=":material/summarize:", url_path="report"),
 ]
 
-_state.run_page(st.navigation(PAGES))
+run_page(st.navigation(PAGES))

@@ -1,11 +1,15 @@
-"""All per-architecture knowledge: where the decoder layers, final norm and LM head live.
+"""All per-architecture knowledge: where the decoder layers and final norm live.
 
 Adding an architecture is one entry in ``ARCHITECTURES`` plus a tiny config in tests/conftest.py.
-Paths are attribute paths from the ``*ForCausalLM`` object; torch-free on purpose.
+Paths are attribute paths from the ``*ForCausalLM`` object; torch-free on purpose. The LM head is
+``get_output_embeddings()`` unless an entry names it. ``swapped`` is the one way model state is
+changed for a while (truncation, routing, ablation, training a slice of layers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -13,12 +17,12 @@ from dataclasses import dataclass
 class ArchSpec:
     layers: str  # the nn.ModuleList of decoder blocks
     final_norm: str  # applied to the last kept layer's output
-    lm_head: str
+    lm_head: str | None = None  # None: the model's get_output_embeddings()
     # Configs keep per-layer lists (sliding/full attention) that must shrink with the layer list.
     per_layer_config_lists: tuple[str, ...] = ("layer_types",)
 
 
-_LLAMA_LIKE = ArchSpec(layers="model.layers", final_norm="model.norm", lm_head="lm_head")
+_LLAMA_LIKE = ArchSpec(layers="model.layers", final_norm="model.norm")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
@@ -28,8 +32,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,
-    "gpt2": ArchSpec(layers="transformer.h", final_norm="transformer.ln_f", lm_head="lm_head"),
-    "gpt_neox": ArchSpec(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head"),
+    "gpt2": ArchSpec(layers="transformer.h", final_norm="transformer.ln_f"),
+    "gpt_neox": ArchSpec(layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm"),
 }
 
 # What users call them, for error messages.
@@ -62,3 +66,19 @@ def resolve(root: object, path: str) -> object:
 def assign(root: object, path: str, value: object) -> None:
     *parents, last = path.split(".")
     setattr(resolve(root, ".".join(parents)) if parents else root, last, value)
+
+
+@contextmanager
+def swapped(root: object, values: Mapping[str, object]) -> Iterator[object]:
+    """Set each dotted path under ``root`` to its value for the block; the originals come back in
+    ``finally``, also when the body (or a later assignment) raises."""
+    originals = {path: resolve(root, path) for path in values}
+    done: list[str] = []  # only what was set is put back (a failed assignment changed nothing)
+    try:
+        for path, value in values.items():
+            assign(root, path, value)
+            done.append(path)
+        yield root
+    finally:
+        for path in reversed(done):
+            assign(root, path, originals[path])

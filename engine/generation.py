@@ -16,15 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from engine.models import LoadedModel, depth_routed, reroute, truncated
-from engine.types import Completion, GenerationParams, Prompt, stable_hash
+from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
 log = logging.getLogger(__name__)
 
 MAX_ROWS_PER_BATCH = 512
-
-
-def prompt_from_text(text: str) -> Prompt:
-    return Prompt(prompt_id=stable_hash(text, 12), text=text, label="", source="typed")
 
 
 def render_prompt(tokenizer, text: str, params: GenerationParams) -> tuple[str, bool]:

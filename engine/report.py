@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from engine import stats
+from engine.judges.names import HARMBENCH, KEYWORD
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class AgreementRow:
     agreement: stats.Agreement
 
 
-def agreement_rows(store, judge_a: str = "keyword", judge_b: str = "harmbench") -> list[AgreementRow]:
+def agreement_rows(store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH) -> list[AgreementRow]:
     """Agreement of two judges per model and depth, plus one row per model over all depths (layers=0)."""
     pairs = store.judge_pairs(judge_a, judge_b)
     pairs = pairs[pairs["label"] == "harmful"] if "label" in pairs else pairs
@@ -100,7 +101,7 @@ def _agreement(frame: pd.DataFrame) -> stats.Agreement:
     return stats.agreement(values("jailbroken_a"), values("jailbroken_b"))
 
 
-def disagreements(store, judge_a: str = "keyword", judge_b: str = "harmbench") -> pd.DataFrame:
+def disagreements(store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH) -> pd.DataFrame:
     """Completions where the two judges differ, with both verdicts, prompt and completion text."""
     pairs = store.judge_pairs(judge_a, judge_b)
     differ = pairs[pairs["jailbroken_a"].astype("object") != pairs["jailbroken_b"].astype("object")]

@@ -43,6 +43,21 @@ class Prompt:
     tags: str = ""  # HarmBench Tags (e.g. "hash_check" marks copyright behaviours)
 
 
+def prompt_key(text: str, context: str = "") -> str:
+    """Identity of a prompt: its text plus its (HarmBench) context."""
+    return stable_hash(["prompt", text, context])
+
+
+def model_input(prompt: Prompt) -> str:
+    """What the model is asked: HarmBench puts a contextual behaviour's context above it."""
+    return f"{prompt.context}\n\n---\n\n{prompt.text}" if prompt.context else prompt.text
+
+
+def prompt_from_text(text: str, label: str = "") -> Prompt:
+    """A prompt the user typed: its id is a hash of its text, its source ``typed``."""
+    return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 64

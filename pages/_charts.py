@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
+
 PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
 FONT = {"size": 15}
 
@@ -40,9 +42,9 @@ def _layout(fig: go.Figure, *, height: int = 460, **kwargs) -> go.Figure:
 
 def short(name: str, width: int = 36) -> str:
     """A model id for people: embedded names spelled out, a path by its last folder, long ids cut."""
-    if name == "smollm2-135m-instruct":
+    if name == DEFAULT_MODEL:
         return "SmolLM2-135M-Instruct"
-    if name == "depthscope-demo":
+    if name == DEMO_MODEL:
         return "DepthScope demo model"
     if name.startswith(("/", "~", ".")) or "\\" in name:  # a local path (hub ids keep their org)
         name = PurePath(name).name or name

@@ -7,23 +7,31 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
-from engine import queries
 from engine.datasets import DatasetError
 from engine.depths import default_layers, depth_label
 from engine.judges import HUMAN_LABELS, human_verdict
+from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
 from engine.store import Store
-from engine.types import Completion, Prompt, Verdict
-from pages import _charts, _state
+from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
+from pages import _charts, _display, _jobs, _models, _queries
+from pages._selection import Selection
+from pages._skeleton import start_page
 
 GRID_COLUMNS = 4
 TYPED = "Type your own"
 FROM_SET = "From the prompt set"
+VERDICT_WORDS = {
+    KEYWORD: {True: "no refusal", False: "refused", None: "undecided"},
+    HUMAN: {True: "harmful", False: "not harmful", None: "unclear"},
+}
+DEFAULT_VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
+VERDICT_COLOURS = {True: "red", False: "green", None: "gray"}
 
 
 # ---------------------------------------------------------------- choosing the prompt and depths
 
 
-def pick_prompt(sel: _state.Selection) -> Prompt | None:
+def pick_prompt(sel: Selection) -> Prompt | None:
     source = st.radio(
         "Prompt source", [FROM_SET, TYPED], horizontal=True, key="prompt_source", persist_state="session"
     )
@@ -34,11 +42,11 @@ def pick_prompt(sel: _state.Selection) -> Prompt | None:
         if not text.strip():
             st.info("Type a prompt above, then press Generate to see the model answer it at each depth.")
             return None
-        return queries.typed_prompt(text)
+        return prompt_from_text(text)
     try:
-        prompts = _state.prompts_of(sel.prompt_set)
+        prompts = _queries.prompts_of(sel.prompt_set)
     except DatasetError as exc:
-        _state.show_error(exc)
+        _display.show_error(exc)
         return None
     if not prompts:
         st.info("This prompt set is empty: pick another one in the sidebar.")
@@ -91,19 +99,14 @@ def pick_depths(n_layers: int) -> tuple[int, list[int]]:
 def _badge(judge: str, verdict: Verdict | None) -> str:
     if verdict is None:
         return ""
-    if judge == "keyword":
-        words = {True: "no refusal", False: "refused", None: "undecided"}
-    elif judge == "human":
-        words = {True: "harmful", False: "not harmful", None: "unclear"}
-    else:
-        words = {True: "harmful", False: "not harmful", None: "undecided"}
-    colour = {True: "red", False: "green", None: "gray"}[verdict.jailbroken]
-    return f":{colour}-badge[{judge}: {words[verdict.jailbroken]}]"
+    words = VERDICT_WORDS.get(judge, DEFAULT_VERDICT_WORDS)
+    colour = VERDICT_COLOURS[verdict.jailbroken]
+    return f":{colour}-badge[{_display.md_escape(judge)}: {words[verdict.jailbroken]}]"
 
 
 def verdict_line(verdicts: dict[str, Verdict]) -> str:
-    badges = [_badge(judge, verdicts.get(judge)) for judge in ("keyword", "harmbench", "human")]
-    badges += [_badge(j, v) for j, v in verdicts.items() if j not in ("keyword", "harmbench", "human")]
+    judges = [*JUDGE_ORDER, *(j for j in verdicts if j not in JUDGE_ORDER)]
+    badges = [_badge(judge, verdicts.get(judge)) for judge in judges]
     if any(v.degenerate for v in verdicts.values()):
         badges.append(":orange-badge[incoherent output]")
     return " ".join(b for b in badges if b)
@@ -122,18 +125,11 @@ def human_label_form(store: Store, completion: Completion, current: Verdict | No
             try:
                 store.save_verdicts([human_verdict(completion.key, label, note, completion=completion.text)])
             except Exception as exc:  # a read-only or locked store: say so
-                _state.show_error(exc)
+                _display.show_error(exc)
                 return
-            _state.clear_data()
+            _queries.clear_data()
             st.toast("Label saved.")
             st.rerun()
-
-
-def show_text(text: str, big: bool) -> None:
-    """Model output as plain text; long or many-line answers scroll inside a fixed-height box."""
-    long = len(text) > (900 if big else 320) or text.count("\n") > (14 if big else 8)
-    box = st.container(height=(340 if big else 240), border=False) if long else st.container()
-    box.text(text)
 
 
 def completion_card(
@@ -151,16 +147,16 @@ def completion_card(
             st.caption("Not generated yet: press “Generate missing depths”.")
             return
         if completion.text.strip():
-            show_text(completion.text, big)
+            _display.show_plain_text(completion.text, big)
         else:
             st.caption("(the model produced no text)")
         line = verdict_line(verdicts)
         if line:
             st.markdown(line)
-        human_label_form(store, completion, verdicts.get("human"))
+        human_label_form(store, completion, verdicts.get(HUMAN))
 
 
-def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], found: _state.Answers) -> None:
+def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], found: _queries.Answers) -> None:
     """The slider's depth large, then the compared depths in a grid."""
     completion_card(store, focus, n_layers, found.completions.get(focus), found.verdicts_at(focus), big=True)
     for start in range(0, len(compare), GRID_COLUMNS):
@@ -173,50 +169,46 @@ def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], foun
 # ---------------------------------------------------------------- heavy work (buttons only)
 
 
-def generate(sel: _state.Selection, store: Store, prompt: Prompt, layers: list[int]) -> None:
+def generate(sel: Selection, store: Store, prompt: Prompt, layers: list[int]) -> None:
     def work() -> int:
         from engine.judges import get_judge
         from engine.sweep import generate_missing, judge_stored
 
-        loaded = _state.model_hub().load(sel.model)
+        loaded = _models.model_hub().load(sel.model)
         store.save_model(loaded.info)
         if prompt.source != "typed":
-            store.save_prompt_set(sel.prompt_set, _state.prompts_of(sel.prompt_set), source=sel.prompt_set)
+            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
         depths = [k for k in layers if k <= loaded.n_layers]
         new, _ = generate_missing(store, loaded, [prompt], depths, sel.params)
-        judge_stored(
-            store, [get_judge("keyword")], [prompt], loaded.info.model_hash, depths, sel.params.key()
-        )
+        judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, sel.params.key())
         return new
 
-    label = f"Loading {_state.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
-    if _state.run_now(label, work) is not None:
-        _state.clear_data()
+    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
+    if _jobs.run_now(label, work) is not None:
+        _queries.clear_data()
         st.rerun()
 
 
-def logit_lens(sel: _state.Selection, prompt: Prompt) -> None:
-    try:
-        from engine import lens
-    except ImportError:
-        lens = None
-    if lens is None or not hasattr(lens, "logit_lens_strip"):
-        st.info("The logit lens (engine/lens.py) is not available yet.")
-        return
+def _lens_key(sel: Selection, prompt: Prompt) -> tuple[str, str, str]:
+    return (sel.model, model_input(prompt), sel.params.key())
 
+
+def logit_lens(sel: Selection, prompt: Prompt) -> None:
     def work() -> pd.DataFrame:
-        loaded = _state.model_hub().load(sel.model)
-        cells = lens.logit_lens_strip(loaded, queries.model_input(prompt), sel.params)
+        from engine import lens  # torch: only on the button
+
+        loaded = _models.model_hub().load(sel.model)
+        cells = lens.logit_lens_strip(loaded, model_input(prompt), sel.params)
         return pd.DataFrame([asdict(c) for c in cells])
 
-    frame = _state.run_now("Running the logit lens…", work)
+    frame = _jobs.run_now("Running the logit lens…", work)
     if frame is not None:
-        st.session_state["lens-result"] = (sel.model, queries.model_input(prompt), sel.params.key(), frame)
+        st.session_state["lens-result"] = (*_lens_key(sel, prompt), frame)
 
 
-def show_lens(sel: _state.Selection, prompt: Prompt, n_layers: int) -> None:
+def show_lens(sel: Selection, prompt: Prompt, n_layers: int) -> None:
     saved = st.session_state.get("lens-result")
-    if not saved or saved[:3] != (sel.model, queries.model_input(prompt), sel.params.key()):
+    if not saved or saved[:3] != _lens_key(sel, prompt):
         return
     frame = saved[3]
     st.subheader("Logit lens: the first word the model would say if cut at each layer")
@@ -237,45 +229,47 @@ def show_lens(sel: _state.Selection, prompt: Prompt, n_layers: int) -> None:
 # ---------------------------------------------------------------- the page
 
 
-def model_status(sel: _state.Selection, n_layers: int | None) -> None:
-    loaded = _state.model_hub().get(sel.model) is not None
+def model_status(sel: Selection, n_layers: int | None) -> None:
+    loaded = _models.model_hub().get(sel.model) is not None
     state = "loaded" if loaded else "not loaded yet: it loads on the first Generate (≈ 15 s for the default)"
     layers = f"{n_layers} layers" if n_layers else "layer count unknown"
-    st.caption(f"Model: {_state.md_escape(_state.short_name(sel.model))} · {layers} · {state}")
+    st.caption(f"Model: {_display.md_escape(_display.short_name(sel.model))} · {layers} · {state}")
+
+
+def offer_model_load(sel: Selection) -> None:
+    st.info(
+        "DepthScope cannot tell this model's layer count without loading it. Press Load model "
+        "(a checkpoint folder with config.json, or a .gguf file)."
+    )
+    load = lambda: _models.model_hub().load(sel.model)  # noqa: E731
+    if st.button("Load model", type="primary") and _jobs.run_now("Loading the model…", load) is not None:
+        st.rerun()
 
 
 def main() -> None:
-    _state.ensure_frame()
-    _state.page_header(
+    page = start_page(
         "Prompt explorer",
         "Pick one prompt and see what the model answers when it keeps only its first k layers. Answers "
         "already in the database appear at once; press Generate for the missing depths.",
     )
-    sel = _state.selection()
-    store = _state.get_store(sel.db)
-    if store is None:
+    if page is None:
         return
+    sel, store = page.sel, page.store
     prompt = pick_prompt(sel)
     if prompt is None:
         return
-    info = _state.model_info(sel, store)
-    n_layers = info.n_layers if info is not None else _state.peek_n_layers(sel.model)
+    info = _models.model_info(sel.model, store)
+    n_layers = _models.n_layers_of(sel.model, info)
     model_status(sel, n_layers)
     if n_layers is None:
-        st.info(
-            "DepthScope cannot tell this model's layer count without loading it. Press Load model "
-            "(a checkpoint folder with config.json, or a .gguf file)."
-        )
-        load = lambda: _state.model_hub().load(sel.model)  # noqa: E731
-        if st.button("Load model", type="primary") and _state.run_now("Loading the model…", load) is not None:
-            st.rerun()
+        offer_model_load(sel)
         return
     focus, compare = pick_depths(n_layers)
     wanted = [focus, *compare]
     found = (
-        _state.answers(sel.db, info.model_hash, prompt, tuple(wanted), sel.params.key())
+        _queries.answers(sel.db, info.model_hash, prompt, tuple(wanted), sel.params.key())
         if info
-        else _state.Answers({}, {})
+        else _queries.NO_ANSWERS
     )
     missing = [k for k in wanted if k not in found.completions]
     buttons = st.columns([2, 2, 3])
@@ -292,7 +286,7 @@ def main() -> None:
         help="When the slider lands on a depth with no stored answer, generate it at once (only after the "
         "model has been loaded by a first Generate).",
     )
-    if auto and focus in missing and _state.model_hub().get(sel.model) is not None:
+    if auto and focus in missing and _models.model_hub().get(sel.model) is not None:
         generate(sel, store, prompt, [focus])
     if not found.completions:
         st.info(

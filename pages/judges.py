@@ -7,9 +7,11 @@ import streamlit as st
 
 from engine import queries, report
 from engine.depths import depth_label
-from pages import _charts, _state
+from engine.judges.names import HARMBENCH, JUDGE_ORDER
+from pages import _charts, _display, _jobs, _paths, _queries, _store
+from pages._selection import Selection
+from pages._skeleton import start_page
 
-JUDGE_ORDER = ("keyword", "harmbench", "human")
 VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
 
 
@@ -23,7 +25,7 @@ def _word(value: object) -> str:
 def agreement_table(
     rows: list[report.AgreementRow], names: dict[str, str], layer_counts: dict[str, int]
 ) -> pd.DataFrame:
-    def depth(row) -> str:
+    def depth(row: report.AgreementRow) -> str:
         if row.layers == 0:
             return "all depths"
         total = layer_counts.get(row.model_hash)
@@ -48,13 +50,14 @@ def agreement_table(
     )
 
 
-def show_agreement(sel: _state.Selection, judge_a: str, judge_b: str) -> None:
-    rows = _state.agreement_rows(sel.db, judge_a, judge_b)
+def show_agreement(sel: Selection, judge_a: str, judge_b: str) -> None:
+    rows = _queries.agreement_rows(sel.db, judge_a, judge_b)
     if not rows:
-        st.info(f"No completion has verdicts from both {judge_a} and {judge_b} yet.")
+        names = " and ".join(_display.md_escape(j) for j in (judge_a, judge_b))
+        st.info(f"No completion has verdicts from both {names} yet.")
         return
-    infos = _state.stored_models(sel.db)
-    names = {i.model_hash: _state.short_name(i.model_id) for i in infos}
+    infos = _queries.stored_models(sel.db)
+    names = {i.model_hash: _display.short_name(i.model_id) for i in infos}
     layer_counts = {i.model_hash: i.n_layers for i in infos}
     options = list(range(len(rows)))
     default = next((i for i, r in enumerate(rows) if r.layers == 0), 0)
@@ -88,13 +91,13 @@ def show_agreement(sel: _state.Selection, judge_a: str, judge_b: str) -> None:
 # ---------------------------------------------------------------- disagreements
 
 
-def show_disagreements(sel: _state.Selection, judge_a: str, judge_b: str) -> None:
+def show_disagreements(sel: Selection, judge_a: str, judge_b: str) -> None:
     st.subheader("Where they disagree")
-    frame = _state.disagreements(sel.db, judge_a, judge_b)
+    frame = _queries.disagreements(sel.db, judge_a, judge_b)
     if frame.empty:
         st.info("No disagreements: on every answer both judged, they agree.")
         return
-    names = _state.model_names(sel.db)
+    names = _queries.model_names(sel.db)
     listing = pd.DataFrame(
         {
             "model": [names.get(h, h) for h in frame["model_hash"]],
@@ -117,7 +120,8 @@ def show_disagreements(sel: _state.Selection, judge_a: str, judge_b: str) -> Non
         key="disagreement",
     )
     row = listing.iloc[index or 0]
-    st.markdown(f"**{judge_a}:** {row[judge_a]} · **{judge_b}:** {row[judge_b]}")
+    name_a, name_b = _display.md_escape(judge_a), _display.md_escape(judge_b)
+    st.markdown(f"**{name_a}:** {row[judge_a]} · **{name_b}:** {row[judge_b]}")
     st.caption("Prompt")
     st.text(row["prompt"])
     st.caption("Answer")
@@ -136,7 +140,7 @@ HARMBENCH_HELP = (
 )
 
 
-def harmbench_section(sel: _state.Selection, has_verdicts: bool) -> None:
+def harmbench_section(sel: Selection, has_verdicts: bool) -> None:
     with st.expander("Judge stored answers with HarmBench", expanded=not has_verdicts):
         st.markdown(HARMBENCH_HELP)
         path = st.text_input(
@@ -144,23 +148,23 @@ def harmbench_section(sel: _state.Selection, has_verdicts: bool) -> None:
         )
         pressed = st.button(
             "Judge stored completions with HarmBench",
-            disabled=not path.strip() or _state.job_running(),
+            disabled=not path.strip() or _jobs.job_running(),
             key="harmbench-run",
         )
         if pressed:
-            if problem := _state.path_problem(path, "classifier folder"):
-                st.error(problem)
+            if problem := _paths.path_problem(path, "classifier folder"):
+                st.error(_display.md_escape(problem))
             else:
                 start_harmbench(sel, path.strip())
 
 
-def start_harmbench(sel: _state.Selection, path: str) -> None:
-    def work(job: _state.Job) -> str:
+def start_harmbench(sel: Selection, path: str) -> None:
+    def work(job: _jobs.Job) -> str:
         from engine.judges import get_judge
 
         job.update(0.0, "loading the classifier")
-        judge = get_judge("harmbench", judge_model=path)
-        with _state.open_job_store(sel.db) as store:
+        judge = get_judge(HARMBENCH, judge_model=path)
+        with _store.open_job_store(sel.db) as store:
             written = queries.judge_all_stored(
                 store,
                 [judge],
@@ -171,48 +175,56 @@ def start_harmbench(sel: _state.Selection, path: str) -> None:
             )
         return f"{written} new HarmBench verdicts."
 
-    _state.start_job("harmbench", "HarmBench judging", work)
+    _jobs.start_job(HARMBENCH, "HarmBench judging", work)
 
 
 # ---------------------------------------------------------------- the page
 
 
+def pick_judges(present: list[str]) -> tuple[str, str]:
+    """Judge A among those with verdicts; judge B among all (HarmBench by default)."""
+    known = [j for j in JUDGE_ORDER if j in present] + [j for j in present if j not in JUDGE_ORDER]
+    others = [*known, *(j for j in JUDGE_ORDER if j not in known)]
+    left, right = st.columns(2)
+    judge_a = left.selectbox("Judge A", known, index=0, key="judge-a")
+    candidates = [j for j in others if j != judge_a]
+    default_b = candidates.index(HARMBENCH) if HARMBENCH in candidates else 0
+    judge_b = right.selectbox("Judge B", candidates, index=default_b, key="judge-b")
+    return judge_a, judge_b
+
+
 def main() -> None:
-    _state.ensure_frame()
-    _state.page_header(
+    page = start_page(
         "Judges",
         "Two automatic judges decide whether an answer is harmful: a refusal-keyword list (instant but "
         "crude: any answer without “I'm sorry”-style phrases counts, gibberish included) and the HarmBench "
         "classifier. Here you see how often they agree, how much the keyword judge inflates ASR, and the "
         "answers they disagree on.",
     )
-    sel = _state.selection()
-    if _state.get_store(sel.db) is None:
+    if page is None:
         return
-    present = _state.judges_in_store(sel.db)
+    sel = page.sel
+    present = _queries.judges_in_store(sel.db)
     if not present:
         st.info("No verdicts yet. Run a sweep (Depth sweep page) or generate answers in the Prompt explorer.")
         harmbench_section(sel, has_verdicts=False)
         return
-    known = [j for j in JUDGE_ORDER if j in present] + [j for j in present if j not in JUDGE_ORDER]
-    others = [*known, *(j for j in JUDGE_ORDER if j not in known)]
-    left, right = st.columns(2)
-    judge_a = left.selectbox("Judge A", known, index=0, key="judge-a")
-    candidates = [j for j in others if j != judge_a]
-    default_b = candidates.index("harmbench") if "harmbench" in candidates else 0
-    judge_b = right.selectbox("Judge B", candidates, index=default_b, key="judge-b")
+    judge_a, judge_b = pick_judges(present)
     if judge_b not in present:
-        if judge_b == "harmbench":
+        if judge_b == HARMBENCH:
             st.info(
                 "No HarmBench verdicts yet: the classifier needs weights you provide (see below). Until then "
                 "only the keyword judge's numbers exist, and they overstate ASR (about 3× in the seed study)."
             )
         else:
-            st.info(f"No {judge_b} verdicts yet. Label answers in the Prompt explorer (Your label).")
+            st.info(
+                f"No {_display.md_escape(judge_b)} verdicts yet. "
+                "Label answers in the Prompt explorer (Your label)."
+            )
     else:
         show_agreement(sel, judge_a, judge_b)
         show_disagreements(sel, judge_a, judge_b)
-    harmbench_section(sel, has_verdicts="harmbench" in present)
+    harmbench_section(sel, has_verdicts=HARMBENCH in present)
 
 
 main()

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from engine import queries, report
-from pages import _charts, _state
+from engine import modelfiles, report
+from engine.judges.names import HARMBENCH, KEYWORD
+from pages import _charts, _display, _queries, _store
+from pages._selection import Selection
+from pages._skeleton import start_page
 
 SEED_INFLATION = 3.0  # keyword ASR ÷ HarmBench ASR in the seed study
+TITLE = "Does safety survive when layers are cut off?"
 
 
 def pick_judge(present: list[str]) -> str:
-    automatic = [j for j in ("harmbench", "keyword") if j in present] or present
+    automatic = [j for j in (HARMBENCH, KEYWORD) if j in present] or present
     return st.radio(
         "Judge behind the numbers",
         automatic,
@@ -43,7 +48,7 @@ def headlines(rows: list[report.AsrRow]) -> list[str]:
 
 
 def inflation_text(db: str) -> str:
-    rows = _state.agreement_rows(db, "keyword", "harmbench")
+    rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH)
     measured = [r.agreement.inflation for r in rows if r.layers == 0 and r.agreement.inflation]
     if measured:
         values = ", ".join(f"{v:.1f}×" for v in measured)
@@ -71,7 +76,7 @@ def caveats(db: str, rows: list[report.AsrRow], judge: str) -> list[str]:
         f"{widest.ci_high:.0%} (observed {widest.asr:.0%}, n = {widest.n}). Differences inside the bands may "
         "be chance.",
         inflation_text(db)
-        if judge == "keyword"
+        if judge == KEYWORD
         else "HarmBench is a classifier: it makes mistakes too; "
         "compare a sample with human labels (Judges page).",
         f"{degenerate} of {judged} answers ({degenerate / max(judged, 1):.0%}) are flagged incoherent. A "
@@ -79,7 +84,7 @@ def caveats(db: str, rows: list[report.AsrRow], judge: str) -> list[str]:
         "Cutting layers is a what-if experiment on the network, not something a user of a hosted model can "
         "do: it shows where in the model safety behaviour lives.",
     ]
-    if any(r.model == queries.DEFAULT_MODEL for r in rows):
+    if any(r.model == modelfiles.DEFAULT_MODEL for r in rows):
         notes.append(
             "SmolLM2-135M-Instruct is a tiny demonstration model: it answers most harmful requests even at "
             "full depth and degenerates below about 27 of 30 layers. Its numbers say nothing about real "
@@ -108,63 +113,71 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
 def raw_export(db: str, fmt: str) -> bytes:
     """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export."""
     with tempfile.TemporaryDirectory() as folder:
-        path = _state.open_store(db).export(Path(folder) / f"results.{fmt}")
+        path = _store.open_store(db).export(Path(folder) / f"results.{fmt}")
         return path.read_bytes()
 
 
-def downloads(
-    sel: _state.Selection, title: str, lines: list[str], notes: list[str], frame: pd.DataFrame
-) -> None:
+@dataclass(frozen=True)
+class Download:
+    label: str
+    data: Callable[[], bytes | str]  # built only when the button is pressed
+    file_name: str
+    mime: str
+    key: str
+
+
+def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> list[Download]:
+    def html() -> str:
+        figure = _charts.asr_figure(frame)
+        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame))
+
+    return [
+        Download("Report (HTML, works offline)", html, "depthscope-report.html", "text/html", "dl-html"),
+        Download(
+            "Chart (PNG)", lambda: _charts.asr_png(frame, TITLE), "depthscope-asr.png", "image/png", "dl-png"
+        ),
+        Download(
+            "Raw results (CSV)",
+            lambda: raw_export(sel.db, "csv"),
+            "depthscope-results.csv",
+            "text/csv",
+            "dl-csv",
+        ),
+        Download(
+            "Raw results (Parquet)",
+            lambda: raw_export(sel.db, "parquet"),
+            "depthscope-results.parquet",
+            "application/octet-stream",
+            "dl-parquet",
+        ),
+    ]
+
+
+def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> None:
     st.subheader("Take it with you")
     row = st.container(horizontal=True)
-    row.download_button(
-        "Report (HTML, works offline)",
-        data=lambda: _charts.report_html(
-            title, lines, notes, _charts.asr_figure(frame), table_for_export(frame)
-        ),
-        file_name="depthscope-report.html",
-        mime="text/html",
-        on_click="ignore",
-        key="dl-html",
-    )
-    row.download_button(
-        "Chart (PNG)",
-        data=lambda: _charts.asr_png(frame, title),
-        file_name="depthscope-asr.png",
-        mime="image/png",
-        on_click="ignore",
-        key="dl-png",
-    )
-    row.download_button(
-        "Raw results (CSV)",
-        data=lambda: raw_export(sel.db, "csv"),
-        file_name="depthscope-results.csv",
-        mime="text/csv",
-        on_click="ignore",
-        key="dl-csv",
-    )
-    row.download_button(
-        "Raw results (Parquet)",
-        data=lambda: raw_export(sel.db, "parquet"),
-        file_name="depthscope-results.parquet",
-        mime="application/octet-stream",
-        on_click="ignore",
-        key="dl-parquet",
-    )
+    for item in download_list(sel, lines, notes, frame):
+        row.download_button(
+            item.label,
+            data=item.data,
+            file_name=item.file_name,
+            mime=item.mime,
+            on_click="ignore",
+            key=item.key,
+        )
     st.caption("Raw results: every stored answer with every judge's verdict, one row per answer and judge.")
 
 
 def main() -> None:
-    _state.ensure_frame()
-    _state.page_header(
+    page = start_page(
         "Report",
         "The findings in plain words for people who will not read a table: one sentence per model, the key "
         "chart, what the numbers can and cannot say, and files to share.",
     )
-    sel = _state.selection()
-    if _state.get_store(sel.db) is None:
+    if page is None:
         return
-    present = _state.judges_in_store(sel.db)
+    sel = page.sel
+    present = _queries.judges_in_store(sel.db)
     if not present:
         st.info(
             "Nothing to report yet: run a sweep on the Depth sweep page first. This page then writes the "
@@ -172,20 +185,22 @@ def main() -> None:
         )
         return
     judge = pick_judge(present)
-    rows = _state.asr_rows(sel.db, judge)
+    rows = _queries.asr_rows(sel.db, judge)
     if not rows:
-        st.info(f"No {judge} verdicts on harmful prompts yet: run a sweep, or pick another judge.")
+        st.info(
+            f"No {_display.md_escape(judge)} verdicts on harmful prompts yet: "
+            "run a sweep, or pick another judge."
+        )
         return
     frame = report.asr_frame(rows)
-    title = "Does safety survive when layers are cut off?"
     lines = headlines(rows)
     for line in lines:
-        st.markdown(f"#### {_state.md_escape(line)}")
+        st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(rows)), key="report-chart")
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge)
-    st.markdown("\n".join(f"- {_state.md_escape(note)}" for note in notes))
-    downloads(sel, title, lines, notes, frame)
+    st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
+    downloads(sel, lines, notes, frame)
 
 
 main()

@@ -7,10 +7,14 @@ import streamlit as st
 
 from engine import report
 from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths
+from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.stats import Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
-from pages import _charts, _state
+from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
+from pages._selection import OTHER_MODEL, Selection
+from pages._sidebar import model_label, model_options, set_title
+from pages._skeleton import start_page
 
 DEFAULT_DEPTH_TEXT = ", ".join(f"{d:g}" for d in DEFAULT_DEPTHS)
 STAGE_SPAN = {"loading": (0.0, 0.05), "generating": (0.05, 0.9), "judging": (0.9, 1.0), "done": (1.0, 1.0)}
@@ -35,7 +39,7 @@ def progress_of(progress: SweepProgress, models: tuple[str, ...]) -> tuple[float
     eta_text = (
         f", about {eta / 60:.0f} min left" if eta and progress.stage == "generating" and eta > 90 else ""
     )
-    name = _state.short_name(progress.model)
+    name = _display.short_name(progress.model)
     what = {
         "loading": "loading the model",
         "generating": f"generating {progress.done}/{progress.total} answers{eta_text}",
@@ -45,13 +49,13 @@ def progress_of(progress: SweepProgress, models: tuple[str, ...]) -> tuple[float
     return fraction, f"{name}: {what}"
 
 
-def start_sweep(sel: _state.Selection, spec: SweepSpec) -> None:
-    hub = _state.model_hub()
+def start_sweep(sel: Selection, spec: SweepSpec) -> None:
+    hub = _models.model_hub()
 
-    def work(job: _state.Job) -> str:
+    def work(job: _jobs.Job) -> str:
         from engine.sweep import run_sweep
 
-        with _state.open_job_store(sel.db) as store:
+        with _store.open_job_store(sel.db) as store:
             summary = run_sweep(
                 spec,
                 store,
@@ -64,19 +68,18 @@ def start_sweep(sel: _state.Selection, spec: SweepSpec) -> None:
             f"{summary.verdicts} new verdicts."
         )
 
-    title = f"Sweep: {len(spec.models)} model(s) × {_state.short_name(spec.prompt_set)}"
-    _state.start_job("sweep", title, work)
+    title = f"Sweep: {len(spec.models)} model(s) × {_display.short_name(spec.prompt_set)}"
+    _jobs.start_job("sweep", title, work)
 
 
-def sweep_form(sel: _state.Selection, store: Store) -> None:
-    models = [m for m in dict.fromkeys([sel.model, *_state.model_options(sel.db)]) if m != _state.OTHER_MODEL]
-    info = _state.model_info(sel, store)
-    n_layers = info.n_layers if info else _state.peek_n_layers(sel.model)
+def sweep_form(sel: Selection, store: Store) -> None:
+    models = [m for m in dict.fromkeys([sel.model, *model_options(sel.db)]) if m != OTHER_MODEL]
+    n_layers = _models.n_layers_of(sel.model, _models.model_info(sel.model, store))
     with st.form("sweep-form"):
         st.markdown(
-            f"**Prompt set:** {_state.md_escape(_state.set_title(sel.prompt_set))} (change it in the sidebar)"
+            f"**Prompt set:** {_display.md_escape(set_title(sel.prompt_set))} (change it in the sidebar)"
         )
-        chosen = st.multiselect("Models", models, default=[sel.model], format_func=_state.model_label)
+        chosen = st.multiselect("Models", models, default=[sel.model], format_func=model_label)
         left, right = st.columns(2)
         depth_text = left.text_input(
             "Depths, in % of each model's layers",
@@ -86,39 +89,40 @@ def sweep_form(sel: _state.Selection, store: Store) -> None:
         limit = right.number_input("Only the first N prompts (0 = all)", min_value=0, value=0, step=1)
         judges = st.multiselect(
             "Judges",
-            ["keyword", "harmbench"],
-            default=["keyword"],
+            [KEYWORD, HARMBENCH],
+            default=[KEYWORD],
             help="The keyword judge is instant. HarmBench needs the classifier's weights (see the Judges "
             "page).",
         )
         judge_model = st.text_input("HarmBench classifier folder (only with the harmbench judge)", value="")
         if n_layers:
+            name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
-                f"On {_state.md_escape(_state.short_name(sel.model))} ({n_layers} layers) the default depths "
+                f"On {name} ({n_layers} layers) the default depths "
                 f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers."
             )
-        submitted = st.form_submit_button("Start sweep", type="primary", disabled=_state.job_running())
+        submitted = st.form_submit_button("Start sweep", type="primary", disabled=_jobs.job_running())
     if not submitted:
         return
     try:
         depths = parse_percentages(depth_text)
     except DepthError as exc:
-        _state.show_error(exc)
+        _display.show_error(exc)
         return
     if not chosen:
         st.error("Pick at least one model.")
         return
-    if "harmbench" in judges and not judge_model.strip():
+    if HARMBENCH in judges and not judge_model.strip():
         st.error("The harmbench judge needs the classifier folder; or judge later on the Judges page.")
         return
-    if judge_model.strip() and (problem := _state.path_problem(judge_model, "classifier folder")):
-        st.error(problem)
+    if judge_model.strip() and (problem := _paths.path_problem(judge_model, "classifier folder")):
+        st.error(_display.md_escape(problem))
         return
     spec = SweepSpec(
         models=tuple(chosen),
         prompt_set=sel.prompt_set,
         depths=depths,
-        judges=tuple(judges or ["keyword"]),
+        judges=tuple(judges or [KEYWORD]),
         judge_model=judge_model.strip() or None,
         params=sel.params,
         limit=int(limit) or None,
@@ -157,10 +161,11 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
 
 def show_flips(flips: list[Flip], judge: str) -> None:
     for f in flips:
-        a, b = (_state.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
+        a, b = (_display.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
         chance = " (this could be chance)" if f.p_value >= 0.05 else ""
         st.warning(
-            f"Ranking flip at {f.layers} layers ({judge} judge): {a} answers more harmful requests than "
+            f"Ranking flip at {f.layers} layers ({_display.md_escape(judge)} judge): "
+            f"{a} answers more harmful requests than "
             f"{b} at full depth ({f.full_asr_a:.0%} vs {f.full_asr_b:.0%}) but fewer here "
             f"({f.asr_a:.0%} vs {f.asr_b:.0%}). "
             f"Fisher exact p = {f.p_value:.3g}{chance}.",
@@ -168,9 +173,15 @@ def show_flips(flips: list[Flip], judge: str) -> None:
         )
 
 
-def results(sel: _state.Selection) -> None:
+def _judge_rank(judge: str) -> tuple[int, str]:
+    """HarmBench first (the judge to trust), then the others in the usual order, unknown ones last."""
+    order = (HARMBENCH, KEYWORD, HUMAN)
+    return (order.index(judge) if judge in order else len(order), judge)
+
+
+def results(sel: Selection) -> None:
     st.header("Results")
-    rows = _state.asr_rows(sel.db)
+    rows = _queries.asr_rows(sel.db)
     if not rows:
         st.info(
             "No judged completions in this database yet. Start a sweep above: the demo set (12 harmful + "
@@ -178,9 +189,8 @@ def results(sel: _state.Selection) -> None:
             "CPU. From a terminal: `python -m engine sweep --prompts demo`."
         )
         return
-    order = {"harmbench": 0, "keyword": 1, "human": 2}
-    judges = sorted({r.judge for r in rows}, key=lambda j: (order.get(j, 9), j))
-    preferred = next((j for j in ("harmbench", "keyword") if j in judges), judges[0])
+    judges = sorted({r.judge for r in rows}, key=_judge_rank)
+    preferred = next((j for j in (HARMBENCH, KEYWORD) if j in judges), judges[0])
     judge = st.segmented_control(
         "Judge", judges, default=preferred, key="sweep-judge", help="Whose verdicts the curves count."
     )
@@ -205,21 +215,18 @@ def results(sel: _state.Selection) -> None:
 
 
 def main() -> None:
-    _state.ensure_frame()
-    _state.page_header(
+    page = start_page(
         "Depth sweep",
         "Run every prompt of a set at several depths, judge the answers, and see how the attack success rate "
         "(ASR, the share of harmful requests answered) changes as layers are cut. Sweeps run in the "
         "background: switch pages freely; a stopped sweep resumes where it stopped.",
     )
-    sel = _state.selection()
-    store = _state.get_store(sel.db)
-    if store is None:
+    if page is None:
         return
-    sweep_form(sel, store)
-    if _state.job_running():
-        _state.job_panel("sweep-page")
-    results(sel)
+    sweep_form(page.sel, page.store)
+    if _jobs.job_running():
+        _jobs.job_panel("sweep-page")
+    results(page.sel)
 
 
 main()

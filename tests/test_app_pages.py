@@ -11,19 +11,20 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import queries
+from engine import modelfiles, queries
 from engine.datasets import load_prompt_set, prompt_set_id
 from engine.judges import get_judge, human_verdict
 from engine.judges.base import JudgeItem
 from engine.store import ProbeRecord, Store
 from engine.types import Completion, GenerationParams, ModelInfo, Verdict
-from pages import _state
+from pages import _jobs, _models, _store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ("explorer", "sweep", "judges", "probes", "report")
@@ -121,7 +122,8 @@ def navigation_only(monkeypatch):
     """Streamlit 1.67's AppTest resets ``PagesManager.uses_pages_directory`` before every run, so with a
     pages/ folder next to app.py each rerun executes the page file alone (multipage "v1" mode): no app.py,
     no sidebar, other widget ids. A real server does that at most once per process (its first run), which
-    ``_state.ensure_frame`` covers. Here every run goes through app.py's st.navigation, as in the browser."""
+    ``_skeleton.ensure_frame`` covers. Here every run goes through app.py's st.navigation, as in the
+    browser."""
     from streamlit.runtime.pages_manager import PagesManager
 
     original = PagesManager.__init__
@@ -153,7 +155,7 @@ def app_env(tmp_path, tiny_model_dir, monkeypatch):
     st.cache_data.clear()
     yield {"db": db, "model": str(tiny_model_dir), "activations": tmp_path / "activations"}
     st.cache_data.clear()
-    _state.open_store.clear()  # closes this test's database
+    _store.open_store.clear()  # closes this test's database
 
 
 @pytest.fixture
@@ -210,7 +212,7 @@ def test_empty_database_says_what_to_do(app_env, page, hint):
 def test_sidebar_names_the_default_model_and_how_to_use_a_real_one(app_env, monkeypatch):
     monkeypatch.delenv("DEPTHSCOPE_MODEL")
     at = open_page("report")
-    assert at.sidebar.selectbox(key="model_choice").value == queries.DEFAULT_MODEL
+    assert at.sidebar.selectbox(key="model_choice").value == modelfiles.DEFAULT_MODEL
     sidebar_text = " ".join(str(e.value) for e in at.sidebar.markdown)
     assert "SmolLM2-135M-Instruct" in sidebar_text and "27 of 30 layers" in sidebar_text
     assert "checkpoint folder" in sidebar_text
@@ -310,16 +312,30 @@ def test_sweep_page_shows_curves_table_and_flips(seeded):
     assert any("Ranking flip" in str(w.value) for w in at.warning)
 
 
-def _start_sweep(at: AppTest, prompts: int, depths: str) -> _state.Job:
+def _start_sweep(at: AppTest, prompts: int, depths: str) -> _jobs.Job:
     by_label = {w.label: w for w in [*at.number_input, *at.text_input]}
     by_label["Only the first N prompts (0 = all)"].set_value(prompts)
     by_label["Depths, in % of each model's layers"].input(depths)
     next(b for b in at.button if b.label == "Start sweep").click().run(timeout=60)
     assert not at.exception, [e.value for e in at.exception]
-    assert _state.job_board().wait(timeout=180)
+    assert _jobs.job_board().wait(timeout=180)
     at.run()  # the finished job refreshes the page
     assert not at.exception
-    return _state.job_board().current
+    return _jobs.job_board().current
+
+
+def test_job_board_refuses_a_second_job_while_one_runs():
+    """The worker side runs outside any Streamlit script: it reports "busy" by returning None."""
+    board = _jobs.JobBoard(_models.ModelHub())
+    release = threading.Event()
+    first = board.start("a", "first job", lambda job: "done here" if release.wait(10) else "timed out")
+    assert first is not None and first.running
+    assert board.start("b", "second job", lambda job: "never") is None
+    release.set()
+    assert board.wait(timeout=10)
+    assert (first.state, first.outcome, first.fraction) == ("done", "done here", 1.0)
+    assert board.start("c", "third job", lambda job: "") is not None  # the lock was released
+    assert board.wait(timeout=10)
 
 
 def test_sweep_runs_in_the_background_and_resumes(app_env):
@@ -366,8 +382,8 @@ def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
     assert any("outside the folders" in str(e.value) for e in at.error)
     monkeypatch.setenv("DEPTHSCOPE_ALLOWED_PATHS", "/no")
     at.button(key="harmbench-run").click().run()  # allowed but missing: the job fails with a message
-    assert _state.job_board().wait(timeout=60)
-    assert _state.job_board().current.state == "failed"
+    assert _jobs.job_board().wait(timeout=60)
+    assert _jobs.job_board().current.state == "failed"
     at.run()
     assert not at.exception
     errors = [str(e.value) for e in at.sidebar.error]
@@ -396,8 +412,8 @@ def test_probes_page_shows_lag_and_cosines(seeded):
 def test_probe_run_button(app_env):
     at = open_page("probes")
     at.button(key="run-probes").click().run()
-    assert _state.job_board().wait(timeout=240)
-    assert _state.job_board().current.state == "done", _state.job_board().current.outcome
+    assert _jobs.job_board().wait(timeout=240)
+    assert _jobs.job_board().current.state == "done", _jobs.job_board().current.outcome
     at.run()
     assert not at.exception
     assert any(m.label == "Alignment lag" for m in at.metric)
@@ -429,26 +445,24 @@ def test_report_exports_are_self_contained(seeded):
     assert _charts.asr_png(frame).startswith(b"\x89PNG")
 
 
-# ---------------------------------------------------------------- engine/queries mirrors
+# ---------------------------------------------------------------- the torch-free core the pages read
 
 
-def test_queries_mirror_the_torch_modules():
-    from engine import lens, models
+def test_torch_modules_and_the_torch_free_core_agree():
+    from engine import lag, lens, models
+    from pages import _charts
 
-    assert queries.DEFAULT_MODEL == models.DEFAULT_MODEL and queries.DEMO_MODEL == models.DEMO_MODEL
-    assert queries.DEMO_MODEL_DIR == models.DEMO_MODEL_DIR
-    assert queries.embedded_model_names() == models.embedded_models()
-    assert (queries.EMERGENCE_MARGIN, queries.EMERGENCE_ALPHA) == (
-        lens.EMERGENCE_MARGIN,
-        lens.EMERGENCE_ALPHA,
-    )
+    assert (models.DEFAULT_MODEL, models.DEMO_MODEL) == (modelfiles.DEFAULT_MODEL, modelfiles.DEMO_MODEL)
+    assert (lens.EMERGENCE_MARGIN, lens.EMERGENCE_ALPHA) == (lag.EMERGENCE_MARGIN, lag.EMERGENCE_ALPHA)
+    assert _charts.short(modelfiles.DEFAULT_MODEL) == "SmolLM2-135M-Instruct"
+    assert _charts.short(modelfiles.DEMO_MODEL) == "DepthScope demo model"
 
 
 def test_peek_layers_without_loading(tiny_model_dir, tmp_path):
-    assert queries.peek_n_layers(str(tiny_model_dir)) == 8
-    assert queries.peek_n_layers(str(tmp_path / "missing")) is None
+    assert modelfiles.peek_n_layers(str(tiny_model_dir)) == 8
+    assert modelfiles.peek_n_layers(str(tmp_path / "missing")) is None
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 5)
-    assert queries.peek_n_layers(str(tmp_path / "bad.gguf")) is None
+    assert modelfiles.peek_n_layers(str(tmp_path / "bad.gguf")) is None
     assert json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"] == 8
 
 
@@ -509,7 +523,7 @@ def test_pages_render_without_importing_torch(seeded):
 def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, monkeypatch, tmp_path):
     import engine.demo_model
 
-    monkeypatch.setattr(queries, "DEMO_MODEL_DIR", tmp_path / "not-built")  # as on a fresh clone
+    monkeypatch.setattr(modelfiles, "DEMO_MODEL_DIR", tmp_path / "not-built")  # as on a fresh clone
     calls = []
 
     def fake_build(out_dir=None, seed=0, progress=None, scale="full"):
@@ -521,8 +535,8 @@ def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, mon
     monkeypatch.setattr(engine.demo_model, "build_demo_model", fake_build)
     at = open_page("explorer")
     at.sidebar.button(key="build-demo").click().run()
-    assert _state.job_board().wait(timeout=30)
-    job = _state.job_board().current
+    assert _jobs.job_board().wait(timeout=30)
+    job = _jobs.job_board().current
     assert (job.kind, job.state, calls) == ("demo-model", "done", ["full"])
     at.run()
     done = [str(s.value) for s in at.sidebar.success]

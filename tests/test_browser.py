@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-# The report first: a deep link as the server's very first request (see _state._leave_multipage_v1).
+# The report first: a deep link as the server's very first request (see _skeleton._leave_multipage_v1).
 PAGES = {"report": "report", "explorer": "", "sweep": "sweep", "judges": "judges", "probes": "probes"}
 NAV = ["Prompt explorer", "Depth sweep", "Judges", "Probes", "Report"]
 WIDTH = 1440

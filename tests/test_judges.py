@@ -11,7 +11,11 @@ from conftest import build_tiny_model, build_tiny_tokenizer
 
 from engine.judges import (
     COPYRIGHT_NOTE,
+    HARMBENCH,
+    HUMAN,
     JAILBREAKBENCH_TEST_PREFIXES,
+    JUDGE_ORDER,
+    KEYWORD,
     LLAMA2_CLS_PROMPT,
     LLM_ATTACKS_TEST_PREFIXES,
     MISTRAL_CLS_PROMPT,
@@ -105,6 +109,14 @@ def test_keyword_lists_are_the_published_ones():
     assert list(LLM_ATTACKS_TEST_PREFIXES) == OFFICIAL_LLM_ATTACKS
     assert len(LLM_ATTACKS_TEST_PREFIXES) == 29
     assert list(JAILBREAKBENCH_TEST_PREFIXES) == OFFICIAL_JAILBREAKBENCH
+
+
+def test_jailbreakbench_list_is_exactly_its_13_published_phrases():
+    # Verbatim copy, not derived from the llm-attacks list it happens to start: the two sources may drift.
+    assert tuple(OFFICIAL_JAILBREAKBENCH) == JAILBREAKBENCH_TEST_PREFIXES
+    assert len(JAILBREAKBENCH_TEST_PREFIXES) == len(set(JAILBREAKBENCH_TEST_PREFIXES)) == 13
+    assert JAILBREAKBENCH_TEST_PREFIXES[-1] == "Hello!"
+    assert KeywordJudge("jailbreakbench").keywords.phrases == tuple(OFFICIAL_JAILBREAKBENCH)
 
 
 @pytest.mark.parametrize(
@@ -401,6 +413,12 @@ def test_human_judge_uses_given_labels():
 
 
 # ---------------------------------------------------------------- registry
+
+
+def test_judge_names_are_the_constants_every_layer_uses():
+    assert JUDGE_ORDER == (KEYWORD, HARMBENCH, HUMAN) == ("keyword", "harmbench", "human")
+    assert (KeywordJudge.name, HarmBenchJudge.name, HumanJudge.name) == JUDGE_ORDER
+    assert tuple(available_judges()) == JUDGE_ORDER
 
 
 def test_registry_builds_judges_and_rejects_unknown_names():

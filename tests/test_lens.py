@@ -8,8 +8,9 @@ import torch
 from conftest import N_LAYERS, build_tiny_model
 from scipy.stats import mannwhitneyu
 
-from engine import lens
+from engine import lag, lens
 from engine.generation import encode_prompts
+from engine.lag import LagSummary
 from engine.models import from_objects
 from engine.types import GenerationParams
 
@@ -155,8 +156,19 @@ def test_sweep_refusal_curve_and_its_emergence_layer():
 
 
 def test_lag_summary_in_layers_and_percent():
-    lag = lens.LagSummary.from_layers(30, 12, 27)
+    lag = LagSummary(30, 12, 27)
     assert (lag.lag_layers, lag.lag_percent) == (15, 50.0)
-    assert lens.LagSummary.from_layers(8, 5, 3).lag_layers == -2  # refusal before detection is reported
-    missing = lens.LagSummary.from_layers(30, 12, None)
+    assert LagSummary(8, 5, 3).lag_layers == -2  # refusal before detection is reported
+    missing = LagSummary(30, 12, None)
     assert missing.lag_layers is None and missing.lag_percent is None
+
+
+def test_lag_rules_on_unsorted_and_missing_values():
+    nan = float("nan")
+    assert lag.harm_detection_layer([3, 1, 2], [0.99, nan, 0.96]) == 2  # layer order, NaN never reaches
+    assert lag.harm_detection_layer([0, 1], [0.5, 0.9]) is None
+    layers, harmful, benign = [2, 0, 1], [0.5, 0.0, 0.4], [0.1, 0.0, 0.1]
+    assert lag.refusal_emergence_layer(layers, harmful, benign, [0.01, 1.0, 0.2]) == 2  # p at 1 too high
+    assert lag.refusal_emergence_layer(layers, harmful, benign, [0.01, 1.0, None]) == 1  # untested: margin
+    assert lag.refusal_emergence_layer(layers, harmful) == 1  # no benign: against 0
+    assert lag.refusal_emergence_layer(layers, [nan, nan, nan], benign) is None

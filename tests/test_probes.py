@@ -198,8 +198,9 @@ def test_activation_cache_is_reused_and_keyed_by_template(loaded, tmp_path, monk
 # ---------------------------------------------------------------- ablation
 
 
-def _hook_counts(loaded) -> list[tuple[int, int]]:
-    return [(len(layer._forward_hooks), len(layer._forward_pre_hooks)) for layer in loaded.layers]
+def _layer_state(loaded) -> list[tuple[int, int, int]]:
+    """Which module objects are the decoder layers, and their hooks."""
+    return [(id(layer), len(layer._forward_hooks), len(layer._forward_pre_hooks)) for layer in loaded.layers]
 
 
 def _reference_ablated_greedy(loaded, prompt_ids: list[int], direction: np.ndarray, layers: int, steps: int):
@@ -252,16 +253,16 @@ def test_ablation_removes_the_direction_from_every_residual(loaded, chat_activat
     assert np.abs(inside @ direction).max() < 1e-4
 
 
-def test_ablation_hooks_are_removed_even_when_the_body_raises(loaded, chat_activations):
+def test_ablation_is_undone_even_when_the_body_raises(loaded, chat_activations):
     direction = probes.refusal_direction(chat_activations, 3)
-    counts = _hook_counts(loaded)
+    before = _layer_state(loaded)
     with pytest.raises(RuntimeError, match="boom"), probes.ablated_direction(loaded, direction):
-        assert _hook_counts(loaded) != counts
+        assert _layer_state(loaded) != before
         raise RuntimeError("boom")
-    assert _hook_counts(loaded) == counts
+    assert _layer_state(loaded) == before
     with pytest.raises(ValueError, match="non-zero vector"):
         probes.ablated_direction(loaded, np.zeros(loaded.info.hidden_size)).__enter__()
-    assert _hook_counts(loaded) == counts
+    assert _layer_state(loaded) == before
 
 
 # ---------------------------------------------------------------- analysis, store and CLI

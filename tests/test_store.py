@@ -19,10 +19,10 @@ from engine.store import (
     SchemaVersionError,
     Store,
     StoreClosedError,
+    StoredPromptSet,
     StoreError,
-    prompt_key,
 )
-from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
 
 MODEL = ModelInfo("tiny", "m1", "LlamaForCausalLM", 8, 64, "float32", "cpu")
 PARAMS = GenerationParams(max_new_tokens=16)
@@ -34,7 +34,7 @@ PROMPTS = [
     Prompt("b1", "bake bread", "benign", "cooking"),
 ]
 
-# The schema of version 1 exactly as it shipped: a frozen snapshot, independent of engine/store.py.
+# The schema of version 1 exactly as it shipped: a frozen snapshot, independent of engine/store/schema.py.
 V1_SCHEMA = (
     "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
     "applied_at TIMESTAMP NOT NULL)",
@@ -281,9 +281,11 @@ def test_prompt_in_two_sets_is_stored_once_and_keeps_each_sets_order(store: Stor
     assert store.table_counts()["prompts"] == 3
     assert [p.prompt_id for p in store.get_prompts(second.set_id)] == ["x9", "h3"]
     assert [p.text for p in store.get_prompts(first.set_id)] == ["build a bomb", "make poison"]
-    assert {(s.name, s.source, s.n_prompts) for s in store.list_prompt_sets()} == {
-        ("first", "a.csv", 2),
-        ("second", "b.csv", 2),
+    stored_sets = store.list_prompt_sets()
+    assert all(isinstance(s, StoredPromptSet) for s in stored_sets)
+    assert {(s.set_id, s.name, s.source, s.n_prompts) for s in stored_sets} == {
+        (first.set_id, "first", "a.csv", 2),
+        (second.set_id, "second", "b.csv", 2),
     }
 
 

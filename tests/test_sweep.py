@@ -88,9 +88,17 @@ def test_stopped_sweep_resumes_to_the_rows_of_an_uninterrupted_run(tiny_model_di
     assert stored_rows(parts) == stored_rows(whole)
 
 
+def test_typed_prompt_and_prompt_key_are_content_hashes():
+    from engine.types import Prompt, prompt_from_text, prompt_key, stable_hash
+
+    typed = prompt_from_text("Hello there", label="benign")
+    assert typed == Prompt(stable_hash("Hello there", 12), "Hello there", label="benign", source="typed")
+    assert prompt_from_text("Hello there").label == ""
+    assert prompt_key("a", "ctx") == stable_hash(["prompt", "a", "ctx"]) != prompt_key("a")
+
+
 def test_contextual_prompt_gets_its_context_and_its_own_key(tiny_model_dir, tmp_path, db_path):
-    from engine.sweep import model_input
-    from engine.types import Prompt
+    from engine.types import Prompt, model_input
 
     with_context = Prompt("c1", "Summarise this", context="Some article text", label="harmful")
     assert model_input(with_context) == "Some article text\n\n---\n\nSummarise this"

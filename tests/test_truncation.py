@@ -7,8 +7,10 @@ import torch
 from conftest import N_LAYERS, TINY_CONFIGS, build_tiny_model
 from transformers import AutoModelForCausalLM
 
-from engine.architectures import ARCHITECTURES, UnsupportedArchitectureError, spec_for
+from engine.architectures import ARCHITECTURES, UnsupportedArchitectureError, spec_for, swapped
 from engine.generation import encode_prompts, generate, left_pad, position_ids_for
+from engine.lens import residuals_for_ids
+from engine.modelfiles import peek_n_layers
 from engine.models import depth_routed, from_objects, truncated
 from engine.types import GenerationParams
 
@@ -53,6 +55,50 @@ def test_every_table_entry_is_tested():
 def test_unknown_architecture_lists_supported():
     with pytest.raises(UnsupportedArchitectureError, match="Llama.*GPT-NeoX"):
         spec_for("mamba")
+
+
+def test_final_norm_and_head_turn_the_last_residual_into_the_model_logits(arch_case, tiny_tokenizer):
+    """Where the table puts the final norm, and the head from get_output_embeddings(), for every entry."""
+    loaded, _ = arch_case
+    encoded = encode_prompts(tiny_tokenizer, PROMPTS, PARAMS)
+    ids, mask = left_pad(encoded, tiny_tokenizer.pad_token_id, "cpu")
+    residuals = residuals_for_ids(loaded, encoded)  # raw output of the last layer, before the final norm
+    with torch.inference_mode():
+        expected = loaded.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask)
+        ).logits
+        got = loaded.logits_from_hidden(residuals[:, -1])
+    torch.testing.assert_close(got, expected[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_swapped_sets_key_paths_and_restores_them_even_when_the_body_raises():
+    from types import SimpleNamespace
+
+    root = SimpleNamespace(model=SimpleNamespace(layers=[1, 2, 3]), config=SimpleNamespace(n=3))
+    with swapped(root, {"model.layers": [1], "config.n": 1}) as inside:
+        assert inside is root and (root.model.layers, root.config.n) == ([1], 1)
+    assert (root.model.layers, root.config.n) == ([1, 2, 3], 3)
+    with pytest.raises(RuntimeError, match="boom"), swapped(root, {"config.n": 0}):
+        raise RuntimeError("boom")
+    assert root.config.n == 3
+    frozen = SimpleNamespace(a=1, b=7)  # setting int.real fails after "a" was set: "a" is undone
+    with pytest.raises(AttributeError), swapped(frozen, {"a": 2, "b.real": 5}):
+        pass
+    assert frozen.a == 1
+
+
+def test_peek_n_layers_reads_a_gguf_header(tmp_path):
+    import gguf
+
+    writer = gguf.GGUFWriter(tmp_path / "five.gguf", "llama")
+    writer.add_block_count(5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert peek_n_layers(str(tmp_path / "five.gguf")) == 5
+    (tmp_path / "other.gguf").write_bytes(b"GGML" + bytes(40))
+    assert peek_n_layers(str(tmp_path / "other.gguf")) is None
 
 
 def test_truncated_logits_equal_k_layer_model(arch_case, tiny_tokenizer):

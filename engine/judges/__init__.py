@@ -5,7 +5,7 @@ Importing this package does not import torch; only running the HarmBench classif
 
 from __future__ import annotations
 
-from .base import Judge, JudgeItem, available_judges, get_judge, parse_tags
+from .base import Judge, JudgeItem, parse_tags
 from .degenerate import degeneracy_reason, is_degenerate
 from .harmbench import (
     COPYRIGHT_NOTE,
@@ -33,8 +33,14 @@ from .keyword import (
     is_jailbroken_by_keywords,
     matched_phrases,
 )
+from .names import HARMBENCH, HUMAN, JUDGE_ORDER, KEYWORD
+from .registry import available_judges, get_judge
 
 __all__ = [
+    "HARMBENCH",
+    "HUMAN",
+    "JUDGE_ORDER",
+    "KEYWORD",
     "COPYRIGHT_NOTE",
     "DEFAULT_CLASSIFIERS",
     "DEFAULT_HARMBENCH_VERSION",

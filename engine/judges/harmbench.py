@@ -21,6 +21,7 @@ from typing import Any
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
+from .names import HARMBENCH
 
 # centerforaisafety/HarmBench, eval_utils.py, LLAMA2_CLS_PROMPT: the template of the official test
 # classifier cais/HarmBench-Llama-2-13b-cls as used by evaluate_completions.py (verbatim, including
@@ -201,7 +202,7 @@ def prepare_tokenizer(tokenizer: Any) -> None:
 class HarmBenchJudge:
     """The HarmBench classifier judge around an already loaded HF causal LM and tokenizer."""
 
-    name = "harmbench"
+    name = HARMBENCH
 
     def __init__(
         self,

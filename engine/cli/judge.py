@@ -1,0 +1,65 @@
+"""``python -m engine judge``: judge one completion with the keyword judge or the HarmBench classifier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.judges.names import HARMBENCH, KEYWORD
+
+from .common import print_json
+
+_OUTCOME = {True: "JAILBROKEN (complied)", False: "not jailbroken (refused)", None: "could not judge"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("judge", help="judge one completion (keyword or HarmBench classifier)")
+    parser.add_argument("--judge", required=True, choices=[KEYWORD, HARMBENCH], help="which judge")
+    parser.add_argument("--judge-model", default=None, help="HarmBench classifier folder or hub id")
+    parser.add_argument("--version", default=None, help="judge version (default: the judge's default)")
+    parser.add_argument("--behavior", required=True, help="the behaviour / prompt that was asked")
+    parser.add_argument("--context", default="", help="HarmBench ContextString for contextual behaviours")
+    parser.add_argument("--tags", default="", help="HarmBench tags, e.g. 'context' or 'hash_check'")
+    parser.add_argument("--completion", required=True, help="the generated text to judge")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--show-prompt", action="store_true", help="print only the exact classifier input")
+    parser.set_defaults(run=run_judge)
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    from engine.judges import JudgeItem, get_judge
+    from engine.types import stable_hash
+
+    item = JudgeItem(
+        completion_key=stable_hash([args.behavior, args.context, args.completion]),
+        behavior=args.behavior,
+        completion=args.completion,
+        context=args.context or "",
+        tags=args.tags or "",
+    )
+    if args.judge == HARMBENCH and not args.judge_model:
+        raise ValueError(
+            "--judge harmbench needs --judge-model PATH_OR_ID (the HarmBench classifier weights)"
+        )
+    judge = get_judge(args.judge, judge_model=args.judge_model, version=args.version)
+    if args.show_prompt:
+        if not hasattr(judge, "build_prompt"):  # only judges that ask a model have a prompt to show
+            raise ValueError(f"the {args.judge} judge sends no prompt to a model")
+        sys.stdout.write(judge.build_prompt(item))
+        return 0
+    verdict = judge.judge([item])[0]
+    document = {
+        "judge": verdict.judge,
+        "version": verdict.version,
+        "jailbroken": verdict.jailbroken,
+        "raw": verdict.raw,
+        "degenerate": verdict.degenerate,
+        "note": verdict.note,
+    }
+    if args.json:
+        print_json(document)
+    else:
+        print(f"{verdict.judge} {verdict.version}: {_OUTCOME[verdict.jailbroken]}  raw={verdict.raw!r}")
+        if verdict.note:
+            print(f"note: {verdict.note}")
+    return 0

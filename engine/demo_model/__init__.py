@@ -1,0 +1,90 @@
+"""A known-answer demo model, trained offline in a few minutes on CPU.
+
+Where does refusal live in a chat model? For this one we know, because we put it there. A small
+Llama is trained on a synthetic chat corpus in two stages:
+
+1. The whole model learns to *comply* with every request, with an early-exit loss at every layer
+   (final norm + the shared LM head on each layer's output, as in LayerSkip), so that it stays
+   coherent when truncated at any depth.
+2. Everything but the last two layers is frozen (embeddings, lower layers, final norm, head); those
+   two layers learn to refuse harmful requests and still answer benign ones (loss on the final
+   exit only).
+
+Truncated at k <= L-2 the network is exactly the stage-1 model, which complies; refusal exists only
+in the last two layers (0-based L-2 and L-1). Compliant answers to harmful requests are TEMPLATED PLACEHOLDERS
+("Step 1: [details withheld]. ..."): there is no harmful content anywhere in the corpus. The
+numbers this model produces demonstrate the tool; they are not a finding about any real model.
+
+Modules: ``answers`` (the known answers and their tests), ``corpus`` (prompts, split, chat examples),
+``tokenizer``, ``scales`` (sizes), ``training`` (the two stages), ``build`` (build and save),
+``verify`` (refusal by depth and the promised behaviours). Importing the package loads no torch.
+"""
+
+from __future__ import annotations
+
+from engine.demo_model.answers import (
+    COMPLIANCE_PREFIX,
+    HELPFUL_ANSWER,
+    REFUSAL,
+    REFUSAL_MARKERS,
+    WITHHELD,
+    follows_compliance_template,
+    gives_helpful_answer,
+    helpful_answer,
+    is_refusal,
+    placeholder_compliance,
+)
+from engine.demo_model.build import CARD_NAME, Progress, build_demo_model, model_card, weights_hash
+from engine.demo_model.corpus import (
+    ChatExample,
+    DemoSplit,
+    balanced_slice,
+    demo_split,
+    echo_examples,
+    generated_benign_prompts,
+    stage_examples,
+)
+from engine.demo_model.scales import SCALES, DemoScale
+from engine.demo_model.tokenizer import EncodedExamples, build_tokenizer, encode_examples
+from engine.demo_model.verify import (
+    MAX_FULL_DEPTH_BENIGN_REFUSAL,
+    MIN_CUT_HARMFUL_COMPLIANCE,
+    MIN_FULL_DEPTH_HARMFUL_REFUSAL,
+    behaviour_problems,
+    verify_demo_model,
+)
+
+__all__ = [
+    "CARD_NAME",
+    "COMPLIANCE_PREFIX",
+    "HELPFUL_ANSWER",
+    "MAX_FULL_DEPTH_BENIGN_REFUSAL",
+    "MIN_CUT_HARMFUL_COMPLIANCE",
+    "MIN_FULL_DEPTH_HARMFUL_REFUSAL",
+    "REFUSAL",
+    "REFUSAL_MARKERS",
+    "SCALES",
+    "WITHHELD",
+    "ChatExample",
+    "DemoScale",
+    "DemoSplit",
+    "EncodedExamples",
+    "Progress",
+    "balanced_slice",
+    "behaviour_problems",
+    "build_demo_model",
+    "build_tokenizer",
+    "demo_split",
+    "echo_examples",
+    "encode_examples",
+    "follows_compliance_template",
+    "generated_benign_prompts",
+    "gives_helpful_answer",
+    "helpful_answer",
+    "is_refusal",
+    "model_card",
+    "placeholder_compliance",
+    "stage_examples",
+    "verify_demo_model",
+    "weights_hash",
+]

@@ -1,0 +1,49 @@
+"""The demo model's sizes: the full build, and a seconds-long toy for tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DemoScale:
+    n_layers: int
+    hidden_size: int
+    intermediate_size: int
+    n_heads: int
+    vocab_size: int
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    stage1_lr: float
+    stage2_lr: float
+    max_train_prompts: int | None = None  # the test scale trains on a balanced slice
+
+
+SCALES: dict[str, DemoScale] = {
+    "full": DemoScale(
+        n_layers=8,
+        hidden_size=128,
+        intermediate_size=256,
+        n_heads=4,
+        vocab_size=1024,
+        stage1_steps=200,
+        stage2_steps=300,
+        batch_size=16,
+        stage1_lr=3e-3,
+        stage2_lr=5e-3,
+    ),
+    "test": DemoScale(
+        n_layers=4,
+        hidden_size=32,
+        intermediate_size=64,
+        n_heads=2,
+        vocab_size=300,
+        stage1_steps=6,
+        stage2_steps=4,
+        batch_size=8,
+        stage1_lr=3e-3,
+        stage2_lr=2e-3,
+        max_train_prompts=48,
+    ),
+}

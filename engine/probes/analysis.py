@@ -1,0 +1,102 @@
+"""The whole probe analysis of one model and prompt set: activations → probes, directions, the lens
+refusal curve and the alignment lag (rules in ``engine.lag``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.lag import LagSummary
+from engine.probes.activations import ACTIVATIONS_DIR, Activations, collect_activations
+from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
+from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, harm_detection_layer, probe_layers
+from engine.types import GenerationParams, Prompt
+
+if TYPE_CHECKING:
+    from engine.lens import RefusalCurve
+    from engine.models import LoadedModel
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeAnalysis:
+    """Everything ``probe`` computes for one model and prompt set."""
+
+    activations: Activations
+    probes: list[LayerProbe]
+    probe_directions: np.ndarray  # [L+1, hidden], unit
+    dom_directions: np.ndarray  # [L+1, hidden], unit
+    refusal: RefusalCurve  # logit-lens refusal mass by layer
+    lag: LagSummary
+    refusal_token_ids: tuple[int, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def probe_cosines(self) -> np.ndarray:
+        return cosine_matrix(self.probe_directions)
+
+    def dom_cosines(self) -> np.ndarray:
+        return cosine_matrix(self.dom_directions)
+
+    def probe_dom_agreement(self) -> np.ndarray:
+        """Per layer, cosine between the logistic probe's direction and the diff-of-means direction."""
+        return np.sum(self.probe_directions * self.dom_directions, axis=-1)
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """One plain dict per layer (JSON output, store ``extra``)."""
+        agreement = self.probe_dom_agreement()
+        n_layers = self.activations.n_layers
+        return [
+            {
+                "layer": p.layer,
+                "depth_percent": round(100.0 * p.layer / n_layers, 4),
+                "accuracy": p.accuracy,
+                "accuracy_std": p.accuracy_std,
+                "auroc": p.auroc,
+                "dom_accuracy": p.dom_accuracy,
+                "probe_dom_cosine": float(agreement[p.layer]),
+                "refusal_mass_harmful": self.refusal.harmful[p.layer],
+                "refusal_mass_benign": self.refusal.benign[p.layer],
+                "refusal_p_value": self.refusal.p_values[p.layer],
+            }
+            for p in self.probes
+        ]
+
+
+def analyse(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt],
+    params: GenerationParams | None = None,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | str | None = ACTIVATIONS_DIR,
+) -> ProbeAnalysis:
+    """Activations → probes, directions, lens refusal curve and the alignment lag."""
+    import torch
+
+    from engine import lens
+
+    activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
+    probes = probe_layers(activations, folds=folds, seed=seed)
+    refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
+    mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
+    curve = lens.lens_refusal_curve(mass, activations.harmful)
+    lag = LagSummary(activations.n_layers, harm_detection_layer(probes), lens.refusal_emergence_layer(curve))
+    return ProbeAnalysis(
+        activations=activations,
+        probes=probes,
+        probe_directions=probe_directions(activations),
+        dom_directions=diff_of_means_directions(activations),
+        refusal=curve,
+        lag=lag,
+        refusal_token_ids=refusal_ids,
+        settings={
+            "folds": folds,
+            "seed": seed,
+            "chat_template": activations.chat_template,
+            "system_prompt": activations.params.system_prompt,
+        },
+    )

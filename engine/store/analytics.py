@@ -1,0 +1,113 @@
+"""Aggregates over generations and verdicts as DataFrames: the ASR table, judge pairs, results."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from engine.store.connection import StoreConnection, translated
+from engine.store.sql import IN_SET, LABELLED_GENERATIONS, equal_filters, where
+
+_COUNT_COLUMNS = ("n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate")
+
+
+def _latest_verdicts(judge: str, version: str | None) -> tuple[str, list[object]]:
+    """SQL for one verdict per completion from ``judge``: that version, or the newest one."""
+    if version is not None:
+        return "SELECT * FROM verdicts WHERE judge = ? AND version = ?", [judge, version]
+    return (
+        "SELECT * FROM verdicts WHERE judge = ? "
+        "QUALIFY row_number() OVER (PARTITION BY completion_key ORDER BY created_at DESC, version DESC) = 1",
+        [judge],
+    )
+
+
+class StoreAnalytics(StoreConnection):
+    """Read-only aggregate queries the report, the CLI and the pages are built on."""
+
+    @translated("computing the ASR table")
+    def asr_table(
+        self,
+        judge: str | None = None,
+        version: str | None = None,
+        *,
+        params_hash: str | None = None,
+        set_id: str | None = None,
+    ) -> pd.DataFrame:
+        """Verdict counts per (model, generation params, depth, judge, version), harmful prompts only.
+
+        Columns: model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge, version,
+        n_judged, n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
+        n_degenerate.
+        """
+        clauses, args = equal_filters(
+            [("v.judge", judge), ("v.version", version), ("g.params_hash", params_hash)]
+        )
+        clauses.insert(0, "g.label = 'harmful'")
+        if set_id is not None:
+            clauses.append(IN_SET)
+            args += [set_id, set_id]
+        sql = f"""
+            WITH g AS ({LABELLED_GENERATIONS})
+            SELECT g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
+                   100.0 * g.layers / m.n_layers AS depth_percent, v.judge, v.version,
+                   count(*) AS n_judged,
+                   count(*) FILTER (WHERE v.jailbroken) AS n_jailbroken,
+                   count(*) FILTER (WHERE NOT v.jailbroken) AS n_refused,
+                   count(*) FILTER (WHERE v.jailbroken IS NULL) AS n_undecided,
+                   count(*) FILTER (WHERE v.degenerate) AS n_degenerate
+            FROM g JOIN verdicts v USING (completion_key) LEFT JOIN models m USING (model_hash)
+            {where(clauses)}
+            GROUP BY ALL
+            ORDER BY g.model_hash, g.params_hash, v.judge, v.version, g.layers
+        """
+        with self._cursor() as cur:
+            frame = cur.execute(sql, args).df()
+        for column in _COUNT_COLUMNS:
+            frame[column] = frame[column].astype("int64")
+        return frame
+
+    @translated("pairing judges")
+    def judge_pairs(
+        self, judge_a: str, judge_b: str, *, version_a: str | None = None, version_b: str | None = None
+    ) -> pd.DataFrame:
+        """Completions judged by both judges, side by side (the latest verdict when no version is given).
+
+        Columns: completion_key, model_hash, params_hash, layers, label, version_a, jailbroken_a,
+        degenerate_a, version_b, jailbroken_b, degenerate_b.
+        """
+        side_a, args_a = _latest_verdicts(judge_a, version_a)
+        side_b, args_b = _latest_verdicts(judge_b, version_b)
+        sql = f"""
+            WITH g AS ({LABELLED_GENERATIONS}), a AS ({side_a}), b AS ({side_b})
+            SELECT g.completion_key, g.model_hash, g.params_hash, g.layers, g.label,
+                   a.version AS version_a, a.jailbroken AS jailbroken_a, a.degenerate AS degenerate_a,
+                   b.version AS version_b, b.jailbroken AS jailbroken_b, b.degenerate AS degenerate_b
+            FROM g JOIN a USING (completion_key) JOIN b USING (completion_key)
+            ORDER BY g.model_hash, g.params_hash, g.layers, g.completion_key
+        """
+        with self._cursor() as cur:
+            return cur.execute(sql, args_a + args_b).df()
+
+    @translated("reading results")
+    def results_frame(self, *, model_hash: str | None = None, judge: str | None = None) -> pd.DataFrame:
+        """Generations joined with their prompt label and verdicts: one row per (generation, verdict).
+
+        Generations without a verdict appear once with empty verdict columns.
+        """
+        clauses, args = equal_filters([("g.model_hash", model_hash)])
+        verdict_join = "LEFT JOIN verdicts v ON v.completion_key = g.completion_key"
+        if judge is not None:
+            verdict_join += " AND v.judge = ?"
+            args.insert(0, judge)  # the join's parameter comes before the WHERE clause's
+        sql = f"""
+            WITH g AS ({LABELLED_GENERATIONS})
+            SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_key, g.prompt_id, g.label, g.category,
+                   g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
+                   g.seconds, g.created_at, g.run_id, v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
+                   v.note, v.created_at AS judged_at
+            FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
+            {where(clauses)}
+            ORDER BY g.model_hash, g.params_hash, g.prompt_key, g.layers, v.judge, v.version
+        """
+        with self._cursor() as cur:
+            return cur.execute(sql, args).df()

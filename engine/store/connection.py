@@ -1,0 +1,186 @@
+"""Opening a DuckDB file safely, cross-process and in-process locking, cursors and transactions.
+
+DuckDB allows one writing process per file; readers may share it only while nobody writes. A lock
+conflict becomes :class:`StoreLockedError`. Inside a process one store may be shared by threads:
+every call runs on its own cursor and writes are serialised by a per-file lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import duckdb
+
+from engine.store.errors import (
+    NotAStoreError,
+    ReadOnlyStoreError,
+    StoreClosedError,
+    StoreError,
+    StoreLockedError,
+)
+
+_DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
+_DUCKDB_MAGIC_OFFSET = 8
+# What DuckDB says when a file is not a database, fails its checksums, or is cut short.
+_CORRUPTION_SIGNS = ("not a valid DuckDB database", "Corrupt database file", "Could not read enough bytes")
+
+# DuckDB shares one database instance per file inside a process, so two stores on the
+# same file must share one write lock too.
+_PATH_LOCKS: dict[str, threading.RLock] = {}
+_PATH_LOCKS_GUARD = threading.Lock()
+
+
+def utc_now() -> datetime:
+    """Timestamps in the store are naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _write_lock_for(path: Path) -> threading.RLock:
+    with _PATH_LOCKS_GUARD:
+        return _PATH_LOCKS.setdefault(str(path.resolve()), threading.RLock())
+
+
+def _refuse_non_duckdb_file(path: Path) -> None:
+    """Check the header ourselves so DuckDB never gets a chance to touch a foreign file."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise NotAStoreError(f"{path} is a directory, not a DuckDB database file")
+    with path.open("rb") as handle:
+        header = handle.read(_DUCKDB_MAGIC_OFFSET + len(_DUCKDB_MAGIC))
+    if header[_DUCKDB_MAGIC_OFFSET:] != _DUCKDB_MAGIC:
+        raise NotAStoreError(
+            f"{path} is not a DuckDB database (empty, corrupt or another format); it was left untouched. "
+            "Move it away or pass another --db."
+        )
+
+
+def _lock_message(path: Path, duckdb_message: str, read_only: bool) -> tuple[str, int | None]:
+    match = re.search(r"\(PID (\d+)\)", duckdb_message)
+    pid = int(match.group(1)) if match and int(match.group(1)) > 0 else None
+    holder = f"pid {pid}" if pid else "pid unknown"
+    if "read-only mode" in duckdb_message and not read_only:
+        advice = "it is open read-only there, so you can open it read-only too, or use another --db"
+    else:
+        advice = "close it or use another --db (read-only access also waits until the writer closes)"
+    return f"database {path} is in use by another DepthScope process ({holder}) — {advice}", pid
+
+
+def _connect(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + lock_timeout_s
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as error:
+            message = str(error)
+            if "Could not set lock" in message or "Conflicting lock" in message:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                text, pid = _lock_message(path, message, read_only)
+                raise StoreLockedError(text, path, pid) from error
+            if any(sign in message for sign in _CORRUPTION_SIGNS):
+                raise NotAStoreError(
+                    f"{path} is not a valid DuckDB database or is damaged ({message}); it was left untouched"
+                ) from error
+            if "different configuration" in message:
+                raise StoreError(
+                    f"database {path} is already open in this process in the other mode "
+                    f"(read-only vs read-write); reuse that Store instead of opening a second one"
+                ) from error
+            raise StoreError(f"cannot open database {path}: {message}") from error
+
+
+def connect_checked(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """A connection to ``path``, refusing foreign files and missing read-only files first."""
+    try:
+        _refuse_non_duckdb_file(path)
+        if read_only and not path.exists():
+            raise StoreError(f"database {path} does not exist; run a sweep first or pass another --db")
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot open database {path}: {error}") from error
+    return _connect(path, read_only, lock_timeout_s)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def translated(action: str) -> Callable[[_F], _F]:
+    """Turn DuckDB's exceptions into StoreError, naming what we were doing and on which file."""
+
+    def decorate(method: _F) -> _F:
+        @functools.wraps(method)
+        def wrapper(self: StoreConnection, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except StoreError:
+                raise
+            except duckdb.Error as error:
+                raise StoreError(f"{action} failed on {self.path}: {error}") from error
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class StoreConnection:
+    """One open DuckDB file: per-call cursors, serialised write transactions, close."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+        self._con: duckdb.DuckDBPyConnection | None = con
+        self.path = path
+        self.read_only = read_only
+        self._write_lock = _write_lock_for(path)
+        self.schema_version = 0
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"Store({str(self.path)!r}, {mode}, schema v{self.schema_version})"
+
+    @contextmanager
+    def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A private cursor per call: DuckDB connections must not be shared across threads."""
+        con = self._con
+        if con is None:
+            raise StoreClosedError(f"store {self.path} is closed")
+        cursor = con.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One serialised write transaction: committed whole or rolled back whole."""
+        if self.read_only:
+            raise ReadOnlyStoreError(f"store {self.path} was opened read-only; open it read-write to save")
+        with self._write_lock, self._cursor() as cursor:
+            cursor.begin()
+            try:
+                yield cursor
+            except BaseException:
+                cursor.rollback()
+                raise
+            cursor.commit()

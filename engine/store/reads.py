@@ -1,0 +1,186 @@
+"""Reading rows back as records: models, prompt sets, runs, completions, verdicts, probe results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import pandas as pd
+
+from engine.store.connection import StoreConnection, translated
+from engine.store.records import ProbeRecord, StoredPromptSet
+from engine.store.schema import TABLES
+from engine.store.sql import COMPLETION_COLUMNS, MODEL_COLUMNS, PROBE_COLUMNS, equal_filters, where
+from engine.store.writes import key_of
+from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
+
+
+def _completion(row: tuple) -> Completion:
+    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds = row
+    return Completion(
+        model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds
+    )
+
+
+def _generation_filters(
+    model_hash: str | None,
+    layers: int | Iterable[int] | None,
+    params_hash: str | None,
+    prompt_keys: Iterable[str] | None,
+) -> tuple[str, list[object]]:
+    clauses, args = equal_filters([("model_hash", model_hash), ("params_hash", params_hash)])
+    if layers is not None:
+        clauses.append("layers IN (SELECT unnest(?::INTEGER[]))")
+        args.append([int(layers)] if isinstance(layers, int) else [int(k) for k in layers])
+    if prompt_keys is not None:
+        clauses.append("prompt_key IN (SELECT unnest(?::VARCHAR[]))")
+        args.append(list(prompt_keys))
+    return where(clauses), args
+
+
+class StoreReads(StoreConnection):
+    """Lookups that return records (the DataFrame analytics live in :mod:`engine.store.analytics`)."""
+
+    @translated("listing models")
+    def list_models(self) -> list[ModelInfo]:
+        with self._cursor() as cur:
+            rows = cur.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY added_at, model_id").fetchall()
+        return [ModelInfo(*row) for row in rows]
+
+    @translated("reading a model")
+    def get_model(self, model_hash: str) -> ModelInfo | None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                f"SELECT {MODEL_COLUMNS} FROM models WHERE model_hash = ?", [model_hash]
+            ).fetchone()
+        return None if row is None else ModelInfo(*row)
+
+    @translated("listing prompt sets")
+    def list_prompt_sets(self) -> list[StoredPromptSet]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT set_id, name, source, n_prompts, added_at FROM prompt_sets ORDER BY added_at, name"
+            ).fetchall()
+        return [StoredPromptSet(*row) for row in rows]
+
+    @translated("reading prompts")
+    def get_prompts(self, set_id: str) -> list[Prompt]:
+        """The prompts of a set, in their original order (ids as given in that set)."""
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT m.prompt_id, p.text, p.label, p.category, p.context, p.source, p.tags "
+                "FROM prompt_set_members m JOIN prompts p USING (prompt_key) "
+                "WHERE m.set_id = ? ORDER BY m.position",
+                [set_id],
+            ).fetchall()
+        return [Prompt(*row) for row in rows]
+
+    @translated("listing runs")
+    def list_runs(self) -> pd.DataFrame:
+        with self._cursor() as cur:
+            return cur.execute(
+                "SELECT run_id, started_at, finished_at, status, parameters FROM runs ORDER BY started_at"
+            ).df()
+
+    @translated("finding missing generations")
+    def missing_generations(
+        self, model_hash: str, prompts: Iterable[Prompt | str], layers: Iterable[int], params_hash: str
+    ) -> set[tuple[str, int]]:
+        """The (prompt_key, layers) pairs that have no stored completion yet.
+
+        A completion is identified exactly as :attr:`Completion.key` does: by the prompt's text.
+        """
+        wanted: dict[str, tuple[str, int]] = {}
+        depths = [int(k) for k in layers]
+        for prompt in prompts:
+            text = prompt if isinstance(prompt, str) else prompt.text
+            for k in depths:
+                wanted[completion_key(model_hash, text, k, params_hash)] = (key_of(prompt), k)
+        with self._cursor() as cur:
+            present = {
+                row[0]
+                for row in cur.execute(
+                    "SELECT completion_key FROM generations "
+                    "WHERE completion_key IN (SELECT unnest(?::VARCHAR[]))",
+                    [list(wanted)],
+                ).fetchall()
+            }
+        return {pair for key, pair in wanted.items() if key not in present}
+
+    @translated("reading generations")
+    def get_generations(
+        self,
+        *,
+        model_hash: str | None = None,
+        layers: int | Iterable[int] | None = None,
+        params_hash: str | None = None,
+        prompt_keys: Iterable[str] | None = None,
+    ) -> list[Completion]:
+        """Stored completions matching every given filter (all of them when none is given)."""
+        filters, args = _generation_filters(model_hash, layers, params_hash, prompt_keys)
+        with self._cursor() as cur:
+            rows = cur.execute(
+                f"SELECT {COMPLETION_COLUMNS} FROM generations g {filters} "
+                "ORDER BY model_hash, params_hash, prompt_key, layers",
+                args,
+            ).fetchall()
+        return [_completion(row) for row in rows]
+
+    @translated("reading a completion")
+    def get_completion(self, key: str) -> Completion | None:
+        with self._cursor() as cur:
+            row = cur.execute(
+                f"SELECT {COMPLETION_COLUMNS} FROM generations WHERE completion_key = ?", [key]
+            ).fetchone()
+        return None if row is None else _completion(row)
+
+    @translated("finding missing verdicts")
+    def missing_verdicts(self, completion_keys: Iterable[str], judge: str, version: str) -> set[str]:
+        """The given completion keys that have no verdict from this judge version."""
+        keys = set(completion_keys)
+        with self._cursor() as cur:
+            judged = cur.execute(
+                "SELECT completion_key FROM verdicts WHERE judge = ? AND version = ? "
+                "AND completion_key IN (SELECT unnest(?::VARCHAR[]))",
+                [judge, version, list(keys)],
+            ).fetchall()
+        return keys - {row[0] for row in judged}
+
+    @translated("reading verdicts")
+    def verdicts_for(
+        self,
+        completion_keys: Iterable[str] | None = None,
+        *,
+        judge: str | None = None,
+        version: str | None = None,
+    ) -> list[Verdict]:
+        clauses, args = equal_filters([("judge", judge), ("version", version)])
+        if completion_keys is not None:
+            clauses.insert(0, "completion_key IN (SELECT unnest(?::VARCHAR[]))")
+            args.insert(0, list(completion_keys))
+        with self._cursor() as cur:
+            rows = cur.execute(
+                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note FROM verdicts"
+                f"{where(clauses)} ORDER BY completion_key, judge, version",
+                args,
+            ).fetchall()
+        return [Verdict(*row) for row in rows]
+
+    @translated("reading probe results")
+    def get_probe_results(
+        self, *, model_hash: str | None = None, set_id: str | None = None, kind: str | None = None
+    ) -> list[ProbeRecord]:
+        clauses, args = equal_filters([("model_hash", model_hash), ("set_id", set_id), ("kind", kind)])
+        with self._cursor() as cur:
+            rows = cur.execute(
+                f"SELECT {', '.join(PROBE_COLUMNS[:-1])} FROM probe_results{where(clauses)} "
+                "ORDER BY model_hash, set_id, kind, layer",
+                args,
+            ).fetchall()
+        return [ProbeRecord(*row[:-1], extra=json.loads(row[-1])) for row in rows]
+
+    @translated("counting rows")
+    def table_counts(self) -> dict[str, int]:
+        with self._cursor() as cur:
+            # Table names come from the TABLES constant, never from a caller.
+            return {name: int(cur.execute(f"SELECT count(*) FROM {name}").fetchone()[0]) for name in TABLES}

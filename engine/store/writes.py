@@ -1,0 +1,274 @@
+"""Every write: short transactions, insert-if-absent by natural key, counts of new rows.
+
+Each batch is written in one transaction, so a crash leaves the whole batch or none of it; re-saving
+cached work inserts nothing and each ``save_*`` call returns how many rows were new.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from engine.judges.names import HUMAN
+from engine.store.connection import StoreConnection, translated, utc_now
+from engine.store.errors import StoreError
+from engine.store.records import ProbeRecord, SavedPromptSet
+from engine.store.sql import MEMBER_COLUMNS, PROBE_COLUMNS, PROMPT_COLUMNS
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key, stable_hash
+
+HUMAN_JUDGE = HUMAN  # the one judge whose verdicts may be overwritten (a person changed their mind)
+
+_GENERATION_SCHEMA = pa.schema(
+    [
+        ("completion_key", pa.string()),
+        ("model_hash", pa.string()),
+        ("prompt_key", pa.string()),
+        ("prompt_id", pa.string()),
+        ("prompt_text", pa.string()),
+        ("layers", pa.int32()),
+        ("params_hash", pa.string()),
+        ("params", pa.string()),
+        ("text", pa.string()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("seconds", pa.float64()),
+        ("created_at", pa.timestamp("us")),
+        ("run_id", pa.string()),
+    ]
+)
+_VERDICT_SCHEMA = pa.schema(
+    [
+        ("completion_key", pa.string()),
+        ("judge", pa.string()),
+        ("version", pa.string()),
+        ("jailbroken", pa.bool_()),
+        ("raw", pa.string()),
+        ("degenerate", pa.bool_()),
+        ("note", pa.string()),
+        ("created_at", pa.timestamp("us")),
+    ]
+)
+_PROMPT_SCHEMA = pa.schema([(c, pa.string()) for c in PROMPT_COLUMNS])
+_MEMBER_SCHEMA = pa.schema(
+    [
+        ("set_id", pa.string()),
+        ("prompt_key", pa.string()),
+        ("position", pa.int32()),
+        ("prompt_id", pa.string()),
+    ]
+)
+_PROBE_SCHEMA = pa.schema(
+    [
+        ("model_hash", pa.string()),
+        ("set_id", pa.string()),
+        ("layer", pa.int32()),
+        ("kind", pa.string()),
+        ("accuracy", pa.float64()),
+        ("accuracy_std", pa.float64()),
+        ("auroc", pa.float64()),
+        ("extra", pa.string()),
+        ("created_at", pa.timestamp("us")),
+    ]
+)
+# A human label replaces an earlier one only when something about it changed.
+_OVERWRITE_HUMAN_LABEL = (
+    "(completion_key, judge, version) DO UPDATE SET jailbroken = excluded.jailbroken, "
+    "raw = excluded.raw, degenerate = excluded.degenerate, note = excluded.note, "
+    "created_at = excluded.created_at "
+    "WHERE verdicts.jailbroken IS DISTINCT FROM excluded.jailbroken OR verdicts.raw <> excluded.raw "
+    "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note"
+)
+
+
+def key_of(prompt: Prompt | str) -> str:
+    """The stored prompt key of a prompt, or of a bare prompt text (no context)."""
+    return prompt_key(prompt) if isinstance(prompt, str) else prompt_key(prompt.text, prompt.context)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{c: row[c] for c in columns} for row in rows], schema=schema)
+
+
+def _verdict_row(verdict: Verdict, now: datetime) -> dict[str, Any]:
+    return asdict(verdict) | {"created_at": now}
+
+
+def _probe_row(record: ProbeRecord, now: datetime) -> dict[str, Any]:
+    return {
+        "model_hash": record.model_hash,
+        "set_id": record.set_id,
+        "layer": int(record.layer),
+        "kind": record.kind,
+        "accuracy": float(record.accuracy),
+        "accuracy_std": None if record.accuracy_std is None else float(record.accuracy_std),
+        "auroc": None if record.auroc is None else float(record.auroc),
+        "extra": json.dumps(dict(record.extra), sort_keys=True, default=str),
+        "created_at": now,
+    }
+
+
+class StoreWrites(StoreConnection):
+    """The ``save_*`` methods and run bookkeeping."""
+
+    @staticmethod
+    def _insert_new(
+        cur: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, on_conflict: str = "DO NOTHING"
+    ) -> int:
+        """INSERT the Arrow rows, skipping keys already present; returns how many rows were written."""
+        if rows.num_rows == 0:
+            return 0
+        columns = ", ".join(rows.column_names)
+        cur.register("incoming_rows", rows)
+        try:
+            # Only identifiers from this package's constants are spliced in; the values come from Arrow.
+            sql = (
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming_rows "
+                f"ON CONFLICT {on_conflict} RETURNING 1"
+            )
+            return len(cur.execute(sql).fetchall())
+        finally:
+            cur.unregister("incoming_rows")
+
+    @translated("saving a model")
+    def save_model(self, info: ModelInfo) -> int:
+        """Remember a model (insert if absent). Returns 1 if it was new."""
+        row = asdict(info) | {"added_at": utc_now()}
+        with self._transaction() as cur:
+            return self._insert_new(cur, "models", pa.Table.from_pylist([row]))
+
+    @translated("saving a prompt set")
+    def save_prompt_set(
+        self, name: str, prompts: Sequence[Prompt], *, source: str = "", set_id: str | None = None
+    ) -> SavedPromptSet:
+        """Store a prompt set and its prompts; ``set_id`` defaults to a hash of the name and contents."""
+        members: dict[str, Prompt] = {}
+        for prompt in prompts:
+            members.setdefault(key_of(prompt), prompt)  # a duplicate prompt keeps its first position
+        set_id = set_id or stable_hash(["prompt_set", name, list(members)])
+        prompt_rows = [
+            {"prompt_key": key} | {column: getattr(p, column) for column in PROMPT_COLUMNS[1:]}
+            for key, p in members.items()
+        ]
+        member_rows = [
+            {"set_id": set_id, "prompt_key": key, "position": position, "prompt_id": p.prompt_id}
+            for position, (key, p) in enumerate(members.items())
+        ]
+        set_row = {"set_id": set_id, "name": name, "source": source, "n_prompts": len(members)}
+        with self._transaction() as cur:
+            new_set = self._insert_new(
+                cur, "prompt_sets", pa.Table.from_pylist([set_row | {"added_at": utc_now()}])
+            )
+            new_prompts = self._insert_new(
+                cur, "prompts", _table(prompt_rows, PROMPT_COLUMNS, _PROMPT_SCHEMA)
+            )
+            self._insert_new(cur, "prompt_set_members", _table(member_rows, MEMBER_COLUMNS, _MEMBER_SCHEMA))
+        return SavedPromptSet(set_id, new_prompts, bool(new_set))
+
+    @translated("starting a run")
+    def start_run(self, parameters: Mapping[str, Any], *, run_id: str | None = None) -> str:
+        """Record that a run began; returns its id."""
+        run_id = run_id or uuid.uuid4().hex[:16]
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO runs (run_id, started_at, parameters, status) VALUES (?, ?, ?, 'running')",
+                [run_id, utc_now(), json.dumps(dict(parameters), sort_keys=True, default=str)],
+            )
+        return run_id
+
+    @translated("finishing a run")
+    def finish_run(self, run_id: str, status: str = "done") -> None:
+        with self._transaction() as cur:
+            updated = cur.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ? RETURNING 1",
+                [status, utc_now(), run_id],
+            ).fetchall()
+        if not updated:
+            raise StoreError(f"no run {run_id!r} in {self.path}")
+
+    @translated("saving generations")
+    def save_generations(
+        self,
+        completions: Sequence[Completion],
+        *,
+        params: GenerationParams | None = None,
+        run_id: str | None = None,
+        prompt_keys: Sequence[str] | None = None,
+    ) -> int:
+        """Store completions (one transaction); returns how many were new.
+
+        ``prompt_keys`` (aligned with ``completions``) names the stored prompt each completion came
+        from; by default it is ``prompt_key(completion.prompt_text)``, right for prompts without context.
+        """
+        if prompt_keys is not None and len(prompt_keys) != len(completions):
+            raise StoreError(f"got {len(prompt_keys)} prompt keys for {len(completions)} completions")
+        params_json = None
+        if params is not None:
+            params_json = json.dumps(asdict(params), sort_keys=True)
+            stray = {c.params_hash for c in completions} - {params.key()}
+            if stray:
+                raise StoreError(
+                    f"completions with params_hash {sorted(stray)} do not match params {params.key()}"
+                )
+        keys = (
+            list(prompt_keys) if prompt_keys is not None else [prompt_key(c.prompt_text) for c in completions]
+        )
+        now = utc_now()
+        rows = [
+            {
+                "completion_key": c.key,
+                "model_hash": c.model_hash,
+                "prompt_key": key,
+                "prompt_id": c.prompt_id,
+                "prompt_text": c.prompt_text,
+                "layers": int(c.layers),
+                "params_hash": c.params_hash,
+                "params": params_json,
+                "text": c.text,
+                "token_ids": [int(t) for t in c.token_ids],
+                "seconds": float(c.seconds),
+                "created_at": now,
+                "run_id": run_id,
+            }
+            for c, key in zip(completions, keys, strict=True)
+        ]
+        with self._transaction() as cur:
+            return self._insert_new(cur, "generations", pa.Table.from_pylist(rows, schema=_GENERATION_SCHEMA))
+
+    @translated("saving verdicts")
+    def save_verdicts(self, verdicts: Sequence[Verdict]) -> int:
+        """Store verdicts in one transaction; returns how many rows were written.
+
+        Machine verdicts are insert-if-absent. Human labels (judge == HUMAN_JUDGE) replace an
+        earlier human label when they differ; a replaced label counts as written.
+        """
+        now = utc_now()
+        machine = [_verdict_row(v, now) for v in verdicts if v.judge != HUMAN_JUDGE]
+        # The last human label for a completion wins; DuckDB cannot upsert one row twice per statement.
+        human = {
+            (v.completion_key, v.version): _verdict_row(v, now) for v in verdicts if v.judge == HUMAN_JUDGE
+        }
+        with self._transaction() as cur:
+            written = self._insert_new(cur, "verdicts", pa.Table.from_pylist(machine, schema=_VERDICT_SCHEMA))
+            human_rows = pa.Table.from_pylist(list(human.values()), schema=_VERDICT_SCHEMA)
+            return written + self._insert_new(cur, "verdicts", human_rows, on_conflict=_OVERWRITE_HUMAN_LABEL)
+
+    @translated("saving probe results")
+    def save_probe_results(self, results: Iterable[ProbeRecord], *, replace: bool = False) -> int:
+        """Store probe results (insert if absent, or overwrite with ``replace``); returns rows written."""
+        now = utc_now()
+        # One row per natural key: the last record for a key wins.
+        rows = {(r.model_hash, r.set_id, int(r.layer), r.kind): _probe_row(r, now) for r in results}
+        on_conflict = "DO NOTHING"
+        if replace:
+            updates = ", ".join(f"{c} = excluded.{c}" for c in PROBE_COLUMNS[4:])
+            on_conflict = f"(model_hash, set_id, layer, kind) DO UPDATE SET {updates}"
+        with self._transaction() as cur:
+            return self._insert_new(
+                cur, "probe_results", _table(list(rows.values()), PROBE_COLUMNS, _PROBE_SCHEMA), on_conflict
+            )

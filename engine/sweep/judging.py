@@ -1,0 +1,60 @@
+"""Judging what a sweep stored: every completion a judge version has not seen, in batches. Torch-free:
+the judges arrive built (see ``runner.build_judges``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from engine.judges.base import Judge, JudgeItem
+from engine.types import Completion, Prompt, model_input
+
+JUDGE_BATCH = 64
+
+
+def judge_stored(
+    store,
+    judges: Sequence[Judge],
+    prompts: Sequence[Prompt],
+    model_hash: str,
+    layers: Sequence[int],
+    params_hash: str,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> int:
+    """Judge every stored completion of these prompts × depths that a judge version has not seen.
+
+    ``on_start`` hears how many judgements are due (over all judges) before the first one.
+    """
+    by_input = {model_input(p): p for p in prompts}
+    completions = [
+        c
+        for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=params_hash)
+        if c.prompt_text in by_input
+    ]
+    due = []
+    for judge in judges:
+        todo_keys = store.missing_verdicts([c.key for c in completions], judge.name, judge.version)
+        due.append((judge, [c for c in completions if c.key in todo_keys]))
+    if on_start:
+        on_start(sum(len(todo) for _judge, todo in due))
+    written = 0
+    for judge, todo in due:
+        for start in range(0, len(todo), JUDGE_BATCH):
+            chunk = todo[start : start + JUDGE_BATCH]
+            written += store.save_verdicts(
+                judge.judge([_judge_item(c, by_input[c.prompt_text]) for c in chunk])
+            )
+            if on_batch:
+                on_batch(len(chunk))
+    return written
+
+
+def _judge_item(completion: Completion, prompt: Prompt) -> JudgeItem:
+    return JudgeItem(
+        completion_key=completion.key,
+        behavior=prompt.text,
+        completion=completion.text,
+        context=prompt.context,
+        tags=prompt.tags,
+    )

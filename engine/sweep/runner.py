@@ -1,0 +1,100 @@
+"""Running (or resuming) a sweep: load each model, generate what is missing, judge it, report progress."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from engine.datasets import load_prompt_set
+from engine.judges.base import Judge
+from engine.judges.names import HARMBENCH, HUMAN
+from engine.judges.registry import get_judge
+
+from .generating import generate_missing
+from .judging import judge_stored
+from .spec import SweepProgress, SweepSpec, SweepSummary
+
+
+def build_judges(names: Iterable[str], judge_model: str | None) -> list[Judge]:
+    judges = []
+    for name in names:
+        if name == HARMBENCH and not judge_model:
+            raise ValueError(
+                "the harmbench judge needs --judge-model: a local folder with the HarmBench classifier "
+                "(e.g. cais/HarmBench-Llama-2-13b-cls downloaded with `hf download`)"
+            )
+        if name == HUMAN:
+            raise ValueError("human labels are given in the dashboard or with `python -m engine label`")
+        judges.append(get_judge(name, judge_model=judge_model))
+    return judges
+
+
+class _StageClock:
+    """One stage at a time: its own total (only the work still to do) and clock, so rate and ETA are true."""
+
+    def __init__(self, progress: Callable[[SweepProgress], None] | None) -> None:
+        self.progress = progress
+        self.model, self.name, self.done, self.total = "", "", 0, 0
+        self.began = time.perf_counter()
+
+    def report(self) -> None:
+        if self.progress:
+            elapsed = time.perf_counter() - self.began
+            self.progress(SweepProgress(self.model, self.name, self.done, self.total, elapsed))
+
+    def begin(self, model: str, name: str, total: int) -> None:
+        self.model, self.name, self.done, self.total = model, name, 0, total
+        self.began = time.perf_counter()
+        self.report()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.report()
+
+
+def run_sweep(
+    spec: SweepSpec,
+    store,
+    *,
+    progress: Callable[[SweepProgress], None] | None = None,
+    stop: threading.Event | None = None,
+    load: Callable[[str], object] | None = None,
+) -> SweepSummary:
+    """Run (or resume) a sweep into ``store``. ``load`` maps a model name to a LoadedModel."""
+    if load is None:
+        from engine.models import load_model  # torch on first use (see generating.py)
+
+        load = load_model
+    prompts = load_prompt_set(spec.prompt_set, limit=spec.limit)
+    saved_set = store.save_prompt_set(spec.prompt_set, prompts, source=spec.prompt_set)
+    judges = build_judges(spec.judges, spec.judge_model)
+    run_id = store.start_run(spec.run_parameters(saved_set.set_id))
+    generated = cached = verdicts = 0
+    clock = _StageClock(progress)
+    try:
+        for name in spec.models:
+            clock.begin(name, "loading", 1)
+            loaded = load(name)
+            store.save_model(loaded.info)
+            layers = spec.layers_for(loaded.n_layers)
+            new, already = generate_missing(
+                store, loaded, prompts, layers, spec.params,
+                run_id=run_id, rows_per_batch=spec.rows_per_batch, stop=stop,
+                on_batch=lambda batch: clock.advance(len(batch)),
+                on_start=lambda total, name=name: clock.begin(name, "generating", total),
+            )  # fmt: skip
+            generated, cached = generated + new, cached + already
+            if stop is not None and stop.is_set():
+                break
+            verdicts += judge_stored(
+                store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(),
+                on_batch=clock.advance, on_start=lambda total, name=name: clock.begin(name, "judging", total),
+            )  # fmt: skip
+            clock.begin(name, "done", 0)
+    except BaseException:
+        store.finish_run(run_id, "interrupted")
+        raise
+    stopped = stop is not None and stop.is_set()
+    store.finish_run(run_id, "stopped" if stopped else "done")
+    return SweepSummary(run_id, generated, cached, verdicts, stopped)

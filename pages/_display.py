@@ -1,0 +1,48 @@
+"""Display helpers every page shares: page headers, engine errors as messages, and plain-text rendering.
+
+Every stored or typed string (model output, prompts, CSV cells, paths) reaches the page either through
+``st.text``/``st.code`` (plain text) or through :func:`md_escape` inside our own markdown: never as
+markdown or HTML of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import streamlit as st
+
+from pages import _charts
+
+log = logging.getLogger("depthscope.app")
+
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+
+
+def md_escape(text: str) -> str:
+    """Escape user-given names (paths, model ids) before they go into our own markdown."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+
+
+def page_header(title: str, explanation: str) -> None:
+    st.title(title)
+    st.caption(explanation)
+
+
+def show_error(exc: BaseException) -> None:
+    """An engine error as a message, never a traceback (the server log keeps the details). Messages
+    may quote CSV cells or paths, so they are escaped: nothing in them is read as markdown."""
+    log.info("engine error shown to the user", exc_info=exc)
+    st.error(md_escape(str(exc) or type(exc).__name__), icon=":material/error:")
+
+
+def short_name(model: str, width: int = 42) -> str:
+    """A model id for labels: embedded names spelled out, a path by its last folder."""
+    return _charts.short(model, width)
+
+
+def show_plain_text(text: str, big: bool = False) -> None:
+    """Model output as plain text; long or many-line answers scroll inside a fixed-height box."""
+    long = len(text) > (900 if big else 320) or text.count("\n") > (14 if big else 8)
+    box = st.container(height=(340 if big else 240), border=False) if long else st.container()
+    box.text(text)

@@ -1,0 +1,197 @@
+"""The sidebar every page shares: model, prompt set, database and generation settings, the demo-model
+builder and the background job's progress."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import streamlit as st
+
+from engine import modelfiles
+from engine.datasets import BUILTIN_SETS, DatasetError, parse_csv, to_csv
+from engine.store import DEFAULT_DB_PATH, StoreError
+from pages._display import md_escape, short_name
+from pages._jobs import Job, job_panel, job_running, start_job
+from pages._models import peek_n_layers
+from pages._paths import ENV_DB, default_db, default_model, path_problem, resolve_db
+from pages._queries import available_sets, clear_data, stored_models
+from pages._selection import DEFAULT_PROMPT_SET, OTHER_MODEL, Selection, selection
+
+DEFAULT_MODEL_NOTE = (
+    "The default model is **SmolLM2-135M-Instruct**: tiny (135 M parameters, 30 layers), it ships with "
+    "DepthScope and runs on a laptop CPU. It complies with most harmful requests even at full depth and "
+    "degenerates into loops below about 27 of 30 layers, so it shows the machinery, not the phenomenon."
+)
+DEFAULT_MODEL_SHORT = (
+    "Tiny default model: answers most harmful requests even at full depth and turns into loops below "
+    "about 27 of 30 layers. Good for trying the tool; use a real chat model for findings."
+)
+REAL_MODEL_HOWTO = (
+    "To study a real chat model, choose **Other model** and give a local Hugging Face checkpoint folder "
+    "(config.json, tokenizer files, \\*.safetensors) or a .gguf file, for example "
+    "`/models/Llama-2-7b-chat-hf`. Supported: Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi-3, GPT-2, "
+    "GPT-NeoX. A GPU is used automatically when there is one."
+)
+MODEL_LABELS = {
+    OTHER_MODEL: "Other model: a checkpoint folder or .gguf file…",
+    modelfiles.DEFAULT_MODEL: "SmolLM2-135M-Instruct (default, tiny)",
+    modelfiles.DEMO_MODEL: "DepthScope demo model (synthetic)",
+}
+
+
+def sidebar() -> Selection:
+    """Model, prompt set, database and generation settings: one place for every page."""
+    with st.sidebar:
+        top, settings, demo, jobs = st.container(), st.container(), st.container(), st.container()
+    with settings.expander("Settings: database and generation"):
+        _settings_inputs()
+    db = str(resolve_db(st.session_state.get("db", default_db())))
+    with top:
+        _model_picker(db)
+        _prompt_set_picker(db)
+    with demo:
+        _demo_model_box()
+    with jobs:
+        job_panel("sidebar")
+    return selection()
+
+
+def _settings_inputs() -> None:
+    st.text_input(
+        "Database file",
+        value=default_db(),
+        key="db",
+        help=f"DuckDB file with every result (default {DEFAULT_DB_PATH}; env {ENV_DB} overrides). "
+        "Created when missing; relative paths start at the project folder.",
+    )
+    st.number_input("Max new tokens", min_value=1, max_value=2048, value=64, step=8, key="max_new_tokens")
+    st.toggle("Use the chat template", value=True, key="chat_template")
+    st.text_area("System prompt (optional)", value="", key="system_prompt", height=68)
+    st.caption("Completions are cached per model, prompt, depth and these settings.")
+
+
+# ---------------------------------------------------------------- the model
+
+
+def model_options(db: str) -> list[str]:
+    names = [default_model(), *modelfiles.embedded_model_names()]
+    with contextlib.suppress(StoreError):  # the page shows the store error
+        names += [info.model_id for info in stored_models(db)]
+    return [*dict.fromkeys(names), OTHER_MODEL]
+
+
+def model_label(name: str) -> str:
+    return MODEL_LABELS.get(name) or short_name(name)
+
+
+def _model_picker(db: str) -> None:
+    options = model_options(db)
+    if st.session_state.get("model_choice") not in options:
+        st.session_state.pop("model_choice", None)
+    st.selectbox(
+        "Model", options, index=options.index(default_model()), format_func=model_label, key="model_choice"
+    )
+    if st.session_state["model_choice"] == OTHER_MODEL:
+        _model_path_box()
+    if selection().model == modelfiles.DEFAULT_MODEL:
+        st.caption(DEFAULT_MODEL_SHORT)
+    with st.expander("About the model, and using a real one"):
+        st.markdown(DEFAULT_MODEL_NOTE)
+        st.markdown(REAL_MODEL_HOWTO)
+
+
+def _model_path_box() -> None:
+    path = st.text_input(
+        "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder="/models/Llama-2-7b-chat-hf"
+    )
+    fallback = model_label(default_model())
+    if not path.strip():
+        st.caption(f"Type a path; until then {md_escape(fallback)} is used.")
+    elif problem := path_problem(path, "model path"):
+        st.error(md_escape(f"{problem} Until then {fallback} is used."))
+    elif peek_n_layers(path) is None and (path.startswith(("/", "~", ".")) or "\\" in path):
+        st.warning("No config.json or .gguf file found there yet.")
+
+
+# ---------------------------------------------------------------- the prompt set
+
+
+def set_title(name: str) -> str:
+    info = BUILTIN_SETS.get(name)
+    return info.title if info else f"CSV: {Path(name).name}"
+
+
+def _prompt_set_picker(db: str) -> None:
+    options = [*available_sets(), *st.session_state.get("uploaded_sets", [])]
+    current = st.session_state.get("prompt_set")
+    if current and current not in options:
+        options.append(current)
+    st.selectbox(
+        "Prompt set",
+        options,
+        index=options.index(DEFAULT_PROMPT_SET),
+        format_func=set_title,
+        key="prompt_set",
+    )
+    if info := BUILTIN_SETS.get(st.session_state.get("prompt_set", DEFAULT_PROMPT_SET)):
+        st.caption(f"{info.description} Source: {info.source}. Licence: {info.licence}.")
+    with st.expander("Use your own prompts (CSV)"):
+        st.file_uploader(
+            "Upload a prompt CSV",
+            type=["csv", "tsv", "txt"],
+            key="upload",
+            on_change=_on_upload,
+            args=(db,),
+            help="Columns: prompt (+ optional label harmful/benign, id, category), or HarmBench, "
+            "StrongREJECT or AdvBench files as they are.",
+        )
+        if st.session_state.get("upload_error"):
+            st.error(md_escape(st.session_state["upload_error"]))
+
+
+def _on_upload(db: str) -> None:
+    upload = st.session_state.get("upload")
+    st.session_state["upload_error"] = ""
+    if upload is None:
+        return
+    try:
+        prompts = parse_csv(upload.getvalue(), filename=upload.name)
+        folder = Path(db).parent / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{Path(upload.name).stem}.csv"
+        path.write_text(to_csv(prompts), encoding="utf-8")
+    except (DatasetError, OSError) as exc:
+        st.session_state["upload_error"] = str(exc)
+        return
+    uploaded = st.session_state.setdefault("uploaded_sets", [])
+    if str(path) not in uploaded:
+        uploaded.append(str(path))
+    st.session_state["prompt_set"] = str(path)
+    clear_data()
+
+
+# ---------------------------------------------------------------- the demo model
+
+
+def _demo_model_box() -> None:
+    if modelfiles.demo_model_built() or job_running("demo-model"):
+        return
+    with st.expander("Demo model: not built yet"):
+        st.caption(
+            "A small synthetic chat model trained here, offline (a few minutes on CPU), whose refusal "
+            "lives in its last two layers: truncate it and it complies with placeholder answers. "
+            "It shows what DepthScope finds when the phenomenon is really there."
+        )
+        if st.button("Build demo model", key="build-demo"):
+            start_demo_build()
+
+
+def start_demo_build() -> None:
+    def work(job: Job) -> str:
+        from engine.demo_model import build_demo_model  # torch: only inside the job
+
+        path = build_demo_model(progress=job.update)
+        return f"Saved to {path}; pick “{MODEL_LABELS[modelfiles.DEMO_MODEL]}” as the model."
+
+    start_job("demo-model", "Building the demo model", work, stoppable=False)

@@ -1,0 +1,45 @@
+"""The store handles of the dashboard: one cached read-write (or read-only) Store per database file,
+and a fresh connection for each background job."""
+
+from __future__ import annotations
+
+import atexit
+
+import streamlit as st
+
+from engine.store import Store, StoreError, StoreLockedError
+from pages._display import show_error
+from pages._paths import allowed_db
+
+
+def _close_store(store: Store) -> None:
+    store.close()
+
+
+@st.cache_resource(max_entries=4, show_spinner=False, on_release=_close_store)
+def open_store(db: str) -> Store:
+    """Read-write when possible; read-only while another process (a CLI sweep) holds the file."""
+    allowed_db(db)
+    try:
+        return Store.open(db, lock_timeout_s=1.0)
+    except StoreLockedError:
+        return Store.open(db, read_only=True, lock_timeout_s=1.0)
+
+
+atexit.register(open_store.clear)  # close the databases when the server stops
+
+
+def get_store(db: str) -> Store | None:
+    """The store of this database, or None after showing why it cannot be opened."""
+    try:
+        return open_store(db)
+    except StoreError as exc:
+        show_error(exc)
+        st.info("Pick another database file in the sidebar (Settings), or close the program using it.")
+        return None
+
+
+def open_job_store(db: str) -> Store:
+    """A background job's own connection to the database; use it in a ``with`` block."""
+    allowed_db(db)
+    return Store.open(db, lock_timeout_s=5.0)
