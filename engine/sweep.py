@@ -12,9 +12,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.depths import DEFAULT_DEPTHS, check_layers, layers_from_percent
 from engine.types import Completion, GenerationParams, Prompt
+
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -114,24 +118,29 @@ def generate_missing(
     on_batch: Callable[[list[Completion]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> tuple[int, int]:
     """Generate and store every (prompt, depth) not yet stored. Returns (new, already stored).
 
+    ``loaded`` is the executor's handle for the model (a LoadedModel for the local executor).
+    The executor computes; only this function writes, as each batch or chunk arrives.
     ``on_start`` hears how many rows are missing before the first batch (a progress bar's total).
     """
-    from engine.generation import iter_completions
+    from engine.executors import split_into_units
+    from engine.executors.local import LocalExecutor
 
+    executor = executor or LocalExecutor()
     inputs = _as_model_prompts(prompts)
     key_of_input = {p.text: _prompt_key(original) for p, original in zip(inputs, prompts, strict=True)}
     groups, n_missing = _missing_by_prompt(store, loaded.info.model_hash, inputs, layers, params.key())
     already = len(inputs) * len(layers) - n_missing
     if on_start:
         on_start(n_missing)
+    by_layers = {group_layers: [inputs[i] for i in indices] for group_layers, indices in groups.items()}
+    units = split_into_units(by_layers, executor.prompts_per_chunk)
     written = 0
-    for group_layers, indices in groups.items():
-        batches = iter_completions(
-            loaded, [inputs[i] for i in indices], group_layers, params, rows_per_batch=rows_per_batch
-        )
+    batches = executor.generate(loaded, units, params, rows_per_batch=rows_per_batch)
+    try:
         for batch in batches:
             written += store.save_generations(
                 batch, params=params, run_id=run_id, prompt_keys=[key_of_input[c.prompt_text] for c in batch]
@@ -139,7 +148,9 @@ def generate_missing(
             if on_batch:
                 on_batch(batch)
             if stop is not None and stop.is_set():
-                return written, already
+                break
+    finally:
+        batches.close()  # a stopped sweep leaves no generator (or worker call) behind
     return written, already
 
 
@@ -215,12 +226,17 @@ def run_sweep(
     progress: Callable[[SweepProgress], None] | None = None,
     stop: threading.Event | None = None,
     load: Callable[[str], object] | None = None,
+    executor: Executor | None = None,
 ) -> SweepSummary:
-    """Run (or resume) a sweep into ``store``. ``load`` maps a model name to a LoadedModel."""
-    from engine.datasets import load_prompt_set
-    from engine.models import load_model
+    """Run (or resume) a sweep into ``store``.
 
-    load = load or load_model
+    ``executor`` says where generation runs (default: this process, where ``load`` maps a model name to
+    a LoadedModel); this function alone decides what is missing and writes to the store.
+    """
+    from engine.datasets import load_prompt_set
+    from engine.executors.local import LocalExecutor
+
+    executor = executor or LocalExecutor(load=load)
     prompts = load_prompt_set(spec.prompt_set, limit=spec.limit)
     saved_set = store.save_prompt_set(spec.prompt_set, prompts, source=spec.prompt_set)
     judges = build_judges(spec.judges, spec.judge_model)
@@ -245,14 +261,19 @@ def run_sweep(
     try:
         for name in spec.models:
             begin(name, "loading", 1)
-            loaded = load(name)
-            store.save_model(loaded.info)
-            layers = spec.layers_for(loaded.n_layers)
-            new, already = generate_missing(
-                store, loaded, prompts, layers, spec.params,
-                run_id=run_id, rows_per_batch=spec.rows_per_batch, on_batch=lambda batch: advance(len(batch)),
-                on_start=lambda total, name=name: begin(name, "generating", total), stop=stop,
-            )  # fmt: skip
+            loaded = executor.load(name)
+            try:
+                store.save_model(loaded.info)
+                layers = spec.layers_for(loaded.n_layers)
+                new, already = generate_missing(
+                    store, loaded, prompts, layers, spec.params,
+                    run_id=run_id, rows_per_batch=spec.rows_per_batch,
+                    on_batch=lambda batch: advance(len(batch)),
+                    on_start=lambda total, name=name: begin(name, "generating", total), stop=stop,
+                    executor=executor,
+                )  # fmt: skip
+            finally:
+                executor.release(loaded)
             generated, cached = generated + new, cached + already
             if stop is not None and stop.is_set():
                 break
