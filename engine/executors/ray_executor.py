@@ -158,21 +158,28 @@ class RayExecutor:
         *,
         rows_per_batch: int | None = None,
     ) -> Iterator[list[Completion]]:
-        """One unit in flight per actor; completions are yielded unit by unit as they finish."""
+        """One unit in flight per actor; completions are yielded unit by unit as they finish.
+
+        A finished actor gets its next unit before the driver stores the last one, so it never waits.
+        """
         pending = deque(range(len(units)))
         attempts: Counter[int] = Counter()
         idle = list(model.actors)
         in_flight: dict = {}
-        while pending or in_flight:
+
+        def submit() -> None:
             while pending and idle:
-                actor, index = idle.pop(), pending.popleft()
+                actor, index = idle.pop(0), pending.popleft()
                 in_flight[actor.generate.remote(units[index], params, rows_per_batch)] = (actor, index)
+
+        submit()
+        while in_flight:
             [ready], _rest = ray.wait(list(in_flight), num_returns=1)
             actor, index = in_flight.pop(ready)
             try:
                 completions = ray.get(ready)
             except WORKER_FAILURES as exc:
-                self._retire(model, actor, idle, exc)
+                self._retire(model, actor, idle)
                 attempts[index] += 1
                 if attempts[index] >= MAX_ATTEMPTS_PER_UNIT or not model.actors:
                     raise WorkerFailedError(
@@ -181,9 +188,13 @@ class RayExecutor:
                     ) from exc
                 log.warning("worker failed on unit %d (%s); resubmitting it", index, _root_cause(exc))
                 pending.appendleft(index)
+                submit()
                 continue
             idle.append(actor)
+            submit()
             yield completions
+        if pending:  # unreachable while a worker lives; never end silently with work left
+            raise WorkerFailedError(f"{len(pending)} work unit(s) left and no worker to run them")
 
     def release(self, model: RayModel) -> None:
         self._kill(model.actors)
@@ -194,7 +205,7 @@ class RayExecutor:
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
 
-    def _retire(self, model: RayModel, actor, idle: list, exc: BaseException) -> None:
+    def _retire(self, model: RayModel, actor, idle: list) -> None:
         """Ray already restarted and retried this actor as often as allowed: take it out of the pool."""
         if actor in model.actors:
             model.actors.remove(actor)
