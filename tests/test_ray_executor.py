@@ -95,10 +95,6 @@ def test_ray_sweep_stores_the_single_process_rows_chunk_by_chunk(
     generating = [p.done for p in seen if p.stage == "generating"]
     steps = [after - before for before, after in zip(generating, generating[1:], strict=False)]
     assert generating[0] == 0 and generating[-1] == 15 and sorted(steps) == [3, 6, 6]
-    # a re-run finds everything stored: no unit is sent to the workers
-    with Store.open(db_path) as store:
-        again = run_sweep(spec_for(tiny_model_dir, prompts_csv), store, executor=executor)
-    assert (again.generated, again.cached, again.verdicts) == (0, 15, 0)
 
 
 def test_worker_killed_mid_run_loses_and_duplicates_nothing(
