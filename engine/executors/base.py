@@ -1,0 +1,75 @@
+"""The executor contract (torch-free): work units in, completions out, the driver stores them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One model's prompt chunk with all the depths still missing for those prompts.
+
+    ``prompts`` carry the model's input as ``text`` (context already prepended), so the completions'
+    keys are the ones the sweep looks up.
+    """
+
+    prompts: tuple[Prompt, ...]
+    layers: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * len(self.layers)
+
+
+class ModelHandle(Protocol):
+    """What the driver holds for a loaded model: its record (cache keys), never necessarily its weights."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def n_layers(self) -> int: ...
+
+
+class Executor(Protocol):
+    """Computes completions for work units; never touches the store."""
+
+    workers: int
+    prompts_per_chunk: int | None  # None: one unit per group of prompts missing the same depths
+
+    def load(self, model: str) -> ModelHandle:
+        """Load ``model`` where the work runs; return its handle (raises ModelLoadError)."""
+        ...
+
+    def generate(
+        self,
+        model: ModelHandle,
+        units: Sequence[WorkUnit],
+        params: GenerationParams,
+        *,
+        rows_per_batch: int | None = None,
+    ) -> Iterator[list[Completion]]:
+        """Yield completions as they finish, in any order; every unit's rows exactly once."""
+        ...
+
+    def release(self, model: ModelHandle) -> None:
+        """Free what ``load`` took (GPU memory, worker processes)."""
+        ...
+
+
+def split_into_units(
+    groups: dict[tuple[int, ...], list[Prompt]], prompts_per_chunk: int | None
+) -> list[WorkUnit]:
+    """Work units from {missing layers: prompts}: chunks of ``prompts_per_chunk`` (None: whole groups)."""
+    units = []
+    for layers, prompts in groups.items():
+        size = prompts_per_chunk or max(1, len(prompts))
+        units += [
+            WorkUnit(tuple(prompts[start : start + size]), tuple(layers))
+            for start in range(0, len(prompts), size)
+        ]
+    return units
