@@ -7,7 +7,15 @@ asks for Ray (``make_executor(ray=...)``).
 
 from __future__ import annotations
 
-from .base import Executor, ModelHandle, WorkUnit, split_into_units
+from .base import (
+    ChunkActivations,
+    ClusterUnavailableError,
+    Executor,
+    ModelHandle,
+    WorkerFailedError,
+    WorkUnit,
+    split_into_units,
+)
 
 
 def make_executor(
@@ -18,10 +26,12 @@ def make_executor(
     cpus_per_worker: float = 1.0,
     prompts_per_chunk: int | None = None,
     load=None,
+    load_kwargs: dict | None = None,
 ) -> Executor:
     """The local executor when ``ray`` is None, else a Ray executor on ``ray`` ("local", "auto", an address).
 
-    ``load`` (name -> LoadedModel) is used by the local executor only; Ray workers call ``load_model``.
+    ``load`` (name -> LoadedModel) is used by the local executor only; Ray workers call
+    ``load_model(name, **load_kwargs)`` (device, dtype, trust_remote_code).
     """
     if ray is None:
         from .local import LocalExecutor
@@ -35,7 +45,17 @@ def make_executor(
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
         prompts_per_chunk=prompts_per_chunk,
+        load_kwargs=load_kwargs,
     )
 
 
-__all__ = ["Executor", "ModelHandle", "WorkUnit", "make_executor", "split_into_units"]
+__all__ = [
+    "ChunkActivations",
+    "ClusterUnavailableError",
+    "Executor",
+    "ModelHandle",
+    "WorkUnit",
+    "WorkerFailedError",
+    "make_executor",
+    "split_into_units",
+]

@@ -1,4 +1,5 @@
-"""The executor contract (torch-free): work units in, completions out, the driver stores them."""
+"""The executor contract (torch-free): work units in, completions, verdicts or activations out; the
+driver stores them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from engine.types import Completion, GenerationParams, ModelInfo, Prompt
+import numpy as np
+
+from engine.judges.base import Judge, JudgeItem
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
+
+
+class ClusterUnavailableError(ConnectionError):
+    """No Ray cluster answers at the address asked for."""
+
+
+class WorkerFailedError(RuntimeError):
+    """Workers kept dying; what was stored stays stored, and re-running the same command resumes."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,15 @@ class WorkUnit:
     @property
     def rows(self) -> int:
         return len(self.prompts) * len(self.layers)
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkActivations:
+    """What a probe needs from the model for one prompt chunk; the probes are fitted on the driver."""
+
+    residuals: np.ndarray  # float32 [n, L+1, hidden]: last-token residual stream at every layer
+    refusal_mass: np.ndarray  # float64 [n, L+1]: logit-lens probability of refusal openings
+    refusal_token_ids: tuple[int, ...]
 
 
 class ModelHandle(Protocol):
@@ -56,8 +77,26 @@ class Executor(Protocol):
         """Yield completions as they finish, in any order; every unit's rows exactly once."""
         ...
 
+    def collect(
+        self, model: ModelHandle, chunks: Sequence[Sequence[Prompt]], params: GenerationParams
+    ) -> Iterator[tuple[int, ChunkActivations]]:
+        """Yield (chunk index, its activations) as chunks finish, in any order; each chunk exactly once."""
+        ...
+
     def release(self, model: ModelHandle) -> None:
         """Free what ``load`` took (GPU memory, worker processes)."""
+        ...
+
+    def close(self) -> None:
+        """Shut down what the executor started (a private Ray cluster); a joined cluster keeps running."""
+        ...
+
+    def build_judge(self, name: str, *, judge_model: str | None = None, version: str | None = None) -> Judge:
+        """A judge (name, version) to pass to :meth:`judge`; its classifier is loaded where the work runs."""
+        ...
+
+    def judge(self, judge: Judge, chunks: Sequence[Sequence[JudgeItem]]) -> Iterator[list[Verdict]]:
+        """Yield each chunk's verdicts as the chunk finishes, in any order; each chunk exactly once."""
         ...
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.lag import HARM_DETECTION_ACCURACY
 from engine.probes.activations import ACTIVATIONS_DIR, Activations, activations_path, collect_activations
-from engine.probes.analysis import ProbeAnalysis, analyse
+from engine.probes.analysis import ProbeAnalysis, analyse, analyse_collected, analyse_with
 from engine.probes.directions import (
     cosine_matrix,
     diff_of_means_directions,
@@ -46,6 +46,8 @@ __all__ = [
     "ProbeAnalysis",
     "activations_path",
     "analyse",
+    "analyse_collected",
+    "analyse_with",
     "collect_activations",
     "cosine_matrix",
     "diff_of_means_directions",

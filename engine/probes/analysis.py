@@ -10,13 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.datasets import prompt_set_id
 from engine.lag import LagSummary
-from engine.probes.activations import ACTIVATIONS_DIR, Activations, collect_activations
+from engine.probes.activations import (
+    ACTIVATIONS_DIR,
+    Activations,
+    activations_path,
+    collect_activations,
+    save_npz,
+)
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
 from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, harm_detection_layer, probe_layers
 from engine.types import GenerationParams, Prompt
 
 if TYPE_CHECKING:
+    from engine.executors import Executor, ModelHandle
     from engine.lens import RefusalCurve
     from engine.models import LoadedModel
 
@@ -80,10 +88,64 @@ def analyse(
     from engine import lens
 
     activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
-    probes = probe_layers(activations, folds=folds, seed=seed)
     refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
     mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
-    curve = lens.lens_refusal_curve(mass, activations.harmful)
+    return analyse_collected(activations, mass, refusal_ids, folds=folds, seed=seed)
+
+
+def analyse_with(
+    executor: Executor,
+    model: ModelHandle,
+    prompts: Sequence[Prompt],
+    params: GenerationParams | None = None,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | str | None = ACTIVATIONS_DIR,
+    prompts_per_chunk: int | None = None,
+) -> ProbeAnalysis:
+    """:func:`analyse` with the model where ``executor`` runs it (Ray actors, one prompt chunk each):
+    only activations and lens refusal mass come back; the probes are fitted here.
+
+    The residuals are written to the activation cache as :func:`analyse` writes them.
+    """
+    if not prompts:
+        raise ValueError("no prompts to collect activations for")
+    params = params or GenerationParams()
+    size = prompts_per_chunk or executor.prompts_per_chunk or len(prompts)
+    chunks = [list(prompts[start : start + size]) for start in range(0, len(prompts), size)]
+    collected = dict(executor.collect(model, chunks, params))
+    parts = [collected[i] for i in range(len(chunks))]  # back in prompt order
+    residuals = np.concatenate([p.residuals for p in parts])
+    set_id = prompt_set_id(prompts)
+    if cache_dir:
+        path = activations_path(model.info.model_hash, set_id, params, cache_dir)
+        save_npz(path, residuals=residuals, prompt_ids=np.array([p.prompt_id for p in prompts]))
+    activations = Activations(
+        model_hash=model.info.model_hash,
+        set_id=set_id,
+        params=params,
+        residuals=residuals,
+        harmful=np.array([p.label == "harmful" for p in prompts]),
+        prompt_ids=tuple(p.prompt_id for p in prompts),
+    )
+    mass = np.concatenate([p.refusal_mass for p in parts])
+    return analyse_collected(activations, mass, parts[0].refusal_token_ids, folds=folds, seed=seed)
+
+
+def analyse_collected(
+    activations: Activations,
+    refusal_mass: np.ndarray,
+    refusal_ids: Sequence[int],
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+) -> ProbeAnalysis:
+    """The model-free half: probes, directions, the refusal curve and the lag from collected arrays."""
+    from engine import lens
+
+    probes = probe_layers(activations, folds=folds, seed=seed)
+    curve = lens.lens_refusal_curve(refusal_mass, activations.harmful)
     lag = LagSummary(activations.n_layers, harm_detection_layer(probes), lens.refusal_emergence_layer(curve))
     return ProbeAnalysis(
         activations=activations,
@@ -92,7 +154,7 @@ def analyse(
         dom_directions=diff_of_means_directions(activations),
         refusal=curve,
         lag=lag,
-        refusal_token_ids=refusal_ids,
+        refusal_token_ids=tuple(refusal_ids),
         settings={
             "folds": folds,
             "seed": seed,

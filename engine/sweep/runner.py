@@ -20,7 +20,10 @@ if TYPE_CHECKING:
     from engine.executors import Executor
 
 
-def build_judges(names: Iterable[str], judge_model: str | None) -> list[Judge]:
+def build_judges(
+    names: Iterable[str], judge_model: str | None, executor: Executor | None = None
+) -> list[Judge]:
+    """The judges by name, built by ``executor`` when given (a Ray executor loads classifiers on actors)."""
     judges = []
     for name in names:
         if name == HARMBENCH and not judge_model:
@@ -30,7 +33,10 @@ def build_judges(names: Iterable[str], judge_model: str | None) -> list[Judge]:
             )
         if name == HUMAN:
             raise ValueError("human labels are given in the dashboard or with `python -m engine label`")
-        judges.append(get_judge(name, judge_model=judge_model))
+        if executor is not None:
+            judges.append(executor.build_judge(name, judge_model=judge_model))
+        else:
+            judges.append(get_judge(name, judge_model=judge_model))
     return judges
 
 
@@ -76,7 +82,7 @@ def run_sweep(
     executor = executor or LocalExecutor(load=load)
     prompts = load_prompt_set(spec.prompt_set, limit=spec.limit)
     saved_set = store.save_prompt_set(spec.prompt_set, prompts, source=spec.prompt_set)
-    judges = build_judges(spec.judges, spec.judge_model)
+    judges = build_judges(spec.judges, spec.judge_model, executor)
     run_id = store.start_run(spec.run_parameters(saved_set.set_id))
     generated = cached = verdicts = 0
     clock = _StageClock(progress)
@@ -101,6 +107,7 @@ def run_sweep(
             verdicts += judge_stored(
                 store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(),
                 on_batch=clock.advance, on_start=lambda total, name=name: clock.begin(name, "judging", total),
+                executor=executor,
             )  # fmt: skip
             clock.begin(name, "done", 0)
     except BaseException:
