@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.cli import EXTENSIONS, add_model_arguments, command, load_from_args, print_json
+from engine.cv import DEFAULT_FOLDS, DEFAULT_SEED, logistic_probe, stratified_folds
 from engine.types import GenerationParams, Prompt, stable_hash
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 
 ACTIVATIONS_DIR = Path(__file__).resolve().parent.parent / "data" / "activations"
 HARM_DETECTION_ACCURACY = 0.95
-DEFAULT_FOLDS = 5
-DEFAULT_SEED = 0
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 
 
@@ -168,27 +167,6 @@ class LayerProbe:
     folds: int
 
 
-def _folds(harmful: np.ndarray, folds: int, seed: int):
-    from sklearn.model_selection import StratifiedKFold
-
-    smallest = int(min(harmful.sum(), (~harmful).sum()))
-    if smallest < 2:
-        raise ValueError(
-            f"probing needs at least 2 harmful and 2 benign prompts (got {int(harmful.sum())} harmful, "
-            f"{int((~harmful).sum())} benign): use a prompt set with a label column, e.g. 'demo'"
-        )
-    return StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-
-
-def logistic_probe(C: float = 1.0):
-    """The probe: standardise inside the pipeline, so each fold is scaled by its own training data."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-
-
 def _dom_fold_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
     mean_h, mean_b = x[train][y[train]].mean(0), x[train][~y[train]].mean(0)
     direction = mean_h - mean_b
@@ -203,7 +181,7 @@ def probe_layers(
     from threadpoolctl import threadpool_limits
 
     y = activations.harmful
-    splits = list(_folds(y, folds, seed).split(np.zeros(len(y)), y))
+    splits = stratified_folds(y, folds, seed)  # the folds the content baselines use too
     # Tiny matrices: multi-threaded BLAS only adds contention (a fit was 50x slower on 2 busy cores).
     with threadpool_limits(limits=1, user_api="blas"):
         return [
