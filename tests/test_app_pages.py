@@ -479,6 +479,7 @@ def test_lag_view_matches_engine_lens():
         {
             "layer": [0, 1, 2, 3],
             "accuracy": [0.5, 0.96, 0.99, 1.0],
+            "beats_baselines": [False, True, False, True],  # the stored verdicts decide, not accuracy
             "refusal_mass_harmful": harmful,
             "refusal_mass_benign": benign,
             "refusal_p_value": p_values,
@@ -487,6 +488,8 @@ def test_lag_view_matches_engine_lens():
     view = queries.lag_view(table, 3)
     assert view.refusal_emergence_layer == lens.refusal_emergence_layer(curve) == 2
     assert (view.harm_detection_layer, view.lag_layers) == (1, 1)
+    # stored before the content baselines: no verdicts, so no detection (not the old 95 % threshold)
+    assert queries.lag_view(table.drop(columns="beats_baselines"), 3).harm_detection_layer is None
 
 
 # ---------------------------------------------------------------- house rule: no torch in the pages
