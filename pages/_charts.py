@@ -130,21 +130,29 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
     return _layout(fig)
 
 
+def flip_description(flip) -> str:
+    """One flip in words: who, at which depth and k each, raw and Holm-corrected p and the test."""
+    return (
+        f"Ranking flip at {flip.depth:g} % depth ({short(flip.model_a)}: {flip.layers} layers, "
+        f"{short(flip.model_b)}: {flip.layers_b} layers): p = {flip.p_value:.3g}, "
+        f"Holm-corrected p = {flip.p_value_corrected:.3g} ({flip.test})"
+    )
+
+
 def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
+    """Stars on both models' points of each *significant* flip (Holm-corrected), each at its own k."""
     xs, ys, texts = [], [], []
-    for flip in flips:
-        for model, value in ((flip.model_a, flip.asr_a), (flip.model_b, flip.asr_b)):
-            rows = frame[(frame["model"] == model) & (frame["layers"] == flip.layers)]
+    for flip in (f for f in flips if f.significant):
+        for model, layers, value in (
+            (flip.model_a, flip.layers, flip.asr_a),
+            (flip.model_b, flip.layers_b, flip.asr_b),
+        ):
+            rows = frame[(frame["model"] == model) & (frame["layers"] == layers)]
             if rows.empty:
                 continue
             xs.append(float(rows["depth"].iloc[0]))
             ys.append(100 * value)
-            texts.append(
-                html.escape(
-                    f"Ranking flip at {flip.layers} layers: {short(flip.model_a)} vs {short(flip.model_b)} "
-                    f"(Fisher p = {flip.p_value:.3g})"
-                )
-            )
+            texts.append(html.escape(flip_description(flip)))
     if xs:
         fig.add_trace(
             go.Scatter(

@@ -544,3 +544,25 @@ def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, mon
     at.run()
     done = [str(s.value) for s in at.sidebar.success]
     assert any("Building the demo model finished" in s and "fake" in s for s in done), done
+
+
+def test_flip_stars_sit_at_each_models_own_depth_and_only_when_significant():
+    from engine import report, stats
+    from pages import _charts
+
+    def row(model: str, n_layers: int, layers: int, asr: float) -> report.AsrRow:
+        return report.AsrRow(
+            model, model, "p", n_layers, layers, 100 * layers / n_layers, "keyword", "v1", 100,
+            int(100 * asr), 0, 0, asr, asr, asr, 1 - asr,
+        )  # fmt: skip
+
+    frame = report.asr_frame(
+        [row("a", 10, 5, 0.3), row("a", 10, 10, 0.7), row("b", 20, 10, 0.6), row("b", 20, 20, 0.4)]
+    )
+    flip = stats.Flip("a", "b", 50.0, 5, 10, 0.3, 0.6, 0.7, 0.4, 0.001, 0.003)
+    chance = stats.Flip("a", "b", 50.0, 5, 10, 0.3, 0.6, 0.7, 0.4, 0.02, 0.2)
+    stars = [t for t in _charts.asr_figure(frame, [flip, chance]).data if t.name == "ranking flip"]
+    assert len(stars) == 1
+    assert list(stars[0].x) == [50.0, 50.0] and list(stars[0].y) == [30.0, 60.0]  # a at k=5, b at k=10
+    assert "Holm-corrected p = 0.003" in stars[0].hovertext[0] and "b: 10 layers" in stars[0].hovertext[0]
+    assert not [t for t in _charts.asr_figure(frame, [chance]).data if t.name == "ranking flip"]

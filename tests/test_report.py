@@ -117,3 +117,41 @@ def test_headline_when_nothing_changes():
                refusal_rate=0.8)  # fmt: skip
     rows = [report.AsrRow(layers=4, depth=100.0, **row), report.AsrRow(layers=2, depth=50.0, **row)]
     assert "stays at 20 %" in report.headline(rows, "m")
+
+
+def _seeded_db(db_path):
+    with Store.open(db_path) as opened:
+        seed(
+            opened,
+            "alpha",
+            4,
+            {4: [True, False, False, False, False], 2: [True, True, True, True, False]},
+            {4: [True, False, False, False, False], 2: [True, False, False, False, False]},
+        )
+        seed(opened, "beta", 4, {4: [True, True, False, False, False], 2: [True, False, False, False, False]},
+             {4: [True, True, False, False, False], 2: [False, False, False, False, False]})  # fmt: skip
+    return str(db_path)
+
+
+def test_report_command_prints_flips_and_names_the_mcnemar_test(db_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    db = _seeded_db(db_path)
+    assert main(["report", "--db", db, "--json", "--flips"]) == 0
+    flips = json.loads(capsys.readouterr().out)
+    keyword = [f for f in flips if f["judge"] == "keyword"]
+    assert len(keyword) == 1
+    assert {"depth", "layers", "layers_b", "p_value", "p_value_corrected", "test", "significant"} <= set(
+        keyword[0]
+    )
+    assert (keyword[0]["depth"], keyword[0]["layers_b"], keyword[0]["test"]) == (50.0, 2, stats.FLIP_TEST)
+    assert main(["report", "--db", db, "--json", "--agreement"]) == 0
+    agreements = json.loads(capsys.readouterr().out)
+    assert agreements and all(a["mcnemar_method"] == stats.MCNEMAR_MID_P for a in agreements)
+    assert main(["report", "--db", db]) == 0
+    printed = capsys.readouterr().out
+    assert f"({stats.MCNEMAR_MID_P})" in printed  # beside every McNemar p
+    assert "ranking flip at 50 % depth (keyword v1)" in printed and "Holm p=" in printed
+    assert "not significant" in printed
