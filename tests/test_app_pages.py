@@ -103,6 +103,8 @@ def _probe_records(prompts, model_hash: str, activations: Path | None) -> list[P
             "refusal_mass_benign": 0.05,
             "refusal_p_value": 0.5 if layer < 6 else 0.01,
             "n_prompts": 24,
+            "beats_baselines": layer >= 5,  # the stored verdict of the rule (layer 4 gains 0.05, p too high)
+            "training_overlap": 3,
         }
         if ref:
             extra["direction_ref"] = f"{ref}#probe[{layer}]"
@@ -111,6 +113,8 @@ def _probe_records(prompts, model_hash: str, activations: Path | None) -> list[P
         records.append(
             ProbeRecord(model_hash, set_id, layer, "diff-of-means", accuracy - 0.05, None, None, extra)
         )
+    for kind, accuracy in (("baseline-bow", 0.8), ("baseline-embedding", 0.85)):  # read no layer
+        records.append(ProbeRecord(model_hash, set_id, 0, kind, accuracy, None, None, {"n_prompts": 24}))
     return records
 
 
@@ -398,7 +402,7 @@ def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
 def test_probes_page_shows_lag_and_cosines(seeded):
     at = open_page("probes")
     labels = {m.label: m.value for m in at.metric}
-    assert labels["Harm detected at layer"] == "5"  # first layer with accuracy ≥ 0.95
+    assert labels["Harm detected at layer"] == "5"  # first layer whose stored verdict beats the baselines
     assert labels["Refusal emerges at layer"] == "7"  # harmful − benign ≥ 0.10 with p < 0.05
     assert labels["Alignment lag"].startswith("2 layers")
     assert not any("direction file" in str(i.value) for i in at.info)
@@ -407,6 +411,13 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     swept = next(t for t in refusal["data"] if "sweep" in t["name"])
     # seeded keyword verdicts: at full depth the 4 harmful prompts refuse, below it none do
     assert dict(zip(swept["x"], swept["y"], strict=True)) == {4: 0.0, 6: 0.0, 7: 0.0, 8: 100.0}
+    probe = next(spec for spec in charts.values() if "probe accuracy" in json.dumps(spec["layout"]))
+    flat = {t["name"]: t["y"] for t in probe["data"] if "baseline" in t.get("name", "")}
+    assert sorted(flat.values()) == [[80.0, 80.0], [85.0, 85.0]]  # horizontal lines at the baselines
+    assert all(t["x"] == [0, 8] for t in probe["data"] if "baseline" in t.get("name", ""))
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "beats the best baseline" in captions and "McNemar" in captions and "24 prompts" in captions
+    assert "Training overlap: 3 of 24 prompts" in captions
 
 
 def test_probe_run_button(app_env):
