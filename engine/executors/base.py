@@ -44,6 +44,7 @@ class ChunkActivations:
     residuals: np.ndarray  # float32 [n, L+1, hidden]: last-token residual stream at every layer
     refusal_mass: np.ndarray  # float64 [n, L+1]: logit-lens probability of refusal openings
     refusal_token_ids: tuple[int, ...]
+    mean_embeddings: np.ndarray  # float32 [n, hidden]: input embeddings averaged over the bare prompt
 
 
 class ModelHandle(Protocol):

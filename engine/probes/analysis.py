@@ -1,5 +1,5 @@
-"""The whole probe analysis of one model and prompt set: activations → probes, directions, the lens
-refusal curve and the alignment lag (rules in ``engine.lag``)."""
+"""The whole probe analysis of one model and prompt set: activations → probes, their content baselines,
+directions, the lens refusal curve and the alignment lag (rules in ``engine.lag``)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine import baselines as content
+from engine.cv import stratified_folds
 from engine.datasets import prompt_set_id
-from engine.lag import LagSummary
+from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
     Activations,
     activations_path,
     collect_activations,
+    mean_input_embeddings,
     save_npz,
 )
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
-from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, harm_detection_layer, probe_layers
-from engine.types import GenerationParams, Prompt
+from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
+from engine.types import GenerationParams, ModelInfo, Prompt, model_input
 
 if TYPE_CHECKING:
     from engine.executors import Executor, ModelHandle
@@ -40,6 +43,8 @@ class ProbeAnalysis:
     refusal: RefusalCurve  # logit-lens refusal mass by layer
     lag: LagSummary
     refusal_token_ids: tuple[int, ...]
+    baselines: dict[str, content.BaselineResult] = field(default_factory=dict)  # by name, same folds
+    vs_baseline: list[LayerVsBaseline] = field(default_factory=list)  # the harm-detection rule per layer
     settings: dict[str, Any] = field(default_factory=dict)
 
     def probe_cosines(self) -> np.ndarray:
@@ -56,6 +61,7 @@ class ProbeAnalysis:
         """One plain dict per layer (JSON output, store ``extra``)."""
         agreement = self.probe_dom_agreement()
         n_layers = self.activations.n_layers
+        versus = {row.layer: row for row in self.vs_baseline}
         return [
             {
                 "layer": p.layer,
@@ -68,9 +74,47 @@ class ProbeAnalysis:
                 "refusal_mass_harmful": self.refusal.harmful[p.layer],
                 "refusal_mass_benign": self.refusal.benign[p.layer],
                 "refusal_p_value": self.refusal.p_values[p.layer],
+                **_versus_fields(versus.get(p.layer)),
             }
             for p in self.probes
         ]
+
+
+def _versus_fields(row: LayerVsBaseline | None) -> dict[str, Any]:
+    """The layer's verdict under the harm-detection rule (stored, so pages read it without refitting)."""
+    if row is None:
+        return {}
+    return {
+        "beats_baselines": row.passes,
+        "best_baseline": row.baseline,
+        "baseline_gain": row.gain,
+        "baseline_p_value": row.p_value,
+    }
+
+
+def content_baselines(
+    embeddings: np.ndarray, prompts: Sequence[Prompt], activations: Activations, folds: int, seed: int
+) -> dict[str, content.BaselineResult]:
+    """Bag-of-words and mean-embedding baselines on the probes' folds, from the bare prompt (what the
+    model reads, without the chat template). ``embeddings``: :func:`mean_input_embeddings` of the prompts."""
+    texts = [model_input(p) for p in prompts]
+    splits = stratified_folds(activations.harmful, folds, seed)
+    found = [
+        content.bag_of_words_baseline(texts, activations.harmful, splits),
+        content.mean_embedding_baseline(embeddings, activations.harmful, splits),
+    ]
+    return {b.name: b for b in found}
+
+
+def training_overlap(info: ModelInfo, prompts: Sequence[Prompt]) -> int | None:
+    """For the demo model: how many probe prompts it was trained on (None for any other model)."""
+    from engine import modelfiles
+
+    if not modelfiles.is_demo_model(info.model_id):
+        return None
+    from engine.demo_model.corpus import training_overlap as count
+
+    return count(prompts)
 
 
 def analyse(
@@ -90,7 +134,10 @@ def analyse(
     activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
     refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
     mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
-    return analyse_collected(activations, mass, refusal_ids, folds=folds, seed=seed)
+    embeddings = mean_input_embeddings(loaded, [model_input(p) for p in prompts])
+    return analyse_collected(
+        loaded.info, prompts, activations, mass, refusal_ids, embeddings, folds=folds, seed=seed
+    )
 
 
 def analyse_with(
@@ -105,7 +152,7 @@ def analyse_with(
     prompts_per_chunk: int | None = None,
 ) -> ProbeAnalysis:
     """:func:`analyse` with the model where ``executor`` runs it (Ray actors, one prompt chunk each):
-    only activations and lens refusal mass come back; the probes are fitted here.
+    only activations, lens refusal mass and input embeddings come back; the probes are fitted here.
 
     The residuals are written to the activation cache as :func:`analyse` writes them.
     """
@@ -130,23 +177,35 @@ def analyse_with(
         prompt_ids=tuple(p.prompt_id for p in prompts),
     )
     mass = np.concatenate([p.refusal_mass for p in parts])
-    return analyse_collected(activations, mass, parts[0].refusal_token_ids, folds=folds, seed=seed)
+    embeddings = np.concatenate([p.mean_embeddings for p in parts])
+    return analyse_collected(
+        model.info, prompts, activations, mass, parts[0].refusal_token_ids, embeddings, folds=folds, seed=seed
+    )
 
 
 def analyse_collected(
+    info: ModelInfo,
+    prompts: Sequence[Prompt],
     activations: Activations,
     refusal_mass: np.ndarray,
     refusal_ids: Sequence[int],
+    embeddings: np.ndarray,
     *,
     folds: int = DEFAULT_FOLDS,
     seed: int = DEFAULT_SEED,
 ) -> ProbeAnalysis:
-    """The model-free half: probes, directions, the refusal curve and the lag from collected arrays."""
+    """The model-free half: probes, content baselines, directions, the refusal curve and the lag, from
+    arrays collected here or on Ray actors."""
     from engine import lens
 
     probes = probe_layers(activations, folds=folds, seed=seed)
+    baselines = content_baselines(embeddings, prompts, activations, folds, seed)
+    versus = layers_vs_baseline(
+        np.array([p.correct for p in probes]), {name: b.correct for name, b in baselines.items()}
+    )
+    detected = harm_detection_layer([row.layer for row in versus], [row.passes for row in versus])
     curve = lens.lens_refusal_curve(refusal_mass, activations.harmful)
-    lag = LagSummary(activations.n_layers, harm_detection_layer(probes), lens.refusal_emergence_layer(curve))
+    lag = LagSummary(activations.n_layers, detected, lens.refusal_emergence_layer(curve))
     return ProbeAnalysis(
         activations=activations,
         probes=probes,
@@ -155,10 +214,13 @@ def analyse_collected(
         refusal=curve,
         lag=lag,
         refusal_token_ids=tuple(refusal_ids),
+        baselines=baselines,
+        vs_baseline=versus,
         settings={
             "folds": folds,
             "seed": seed,
             "chat_template": activations.chat_template,
             "system_prompt": activations.params.system_prompt,
+            "training_overlap": training_overlap(info, prompts),
         },
     )
