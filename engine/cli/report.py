@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from engine.depths import depth_label
@@ -12,9 +13,37 @@ from engine.judges.names import HUMAN
 from .common import add_db_argument, print_json
 
 _REPORT_FIELDS = (
-    "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
-    "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate",
+    "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
+    "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate", "copyright_excluded",
+    "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
 )  # fmt: skip
+
+
+def _add_prompts_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompts",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this prompt set (its name in the database, as given to sweep --prompts); repeatable. "
+        "Default: every set, each reported on its own",
+    )
+
+
+def _check_prompt_sets(store, names: list[str] | None) -> None:
+    """An unknown set name is a typo, not an empty result: say which sets the database holds."""
+    known = {saved.name for saved in store.list_prompt_sets()}
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise ValueError(
+            f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
+            f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
+        )
+
+
+def _json_value(value: object) -> object:
+    """NaN (an ASR with no harmful prompt) is not JSON: it becomes null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,10 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_db_argument(report)
     report.add_argument("--judge", default=None, help="only this judge")
     report.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    _add_prompts_argument(report)
+    report.add_argument(
+        "--include-copyright",
+        action="store_true",
+        help="count HarmBench copyright behaviours in the keyword judge's ASR (left out of every judge's "
+        "ASR by default: the HarmBench classifier cannot judge them)",
+    )
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
     export.add_argument("--out", required=True, help="target file, .csv or .parquet")
+    _add_prompts_argument(export)
     export.set_defaults(run=run_export)
 
 
@@ -40,10 +77,13 @@ def run_report(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
-        rows = asr_rows(store, judge=args.judge)
-        agreements = agreement_rows(store) if not args.judge else []
+        _check_prompt_sets(store, args.prompts)
+        rows = asr_rows(
+            store, judge=args.judge, prompt_sets=args.prompts, include_copyright=args.include_copyright
+        )
+        agreements = agreement_rows(store, prompt_sets=args.prompts) if not args.judge else []
     if args.json:
-        print_json([{name: getattr(r, name) for name in _REPORT_FIELDS} for r in rows])
+        print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
     if not rows:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
@@ -56,13 +96,25 @@ def run_report(args: argparse.Namespace) -> int:
 def _print_asr_table(rows) -> None:
     from engine.report import percent
 
-    header = f"{'model':<28}{'depth':>22}  {'judge':<22}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'degen.':>7}")
+    header = f"{'prompt set':<16}{'model':<24}{'depth':>22}  {'judge':<18}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
+    print(f"{header}{'refusal':>8}{'degen.':>7}{'copyr.':>7}  benign refused (n, 95 % CI)")
     for r in rows:
+        benign = (
+            "n/a"
+            if r.benign_refusal_rate is None
+            else f"{percent(r.benign_refusal_rate)} (n={r.benign_n}, "
+            f"{percent(r.benign_ci_low)}–{percent(r.benign_ci_high)}, {r.benign_judge})"
+        )
         print(
-            f"{r.model[:27]:<28}{depth_label(r.layers, r.n_layers):>22}  {r.judge + ' ' + r.version:<22.22}"
-            f"{r.n:>5}{percent(r.asr):>7}  {percent(r.ci_low) + '–' + percent(r.ci_high):<13}"
-            f"{percent(r.refusal_rate):>8}{r.degenerate:>7}"
+            f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{depth_label(r.layers, r.n_layers):>22}  "
+            f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
+            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}{r.degenerate:>7}"
+            f"{r.copyright_excluded:>7}  {benign}"
+        )
+    if any(r.copyright_excluded for r in rows):
+        print(
+            "copyr.: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
+            "the keyword judge)"
         )
 
 
@@ -72,7 +124,8 @@ def _print_agreements(agreements) -> None:
         kappa = "n/a" if g.kappa is None else f"{g.kappa:.2f}"
         inflation = "n/a" if g.inflation is None else f"{g.inflation:.2f}×"
         print(
-            f"agreement {a.judge_a} vs {a.judge_b} ({a.model_hash}): n={g.n_decided} kappa={kappa} "
+            f"agreement {a.judge_a} vs {a.judge_b} ({a.prompt_set}, {a.model_hash}): n={g.n_decided} "
+            f"(left out: {a.excluded} undecided or copyright) kappa={kappa} "
             f"inflation={inflation} McNemar p={g.mcnemar_p:.3g}"
         )
 
@@ -81,7 +134,8 @@ def run_export(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
-        path = store.export(args.out)
+        _check_prompt_sets(store, args.prompts)
+        path = store.export(args.out, prompt_sets=args.prompts)
     print(f"exported generations and verdicts to {path}", file=sys.stderr)
     return 0
 
