@@ -118,7 +118,8 @@ def test_every_builtin_set_loads_its_advertised_size_and_labels(info):
 def test_list_prompt_sets_names_the_builtins_in_order():
     names = [info.name for info in list_prompt_sets()]
     expected = [
-        "demo", "benign", "harmbench-val", "harmbench-test", "strongreject-small", "strongreject", "overrefusal",
+        "demo", "benign", "harmbench-val", "harmbench-test", "strongreject-small", "strongreject",
+        "overrefusal",
     ]  # fmt: skip
     assert names == expected == list(BUILTIN_SETS)
 
