@@ -11,7 +11,7 @@ from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.stats import Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
-from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
+from pages import _charts, _display, _jobs, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
 from pages._sidebar import model_label, model_options, set_title
 from pages._skeleton import start_page
@@ -151,6 +151,12 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
             ],
             "incoherent %": (100 * frame["degenerate"] / decided.clip(lower=1)).round(0),
             "undecided": frame["undecided"],
+            "copyright left out": frame["copyright_excluded"],
+            "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(
+                1
+            ),
+            "benign n": frame["benign_n"],
+            "prompt set": frame["prompt_set"],
             "ranking flip": [
                 "⚠ flip" if (m, int(k)) in flip_at else ""
                 for m, k in zip(frame["model"], frame["layers"], strict=True)
@@ -181,7 +187,15 @@ def _judge_rank(judge: str) -> tuple[int, str]:
 
 def results(sel: Selection) -> None:
     st.header("Results")
-    rows = _queries.asr_rows(sel.db)
+    prompt_sets = _scope.scope_picker(sel, "sweep-scope")
+    include_copyright = _scope.copyright_toggle("sweep-copyright")
+    rows = _queries.asr_rows(sel.db, None, prompt_sets, include_copyright)
+    if not rows and prompt_sets:
+        st.info(
+            f"No judged completions of the prompt set {_display.md_escape(set_title(prompt_sets[0]))} yet: "
+            "start a sweep above, or choose “all sets”."
+        )
+        return
     if not rows:
         st.info(
             "No judged completions in this database yet. Start a sweep above: the demo set (12 harmful + "
@@ -200,7 +214,9 @@ def results(sel: Selection) -> None:
     flips = report.flips(rows)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
     st.caption(
-        "ASR: share of harmful prompts the judge says were answered (undecided verdicts left out). Shaded "
+        "ASR: share of harmful prompts the judge says were answered (undecided verdicts and, unless "
+        "counted above, copyright behaviours left out). Dashed: harmless requests refused, the share of "
+        "benign prompts refused (keyword judge's phrase rule, or human labels), n in the table. Shaded "
         "bands: 95 % Wilson intervals. Stars mark ranking flips between models."
     )
     show_flips(flips, judge)
