@@ -77,11 +77,14 @@ def asr_rows(
         copyright_judges=(KEYWORD,) if include_copyright else (),
     )
     benign = _benign_counts(store, prompt_sets)
+    attached: set[tuple] = set()
     rows = []
     for r in frame.itertuples(index=False):
         decided = int(r.n_judged) - int(r.n_undecided)
         low, high = stats.wilson_interval(int(r.n_jailbroken), decided)
-        benign_fields = _benign_fields(benign.pop(_group(r, benign_judge_for(r.judge)), None))
+        group = _group(r, benign_judge_for(r.judge))
+        attached.add(group)
+        benign_fields = _benign_fields(benign.get(group))
         rows.append(
             AsrRow(
                 **_depth_fields(r),
@@ -100,8 +103,9 @@ def asr_rows(
             )
         )
     # Sets (or depths) with benign prompts only: the benign refusal rate is all there is to report.
-    for (_set, _model, _params, _layers, benign_judge), r in benign.items():
-        if judge is None or judge == benign_judge:
+    for group, r in benign.items():
+        benign_judge = group[-1]
+        if group not in attached and judge in (None, benign_judge):
             nan = float("nan")
             rows.append(
                 AsrRow(
