@@ -234,10 +234,15 @@ def disagreements(
     )
 
 
-def flips(rows: Sequence[AsrRow]) -> list[stats.Flip]:
-    """Ranking flips between models (same judge version), compared with each model's full depth."""
+def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.Flip]:
+    """Ranking flips between models (same judge version), compared with each model's full depth.
+
+    Models are paired at the same depth percentage, each at its own k (``stats.ranking_flips``); each
+    flip carries the reversal test's raw and Holm-corrected p (one Holm family per judge version and set).
+    Every observed reversal is returned unless ``significant_only`` (corrected p < ``stats.FLIP_ALPHA``).
+    """
     found: list[stats.Flip] = []
-    by_judge: dict[tuple[str, str], list[AsrRow]] = {}
+    by_judge: dict[tuple[str, str, str], list[AsrRow]] = {}
     for row in rows:
         if row.n:  # sets are never pooled; a benign-only row has no ASR
             by_judge.setdefault((row.judge, row.version, row.prompt_set), []).append(row)
@@ -248,7 +253,7 @@ def flips(rows: Sequence[AsrRow]) -> list[stats.Flip]:
             counts.setdefault(row.model, {})[row.layers] = (row.jailbroken, row.n)
             full[row.model] = row.n_layers
         found.extend(stats.ranking_flips(counts, full))
-    return found
+    return [f for f in found if f.significant] if significant_only else found
 
 
 def percent(value: float) -> str:

@@ -64,6 +64,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="count HarmBench copyright behaviours in the keyword judge's ASR (left out of every judge's "
         "ASR by default: the HarmBench classifier cannot judge them)",
     )
+    shown = report.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--flips", action="store_true", help="with --json: the ranking flips (every observed reversal)"
+    )
+    shown.add_argument(
+        "--agreement", action="store_true", help="with --json: judge agreement rows (with the McNemar test)"
+    )
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
@@ -73,7 +80,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from engine.report import agreement_rows, asr_rows
+    from engine.report import agreement_rows, asr_rows, flips
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
@@ -81,16 +88,68 @@ def run_report(args: argparse.Namespace) -> int:
         rows = asr_rows(
             store, judge=args.judge, prompt_sets=args.prompts, include_copyright=args.include_copyright
         )
-        agreements = agreement_rows(store, prompt_sets=args.prompts) if not args.judge else []
+        wants_agreement = not args.judge or args.agreement
+        agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
+    found = _flips_by_judge(rows, flips)
     if args.json:
-        print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
+        if args.flips:
+            print_json([flip_dict(f, judge, version, prompt_set) for judge, version, prompt_set, f in found])
+        elif args.agreement:
+            print_json([agreement_dict(a) for a in agreements])
+        else:
+            print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
     if not rows:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
         return 0
     _print_asr_table(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
+    _print_flips(found)
     return 0
+
+
+def _flips_by_judge(rows, flips) -> list[tuple[str, str, str, object]]:
+    """(judge, version, prompt set, flip) for every observed reversal; one Holm family per judge version
+    and prompt set, as ``engine.report.flips`` forms them."""
+    groups = sorted({(r.judge, r.version, r.prompt_set) for r in rows})
+    return [
+        (judge, version, prompt_set, f)
+        for judge, version, prompt_set in groups
+        for f in flips(
+            [r for r in rows if (r.judge, r.version, r.prompt_set) == (judge, version, prompt_set)]
+        )
+    ]
+
+
+def flip_dict(flip, judge: str, version: str, prompt_set: str = "") -> dict:
+    """A ranking flip as JSON: every field (depth, layers = model_a's k, layers_b, raw and Holm p, test)."""
+    from dataclasses import asdict
+
+    return {
+        "prompt_set": prompt_set,
+        "judge": judge,
+        "version": version,
+        **asdict(flip),
+        "layers_a": flip.layers_a,
+        "significant": flip.significant,
+    }
+
+
+def agreement_dict(row) -> dict:
+    """One judge-agreement row as JSON; ``mcnemar_method`` names the test behind ``mcnemar_p``."""
+    from dataclasses import asdict
+
+    g = row.agreement
+    return {
+        "prompt_set": row.prompt_set,
+        "model_hash": row.model_hash,
+        "layers": row.layers,  # 0: over all depths
+        "excluded": row.excluded,  # left out: a judge undecided, or a copyright behaviour
+        "judge_a": row.judge_a,
+        "judge_b": row.judge_b,
+        **asdict(g),
+        "n_decided": g.n_decided,
+    }
 
 
 def _print_asr_table(rows) -> None:
@@ -126,7 +185,21 @@ def _print_agreements(agreements) -> None:
         print(
             f"agreement {a.judge_a} vs {a.judge_b} ({a.prompt_set}, {a.model_hash}): n={g.n_decided} "
             f"(left out: {a.excluded} undecided or copyright) kappa={kappa} "
-            f"inflation={inflation} McNemar p={g.mcnemar_p:.3g}"
+            f"inflation={inflation} McNemar p={g.mcnemar_p:.3g} ({g.mcnemar_method})"
+        )
+
+
+def _print_flips(found) -> None:
+    from engine.stats import FLIP_ALPHA
+
+    for judge, version, prompt_set, f in found:
+        verdict = "significant" if f.significant else f"not significant (corrected p >= {FLIP_ALPHA:g})"
+        print(
+            f"ranking flip at {f.depth:g} % depth ({prompt_set}, {judge} {version}): "
+            f"{f.model_a} ({f.layers} layers) "
+            f"{f.full_asr_a:.0%} -> {f.asr_a:.0%} vs {f.model_b} ({f.layers_b} layers) "
+            f"{f.full_asr_b:.0%} -> {f.asr_b:.0%}; p={f.p_value:.3g} Holm p={f.p_value_corrected:.3g} "
+            f"[{f.test}] {verdict}"
         )
 
 
