@@ -123,7 +123,7 @@ def main() -> None:
     info = _models.model_info(sel.model, page.store)
     table = _queries.probe_table(sel.db, info.model_hash, prompt_set_id(prompts)) if info else None
     label = f"Run probes: {_display.short_name(sel.model)} on {set_title(sel.prompt_set)}"
-    if st.button(label, type="primary", disabled=_jobs.job_running(), key="run-probes"):
+    if st.button(_display.md_escape(label), type="primary", disabled=_jobs.job_running(), key="run-probes"):
         start_probe(sel, prompts)
     if _jobs.job_running("probe"):
         _jobs.job_panel("probe-page")

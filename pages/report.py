@@ -25,6 +25,7 @@ def pick_judge(present: list[str]) -> str:
     return st.radio(
         "Judge behind the numbers",
         automatic,
+        format_func=_display.md_escape,  # radio options are markdown; judge names come from the database
         horizontal=True,
         key="report-judge",
         help="HarmBench when available: the keyword judge overstates ASR.",
@@ -111,8 +112,9 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def raw_export(db: str, fmt: str) -> bytes:
-    """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export."""
-    with tempfile.TemporaryDirectory() as folder:
+    """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export.
+    The scratch file lives next to the database (an allowed folder), and is gone when this returns."""
+    with tempfile.TemporaryDirectory(dir=Path(db).parent, prefix=".depthscope-export-") as folder:
         path = _store.open_store(db).export(Path(folder) / f"results.{fmt}")
         return path.read_bytes()
 
