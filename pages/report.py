@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -111,14 +109,6 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def raw_export(db: str, fmt: str) -> bytes:
-    """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export.
-    The scratch file lives next to the database (an allowed folder), and is gone when this returns."""
-    with tempfile.TemporaryDirectory(dir=Path(db).parent, prefix=".depthscope-export-") as folder:
-        path = _store.open_store(db).export(Path(folder) / f"results.{fmt}")
-        return path.read_bytes()
-
-
 @dataclass(frozen=True)
 class Download:
     label: str
@@ -140,14 +130,14 @@ def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.
         ),
         Download(
             "Raw results (CSV)",
-            lambda: raw_export(sel.db, "csv"),
+            lambda: _store.export_bytes(sel.db, "csv"),
             "depthscope-results.csv",
             "text/csv",
             "dl-csv",
         ),
         Download(
             "Raw results (Parquet)",
-            lambda: raw_export(sel.db, "parquet"),
+            lambda: _store.export_bytes(sel.db, "parquet"),
             "depthscope-results.parquet",
             "application/octet-stream",
             "dl-parquet",
