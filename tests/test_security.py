@@ -232,7 +232,7 @@ def test_report_chart_png_with_latex_in_a_model_name(hostile):
 
     with Store.open(hostile["db"], read_only=True) as store:
         frame = engine_report.asr_frame(engine_report.asr_rows(store, "keyword"))
-    frame["model"] = "$\\unknowncommand{"  # unbalanced mathtext raised in matplotlib before
+    frame["model"] = "$\\unknowncommand{x}$"  # matplotlib read this as math and raised ParseFatalException
     assert _charts.asr_png(frame).startswith(b"\x89PNG")
 
 
@@ -275,6 +275,7 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
     for page in ("sweep", "judges", "probes", "report"):
         at.switch_page(f"pages/{page}.py").run()
         assert any("outside the folders" in str(e.value) for e in at.error), page
+    assert listing(outside) == set()  # the upload went to data/uploads, not next to the refused database
     at.sidebar.text_input(key="db").input(str(app_env["db"])).run()
 
     at.switch_page("pages/explorer.py").run()
