@@ -17,7 +17,7 @@ import test_app_pages
 from google.protobuf.json_format import MessageToDict
 
 from engine import paths
-from engine.datasets import parse_csv, prompt_set_id
+from engine.datasets import load_prompt_set, parse_csv, prompt_set_id
 from engine.judges import get_judge, human_verdict
 from engine.judges.base import JudgeItem
 from engine.models import ModelLoadError
@@ -144,8 +144,9 @@ def hostile_csv() -> bytes:
 def seed_hostile(db: Path) -> str:
     """A database whose every string field holds PAYLOAD: model names, architecture, dtype, device, set
     name and source, prompt ids, categories, completions, judge names and versions, raw outputs, notes,
-    human notes, probe methods. Returns the hostile model id."""
-    prompts = parse_csv(hostile_csv(), filename="x.csv")
+    human notes, probe methods. The first two demo prompts are answered too (what a browser shows by
+    default). Returns the hostile model id."""
+    prompts = parse_csv(hostile_csv(), filename="x.csv") + load_prompt_set("demo")[:2]
     params = GenerationParams()
     keyword = get_judge("keyword")
     with Store.open(db) as store:
