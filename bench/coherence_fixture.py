@@ -27,18 +27,26 @@ def smollm2_prompts():
     return harmful + benign
 
 
+def smollm2_extra_prompts():
+    # More full-depth (mostly fluent) text: further behaviours and benign prompts.
+    first = {p.prompt_id for p in smollm2_prompts()}
+    rest = [p for p in load_prompt_set("harmbench-val") if p.prompt_id not in first][:22]
+    return rest + [p for p in load_csv("data/benign_prompts.csv") if p.prompt_id not in first][:30]
+
+
+RUNS = {  # name -> (model, prompts, depths)
+    "smollm2": ("smollm2-135m-instruct", smollm2_prompts, SMOLLM_LAYERS),
+    "smollm2-extra": ("smollm2-135m-instruct", smollm2_extra_prompts, (29, 30)),
+    "demo": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), DEMO_LAYERS),
+    "demo-shallow": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), (1, 2)),
+}
+
+
 def main(which: str, out_path: str) -> None:
     params = GenerationParams(max_new_tokens=48)
-    if which == "smollm2":
-        loaded, prompts, layers = load_model("smollm2-135m-instruct"), smollm2_prompts(), SMOLLM_LAYERS
-        name = "smollm2"
-    else:
-        loaded, prompts, layers = (
-            load_model("depthscope-demo"),
-            load_csv("data/demo_prompts.csv"),
-            DEMO_LAYERS,
-        )
-        name = "demo"
+    model, make_prompts, layers = RUNS[which]
+    loaded, prompts = load_model(model), make_prompts()
+    name = "smollm2" if model.startswith("smollm2") else "demo"
     by_id = {p.text: p for p in prompts}
     n = loaded.n_layers
     with open(out_path, "w", encoding="utf-8") as out:
