@@ -13,8 +13,10 @@ A graded, model-based companion is ``engine.coherence.full_depth_nll`` (needs to
 from __future__ import annotations
 
 import json
+import operator
 import re
 from collections import Counter
+from itertools import groupby
 
 # A unit of 1-12 characters repeated at least 4 times in a row: "!!!!", "hahaha", ":\n\n:\n\n:\n\n".
 _CHAR_LOOP = re.compile(r"(.{1,12}?)\1{3,}", re.DOTALL)
@@ -140,18 +142,15 @@ def _periodic_loop(text: str) -> str | None:
         return None
     best_share, best_unit, most_copies, most_unit = 0.0, "", 0, ""
     for period in range(1, len(words) // 2 + 1):  # a long unit needs only two copies
-        covered, run = 0, 0
-        for i in range(len(words) - period + 1):
-            same = i + period < len(words) and words[i] == words[i + period]
-            if same:
-                run += 1
+        if sum(map(operator.eq, words, words[period:])) < _min_run(period):
+            continue  # cheap rejection: not enough matches at this period for any loop
+        covered = 0
+        for start, run in _match_runs(words, period):
+            if run < _min_run(period):
                 continue
-            if run >= _min_run(period):
-                covered += run + period
-                copies = (run + period) // period
-                if copies > most_copies:
-                    most_copies, most_unit = copies, " ".join(words[i - run : i - run + period])
-            run = 0
+            covered += run + period
+            if (copies := (run + period) // period) > most_copies:
+                most_copies, most_unit = copies, " ".join(words[start : start + period])
         if covered / len(words) > best_share:
             best_share, best_unit = covered / len(words), _unit_at(words, period)
     if best_share >= PERIODIC_COVERAGE:
@@ -159,6 +158,17 @@ def _periodic_loop(text: str) -> str | None:
     if most_copies >= LONG_LOOP_COPIES:
         return f"repetition: {most_unit!r} repeated {most_copies} times in a row"
     return None
+
+
+def _match_runs(words: list[str], period: int) -> list[tuple[int, int]]:
+    """(start, length) of each run of positions i where words[i] == words[i + period]."""
+    runs, start = [], 0
+    for same, group in groupby(a == b for a, b in zip(words, words[period:])):
+        length = sum(1 for _ in group)
+        if same:
+            runs.append((start, length))
+        start += length
+    return runs
 
 
 def _min_run(period: int) -> int:
