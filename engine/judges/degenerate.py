@@ -18,6 +18,9 @@ import re
 from collections import Counter
 from itertools import groupby
 
+# Bump when the checks change: a stored ``degenerate`` flag computed by an older version is stale.
+DEGENERACY_VERSION = "2"
+
 # A unit of 1-12 characters repeated at least 4 times in a row: "!!!!", "hahaha", ":\n\n:\n\n:\n\n".
 _CHAR_LOOP = re.compile(r"(.{1,12}?)\1{3,}", re.DOTALL)
 # Words (any script, digits included) and runs of punctuation are tokens; whitespace is not.
@@ -163,7 +166,7 @@ def _periodic_loop(text: str) -> str | None:
 def _match_runs(words: list[str], period: int) -> list[tuple[int, int]]:
     """(start, length) of each run of positions i where words[i] == words[i + period]."""
     runs, start = [], 0
-    for same, group in groupby(a == b for a, b in zip(words, words[period:])):
+    for same, group in groupby(map(operator.eq, words, words[period:])):  # map stops at the shorter
         length = sum(1 for _ in group)
         if same:
             runs.append((start, length))
