@@ -1,6 +1,7 @@
 """How well the full-depth NLL separates the labelled fixture: AUROC, medians, and NLL vs the flag.
 
-    PYTHONPATH=. .venv/bin/python bench/coherence_nll.py [scores.jsonl]
+    PYTHONPATH=. .venv/bin/python bench/coherence_nll.py [scores.jsonl]   # score and report
+    PYTHONPATH=. .venv/bin/python bench/coherence_nll.py --from scores.jsonl   # report saved scores
 
 Scores every completion in tests/fixtures/coherence_labelled.jsonl with the default model at full depth
 (texts re-tokenized with its tokenizer: the demo model's text came from another tokenizer).
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from engine.coherence import full_depth_nll
+from engine.coherence import full_depth_token_nll
 from engine.judges import is_degenerate
 from engine.models import load_model
 from engine.types import GenerationParams
@@ -25,34 +26,57 @@ def auroc(negatives: list[float], positives: list[float]) -> float:
     return wins / (len(positives) * len(negatives))
 
 
+AGGREGATES = {  # name -> per-token NLLs -> one score (higher = less fluent)
+    "mean NLL": lambda v: sum(v) / len(v),
+    "mean NLL, first 8 tokens": lambda v: sum(v[:8]) / len(v[:8]),
+    "share of tokens with NLL > 4": lambda v: sum(x > 4 for x in v) / len(v),
+}
+
+
 def main(out_path: str | None) -> None:
     items = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line]
     loaded = load_model("smollm2-135m-instruct", device="cpu")
     ids = [loaded.tokenizer(item["text"], add_special_tokens=False)["input_ids"] for item in items]
-    scores = full_depth_nll(loaded, [i["prompt"] for i in items], ids, GenerationParams(max_new_tokens=48))
+    params = GenerationParams(max_new_tokens=48)
+    per_token = full_depth_token_nll(loaded, [i["prompt"] for i in items], ids, params)
     if out_path:
         with open(out_path, "w", encoding="utf-8") as out:
-            for item, score in zip(items, scores, strict=True):
-                out.write(json.dumps({"source": item["source"], "label": item["label"], "nll": score}) + "\n")
-    by_label = {"coherent": [], "incoherent": []}
-    for item, score in zip(items, scores, strict=True):
-        by_label[item["label"]].append(score)
-    for label, values in by_label.items():
-        values.sort()
-        print(f"{label}: n={len(values)} median {values[len(values) // 2]:.2f} "
-              f"p10 {values[len(values) // 10]:.2f} p90 {values[9 * len(values) // 10]:.2f}")  # fmt: skip
-    print(f"AUROC (incoherent scored higher): {auroc(by_label['coherent'], by_label['incoherent']):.3f}")
-    smollm = [(s, i) for s, i in zip(scores, items, strict=True) if i["source"].startswith("smollm2")]
-    coh = [s for s, i in smollm if i["label"] == "coherent"]
-    inc = [s for s, i in smollm if i["label"] == "incoherent"]
-    print(f"AUROC on SmolLM2 items only ({len(coh)} + {len(inc)}): {auroc(coh, inc):.3f}")
+            for item, values in zip(items, per_token, strict=True):
+                out.write(
+                    json.dumps({"source": item["source"], "label": item["label"], "nll": values}) + "\n"
+                )
+    report(items, per_token)
+
+
+def report(items: list[dict], per_token: list[list[float]]) -> None:
+    smollm = [i["source"].startswith("smollm2") for i in items]
+    for name, aggregate in AGGREGATES.items():
+        scores = [aggregate(v) for v in per_token]
+        for subset, keep in (("all", [True] * len(items)), ("SmolLM2 only", smollm)):
+            coh = sorted(
+                s for s, i, k in zip(scores, items, keep, strict=True) if k and i["label"] == "coherent"
+            )
+            inc = sorted(
+                s for s, i, k in zip(scores, items, keep, strict=True) if k and i["label"] == "incoherent"
+            )
+            print(f"{name:<30} {subset:<13} n={len(coh)}+{len(inc)}  median coherent {coh[len(coh) // 2]:.2f}"
+                  f"  incoherent {inc[len(inc) // 2]:.2f}  AUROC {auroc(coh, inc):.3f}")  # fmt: skip
+    means = [sum(v) / len(v) for v in per_token]
     missed = [
-        s
-        for s, i in zip(scores, items, strict=True)
+        m
+        for m, i in zip(means, items, strict=True)
         if i["label"] == "incoherent" and not is_degenerate(i["text"])
     ]
-    print(f"NLL of the {len(missed)} incoherent items the flag misses: {sorted(round(m, 2) for m in missed)}")
+    print(
+        f"mean NLL of the {len(missed)} incoherent items the flag misses: "
+        f"{sorted(round(m, 2) for m in missed)}"
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    if len(sys.argv) > 2:  # re-report saved scores: coherence_nll.py --from scores.jsonl
+        saved = [json.loads(line) for line in Path(sys.argv[2]).read_text().splitlines()]
+        fixture = [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line]
+        report(fixture, [row["nll"] for row in saved])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)

@@ -36,20 +36,36 @@ def full_depth_nll(
     completion tokens are scored. ``completion_token_ids`` are scored as given (an EOS that ended the
     completion counts: the full model is asked whether it would stop there too). None for an empty one.
     """
+    per_token = full_depth_token_nll(
+        loaded, prompts, completion_token_ids, params, rows_per_batch=rows_per_batch
+    )
+    return [sum(values) / len(values) if values else None for values in per_token]
+
+
+def full_depth_token_nll(
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    completion_token_ids: Sequence[Sequence[int]],
+    params: GenerationParams,
+    *,
+    rows_per_batch: int = DEFAULT_ROWS_PER_BATCH,
+) -> list[list[float]]:
+    """Each completion token's NLL (nats) under the full-depth model, in order; [] for an empty one."""
     if len(prompts) != len(completion_token_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(completion_token_ids)} completions")
     encoded = encode_prompts(loaded.tokenizer, prompts, params)
-    scores: list[float | None] = [None] * len(prompts)
+    scores: list[list[float]] = [[] for _ in prompts]
     # Similar lengths share a batch, so little of each forward pass is padding.
     todo = sorted(
         (i for i, ids in enumerate(completion_token_ids) if len(ids)),
         key=lambda i: len(encoded[i]) + len(completion_token_ids[i]),
     )
-    for start in range(0, len(todo), max(1, rows_per_batch)):
-        rows = todo[start : start + max(1, rows_per_batch)]
-        batch_scores = _batch_nll(loaded, [encoded[i] for i in rows], [completion_token_ids[i] for i in rows])
-        for row, score in zip(rows, batch_scores, strict=True):
-            scores[row] = score
+    step = max(1, rows_per_batch)
+    for start in range(0, len(todo), step):
+        rows = todo[start : start + step]
+        batch = _batch_token_nll(loaded, [encoded[i] for i in rows], [completion_token_ids[i] for i in rows])
+        for row, values in zip(rows, batch, strict=True):
+            scores[row] = values
     return scores
 
 
@@ -71,14 +87,13 @@ def _require_full_depth(loaded: LoadedModel) -> None:
         )
 
 
-def _batch_nll(
+def _batch_token_nll(
     loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-) -> list[float]:
+) -> list[list[float]]:
     """One forward pass: the completion tokens all end at the right edge, so their predictions sit in
     the last ``longest + 1`` positions (the logit at position t predicts the token at t + 1)."""
     sequences = [[*p, *c] for p, c in zip(prompt_ids, completion_ids, strict=True)]
-    lengths = torch.tensor([len(c) for c in completion_ids])
-    longest = int(lengths.max())
+    longest = max(len(c) for c in completion_ids)
     ids, mask = left_pad(sequences, loaded.tokenizer.pad_token_id, loaded.device)
     with loaded.lock, torch.inference_mode():
         _require_full_depth(loaded)
@@ -90,11 +105,6 @@ def _batch_nll(
             logits_to_keep=longest + 1,
         ).logits[:, :-1, :]
         log_probs = torch.log_softmax(logits.float(), dim=-1)
-        targets = ids[:, -longest:]
-        token_nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        # Column j holds a completion token iff it is within that row's last ``length`` columns.
-        columns = torch.arange(longest, device=ids.device)
-        in_completion = columns[None, :] >= (longest - lengths.to(ids.device))[:, None]
-        totals = (token_nll * in_completion).sum(dim=1)
-        means = (totals / lengths.to(totals.device)).cpu()
-    return [float(x) for x in means]
+        token_nll = -log_probs.gather(-1, ids[:, -longest:].unsqueeze(-1)).squeeze(-1).cpu()
+    # Row r's completion is its last len(c) columns.
+    return [token_nll[row, longest - len(c) :].tolist() for row, c in enumerate(completion_ids)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-from engine.coherence import completion_nll, full_depth_nll
+from engine.coherence import completion_nll, full_depth_nll, full_depth_token_nll
 from engine.generation import generate
 from engine.models import from_objects, truncated
 from engine.types import GenerationParams
@@ -87,3 +87,22 @@ def test_the_models_own_greedy_text_is_cheaper_than_random_tokens(loaded):
     for mine, random_ in zip(own_nll, noise_nll, strict=True):
         assert mine < random_
     assert max(own_nll) < math.log(loaded.model.config.vocab_size) < min(noise_nll) + 2
+
+
+def test_per_token_nll_matches_the_reference_token_by_token(loaded):
+    completions = random_completions(3, loaded.model.config.vocab_size, seed=2)
+    got = full_depth_token_nll(
+        loaded, PROMPTS[:3], [completions[1], [], completions[3 - 1]], GenerationParams()
+    )
+    assert got[1] == []
+    for prompt, completion, values in (
+        (PROMPTS[0], completions[1], got[0]),
+        (PROMPTS[2], completions[2], got[2]),
+    ):
+        assert len(values) == len(completion)
+        # The reference mean over the first i + 1 tokens, times i + 1, is their cumulative NLL.
+        expected = [
+            reference_nll(loaded, prompt, completion[: i + 1]) * (i + 1) for i in range(len(completion))
+        ]
+        cumulative = [sum(values[: i + 1]) for i in range(len(values))]
+        assert cumulative == pytest.approx(expected, rel=1e-4, abs=1e-4)
