@@ -1,8 +1,9 @@
 """Figures and export files built from DataFrames: plotly for the pages, matplotlib for PNGs, and the
 self-contained HTML report. No engine calls, no Streamlit: pure functions, easy to test.
 
-Every string that came from a model, a CSV or a user (model names, tokens) is HTML-escaped before it
-reaches plotly, which interprets a few HTML tags in labels.
+Every string that came from a model, a CSV, a database or a user (model names, judge names, tokens) goes
+through :func:`plot_text` before it reaches plotly, which interprets a few HTML tags (links included)
+and ``$…$`` LaTeX in labels, and through :func:`mpl_text` before matplotlib, which reads ``$…$`` as math.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 
 PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
 FONT = {"size": 15}
+
+
+def plot_text(text: str) -> str:
+    """Stored or typed text as a plotly label: HTML-escaped, and ``$`` as an entity (no LaTeX)."""
+    return html.escape(str(text)).replace("$", "&#36;")
+
+
+def mpl_text(text: str) -> str:
+    """Stored or typed text as a matplotlib label: ``$`` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -88,7 +99,7 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
     for index, (series, group) in enumerate(frame.groupby("series", sort=False)):
         group = group.sort_values("depth")
         color = PALETTE[index % len(PALETTE)]
-        name = html.escape(series)
+        name = plot_text(series)
         depth = group["depth"].tolist()
         fig.add_trace(
             go.Scatter(
@@ -194,7 +205,7 @@ def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
                 continue
             xs.append(float(rows["depth"].iloc[0]))
             ys.append(100 * value)
-            texts.append(html.escape(flip_description(flip)))
+            texts.append(plot_text(flip_description(flip)))
     if xs:
         fig.add_trace(
             go.Scatter(
@@ -230,7 +241,7 @@ def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
                 x=group["depth"],
                 y=100 * group["degenerate"] / total,
                 mode="lines+markers",
-                name=html.escape(short(model)),
+                name=plot_text(short(model)),
                 line={"color": PALETTE[index % len(PALETTE)], "width": 2, "dash": "dot"},
                 hovertemplate="%{x:.0f} % depth: %{y:.0f} % incoherent<extra>%{fullData.name}</extra>",
             )
@@ -254,11 +265,13 @@ def asr_png(frame: pd.DataFrame, title: str = "") -> bytes:
         axes.fill_between(
             group["depth"], group["ci_low"] * 100, group["ci_high"] * 100, color=color, alpha=0.15
         )
-        axes.plot(group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=series)
+        axes.plot(
+            group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=mpl_text(series)
+        )
         benign = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
         if benign is not None and benign.notna().any():
             axes.plot(group["depth"], benign * 100, linestyle="--", marker="o", markerfacecolor="none",
-                      color=color, label=f"{series}: {BENIGN_CURVE}")  # fmt: skip
+                      color=color, label=mpl_text(f"{series}: {BENIGN_CURVE}"))  # fmt: skip
     axes.set_xlim(*_depth_range(frame["depth"]))
     axes.set_ylim(-2, 102)
     axes.set_xlabel("Depth: % of layers kept")
@@ -368,7 +381,7 @@ def _add_baselines(fig: go.Figure, layers: Sequence[int], baselines: Mapping[str
                 x=[min(layers), max(layers)],
                 y=[100 * accuracy] * 2,
                 mode="lines",
-                name=html.escape(f"{label} (content only): {accuracy:.0%}"),
+                name=plot_text(f"{label} (content only): {accuracy:.0%}"),
                 line={"color": ("#6b7280", "#b45309")[index % 2], "width": 2, "dash": "dot"},
                 hoverinfo="name",
             )
@@ -442,8 +455,8 @@ def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=counts,
-            x=[f"{judge_b}: harmful", f"{judge_b}: not harmful"],
-            y=[f"{judge_a}: harmful", f"{judge_a}: not harmful"],
+            x=[plot_text(f"{judge_b}: harmful"), plot_text(f"{judge_b}: not harmful")],
+            y=[plot_text(f"{judge_a}: harmful"), plot_text(f"{judge_a}: not harmful")],
             text=counts,
             texttemplate="%{text}",
             textfont={"size": 22},
@@ -461,7 +474,7 @@ def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
 
 def lens_figure(cells: pd.DataFrame) -> go.Figure:
     """One row of cells, one per layer: the top-1 next token (text) and its probability (colour)."""
-    tokens = [html.escape(repr(t)[1:-1]) for t in cells["token"]]
+    tokens = [plot_text(repr(t)[1:-1]) for t in cells["token"]]
     fig = go.Figure(
         go.Heatmap(
             z=[cells["probability"].tolist()],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._display import md_escape
 from pages._selection import Selection
 from pages._sidebar import set_title
 
@@ -16,7 +17,10 @@ def scope_picker(sel: Selection, key: str) -> tuple[str, ...] | None:
     choice = st.radio(
         "Results from",
         [sel.prompt_set, ALL_SETS],
-        format_func=lambda name: "all sets, each on its own" if name == ALL_SETS else set_title(name),
+        # radio options are markdown; a set's name can be an uploaded file's name
+        format_func=lambda name: (
+            "all sets, each on its own" if name == ALL_SETS else md_escape(set_title(name))
+        ),
         horizontal=True,
         key=key,
         help="Prompt sets are never pooled: with all sets, every set gets its own curves and rows.",

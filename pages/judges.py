@@ -82,7 +82,9 @@ def show_agreement(
         cols = st.columns(3)
         cols[0].metric("Kappa", kappa, help="Cohen's kappa: 1 = perfect agreement, 0 = chance level.")
         cols[1].metric(
-            "Inflation", inflation, help=f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers."
+            "Inflation",
+            inflation,
+            help=_display.md_escape(f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers."),
         )
         cols[2].metric(
             "n",
@@ -162,10 +164,11 @@ def harmbench_section(sel: Selection, has_verdicts: bool) -> None:
             key="harmbench-run",
         )
         if pressed:
-            if problem := _paths.path_problem(path, "classifier folder"):
+            classifier, problem = _paths.checked_source(path, "classifier folder")
+            if problem:
                 st.error(_display.md_escape(problem))
             else:
-                start_harmbench(sel, path.strip())
+                start_harmbench(sel, classifier)  # the checked absolute path, not the typed text
 
 
 def start_harmbench(sel: Selection, path: str) -> None:

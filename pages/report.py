@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -25,6 +23,7 @@ def pick_judge(present: list[str]) -> str:
     return st.radio(
         "Judge behind the numbers",
         automatic,
+        format_func=_display.md_escape,  # radio options are markdown; judge names come from the database
         horizontal=True,
         key="report-judge",
         help="HarmBench when available: the keyword judge overstates ASR.",
@@ -154,13 +153,6 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def raw_export(db: str, fmt: str) -> bytes:
-    """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = _store.open_store(db).export(Path(folder) / f"results.{fmt}")
-        return path.read_bytes()
-
-
 @dataclass(frozen=True)
 class Download:
     label: str
@@ -182,14 +174,14 @@ def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.
         ),
         Download(
             "Raw results (CSV)",
-            lambda: raw_export(sel.db, "csv"),
+            lambda: _store.export_bytes(sel.db, "csv"),
             "depthscope-results.csv",
             "text/csv",
             "dl-csv",
         ),
         Download(
             "Raw results (Parquet)",
-            lambda: raw_export(sel.db, "parquet"),
+            lambda: _store.export_bytes(sel.db, "parquet"),
             "depthscope-results.parquet",
             "application/octet-stream",
             "dl-parquet",

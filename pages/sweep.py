@@ -115,7 +115,8 @@ def sweep_form(sel: Selection, store: Store) -> None:
     if HARMBENCH in judges and not judge_model.strip():
         st.error("The harmbench judge needs the classifier folder; or judge later on the Judges page.")
         return
-    if judge_model.strip() and (problem := _paths.path_problem(judge_model, "classifier folder")):
+    classifier, problem = _paths.checked_source(judge_model, "classifier folder")
+    if problem:
         st.error(_display.md_escape(problem))
         return
     spec = SweepSpec(
@@ -123,7 +124,7 @@ def sweep_form(sel: Selection, store: Store) -> None:
         prompt_set=sel.prompt_set,
         depths=depths,
         judges=tuple(judges or [KEYWORD]),
-        judge_model=judge_model.strip() or None,
+        judge_model=classifier or None,  # the checked absolute path, not the typed text
         params=sel.params,
         limit=int(limit) or None,
     )
@@ -218,7 +219,12 @@ def results(sel: Selection) -> None:
     judges = sorted({r.judge for r in rows}, key=_judge_rank)
     preferred = next((j for j in (HARMBENCH, KEYWORD) if j in judges), judges[0])
     judge = st.segmented_control(
-        "Judge", judges, default=preferred, key="sweep-judge", help="Whose verdicts the curves count."
+        "Judge",
+        judges,
+        default=preferred,
+        format_func=_display.md_escape,  # option labels are markdown; judge names come from the database
+        key="sweep-judge",
+        help="Whose verdicts the curves count.",
     )
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
