@@ -63,6 +63,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
+    Migration(
+        3,
+        "generations remember how many prompt tokens were cut to fit the model's context",
+        ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (
