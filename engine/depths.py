@@ -67,7 +67,7 @@ def parse_percentages(text: str) -> tuple[float, ...]:
 
 
 def parse_layer_counts(text: str) -> tuple[int, ...]:
-    """'4,8' → (4, 8), each at least 1; the upper bound (the model's layer count) is checked once it is known."""
+    """'4,8' → (4, 8), each at least 1; the upper bound (the model's layer count) is checked once known."""
     counts = _parse_numbers(text, "layers", int)
     for k in counts:
         if k < 1:
@@ -75,7 +75,9 @@ def parse_layer_counts(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(counts))
 
 
-def layers_for(n_layers: int, percents: tuple[float, ...], layers: tuple[int, ...] | None = None) -> list[int]:
+def layers_for(
+    n_layers: int, percents: tuple[float, ...], layers: tuple[int, ...] | None = None
+) -> list[int]:
     """The distinct layer counts a request means on an ``n_layers`` model: ``layers`` if given, else the
     percentages mapped by k = round(d/100 · L)."""
     if layers:

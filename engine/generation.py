@@ -70,7 +70,9 @@ def fit_prompt(tokenizer, text: str, params: GenerationParams, budget: int | Non
     text_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     drop = full - budget
     for _ in range(4):  # re-tokenising the cut text can merge differently: cut a little more and retry
-        ids = encode_prompt(tokenizer, tokenizer.decode(text_ids[drop:]) if drop < len(text_ids) else "", params)
+        ids = encode_prompt(
+            tokenizer, tokenizer.decode(text_ids[drop:]) if drop < len(text_ids) else "", params
+        )
         if len(ids) <= budget:
             return ids, full - len(ids)
         drop += len(ids) - budget

@@ -21,6 +21,7 @@ __all__ = [
     "SMOLLM_VERSION",
     "demo_model_built",
     "embedded_model_names",
+    "peek_context_length",
     "peek_n_layers",
     "smollm_gguf_file",
 ]
@@ -59,33 +60,48 @@ def _local_file(source: str) -> Path | None:
     return Path(source).expanduser()
 
 
-def peek_n_layers(source: str) -> int | None:
-    """The layer count from config.json or a GGUF header, without loading weights; None if unknown."""
+def _peek(source: str, config_keys: tuple[str, ...], gguf_key: str) -> int | None:
+    """A whole number from config.json (the first of ``config_keys`` present) or the GGUF header's
+    ``<architecture>.<gguf_key>``, without loading weights; None if unknown or unreadable."""
     try:
         path = _local_file(source.strip())
         if path is None or not path.exists():
             return None
         if path.is_dir():
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            layers = config.get("num_hidden_layers") or config.get("n_layer")
-            return int(layers) if layers else None
+            value = next((config[k] for k in config_keys if config.get(k)), None)
+            return int(value) if value else None
         if path.suffix == ".gguf":
             stat = path.stat()
-            return _gguf_block_count(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except (OSError, ValueError, KeyError, TypeError):
+            return _gguf_fields(str(path.resolve()), stat.st_mtime_ns, stat.st_size).get(gguf_key)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # a damaged file: the loader says why
         return None
     return None
 
 
+def peek_n_layers(source: str) -> int | None:
+    """The layer count from config.json or a GGUF header, without loading weights; None if unknown."""
+    return _peek(source, ("num_hidden_layers", "n_layer"), "block_count")
+
+
+def peek_context_length(source: str) -> int | None:
+    """The positions the model was built for, from config.json or a GGUF header; None if unknown."""
+    return _peek(source, ("max_position_embeddings", "n_positions", "n_ctx"), "context_length")
+
+
 @functools.lru_cache(maxsize=16)
-def _gguf_block_count(path: str, _mtime_ns: int, _size: int) -> int | None:
-    """``<architecture>.block_count`` of a GGUF file. Cached per file version: the reader parses the
-    whole header, tokenizer vocabulary included (seconds for a 49k vocabulary)."""
+def _gguf_fields(path: str, _mtime_ns: int, _size: int) -> dict[str, int]:
+    """``<architecture>.block_count`` and ``.context_length`` of a GGUF file. Cached per file version:
+    the reader parses the whole header, tokenizer vocabulary included (seconds for a 49k vocabulary)."""
     from gguf import GGUFReader  # numpy-only, but not needed until a GGUF file is peeked at
 
     reader = GGUFReader(path)
     architecture = reader.get_field("general.architecture")
     if architecture is None:
-        return None
-    count = reader.get_field(f"{architecture.contents()}.block_count")
-    return None if count is None else int(count.contents())
+        return {}
+    fields = {}
+    for key in ("block_count", "context_length"):
+        field = reader.get_field(f"{architecture.contents()}.{key}")
+        if field is not None:
+            fields[key] = int(field.contents())
+    return fields

@@ -112,7 +112,8 @@ class StoreAnalytics(StoreConnection):
             SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_key, g.prompt_id, g.label, g.category,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
                    g.seconds, g.created_at, g.run_id,
-                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens, v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
+                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens,
+                   v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
                    v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}
