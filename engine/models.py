@@ -191,14 +191,16 @@ def load_config(source: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     where = _resolve_source(source)
+    if where.local is not None and (problem := modelfiles.model_files_problem(where.local)):
+        raise ModelLoadError(problem)
     try:
         return AutoConfig.from_pretrained(
             where.location, gguf_file=where.gguf_file, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 — readers of damaged files fail in many ways: one message
         if where.local is None:
             raise _hub_error(source, exc) from exc
-        raise ModelLoadError(f"could not read the config of {source}: {exc}") from exc
+        raise ModelLoadError(f"could not read the config of {source}: {type(exc).__name__}: {exc}") from exc
 
 
 def prepare_tokenizer(tokenizer) -> object:
@@ -236,10 +238,10 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(where.location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where.location, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 — loaders of damaged files fail in many ways: one message
         if where.local is None:
             raise _hub_error(source, exc) from exc
-        raise ModelLoadError(f"could not load {source}: {exc}") from exc
+        raise ModelLoadError(f"could not load {source}: {type(exc).__name__}: {exc}") from exc
     model = model.to(device=target, dtype=torch_dtype).eval()
     model_hash = _fingerprint(where.local) if where.local else _hub_revision(source, config)
     info = ModelInfo(
