@@ -191,8 +191,6 @@ def load_config(source: str, *, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     where = _resolve_source(source)
-    if where.local is not None and (problem := modelfiles.model_files_problem(where.local)):
-        raise ModelLoadError(problem)
     try:
         return AutoConfig.from_pretrained(
             where.location, gguf_file=where.gguf_file, trust_remote_code=trust_remote_code
@@ -200,6 +198,8 @@ def load_config(source: str, *, trust_remote_code: bool = False):
     except Exception as exc:  # noqa: BLE001 — readers of damaged files fail in many ways: one message
         if where.local is None:
             raise _hub_error(source, exc) from exc
+        if problem := modelfiles.model_files_problem(where.local):
+            raise ModelLoadError(problem) from exc
         raise ModelLoadError(f"could not read the config of {source}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -231,7 +231,9 @@ def load_model(
     source = (source or DEFAULT_MODEL).strip()
     where = _resolve_source(source)
     config = load_config(source, trust_remote_code=trust_remote_code)
-    spec = spec_for(config.model_type)
+    spec = spec_for(config.model_type)  # an unsupported architecture is the first thing to say
+    if where.local is not None and (problem := modelfiles.model_files_problem(where.local)):
+        raise ModelLoadError(problem)  # before transformers fails on it with a misleading message
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     kwargs = {"gguf_file": where.gguf_file, "trust_remote_code": trust_remote_code}
