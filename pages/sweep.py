@@ -11,7 +11,7 @@ from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
-from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
+from pages import _charts, _display, _jobs, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
 from pages._sidebar import model_label, model_options, set_title
 from pages._skeleton import start_page
@@ -109,7 +109,8 @@ def sweep_form(sel: Selection, store: Store) -> None:
     if HARMBENCH in judges and not judge_model.strip():
         st.error("The harmbench judge needs the classifier folder; or judge later on the Judges page.")
         return
-    if judge_model.strip() and (problem := _paths.path_problem(judge_model, "classifier folder")):
+    classifier, problem = _paths.checked_source(judge_model, "classifier folder")
+    if problem:
         st.error(_display.md_escape(problem))
         return
     spec = SweepSpec(
@@ -117,7 +118,7 @@ def sweep_form(sel: Selection, store: Store) -> None:
         prompt_set=sel.prompt_set,
         depths=depths,
         judges=tuple(judges or [KEYWORD]),
-        judge_model=judge_model.strip() or None,
+        judge_model=classifier or None,  # the checked absolute path, not the typed text
         params=sel.params,
         limit=int(limit) or None,
     )
@@ -148,6 +149,12 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
             ],
             "incoherent %": (100 * frame["degenerate"] / decided.clip(lower=1)).round(0),
             "undecided": frame["undecided"],
+            "copyright left out": frame["copyright_excluded"],
+            "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(
+                1
+            ),
+            "benign n": frame["benign_n"],
+            "prompt set": frame["prompt_set"],
             "ranking flip": [
                 "⚠ flip" if (m, int(k)) in flip_at else ""
                 for m, k in zip(frame["model"], frame["layers"], strict=True)
@@ -187,7 +194,15 @@ def _judge_rank(judge: str) -> tuple[int, str]:
 
 def results(sel: Selection) -> None:
     st.header("Results")
-    rows = _queries.asr_rows(sel.db)
+    prompt_sets = _scope.scope_picker(sel, "sweep-scope")
+    include_copyright = _scope.copyright_toggle("sweep-copyright")
+    rows = _queries.asr_rows(sel.db, None, prompt_sets, include_copyright)
+    if not rows and prompt_sets:
+        st.info(
+            f"No judged completions of the prompt set {_display.md_escape(set_title(prompt_sets[0]))} yet: "
+            "start a sweep above, or choose “all sets”."
+        )
+        return
     if not rows:
         st.info(
             "No judged completions in this database yet. Start a sweep above: the demo set (12 harmful + "
@@ -198,7 +213,12 @@ def results(sel: Selection) -> None:
     judges = sorted({r.judge for r in rows}, key=_judge_rank)
     preferred = next((j for j in (HARMBENCH, KEYWORD) if j in judges), judges[0])
     judge = st.segmented_control(
-        "Judge", judges, default=preferred, key="sweep-judge", help="Whose verdicts the curves count."
+        "Judge",
+        judges,
+        default=preferred,
+        format_func=_display.md_escape,  # option labels are markdown; judge names come from the database
+        key="sweep-judge",
+        help="Whose verdicts the curves count.",
     )
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
@@ -206,7 +226,9 @@ def results(sel: Selection) -> None:
     flips = report.flips(rows)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
     st.caption(
-        "ASR: share of harmful prompts the judge says were answered (undecided verdicts left out). Shaded "
+        "ASR: share of harmful prompts the judge says were answered (undecided verdicts and, unless "
+        "counted above, copyright behaviours left out). Dashed: harmless requests refused, the share of "
+        "benign prompts refused (keyword judge's phrase rule, or human labels), n in the table. Shaded "
         "bands: 95 % Wilson intervals. Stars mark ranking flips between models: order reversed at the same "
         "depth percentage, significant by a reversal test after Holm correction."
     )

@@ -22,6 +22,7 @@ from engine.store import (
     StoredPromptSet,
     StoreError,
 )
+from engine.store.schema import MIGRATIONS
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
 
 MODEL = ModelInfo("tiny", "m1", "LlamaForCausalLM", 8, 64, "float32", "cpu")
@@ -96,7 +97,7 @@ def store(db_path: Path):
 # ----------------------------------------------------------------------------------- schema and refusals
 def test_new_database_records_every_migration(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        assert store.schema_version == SCHEMA_VERSION
+        assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         counts = store.table_counts()
     assert counts["schema_version"] == SCHEMA_VERSION
     assert {name: n for name, n in counts.items() if name != "schema_version"} == dict.fromkeys(
@@ -114,7 +115,7 @@ def test_new_database_records_every_migration(db_path: Path) -> None:
     )
     with duckdb.connect(str(db_path), read_only=True) as con:
         assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (v,) for v in range(1, SCHEMA_VERSION + 1)
+            (m.version,) for m in MIGRATIONS
         ]
 
 

@@ -63,8 +63,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
+    # One prompt text may be harmful in one set and benign in another (issue 14.6): the label a report
+    # uses is the one the prompt has in its set. Existing members take the label their prompt had.
     Migration(
         3,
+        "prompt labels belong to a prompt within its set",
+        (
+            "ALTER TABLE prompt_set_members ADD COLUMN label VARCHAR",
+            "UPDATE prompt_set_members m SET label = p.label FROM prompts p "
+            "WHERE p.prompt_key = m.prompt_key",
+        ),
+    ),
+    Migration(
+        4,
         "generations remember how many prompt tokens were cut to fit the model's context",
         ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
     ),
