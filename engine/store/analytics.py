@@ -152,6 +152,14 @@ class StoreAnalytics(StoreConnection):
         with self._cursor() as cur:
             return cur.execute(sql, args_a + args_b + set_args).df()
 
+    @translated("counting truncated prompts")
+    def truncated_prompt_counts(self) -> tuple[int, int]:
+        """(completions whose prompt was cut from the left to fit the model's context, all completions)."""
+        sql = "SELECT count(*) FILTER (WHERE prompt_truncated_tokens > 0), count(*) FROM generations"
+        with self._cursor() as cur:
+            truncated, total = cur.execute(sql).fetchone()
+        return int(truncated), int(total)
+
     @translated("reading results")
     def results_frame(
         self,
@@ -176,7 +184,9 @@ class StoreAnalytics(StoreConnection):
             SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_set, g.prompt_key, g.prompt_id,
                    g.label, g.category, g.copyright,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
-                   g.seconds, g.created_at, g.run_id, v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
+                   g.seconds, g.created_at, g.run_id,
+                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens,
+                   v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
                    v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}

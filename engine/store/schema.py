@@ -74,6 +74,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE p.prompt_key = m.prompt_key",
         ),
     ),
+    Migration(
+        4,
+        "generations remember how many prompt tokens were cut to fit the model's context",
+        ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

@@ -21,7 +21,10 @@ PROBE_COLUMNS = (
     "extra",
     "created_at",
 )
-COMPLETION_COLUMNS = "model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds"
+COMPLETION_COLUMNS = (
+    "model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, "
+    "coalesce(prompt_truncated_tokens, 0)"
+)
 MODEL_COLUMNS = "model_id, model_hash, architecture, n_layers, hidden_size, dtype, device"
 
 # Generations with the prompt set(s) they belong to: one row per (generation, set name), carrying the
