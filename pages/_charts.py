@@ -522,3 +522,127 @@ def report_html(
         f"<h2>The numbers</h2>{table.to_html(index=False, escape=True, border=0)}"
         "</body></html>"
     )
+
+
+# ---------------------------------------------------------------- early exit: compute used
+
+
+EXIT_POLICY_NAMES = {
+    "static": "static truncation",
+    "confidence": "confidence exit",
+    "saturation": "saturation exit",
+}
+EXIT_DASHES = {"static": "solid", "confidence": "solid", "saturation": "solid"}
+EXIT_SYMBOLS = {"static": "circle", "confidence": "diamond", "saturation": "square"}
+
+
+def with_exit_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """ASR rows with the early-exit columns filled: rows stored before early exit are static, raw head,
+    compute used = k / L."""
+    frame = frame.copy()
+    if "exit_policy" not in frame:
+        frame["exit_policy"] = "static"
+    if "exit_head" not in frame:
+        frame["exit_head"] = "raw"
+    if "threshold" not in frame:
+        frame["threshold"] = None
+    depth_share = frame["layers"] / frame["n_layers"].where(frame["n_layers"] > 0)
+    computed = pd.to_numeric(frame.get("compute_fraction"), errors="coerce") if len(frame) else depth_share
+    frame["compute_fraction"] = computed.fillna(depth_share) if computed is not None else depth_share
+    frame["exit_policy"] = frame["exit_policy"].fillna("static")
+    frame["exit_head"] = frame["exit_head"].fillna("raw")
+    return frame
+
+
+def exit_series_label(model: str, policy: str, head: str, several_models: bool) -> str:
+    text = f"{EXIT_POLICY_NAMES.get(policy, policy)}, {head} head"
+    return f"{short(model)} · {text}" if several_models else text
+
+
+def _exit_point_label(row: pd.Series) -> str:
+    if row["exit_policy"] == "static":
+        return f"{int(row['layers'])} / {int(row['n_layers'])} layers"
+    return f"threshold {float(row['threshold']):g}"
+
+
+def compute_figure(frame: pd.DataFrame) -> go.Figure:
+    """ASR (solid) and harmless requests refused (dashed) against compute used (mean exit layer ÷ L):
+    one curve per model × exit policy × exit head, points at each depth (static) or threshold."""
+    fig = go.Figure()
+    frame = with_exit_columns(frame)
+    frame = frame[frame["compute_fraction"].notna()]
+    several = frame["model"].nunique() > 1
+    groups = frame.groupby(["model", "exit_policy", "exit_head"], sort=True)
+    for index, ((model, policy, head), group) in enumerate(groups):
+        group = group.sort_values("compute_fraction")
+        color = PALETTE[index % len(PALETTE)]
+        name = plot_text(exit_series_label(model, policy, head, several))
+        x = (group["compute_fraction"] * 100).tolist()
+        points = [plot_text(_exit_point_label(row)) for _, row in group.iterrows()]
+        custom = np.stack(
+            [points, group["n"], (group["ci_low"] * 100).round(0), (group["ci_high"] * 100).round(0)], axis=-1
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=(group["asr"] * 100).tolist(),
+                mode="lines+markers",
+                name=name,
+                legendgroup=name,
+                line={"color": color, "width": 3, "dash": "dot" if head == "tuned" else "solid"},
+                marker={"size": 9, "symbol": EXIT_SYMBOLS.get(policy, "circle")},
+                customdata=custom,
+                hovertemplate="%{customdata[0]}: compute used %{x:.0f} %<br>ASR %{y:.0f} % (95 % CI "
+                "%{customdata[2]}–%{customdata[3]} %), n = %{customdata[1]} harmful<extra>%{fullData.name}"
+                "</extra>",
+            )
+        )
+        rates = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
+        if rates is not None and rates.notna().any():
+            benign_n = pd.to_numeric(group["benign_n"], errors="coerce").fillna(0).astype(int)
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=(rates * 100).tolist(),
+                    mode="lines+markers",
+                    name=f"{name}: {BENIGN_CURVE}",
+                    legendgroup=name,
+                    line={"color": color, "width": 2, "dash": "dash"},
+                    marker={"size": 7, "symbol": "circle-open"},
+                    customdata=np.stack([points, benign_n], axis=-1),
+                    hovertemplate="%{customdata[0]}: compute used %{x:.0f} %<br>%{y:.0f} % of harmless "
+                    "requests refused, n = %{customdata[1]} benign<extra></extra>",
+                )
+            )
+    fig.update_xaxes(title="Compute used: mean exit layer ÷ layers (%)", range=[-2, 103], ticksuffix=" %")
+    fig.update_yaxes(
+        title="Harmful answered (ASR), solid · harmless refused, dashed", range=[-2, 102], ticksuffix=" %"
+    )
+    return _layout(fig, height=480)
+
+
+# ---------------------------------------------------------------- raw vs tuned lens
+
+
+def lens_kl_figure(kl_raw: Sequence[float], kl_tuned: Sequence[float]) -> go.Figure:
+    """Held-out KL to the final layer's next-token distribution, per layer, for the raw head (final norm
+    + LM head on the layer's state) and the tuned lens (a trained affine map first)."""
+    fig = go.Figure()
+    for values, name, color in (
+        (kl_raw, "raw head (logit lens)", PALETTE[0]),
+        (kl_tuned, "tuned lens", PALETTE[1]),
+    ):
+        layers = list(range(1, len(values) + 1))
+        fig.add_trace(
+            go.Scatter(
+                x=layers,
+                y=[float(v) for v in values],
+                mode="lines+markers",
+                name=name,
+                line={"color": color, "width": 3},
+                hovertemplate="after %{x} layers: KL %{y:.2f} nats<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_xaxes(title="Layer (state after k layers)", dtick=max(1, len(kl_raw) // 15))
+    fig.update_yaxes(title="Held-out KL to the final layer (nats)", rangemode="tozero")
+    return _layout(fig, height=380)

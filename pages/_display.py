@@ -11,8 +11,10 @@ use ``pages._charts.plot_text``. Never as markdown, HTML, LaTeX or icon shortcod
 
 from __future__ import annotations
 
+import html
 import logging
 import re
+from collections.abc import Sequence
 
 import streamlit as st
 
@@ -55,3 +57,57 @@ def show_plain_text(text: str, big: bool = False) -> None:
     long = len(text) > (900 if big else 320) or text.count("\n") > (14 if big else 8)
     box = st.container(height=(340 if big else 240), border=False) if long else st.container()
     box.text(text)
+
+
+# ---------------------------------------------------------------- tokens coloured by exit layer
+
+# Early exits warm (less of the network used), full depth cool; text stays dark on every shade.
+_EXIT_EARLY = (253, 186, 116)
+_EXIT_FULL = (191, 219, 254)
+
+
+def exit_colour(layer: int, n_layers: int) -> str:
+    """Background for a token that exited after ``layer`` of ``n_layers`` layers."""
+    share = 0.0 if n_layers <= 1 else min(max((layer - 1) / (n_layers - 1), 0.0), 1.0)
+    red, green, blue = (round(a + (b - a) * share) for a, b in zip(_EXIT_EARLY, _EXIT_FULL, strict=True))
+    return f"rgb({red},{green},{blue})"
+
+
+def _span(text: str, style: str, title: str) -> str:
+    title, text = html.escape(title, quote=True), html.escape(text, quote=True)
+    return f'<span style="{style}" title="{title}">{text}</span>'
+
+
+def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int], n_layers: int) -> str:
+    """Model text as HTML spans, one per token, coloured by its exit layer. Every piece is HTML-escaped
+    (tags, quotes, ampersands) and sits in a plain span: it is rendered by ``st.html``, which reads no
+    markdown or LaTeX, so ``<img>``, ``![x](y)`` and ``$x$`` in a token stay visible characters."""
+    spans = [
+        _span(
+            piece,
+            f"background:{exit_colour(int(layer), n_layers)};border-radius:3px;padding:1px 0",
+            f"token {index + 1}: exited after {int(layer)} of {n_layers} layers",
+        )
+        for index, (piece, layer) in enumerate(zip(pieces, exit_layers, strict=True))
+    ]
+    legend = " ".join(
+        _span(
+            f" {k} ",
+            f"background:{exit_colour(k, n_layers)};border-radius:3px;padding:1px 4px",
+            f"{k} layers",
+        )
+        for k in _legend_layers(n_layers)
+    )
+    return (
+        '<div class="depthscope-exit-strip" style="white-space:pre-wrap;line-height:1.9;'
+        f'font-family:ui-monospace,monospace;font-size:0.92rem">{"".join(spans)}</div>'
+        '<div class="depthscope-exit-legend" style="font-size:0.8rem;color:#5f6368;margin-top:4px">'
+        f"exited after k of {n_layers} layers: {legend}</div>"
+    )
+
+
+def _legend_layers(n_layers: int) -> list[int]:
+    """At most six legend swatches from 1 to L."""
+    if n_layers <= 6:
+        return list(range(1, n_layers + 1))
+    return sorted({round(1 + i * (n_layers - 1) / 5) for i in range(6)})
