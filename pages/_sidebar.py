@@ -70,7 +70,53 @@ def _settings_inputs() -> None:
     st.number_input("Max new tokens", min_value=1, max_value=2048, value=64, step=8, key="max_new_tokens")
     st.toggle("Use the chat template", value=True, key="chat_template")
     st.text_area("System prompt (optional)", value="", key="system_prompt", height=68)
+    _exit_inputs()
     st.caption("Completions are cached per model, prompt, depth and these settings.")
+
+
+EXIT_POLICY_LABELS = {
+    "static": "static: every token exits at the chosen depth",
+    "confidence": "confidence: exit when the head is sure (CALM)",
+    "saturation": "saturation: exit when the state stops changing (CALM)",
+}
+EXIT_HEAD_LABELS = {"raw": "raw: final norm + output head", "tuned": "tuned lens, then the head"}
+
+
+def _exit_inputs() -> None:
+    """Early exit: the policy, its thresholds and minimum depth, and how a layer's state is read."""
+    st.selectbox(
+        "Exit policy",
+        list(EXIT_POLICY_LABELS),
+        format_func=EXIT_POLICY_LABELS.get,
+        key="exit_policy",
+        help="Confidence: a token leaves at the first layer (from the minimum on) where the exit head's "
+        "top-1 minus top-2 probability reaches the threshold. Saturation: where the cosine between "
+        "consecutive layers' states reaches it. Skipped layers still compute keys and values "
+        "from the exited state (CALM's state propagation), so compute saved is counted, not timed.",
+    )
+    if st.session_state.get("exit_policy", "static") != "static":
+        st.text_input(
+            "Thresholds",
+            value="0.9",
+            key="exit_thresholds",
+            help="One or several, comma-separated (e.g. 0.5, 0.8, 0.95): a sweep runs each; the explorer "
+            "generates each and lets you slide between them.",
+        )
+        st.number_input(
+            "Min layers before any exit", min_value=1, max_value=512, value=1, step=1, key="exit_min_layers"
+        )
+        problem = selection().exit.problem
+        if problem:
+            st.error(md_escape(f"Early exit: {problem} Until then every token exits at the chosen depth."))
+    st.radio(
+        "Exit head",
+        list(EXIT_HEAD_LABELS),
+        format_func=EXIT_HEAD_LABELS.get,
+        key="exit_head",
+        horizontal=False,
+        help="Tuned: a trained affine map per layer before the head (a tuned lens); train one with "
+        "`python -m engine lens train --model M`.",
+    )
 
 
 # ---------------------------------------------------------------- the model
