@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pandas as pd
 import streamlit as st
+from engine.lens_files import read_lens_report
 
 from engine import queries
 from engine.datasets import DatasetError, prompt_set_id
@@ -135,6 +138,45 @@ def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo, baselines
         st.dataframe(table.drop(columns=["direction_ref"], errors="ignore"), hide_index=True)
 
 
+def lens_train_command(model: str) -> str:
+    return f"python -m engine lens train --model {shlex.quote(model)}"
+
+
+def lens_summary(report: dict) -> str:
+    """The two KL curves in words, with what they were measured on."""
+    raw, tuned = report.get("kl_raw") or [], report.get("kl_tuned") or []
+    below = sum(t < r for r, t in zip(raw[:-1], tuned[:-1], strict=False))
+    compared = min(len(raw), len(tuned)) - 1
+    tokens, texts = report.get("heldout_tokens", "?"), report.get("n_texts_heldout", "?")
+    corpus, steps = report.get("corpus", "?"), report.get("steps", "?")
+    return (
+        f"Held-out KL (nats, mean per token) between each layer's reading and the final layer's next-token "
+        f"distribution, over {tokens} tokens of {texts} held-out prompts ({corpus} corpus; lens trained "
+        f"{steps} steps). "
+        f"The tuned lens is below the raw head at {below} of {max(compared, 0)} layers before the last. "
+        "Lower means a layer's state already says what the full model will say: an exit head that reads "
+        "it well can leave early without changing the answer."
+    )
+
+
+def show_lenses(sel: Selection, info: ModelInfo | None) -> None:
+    """The logit lens is one of two lenses: raw (final norm + head) and tuned (a trained map first)."""
+    st.subheader("Two lenses: how well does each layer's state predict the final answer?")
+    report = read_lens_report(info.model_hash) if info is not None else None
+    if not report or not report.get("kl_raw") or not report.get("kl_tuned"):
+        st.info(
+            "No tuned lens for this model yet. The raw head (the logit lens above) reads each layer with "
+            "the final norm and the output head as they are; a tuned lens first applies a small affine map "
+            "per layer, trained on benign text to match the final layer. Train one (a few minutes on CPU "
+            "for small models) with the command below; this page then compares the two."
+        )
+        st.code(lens_train_command(sel.model), language="bash")
+        return
+    fig = _charts.lens_kl_figure(report["kl_raw"], report["kl_tuned"])
+    st.plotly_chart(fig, key="lens-kl-chart")
+    st.caption(_display.md_escape(lens_summary(report)))
+
+
 def main() -> None:
     page = start_page(
         "Probes",
@@ -163,8 +205,9 @@ def main() -> None:
             "No probe results for this model and prompt set yet. Press Run probes: it needs harmful and "
             "benign prompts (the demo set has both) and takes about a minute for the default model on a CPU."
         )
-        return
-    show_results(sel, table, info, _queries.probe_baselines(sel.db, info.model_hash, set_id))
+    else:
+        show_results(sel, table, info, _queries.probe_baselines(sel.db, info.model_hash, set_id))
+    show_lenses(sel, info)
 
 
 main()
