@@ -4,13 +4,15 @@ and the ``busy`` lock that lets one heavy job use a model at a time, whichever b
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from engine import modelfiles, queries
-from engine.paths import model_source
+from engine.paths import PathNotAllowedError, model_source
 from engine.store import Store
+from engine.tokenpieces import Decode, file_decoder, tokenizer_json
 from engine.types import ModelInfo
 
 if TYPE_CHECKING:  # the pages never import torch; only the hub's load() does, on a button
@@ -72,3 +74,22 @@ def peek_n_layers(model: str) -> int | None:
 def n_layers_of(model: str, info: ModelInfo | None) -> int | None:
     """The layer count from what is known about the model, else from its files."""
     return info.n_layers if info is not None else peek_n_layers(model)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _file_decoder(path: str) -> Decode:
+    return file_decoder(Path(path))
+
+
+def token_decoder(model: str) -> Decode | None:
+    """Token ids -> text for ``model`` without loading it where its folder has a tokenizer.json; else the
+    loaded model's tokenizer; None when neither is at hand (a .gguf file not loaded yet)."""
+    loaded = model_hub().get(model)
+    if loaded is not None:
+        tokenizer = loaded.tokenizer
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    try:
+        path = tokenizer_json(model_source(model))
+    except PathNotAllowedError:
+        return None
+    return None if path is None else _file_decoder(str(path))

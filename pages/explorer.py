@@ -12,6 +12,7 @@ from engine.depths import default_layers, depth_label
 from engine.judges import HUMAN_LABELS, human_verdict
 from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
 from engine.store import Store
+from engine.tokenpieces import token_pieces
 from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
 from pages import _charts, _display, _jobs, _models, _queries
 from pages._selection import Selection
@@ -184,8 +185,9 @@ def generate(sel: Selection, store: Store, prompt: Prompt, layers: list[int]) ->
         if prompt.source != "typed":
             store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
         depths = [k for k in layers if k <= loaded.n_layers]
-        new, _ = generate_missing(store, loaded, [prompt], depths, sel.params)
-        judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, sel.params.key())
+        params = sel.static_params(loaded.info.model_hash)  # a tuned head's completions carry its lens hash
+        new, _ = generate_missing(store, loaded, [prompt], depths, params)
+        judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, params.key())
         return new
 
     label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
@@ -231,6 +233,133 @@ def show_lens(sel: Selection, prompt: Prompt, n_layers: int) -> None:
     st.dataframe(table[columns].round(4), hide_index=True)
 
 
+# ---------------------------------------------------------------- early exit: tokens by exit layer
+
+
+def exit_answers(sel: Selection, info, prompt: Prompt, n_layers: int) -> dict[float, _queries.Answers]:
+    """Stored dynamic-exit answers to this prompt, by threshold (the sidebar's thresholds)."""
+    if info is None:
+        return {}
+    found = {}
+    for threshold in sel.exit.thresholds:
+        key = sel.exit_params(info.model_hash, threshold).key()
+        answers = _queries.answers(sel.db, info.model_hash, prompt, (n_layers,), key)
+        if answers.completions:
+            found[threshold] = answers
+    return found
+
+
+def generate_exits(sel: Selection, store: Store, prompt: Prompt, thresholds: list[float]) -> None:
+    def work() -> int:
+        from engine.judges import get_judge
+        from engine.sweep import generate_missing_exits, judge_stored
+
+        loaded = _models.model_hub().load(sel.model)
+        store.save_model(loaded.info)
+        if prompt.source != "typed":
+            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
+        params = sel.exit_params(None, thresholds[0])
+        new, variants = generate_missing_exits(store, loaded, [prompt], params, thresholds)
+        for variant in variants:
+            judge_stored(
+                store,
+                [get_judge(KEYWORD)],
+                [prompt],
+                loaded.info.model_hash,
+                [loaded.n_layers],
+                variant.key(),
+            )
+        return new
+
+    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(thresholds)} threshold(s)…"
+    if _jobs.run_now(label, work) is not None:
+        _queries.clear_data()
+        st.rerun()
+
+
+def exit_caption(sel: Selection, threshold: float, completion: Completion, n_layers: int) -> str:
+    exits = completion.exit_layers
+    mean = completion.mean_exit_layers
+    policy = sel.exit.policy
+    return (
+        f"{policy} exit, {sel.exit.head} head, threshold {threshold:g}, no exit before layer "
+        f"{sel.exit.min_layers}: mean exit layer {mean:.1f} of {n_layers} over {len(exits)} generated "
+        "tokens, "
+        f"so {100 * mean / n_layers:.0f} % of the network's layer compute was used "
+        f"({sum(k < n_layers for k in exits)} of {len(exits)} tokens left early)."
+    )
+
+
+def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> None:
+    """The completion's tokens coloured by exit layer (escaped spans), and the numbers in a table."""
+    exits = list(completion.exit_layers)
+    decode = _models.token_decoder(sel.model)
+    if decode is None or not exits:
+        _display.show_plain_text(completion.text)
+        st.caption(
+            "This model's tokenizer is read only when the model is loaded: press Generate (or Load model) "
+            "to see each token coloured by its exit layer."
+        )
+        pieces = [f"#{i + 1}" for i in range(len(exits))]
+    else:
+        pieces = token_pieces(decode, completion.token_ids)
+        with st.container(key="exit-strip"):
+            st.html(_display.exit_strip_html(pieces, exits, n_layers))
+    with st.expander("Exit layer of every token"):
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "token": list(range(1, len(exits) + 1)),
+                    "text": [repr(p)[1:-1] for p in pieces],
+                    "exit layer": exits,
+                    "of": n_layers,
+                }
+            ),
+            hide_index=True,
+        )
+
+
+def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_layers: int) -> None:
+    st.subheader("Early exit: the layer each token left the network at")
+    if not sel.exit.dynamic:
+        st.caption(
+            "Every token above exits at its card's depth. Pick a confidence or saturation exit policy under "
+            "Settings in the sidebar to let each token leave as soon as the exit rule allows, and see the "
+            "answer coloured by the layer each token left at."
+        )
+        return
+    found = exit_answers(sel, info, prompt, n_layers)
+    thresholds = list(sel.exit.thresholds)
+    missing = [t for t in thresholds if t not in found]
+    if st.button(f"Generate missing thresholds ({len(missing)})", disabled=not missing, key="generate-exits"):
+        generate_exits(sel, store, prompt, missing)
+    threshold = (
+        st.select_slider(
+            "Threshold",
+            options=thresholds,
+            value=thresholds[-1],
+            format_func=lambda t: f"{t:g}" + ("" if t in found else " (not generated)"),
+            key="exit-threshold",
+            help="The thresholds chosen under Settings in the sidebar; higher exits later.",
+        )
+        if len(thresholds) > 1
+        else thresholds[0]
+    )
+    answers = found.get(threshold)
+    if answers is None:
+        st.info(
+            f"Threshold {threshold:g} is not generated for this prompt yet: press “Generate missing "
+            "thresholds”."
+        )
+        return
+    completion = answers.completions[n_layers]
+    st.caption(exit_caption(sel, threshold, completion, n_layers))
+    show_exit_tokens(sel, completion, n_layers)
+    line = verdict_line(answers.verdicts_at(n_layers))
+    if line:
+        st.markdown(line)
+
+
 # ---------------------------------------------------------------- the page
 
 
@@ -272,7 +401,9 @@ def main() -> None:
     focus, compare = pick_depths(n_layers)
     wanted = [focus, *compare]
     found = (
-        _queries.answers(sel.db, info.model_hash, prompt, tuple(wanted), sel.params.key())
+        _queries.answers(
+            sel.db, info.model_hash, prompt, tuple(wanted), sel.static_params(info.model_hash).key()
+        )
         if info
         else _queries.NO_ANSWERS
     )
@@ -300,6 +431,7 @@ def main() -> None:
         )
     show_cards(store, n_layers, focus, compare, found)
     show_lens(sel, prompt, n_layers)
+    early_exit_section(sel, store, prompt, info, n_layers)
 
 
 main()
