@@ -211,6 +211,40 @@ def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.Data
     st.caption("Raw results: every stored answer with every judge's verdict, one row per answer and judge.")
 
 
+COMPUTE_QUESTION = "At 20 % compute saved, which exit rule keeps refusals?"
+EXIT_SWEEP_HOWTO = (
+    "No early-exit results in this scope yet, so only static truncation would be drawn here. Choose a "
+    "confidence or saturation exit policy and thresholds under Settings in the sidebar and start a sweep "
+    "on the Depth sweep page, or from a terminal: "
+    "`python -m engine sweep --prompts demo --exit-policy confidence --threshold 0.5,0.8,0.95`."
+)
+
+
+def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
+    """The early-exit question answered in words, one line per prompt set and model (engine.report)."""
+    return report.compute_headlines(rows)
+
+
+def show_compute(rows: list[report.AsrRow]) -> None:
+    """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
+    st.subheader(COMPUTE_QUESTION)
+    frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
+    if not (frame["exit_policy"] != "static").any():
+        st.info(EXIT_SWEEP_HOWTO)
+        return
+    for line in compute_headlines(rows):
+        st.markdown(f"##### {_display.md_escape(line)}")
+    st.plotly_chart(_charts.compute_figure(frame), key="compute-chart")
+    st.caption(
+        "Compute used: the mean layer at which the answers' tokens left the network, divided by its "
+        "layer count (static truncation at k: k ÷ L). Solid: harmful answered (ASR, n harmful prompts per "
+        "point, in the hover); dashed: harmless requests refused (n benign prompts). Markers: circle static, "
+        "diamond confidence, square saturation; dotted lines read the state through the tuned lens. The "
+        "skipped layers still run here (they compute keys and values for later tokens), so the saving is "
+        "counted, not timed."
+    )
+
+
 def main() -> None:
     page = start_page(
         "Report",
@@ -242,6 +276,7 @@ def main() -> None:
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(rows)), key="report-chart")
+    show_compute(rows)
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
