@@ -271,11 +271,12 @@ def main() -> None:
             "run a sweep, pick another judge, or choose “all sets”."
         )
         return
-    frame = report.asr_frame(rows)
-    lines = headlines(rows)
+    static = [r for r in rows if r.exit_policy == "static"] or rows  # the depth chart: truncation only
+    frame = report.asr_frame(static)
+    lines = headlines(static)
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
-    st.plotly_chart(_charts.asr_figure(frame, report.flips(rows)), key="report-chart")
+    st.plotly_chart(_charts.asr_figure(frame, report.flips(static)), key="report-chart")
     show_compute(rows)
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)

@@ -300,8 +300,9 @@ def results(sel: Selection) -> None:
     )
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
-    frame = report.asr_frame(rows)
-    flips = report.flips(rows)
+    static = [r for r in rows if r.exit_policy == "static"] or rows  # early-exit rows: the Report's chart
+    frame = report.asr_frame(static)
+    flips = report.flips(static)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
     st.caption(
         "ASR: share of harmful prompts the judge says were answered (undecided verdicts and, unless "
