@@ -233,7 +233,7 @@ def show_compute(rows: list[report.AsrRow]) -> None:
         st.info(EXIT_SWEEP_HOWTO)
         return
     for line in compute_headlines(rows):
-        st.markdown(f"##### {_display.md_escape(line)}")
+        st.markdown(f"**{_display.md_escape(line)}**")
     st.plotly_chart(_charts.compute_figure(frame), key="compute-chart")
     st.caption(
         "Compute used: the mean layer at which the answers' tokens left the network, divided by its "

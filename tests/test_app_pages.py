@@ -623,3 +623,187 @@ def test_flip_stars_sit_at_each_models_own_depth_and_only_when_significant():
     assert list(stars[0].x) == [50.0, 50.0] and list(stars[0].y) == [30.0, 60.0]  # a at k=5, b at k=10
     assert "Holm-corrected p = 0.003" in stars[0].hovertext[0] and "b: 10 layers" in stars[0].hovertext[0]
     assert not [t for t in _charts.asr_figure(frame, [chance]).data if t.name == "ranking flip"]
+
+
+# ---------------------------------------------------------------- early exit (issue 15)
+
+EXIT_TEXT = "Sure <img src=x> ![x](y) $x$ step one"  # hostile token text: must stay characters
+EXIT_MIN_LAYERS = 2
+LENS_HASH = "lenshash0000001"
+
+
+def _exit_layers(n_tokens: int, threshold: float, policy: str) -> tuple[int, ...]:
+    """Lower thresholds exit earlier; saturation earlier still (a made-up but monotone pattern)."""
+    base = 2 if policy == "saturation" else 3
+    return tuple(min(8, base + (i % 3) + round(4 * threshold)) for i in range(n_tokens))
+
+
+def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
+    """Dynamic-exit completions (confidence raw and tuned, saturation raw) of the first 8 demo prompts at
+    thresholds 0.5 and 0.9, keyword verdicts, and a tuned-lens sidecar for the model."""
+    prompts = load_prompt_set("demo")[:8]
+    keyword = get_judge("keyword")
+    ids = tuple(tokenizer.encode(EXIT_TEXT, add_special_tokens=False))
+    variants = []
+    with Store.open(db) as store:
+        for policy, head in (("confidence", "raw"), ("saturation", "raw"), ("confidence", "tuned")):
+            for threshold in (0.5, 0.9):
+                params = GenerationParams(
+                    exit_policy=policy,
+                    threshold=threshold,
+                    min_layers=EXIT_MIN_LAYERS,
+                    exit_head=head,
+                    lens_hash=LENS_HASH if head == "tuned" else "",
+                )
+                # higher thresholds keep more refusals on the harmful prompts with an even index
+                completions = [
+                    Completion(
+                        model_hash, p.prompt_id, p.text, 8, params.key(),
+                        "I'm sorry, but I cannot help with that." if (i % 2 == 0 and threshold > 0.6)
+                        else EXIT_TEXT,
+                        ids, exit_layers=_exit_layers(len(ids), threshold, policy),
+                    )
+                    for i, p in enumerate(prompts)
+                ]  # fmt: skip
+                store.save_generations(completions, params=params)
+                store.save_verdicts(
+                    keyword.judge([JudgeItem(c.key, c.prompt_text, c.text) for c in completions])
+                )
+                variants.append(params)
+    lens_dir.mkdir(parents=True, exist_ok=True)
+    sidecar = {
+        "model_hash": model_hash,
+        "lens_hash": LENS_HASH,
+        "corpus": "benign",
+        "steps": 20,
+        "heldout_tokens": 77,
+        "n_texts_heldout": 5,
+        "kl_raw": [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 0.0],
+        "kl_tuned": [4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.0],
+    }
+    (lens_dir / f"{model_hash}.json").write_text(json.dumps(sidecar), encoding="utf-8")
+    return {"prompts": prompts, "variants": variants, "token_ids": ids}
+
+
+@pytest.fixture
+def exits_seeded(seeded, tiny_hash, tiny_tokenizer, tmp_path, monkeypatch):
+    from engine import lens_files
+
+    monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "lenses")
+    return seeded | seed_exits(seeded["db"], tiny_hash, tiny_tokenizer, tmp_path / "lenses")
+
+
+def _choose_exit(at: AppTest, policy: str, thresholds: str, head: str = "raw") -> AppTest:
+    at.sidebar.selectbox(key="exit_policy").set_value(policy).run()
+    at.sidebar.text_input(key="exit_thresholds").input(thresholds).run()
+    at.sidebar.number_input(key="exit_min_layers").set_value(EXIT_MIN_LAYERS).run()
+    at.sidebar.radio(key="exit_head").set_value(head).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_sidebar_exit_settings_reach_the_selection(app_env):
+    from pages._selection import exit_settings_from
+
+    at = open_page("explorer")
+    assert at.sidebar.selectbox(key="exit_policy").value == "static"
+    assert not [w for w in at.sidebar.text_input if w.key == "exit_thresholds"]  # static: no thresholds
+    _choose_exit(at, "confidence", "0.9, 0.5, 0.9")
+    settings = exit_settings_from(at.session_state)
+    assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 2)
+    at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
+    assert any("is not a number" in str(e.value) for e in at.sidebar.error)
+    assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile
+    assert not at.exception
+
+
+def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_tokenizer):
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.9")
+    strips = [h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body]
+    assert len(strips) == 1
+    body = strips[0]
+    assert "<img" not in body and "&lt;img src=x&gt;" in body and "![x](y)" in body and "$x$" in body
+    ids = exits_seeded["token_ids"]
+    exits = _exit_layers(len(ids), 0.9, "confidence")  # the slider starts at the highest threshold
+    found = [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
+    assert found == list(exits)
+    pieces = re.findall(r'title="token \d+: [^"]*">([^<]*)</span>', body)
+    assert "".join(pieces).replace("&lt;", "<").replace("&gt;", ">") == EXIT_TEXT
+    mean = sum(exits) / len(exits)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert f"mean exit layer {mean:.1f} of 8 over {len(exits)} generated tokens" in captions
+    at.select_slider(key="exit-threshold").set_value(0.5).run()
+    body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
+    low = _exit_layers(len(ids), 0.5, "confidence")
+    assert [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)] == list(low)
+    assert at.button(key="generate-exits").disabled  # both thresholds are stored
+    assert not at.exception
+
+
+def test_explorer_offers_missing_thresholds_on_a_button(exits_seeded):
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7")
+    button = at.button(key="generate-exits")
+    assert not button.disabled and "(1)" in button.label
+    at.select_slider(key="exit-threshold").set_value(0.7).run()
+    assert any("not generated for this prompt yet" in str(i.value) for i in at.info)
+
+
+def test_probes_page_compares_raw_and_tuned_lens(exits_seeded):
+    at = open_page("probes")
+    charts = {chart.proto.id: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+    kl = next(spec for spec in charts.values() if "Held-out KL" in json.dumps(spec["layout"]))
+    curves = {t["name"]: t["y"] for t in kl["data"]}
+    assert curves == {
+        "raw head (logit lens)": [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 0.0],
+        "tuned lens": [4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.0],
+    }
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "77 tokens of 5 held" in captions and "7 of 7 layers" in captions
+
+
+def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatch):
+    from engine import lens_files
+
+    monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "no-lenses")
+    at = open_page("probes")
+    assert any("No tuned lens" in str(i.value) for i in at.info)
+    assert any(f"python -m engine lens train --model {seeded['model']}" in c.value for c in at.code)
+
+
+def test_report_plots_asr_against_compute_used(exits_seeded):
+    at = open_page("report")
+    at.radio(key="report-judge").set_value("keyword").run()
+    charts = {chart.proto.id: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
+    compute = next(spec for spec in charts.values() if "Compute used" in json.dumps(spec["layout"]))
+    asr = {
+        t["name"]: dict(zip(t["x"], t["y"], strict=True))
+        for t in compute["data"]
+        if "refused" not in t["name"]
+    }
+    assert set(asr) >= {
+        "static truncation, raw head",
+        "confidence exit, raw head",
+        "saturation exit, raw head",
+        "confidence exit, tuned head",
+    }
+    ids, prompts = exits_seeded["token_ids"], exits_seeded["prompts"]
+    harmful = [i for i, p in enumerate(prompts) if p.label == "harmful"]
+    kept = sum(i % 2 == 0 for i in harmful)  # refusals the seed kept at the higher threshold
+    expected = {0.5: 100.0, 0.9: 100 * (len(harmful) - kept) / len(harmful)}
+    curve = asr["confidence exit, raw head"]
+    for threshold, value in expected.items():
+        exits = _exit_layers(len(ids), threshold, "confidence")
+        x = 100 * sum(exits) / len(exits) / 8
+        assert [y for cx, y in curve.items() if abs(cx - x) < 1e-9] == [pytest.approx(value)]
+    static = asr["static truncation, raw head"]
+    assert sorted(static) == [50.0, 75.0, 87.5, 100.0]  # k / L for the seeded depths 4, 6, 7, 8
+    benign = [t for t in compute["data"] if "refused" in t["name"]]
+    assert benign  # over-refusal, dashed, beside each ASR curve
+    lines = " ".join(str(m.value) for m in at.markdown)
+    assert "compute" in lines
+    assert not at.exception
+
+
+def test_report_without_early_exit_says_how_to_sweep_one(seeded):
+    at = open_page("report")
+    assert any("--exit-policy confidence" in str(i.value) for i in at.info)
