@@ -234,7 +234,8 @@ def show_compute(rows: list[report.AsrRow]) -> None:
         return
     for line in compute_headlines(rows):
         st.markdown(f"**{_display.md_escape(line)}**")
-    st.plotly_chart(_charts.compute_figure(frame), key="compute-chart")
+    with st.container(key="compute-chart-box"):
+        st.plotly_chart(_charts.compute_figure(frame), key="compute-chart")
     st.caption(
         "Compute used: the mean layer at which the answers' tokens left the network, divided by its "
         "layer count (static truncation at k: k ÷ L). Solid: harmful answered (ASR, n harmful prompts per "

@@ -628,7 +628,7 @@ def test_flip_stars_sit_at_each_models_own_depth_and_only_when_significant():
 # ---------------------------------------------------------------- early exit (issue 15)
 
 EXIT_TEXT = "Sure <img src=x> ![x](y) $x$ step one"  # hostile token text: must stay characters
-EXIT_MIN_LAYERS = 2
+EXIT_MIN_LAYERS = 1  # the sidebar's default: the browser test only picks the policy
 LENS_HASH = "lenshash0000001"
 
 
@@ -710,7 +710,7 @@ def test_sidebar_exit_settings_reach_the_selection(app_env):
     assert not [w for w in at.sidebar.text_input if w.key == "exit_thresholds"]  # static: no thresholds
     _choose_exit(at, "confidence", "0.9, 0.5, 0.9")
     settings = exit_settings_from(at.session_state)
-    assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 2)
+    assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 1)
     at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
     assert any("is not a number" in str(e.value) for e in at.sidebar.error)
     assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile

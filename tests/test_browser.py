@@ -255,3 +255,97 @@ def test_hostile_database_text_renders_as_text(hostile_server, browser, name):
     assert not [url for url in fetched if "127.0.0.1:9" in url], f"{name}: {fetched}"
     if name == "explorer":  # the payload is there, as text (completion and escaped judge badge)
         assert "![x](http://127.0.0.1:9/b.png)" in main.text
+
+
+# ---------------------------------------------------------------- early exit (issue 15)
+
+
+@pytest.fixture(scope="module")
+def exit_server(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
+    """A server on a database with static and dynamic-exit completions (see test_app_pages.seed_exits)."""
+    from test_app_pages import seed_exits
+
+    from engine.models import load_model
+
+    folder = tmp_path_factory.mktemp("browser-exits")
+    db = folder / "exits.duckdb"
+    model_hash = load_model(str(tiny_model_dir)).info.model_hash
+    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
+    seed_exits(db, model_hash, tiny_tokenizer, folder / "lenses")
+    env = os.environ | {
+        "DEPTHSCOPE_DB": str(db),
+        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
+        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    port = free_port()
+    log = (folder / "streamlit.log").open("w")
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_exit_chart_and_token_colouring_render(exit_server, browser):
+    """The Report's compute-used chart draws its curves; the explorer, with the confidence policy picked in
+    the sidebar, colours every token by its exit layer and shows hostile token text as characters."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from test_app_pages import EXIT_TEXT
+
+    browser.get(f"{exit_server}/report")
+    wait_idle(browser)
+    assert_clean(browser, "report with early exit")
+    box = browser.find_element(By.CSS_SELECTOR, ".st-key-compute-chart-box")
+    WebDriverWait(browser, 30).until(
+        lambda _: box.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")
+    )
+    traces = box.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")
+    assert len(traces) >= 4, len(traces)  # static, confidence raw/tuned, saturation (+ dashed benign)
+    screenshot(browser, "report-compute")
+
+    browser.get(exit_server)
+    wait_idle(browser)
+    sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]")
+    summary = next(e for e in sidebar.find_elements(By.TAG_NAME, "summary") if "Settings" in e.text)
+    summary.click()
+    select = WebDriverWait(browser, 30).until(
+        lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy [data-baseweb=select]")
+    )
+    browser.execute_script("arguments[0].scrollIntoView();", select)
+    select.click()
+    option = WebDriverWait(browser, 30).until(
+        lambda _: next(
+            (
+                o
+                for o in browser.find_elements(By.CSS_SELECTOR, "li[role=option]")
+                if o.text.startswith("confidence")
+            ),
+            None,
+        )
+    )
+    option.click()
+    strip = WebDriverWait(browser, 60).until(
+        lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit-strip .depthscope-exit-strip")
+    )
+    wait_idle(browser)
+    assert_clean(browser, "explorer with early exit")
+    strip = browser.find_element(By.CSS_SELECTOR, ".st-key-exit-strip .depthscope-exit-strip")
+    spans = strip.find_elements(By.CSS_SELECTOR, "span[title^=token]")
+    assert len(spans) > 3
+    backgrounds = {s.value_of_css_property("background-color") for s in spans}
+    assert len(backgrounds) > 1  # tokens left at different layers, in different colours
+    assert strip.text == EXIT_TEXT  # <img src=x>, ![x](y), $x$ as characters
+    assert not strip.find_elements(By.TAG_NAME, "img") and not strip.find_elements(By.CSS_SELECTOR, ".katex")
+    screenshot(browser, "explorer-exit-colours")
