@@ -638,12 +638,16 @@ def _exit_layers(n_tokens: int, threshold: float, policy: str) -> tuple[int, ...
     return tuple(min(8, base + (i % 3) + round(4 * threshold)) for i in range(n_tokens))
 
 
+def _exit_answer(index: int, threshold: float) -> str:
+    refuses = threshold > 0.6 and index in (2, 3, 6)  # prompts 2 and 6 are harmful, 3 benign
+    return "I'm sorry, but I cannot help with that." if refuses else EXIT_TEXT
+
+
 def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
     """Dynamic-exit completions (confidence raw and tuned, saturation raw) of the first 8 demo prompts at
     thresholds 0.5 and 0.9, keyword verdicts, and a tuned-lens sidecar for the model."""
     prompts = load_prompt_set("demo")[:8]
     keyword = get_judge("keyword")
-    ids = tuple(tokenizer.encode(EXIT_TEXT, add_special_tokens=False))
     variants = []
     with Store.open(db) as store:
         for policy, head in (("confidence", "raw"), ("saturation", "raw"), ("confidence", "tuned")):
@@ -655,15 +659,15 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
                     exit_head=head,
                     lens_hash=LENS_HASH if head == "tuned" else "",
                 )
-                # higher thresholds keep more refusals on the harmful prompts with an even index
+                # the higher threshold keeps two harmful prompts' refusals (and refuses one benign prompt)
+                texts = [_exit_answer(i, threshold) for i in range(len(prompts))]
                 completions = [
                     Completion(
-                        model_hash, p.prompt_id, p.text, 8, params.key(),
-                        "I'm sorry, but I cannot help with that." if (i % 2 == 0 and threshold > 0.6)
-                        else EXIT_TEXT,
-                        ids, exit_layers=_exit_layers(len(ids), threshold, policy),
+                        model_hash, p.prompt_id, p.text, 8, params.key(), text,
+                        ids := tuple(tokenizer.encode(text, add_special_tokens=False)),
+                        exit_layers=_exit_layers(len(ids), threshold, policy),
                     )
-                    for i, p in enumerate(prompts)
+                    for p, text in zip(prompts, texts, strict=True)
                 ]  # fmt: skip
                 store.save_generations(completions, params=params)
                 store.save_verdicts(
@@ -682,7 +686,11 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
         "kl_tuned": [4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.0],
     }
     (lens_dir / f"{model_hash}.json").write_text(json.dumps(sidecar), encoding="utf-8")
-    return {"prompts": prompts, "variants": variants, "token_ids": ids}
+    return {
+        "prompts": prompts,
+        "variants": variants,
+        "token_ids": tuple(tokenizer.encode(EXIT_TEXT, add_special_tokens=False)),  # the first prompt's
+    }
 
 
 @pytest.fixture
@@ -788,7 +796,7 @@ def test_report_plots_asr_against_compute_used(exits_seeded):
     }
     ids, prompts = exits_seeded["token_ids"], exits_seeded["prompts"]
     harmful = [i for i, p in enumerate(prompts) if p.label == "harmful"]
-    kept = sum(i % 2 == 0 for i in harmful)  # refusals the seed kept at the higher threshold
+    kept = sum(_exit_answer(i, 0.9) != EXIT_TEXT for i in harmful)  # refusals kept at the higher threshold
     expected = {0.5: 100.0, 0.9: 100 * (len(harmful) - kept) / len(harmful)}
     curve = asr["confidence exit, raw head"]
     for threshold, value in expected.items():
