@@ -43,22 +43,72 @@ class Prompt:
     tags: str = ""  # HarmBench Tags (e.g. "hash_check" marks copyright behaviours)
 
 
+EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation")
+EXIT_HEADS: tuple[str, ...] = ("raw", "tuned")
+
+# The early-exit fields and their defaults. A field at its default is left out of the cache key, so
+# every static raw-head key computed before early exit existed is still the same key.
+EXIT_DEFAULTS: dict[str, object] = {
+    "exit_policy": "static",
+    "threshold": 0.0,
+    "min_layers": 1,
+    "exit_head": "raw",
+    "lens_hash": "",
+}
+
+
 @dataclass(frozen=True)
 class GenerationParams:
+    """How to decode, and (early exit) when each generated token leaves the network and how it is read.
+
+    ``exit_policy``: ``static`` (every token exits at the completion's depth k), ``confidence`` (CALM
+    softmax response: exit at the first layer >= ``min_layers`` where the exit head's top-1 minus top-2
+    probability >= ``threshold``) or ``saturation`` (exit when the cosine between consecutive layers'
+    hidden states >= ``threshold``). ``exit_head``: ``raw`` (final norm + LM head) or ``tuned`` (the
+    tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    """
+
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
     chat_template: bool = True
     system_prompt: str | None = None
+    exit_policy: str = "static"
+    threshold: float = 0.0
+    min_layers: int = 1
+    exit_head: str = "raw"
+    lens_hash: str = ""
+
+    def __post_init__(self) -> None:
+        if self.exit_policy not in EXIT_POLICIES:
+            raise ValueError(f"exit policy {self.exit_policy!r} is unknown: use {', '.join(EXIT_POLICIES)}")
+        if self.exit_head not in EXIT_HEADS:
+            raise ValueError(f"exit head {self.exit_head!r} is unknown: use {', '.join(EXIT_HEADS)}")
+        if self.exit_policy == "static" and (self.threshold != 0.0 or self.min_layers != 1):
+            raise ValueError(
+                "threshold and min layers only apply to the confidence and saturation exit policies; "
+                "a static run exits every token at its depth (--layers)"
+            )
+        if self.min_layers < 1:
+            raise ValueError(f"min layers must be at least 1, got {self.min_layers}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def dynamic_exit(self) -> bool:
+        """True when each token picks its own exit layer (confidence or saturation)."""
+        return self.exit_policy != "static"
+
     def key(self) -> str:
-        """Cache key of everything that changes the output."""
-        return stable_hash(asdict(self))
+        """Cache key of everything that changes the output (early-exit fields only when not default)."""
+        fields = asdict(self)
+        for name, default in EXIT_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
+        return stable_hash(fields)
 
 
 @dataclass(frozen=True)
@@ -71,6 +121,14 @@ class Completion:
     text: str
     token_ids: tuple[int, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    # The layer count each generated token exited at (1..L), one per token. Static runs: all equal k;
+    # dynamic-exit runs keep ``layers`` = L (the network every token may use).
+    exit_layers: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def mean_exit_layers(self) -> float:
+        """Mean exit layer over the generated tokens (compute used = this / L); k when none."""
+        return sum(self.exit_layers) / len(self.exit_layers) if self.exit_layers else float(self.layers)
 
     @property
     def key(self) -> str:
