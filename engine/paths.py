@@ -17,6 +17,7 @@ DATA_DIR = REPO_ROOT / "data"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEMO_MODEL = "depthscope-demo"
 DEMO_MODEL_DIR = DATA_DIR / "models" / DEMO_MODEL
+LENS_DIR = DATA_DIR / "lenses"  # tuned lenses, one per model content hash (engine.tuned_lens)
 ENV_ALLOWED = "DEPTHSCOPE_ALLOWED_PATHS"
 TRUSTED_ENV_PATHS = ("DEPTHSCOPE_DB", "DEPTHSCOPE_MODEL", "DEPTHSCOPE_ACTIVATIONS")
 
