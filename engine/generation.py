@@ -4,6 +4,9 @@ Rows are (depth, prompt) pairs sorted deepest first. The prompt prefill runs onc
 deepest depth (every depth's prefix is the same computation); its KV cache is then replicated per
 layer only for the rows whose depth includes that layer, and one decoding loop runs every row at its
 own depth (``engine.models.depth_routed``): each step reads every layer's weights once for all depths.
+
+Dynamic exit (``generate_rows_exit``): rows are (threshold, prompt) pairs that all keep L layers; each
+token exits at the layer its policy picks (``engine.exits``: rule, heads, CALM state propagation).
 """
 
 from __future__ import annotations
@@ -473,6 +476,17 @@ def iter_completions(
         yield batch
 
 
+def exit_variants(
+    loaded: LoadedModel, params: GenerationParams, thresholds: Sequence[float] | None = None
+) -> list[GenerationParams]:
+    """The exact params (lens hash filled in) of each threshold's completions: their ``key()`` is the
+    ``params_hash`` that ``iter_completions`` gives them (sweeps use it to find missing work)."""
+    resolved, _head = resolve_head(loaded, params)
+    if not resolved.dynamic_exit:
+        return [resolved]
+    return [replace(resolved, threshold=float(t)) for t in dict.fromkeys(thresholds or [params.threshold])]
+
+
 def generate(
     loaded: LoadedModel,
     prompts: Sequence[Prompt | str],
@@ -490,9 +504,7 @@ def generate(
     params = params or GenerationParams()
     prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
     if params.dynamic_exit:
-        resolved, _head = resolve_head(loaded, params)
-        variants = [(loaded.n_layers, replace(resolved, threshold=float(t)).key()) for t in
-                    dict.fromkeys(thresholds or [params.threshold])]  # fmt: skip
+        variants = [(loaded.n_layers, v.key()) for v in exit_variants(loaded, params, thresholds)]
     else:
         variants = [(k, None) for k in dict.fromkeys(layers)]
     found: dict[tuple[str, int, str | None], Completion] = {}

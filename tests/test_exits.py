@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import N_LAYERS, TINY_CONFIGS, build_tiny_model
 
-from engine.generation import encode_prompts, generate
+from engine.generation import encode_prompts, exit_variants, generate
 from engine.models import from_objects
 from engine.types import GenerationParams, stable_hash
 
@@ -183,3 +183,6 @@ def test_some_tokens_exit_early_in_the_mixed_case(tiny_tokenizer):
         batched = generate(loaded, PROMPTS, [], exit_params(policy, 0.0, min_layers=2), thresholds=thresholds)
         layers = {k for c in batched for k in c.exit_layers}
         assert len(layers) >= 2 and min(layers) < N_LAYERS, (policy, layers)
+        variants = exit_variants(loaded, exit_params(policy, 0.0, min_layers=2), thresholds)
+        assert [v.threshold for v in variants] == thresholds
+        assert [c.params_hash for c in batched] == [v.key() for _ in PROMPTS for v in variants]
