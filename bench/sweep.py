@@ -131,6 +131,7 @@ def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationP
     full_rate = full_tokens / full_s
     print(f"static full depth: {full_tokens} tokens in {full_s:.2f} s = {full_rate:.1f} tokens/s")
     cases = [("confidence", 0.5, n_layers // 4), ("confidence", 0.9, n_layers // 4), ("saturation", 0.9, 1)]
+    generate(loaded, prompts[:2], [], replace(params, exit_policy="confidence", threshold=0.5))  # warm-up
     for policy, threshold, min_layers in cases:
         exit_params = replace(params, exit_policy=policy, threshold=threshold, min_layers=max(1, min_layers))
         done, seconds = timed(generate, loaded, prompts, [], exit_params)

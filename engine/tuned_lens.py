@@ -192,6 +192,19 @@ def _training_loss(loaded: LoadedModel, lens: TunedLens, batch: torch.Tensor) ->
 # ---------------------------------------------------------------- training
 
 
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Only the translators learn: no gradient is built for the model's own weights (restored after)."""
+    saved = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in saved:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in saved:
+            parameter.requires_grad_(flag)
+
+
 @dataclass(frozen=True)
 class TrainedLens:
     lens: TunedLens
@@ -242,10 +255,8 @@ def train_lens(
     lens = TunedLens(loaded.n_layers, loaded.info.hidden_size).to(loaded.device)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    for parameter in loaded.model.parameters():
-        parameter.requires_grad_(False)  # only the translators learn; the head's weight grad is never built
     loss_value = None
-    with loaded.lock:
+    with loaded.lock, _frozen(loaded.model):
         for step in range(steps):
             index = torch.randint(train_states.shape[0], (batch_tokens,), generator=generator)
             batch = train_states[index].to(loaded.device)
