@@ -13,7 +13,7 @@ from engine.judges import HUMAN_LABELS, human_verdict
 from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
 from engine.store import Store
 from engine.tokenpieces import token_pieces
-from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
+from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text, prompt_key
 from pages import _charts, _display, _jobs, _models, _queries
 from pages._selection import Selection
 from pages._skeleton import start_page
@@ -250,24 +250,30 @@ def exit_answers(sel: Selection, info, prompt: Prompt, n_layers: int) -> dict[fl
 
 
 def generate_exits(sel: Selection, store: Store, prompt: Prompt, thresholds: list[float]) -> None:
+    """Every missing threshold in one batched run (rows = thresholds), stored and keyword-judged."""
+
     def work() -> int:
+        from engine.generation import exit_variants
+        from engine.generation import generate as generate_rows
         from engine.judges import get_judge
-        from engine.sweep import generate_missing_exits, judge_stored
+        from engine.sweep import judge_stored
+        from engine.sweep.generating import as_model_prompts
 
         loaded = _models.model_hub().load(sel.model)
         store.save_model(loaded.info)
         if prompt.source != "typed":
             store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
-        params = sel.exit_params(None, thresholds[0])
-        new, variants = generate_missing_exits(store, loaded, [prompt], params, thresholds)
-        for variant in variants:
+        params = sel.exit_params(None, thresholds[0])  # the engine fills in the tuned lens's hash
+        variants = {v.key(): v for v in exit_variants(loaded, params, thresholds)}
+        completions = generate_rows(loaded, as_model_prompts([prompt]), [], params, thresholds=thresholds)
+        key = prompt_key(prompt.text, prompt.context)
+        new = sum(
+            store.save_generations([c], params=variants[c.params_hash], prompt_keys=[key])
+            for c in completions
+        )
+        for params_hash in variants:
             judge_stored(
-                store,
-                [get_judge(KEYWORD)],
-                [prompt],
-                loaded.info.model_hash,
-                [loaded.n_layers],
-                variant.key(),
+                store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, [loaded.n_layers], params_hash
             )
         return new
 

@@ -748,6 +748,29 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     assert not at.exception
 
 
+def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
+    """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
+    exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
+    at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
+    button = at.button(key="generate-exits")
+    assert "(2)" in button.label
+    button.click().run(timeout=240)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="generate-exits").disabled
+
+    def exits_shown() -> list[int]:
+        body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
+        return [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
+
+    full = exits_shown()
+    assert full and set(full) == {8}
+    at.select_slider(key="exit-threshold").set_value(0.0).run()
+    early = exits_shown()
+    assert early and set(early) == {1}
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert f"mean exit layer 1.0 of 8 over {len(early)} generated tokens" in captions
+
+
 def test_explorer_offers_missing_thresholds_on_a_button(exits_seeded):
     at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7")
     button = at.button(key="generate-exits")
