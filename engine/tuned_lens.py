@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.lens_files import lens_sidecar_path, lens_weights_path
+from engine.lens_files import LensNotFoundError, lens_sidecar_path, lens_weights_path
 from engine.models import LoadedModel
 from engine.types import GenerationParams
 
@@ -39,11 +39,17 @@ DEFAULT_GENERATE_TOKENS = 48
 HELDOUT_FRACTION = 0.2
 MAX_HELDOUT_TOKENS = 256  # evaluation runs the LM head L times per token: keep it to a minute on CPU
 
+__all__ = [
+    "LensNotFoundError",
+    "TrainedLens",
+    "TunedLens",
+    "layer_kl",
+    "load_lens",
+    "save_lens",
+    "train_lens",
+]
+
 Progress = Callable[[str, int, int, float | None], None]  # (stage, done, total, current loss)
-
-
-class LensNotFoundError(FileNotFoundError):
-    """No tuned lens for this model (or not the one asked for); the message says how to train one."""
 
 
 class TunedLens(nn.Module):

@@ -79,6 +79,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "generations remember how many prompt tokens were cut to fit the model's context",
         ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
     ),
+    # Early exit (issue 15): the layer each generated token exited at, and their mean (compute used =
+    # mean / L). Older rows keep NULL: every token of a static run exited at its ``layers``.
+    Migration(
+        5,
+        "generations remember the layer each token exited at (early exit)",
+        (
+            "ALTER TABLE generations ADD COLUMN exit_layers INTEGER[]",
+            "ALTER TABLE generations ADD COLUMN mean_exit_layers DOUBLE",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

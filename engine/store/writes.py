@@ -41,6 +41,8 @@ _GENERATION_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us")),
         ("run_id", pa.string()),
         ("prompt_truncated_tokens", pa.int32()),
+        ("exit_layers", pa.list_(pa.int32())),
+        ("mean_exit_layers", pa.float64()),
     ]
 )
 _VERDICT_SCHEMA = pa.schema(
@@ -244,6 +246,8 @@ class StoreWrites(StoreConnection):
                 "created_at": now,
                 "run_id": run_id,
                 "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
+                "exit_layers": [int(k) for k in c.exit_layers] or None,
+                "mean_exit_layers": float(c.mean_exit_layers),
             }
             for c, key in zip(completions, keys, strict=True)
         ]
