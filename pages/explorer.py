@@ -13,7 +13,7 @@ from engine.judges import HUMAN_LABELS, human_verdict
 from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
 from engine.store import Store
 from engine.tokenpieces import token_pieces
-from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text, prompt_key
+from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
 from pages import _charts, _display, _jobs, _models, _queries
 from pages._selection import Selection
 from pages._skeleton import start_page
@@ -253,25 +253,17 @@ def generate_exits(sel: Selection, store: Store, prompt: Prompt, thresholds: lis
     """Every missing threshold in one batched run (rows = thresholds), stored and keyword-judged."""
 
     def work() -> int:
-        from engine.generation import exit_variants
-        from engine.generation import generate as generate_rows
         from engine.judges import get_judge
-        from engine.sweep import judge_stored
-        from engine.sweep.generating import as_model_prompts
+        from engine.sweep import generate_missing, judge_stored
 
         loaded = _models.model_hub().load(sel.model)
         store.save_model(loaded.info)
         if prompt.source != "typed":
             store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
         params = sel.exit_params(None, thresholds[0])  # the engine fills in the tuned lens's hash
-        variants = {v.key(): v for v in exit_variants(loaded, params, thresholds)}
-        completions = generate_rows(loaded, as_model_prompts([prompt]), [], params, thresholds=thresholds)
-        key = prompt_key(prompt.text, prompt.context)
-        new = sum(
-            store.save_generations([c], params=variants[c.params_hash], prompt_keys=[key])
-            for c in completions
-        )
-        for params_hash in variants:
+        new, _ = generate_missing(store, loaded, [prompt], [], params, thresholds=thresholds)
+        for threshold in thresholds:
+            params_hash = sel.exit_params(loaded.info.model_hash, threshold).key()
             judge_stored(
                 store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, [loaded.n_layers], params_hash
             )

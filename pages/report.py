@@ -221,8 +221,19 @@ EXIT_SWEEP_HOWTO = (
 
 
 def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
-    """The early-exit question answered in words, one line per prompt set and model (engine.report)."""
-    return report.compute_headlines(rows)
+    """The early-exit question answered in words (engine.report), one line per prompt set and model:
+    prompt sets are never pooled."""
+    names = {r.model: _charts.short(r.model) for r in rows}
+    if len(set(names.values())) == len(names):
+        rows = [replace(r, model=names[r.model]) for r in rows]
+    found = []
+    for prompt_set in dict.fromkeys(r.prompt_set for r in rows):
+        in_set = [r for r in rows if r.prompt_set == prompt_set]
+        for model in dict.fromkeys(r.model for r in in_set):
+            line = report.early_exit_headline(in_set, model)
+            if line:
+                found.append(line)
+    return found
 
 
 def show_compute(rows: list[report.AsrRow]) -> None:

@@ -150,6 +150,13 @@ def sweep_form(sel: Selection, store: Store) -> None:
         )
         judge_model = st.text_input("HarmBench classifier folder (only with the harmbench judge)", value="")
         cluster = cluster_inputs()
+        if sel.exit.dynamic:
+            thresholds = ", ".join(f"{t:g}" for t in sel.exit.thresholds)
+            st.caption(
+                f"Early exit (sidebar Settings): {sel.exit.policy} exit at thresholds {thresholds}, no exit "
+                f"before layer {sel.exit.min_layers}, {sel.exit.head} head. Every answer may use all layers, "
+                "so the depths are not used; each threshold is one point on the Report's compute chart."
+            )
         if n_layers:
             name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
@@ -180,8 +187,9 @@ def sweep_form(sel: Selection, store: Store) -> None:
         depths=depths,
         judges=tuple(judges or [KEYWORD]),
         judge_model=classifier or None,  # the checked absolute path, not the typed text
-        params=sel.params,
+        params=sel.exit_params(None, sel.exit.thresholds[0]) if sel.exit.dynamic else sel.params,
         limit=int(limit) or None,
+        thresholds=sel.exit.thresholds,
     )
     start_sweep(sel, spec, cluster)
 
@@ -318,6 +326,14 @@ def results(sel: Selection) -> None:
         "incoherent share means the refusal vanished because the model stopped making sense."
     )
     st.plotly_chart(_charts.degenerate_figure(frame), key="degenerate-chart")
+    if any(r.exit_policy != "static" for r in rows):
+        st.subheader("Early exit: answered and refused against compute used")
+        st.plotly_chart(_charts.compute_figure(report.asr_frame(rows)), key="sweep-compute-chart")
+        st.caption(
+            "Compute used: mean exit layer ÷ layers (static truncation at k: k ÷ L), one point per depth or "
+            "threshold, n harmful and n benign prompts in the hover. The Report page says in words which "
+            "exit rule keeps the most refusals at 20 % compute saved."
+        )
     st.subheader("Numbers")
     st.dataframe(result_table(frame, flips), hide_index=True)
 

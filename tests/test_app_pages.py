@@ -7,6 +7,7 @@ A tiny saved model (DEPTHSCOPE_MODEL) and a temp database (DEPTHSCOPE_DB) stand 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -730,13 +731,13 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     strips = [h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body]
     assert len(strips) == 1
     body = strips[0]
-    assert "<img" not in body and "&lt;img src=x&gt;" in body and "![x](y)" in body and "$x$" in body
+    assert "<img" not in body and "&lt;" in body  # the tokens "<", "i", "m", "g": escaped, as text
     ids = exits_seeded["token_ids"]
     exits = _exit_layers(len(ids), 0.9, "confidence")  # the slider starts at the highest threshold
     found = [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
     assert found == list(exits)
     pieces = re.findall(r'title="token \d+: [^"]*">([^<]*)</span>', body)
-    assert "".join(pieces).replace("&lt;", "<").replace("&gt;", ">") == EXIT_TEXT
+    assert html.unescape("".join(pieces)) == EXIT_TEXT  # ![x](y) and $x$ too: st.html reads no markdown
     mean = sum(exits) / len(exits)
     captions = " ".join(str(c.value) for c in at.caption)
     assert f"mean exit layer {mean:.1f} of 8 over {len(exits)} generated tokens" in captions
@@ -801,15 +802,18 @@ def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatc
     assert any(f"python -m engine lens train --model {seeded['model']}" in c.value for c in at.code)
 
 
-def test_report_plots_asr_against_compute_used(exits_seeded):
+def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
     at = open_page("report")
     at.radio(key="report-judge").set_value("keyword").run()
     charts = {chart.proto.id: json.loads(chart.proto.spec) for chart in at.get("plotly_chart")}
     compute = next(spec for spec in charts.values() if "Compute used" in json.dumps(spec["layout"]))
+    from pages import _charts
+
+    mine = _charts.short(exits_seeded["model"]) + " · "  # two models stored: each series names its model
     asr = {
-        t["name"]: dict(zip(t["x"], t["y"], strict=True))
+        t["name"].removeprefix(mine): dict(zip(t["x"], t["y"], strict=True))
         for t in compute["data"]
-        if "refused" not in t["name"]
+        if "refused" not in t["name"] and t["name"].startswith(mine)
     }
     assert set(asr) >= {
         "static truncation, raw head",
@@ -817,21 +821,28 @@ def test_report_plots_asr_against_compute_used(exits_seeded):
         "saturation exit, raw head",
         "confidence exit, tuned head",
     }
-    ids, prompts = exits_seeded["token_ids"], exits_seeded["prompts"]
+    prompts = exits_seeded["prompts"]
     harmful = [i for i, p in enumerate(prompts) if p.label == "harmful"]
     kept = sum(_exit_answer(i, 0.9) != EXIT_TEXT for i in harmful)  # refusals kept at the higher threshold
     expected = {0.5: 100.0, 0.9: 100 * (len(harmful) - kept) / len(harmful)}
     curve = asr["confidence exit, raw head"]
     for threshold, value in expected.items():
-        exits = _exit_layers(len(ids), threshold, "confidence")
-        x = 100 * sum(exits) / len(exits) / 8
-        assert [y for cx, y in curve.items() if abs(cx - x) < 1e-9] == [pytest.approx(value)]
+        means = []  # compute used: the harmful answers' mean exit layers, averaged, ÷ 8
+        for i in harmful:
+            exits = _exit_layers(
+                len(tiny_tokenizer.encode(_exit_answer(i, threshold))), threshold, "confidence"
+            )
+            means.append(sum(exits) / len(exits))
+        x = 100 * sum(means) / len(means) / 8
+        assert [y for cx, y in curve.items() if abs(cx - x) < 0.01] == [pytest.approx(value)]
     static = asr["static truncation, raw head"]
     assert sorted(static) == [50.0, 75.0, 87.5, 100.0]  # k / L for the seeded depths 4, 6, 7, 8
     benign = [t for t in compute["data"] if "refused" in t["name"]]
     assert benign  # over-refusal, dashed, beside each ASR curve
-    lines = " ".join(str(m.value) for m in at.markdown)
-    assert "compute" in lines
+    lines = [str(m.value) for m in at.markdown if "compute saved or more" in str(m.value)]
+    assert len(lines) == 1, lines  # the other model has no early-exit rows, so no line
+    assert "keeps refusals on 0 of 4 harmful prompts" in lines[0] and "0 of 4 benign" in lines[0]
+
     assert not at.exception
 
 
