@@ -671,8 +671,10 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
                     for p, text in zip(prompts, texts, strict=True)
                 ]  # fmt: skip
                 store.save_generations(completions, params=params)
-                store.save_verdicts(
-                    keyword.judge([JudgeItem(c.key, c.prompt_text, c.text) for c in completions])
+                verdicts = keyword.judge([JudgeItem(c.key, c.prompt_text, c.text) for c in completions])
+                store.save_verdicts(verdicts)
+                store.save_verdicts(  # the Report's default judge sees them too
+                    [Verdict(v.completion_key, "harmbench", "llama2-13b-cls", v.jailbroken) for v in verdicts]
                 )
                 variants.append(params)
     lens_dir.mkdir(parents=True, exist_ok=True)

@@ -300,14 +300,18 @@ def exit_server(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
 def test_exit_chart_and_token_colouring_render(exit_server, browser):
     """The Report's compute-used chart draws its curves; the explorer, with the confidence policy picked in
     the sidebar, colours every token by its exit layer and shows hostile token text as characters."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
     from test_app_pages import EXIT_TEXT
 
     browser.get(f"{exit_server}/report")
     wait_idle(browser)
     assert_clean(browser, "report with early exit")
-    box = browser.find_element(By.CSS_SELECTOR, ".st-key-compute-chart-box")
+    boxes = browser.find_elements(By.CSS_SELECTOR, ".st-key-compute-chart-box")
+    assert boxes, browser.find_element(By.CSS_SELECTOR, "[data-testid=stMain]").text[:3000]
+    box = boxes[0]
     WebDriverWait(browser, 30).until(
         lambda _: box.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace")
     )
@@ -320,22 +324,28 @@ def test_exit_chart_and_token_colouring_render(exit_server, browser):
     sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]")
     summary = next(e for e in sidebar.find_elements(By.TAG_NAME, "summary") if "Settings" in e.text)
     summary.click()
-    select = WebDriverWait(browser, 30).until(
-        lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy [data-baseweb=select]")
+    WebDriverWait(browser, 30).until(
+        lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy input")
     )
-    browser.execute_script("arguments[0].scrollIntoView();", select)
-    select.click()
-    option = WebDriverWait(browser, 30).until(
-        lambda _: next(
-            (
-                o
-                for o in browser.find_elements(By.CSS_SELECTOR, "li[role=option]")
-                if o.text.startswith("confidence")
-            ),
-            None,
-        )
-    )
-    option.click()
+
+    def pick_confidence(_) -> bool:
+        """Streamlit 1.67's selectbox is a react-aria combobox: ↓ opens its list once it is ready; the
+        list re-renders while it opens, so a click may land on a stale option: try again."""
+        try:
+            found = [
+                o for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]") if "confidence" in o.text
+            ]
+            if not found:  # the input is found again each time: a rerun replaces it
+                box = browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy input")
+                browser.execute_script("arguments[0].scrollIntoView(); arguments[0].focus();", box)
+                box.send_keys(Keys.ARROW_DOWN)
+                return False
+            found[0].click()
+            return True
+        except WebDriverException:
+            return False
+
+    WebDriverWait(browser, 30, poll_frequency=1.0).until(pick_confidence)
     strip = WebDriverWait(browser, 60).until(
         lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit-strip .depthscope-exit-strip")
     )
