@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import streamlit as st
-from engine.lens_files import read_lens_report
 
+from engine.lens_files import read_lens_report
 from engine.types import EXIT_DEFAULTS, GenerationParams
 from pages._paths import checked_source, default_db, default_model, resolve_db
 

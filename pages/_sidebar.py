@@ -75,11 +75,11 @@ def _settings_inputs() -> None:
 
 
 EXIT_POLICY_LABELS = {
-    "static": "static: every token exits at the chosen depth",
-    "confidence": "confidence: exit when the head is sure (CALM)",
-    "saturation": "saturation: exit when the state stops changing (CALM)",
+    "static": "static (the chosen depth)",
+    "confidence": "confidence (CALM)",
+    "saturation": "saturation (CALM)",
 }
-EXIT_HEAD_LABELS = {"raw": "raw: final norm + output head", "tuned": "tuned lens, then the head"}
+EXIT_HEAD_LABELS = {"raw": "raw: final norm + head", "tuned": "tuned lens, then the head"}
 
 
 def _exit_inputs() -> None:
