@@ -79,7 +79,8 @@ class StoreReads(StoreConnection):
     def list_runs(self) -> pd.DataFrame:
         with self._cursor() as cur:
             return cur.execute(
-                "SELECT run_id, started_at, finished_at, status, parameters FROM runs ORDER BY started_at"
+                "SELECT run_id, started_at, finished_at, status, parameters, pid, host, heartbeat_at "
+                "FROM runs ORDER BY started_at"
             ).df()
 
     @translated("finding missing generations")

@@ -7,10 +7,12 @@ cached work inserts nothing and each ``save_*`` call returns how many rows were 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -84,6 +86,30 @@ _OVERWRITE_HUMAN_LABEL = (
     "WHERE verdicts.jailbroken IS DISTINCT FROM excluded.jailbroken OR verdicts.raw <> excluded.raw "
     "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note"
 )
+
+
+# A running run on another host is presumed dead after this long without a heartbeat (one per stored
+# batch). On this host a dead process id tells at once.
+STALE_RUN_AFTER = timedelta(hours=1)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it just is not ours
+    except OSError:
+        return False
+    return True
+
+
+def run_is_stale(pid: int | None, host: str | None, last_seen: datetime, now: datetime) -> bool:
+    if pid is not None and host == socket.gethostname() and not process_alive(pid):
+        return True
+    return now - last_seen > STALE_RUN_AFTER
 
 
 def key_of(prompt: Prompt | str) -> str:
@@ -172,12 +198,21 @@ class StoreWrites(StoreConnection):
 
     @translated("starting a run")
     def start_run(self, parameters: Mapping[str, Any], *, run_id: str | None = None) -> str:
-        """Record that a run began; returns its id."""
+        """Record that a run began (with this process id and host, to tell later if it died); its id."""
         run_id = run_id or uuid.uuid4().hex[:16]
+        now = utc_now()
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO runs (run_id, started_at, parameters, status) VALUES (?, ?, ?, 'running')",
-                [run_id, utc_now(), json.dumps(dict(parameters), sort_keys=True, default=str)],
+                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                [
+                    run_id,
+                    now,
+                    json.dumps(dict(parameters), sort_keys=True, default=str),
+                    os.getpid(),
+                    socket.gethostname(),
+                    now,
+                ],
             )
         return run_id
 
@@ -190,6 +225,32 @@ class StoreWrites(StoreConnection):
             ).fetchall()
         if not updated:
             raise StoreError(f"no run {run_id!r} in {self.path}")
+
+    @staticmethod
+    def _touch_run(cur: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+        if run_id is not None:
+            cur.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [utc_now(), run_id])
+
+    @translated("recording that a run is alive")
+    def heartbeat(self, run_id: str) -> None:
+        """A sign of life for a running run (saving its generations gives one too)."""
+        with self._transaction() as cur:
+            self._touch_run(cur, run_id)
+
+    @translated("marking stale runs")
+    def mark_stale_runs(self) -> list[str]:
+        """Mark 'running' runs whose process is dead (this host) or silent too long as 'interrupted'."""
+        now = utc_now()
+        with self._transaction() as cur:
+            running = cur.execute(
+                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs WHERE status = 'running'"
+            ).fetchall()
+            stale = [run_id for run_id, pid, host, seen in running if run_is_stale(pid, host, seen, now)]
+            for run_id in stale:
+                cur.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE run_id = ?", [now, run_id]
+                )
+        return stale
 
     @translated("saving generations")
     def save_generations(
@@ -238,6 +299,7 @@ class StoreWrites(StoreConnection):
             for c, key in zip(completions, keys, strict=True)
         ]
         with self._transaction() as cur:
+            self._touch_run(cur, run_id)
             return self._insert_new(cur, "generations", pa.Table.from_pylist(rows, schema=_GENERATION_SCHEMA))
 
     @translated("saving verdicts")
