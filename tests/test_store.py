@@ -157,7 +157,9 @@ def test_newer_schema_is_refused_and_file_left_unchanged(db_path: Path) -> None:
     before = file_digest(db_path)
 
     for read_only in (False, True):
-        with pytest.raises(SchemaVersionError, match=rf"schema v99, newer than this DepthScope \(v{SCHEMA_VERSION}\)"):
+        with pytest.raises(
+            SchemaVersionError, match=rf"schema v99, newer than this DepthScope \(v{SCHEMA_VERSION}\)"
+        ):
             Store.open(db_path, read_only=read_only)
     assert file_digest(db_path) == before
 

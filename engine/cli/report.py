@@ -31,7 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
-    export.add_argument("--out", required=True, help="target file, .csv or .parquet")
+    export.add_argument(
+        "--out", required=True, help="target file, .csv or .parquet (missing folders are created)"
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace --out if it exists (never the database)"
+    )
     export.set_defaults(run=run_export)
 
 
@@ -81,7 +86,7 @@ def run_export(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
-        path = store.export(args.out)
+        path = store.export(args.out, overwrite=args.force)
     print(f"exported generations and verdicts to {path}", file=sys.stderr)
     return 0
 

@@ -198,7 +198,9 @@ class StoreSchema(StoreConnection):
         """A file from before the marker: DepthScope's only if its tables and columns match exactly."""
         for version in _LEGACY_VERSIONS:
             if layout == layout_of_version(version):
-                (recorded,) = cur.execute("SELECT list(version ORDER BY version) FROM schema_version").fetchone()
+                (recorded,) = cur.execute(
+                    "SELECT list(version ORDER BY version) FROM schema_version"
+                ).fetchone()
                 if list(recorded or []) == list(range(1, version + 1)):
                     return version
         newest = layout_of_version(_LEGACY_VERSIONS[-1])

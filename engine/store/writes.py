@@ -243,7 +243,8 @@ class StoreWrites(StoreConnection):
         now = utc_now()
         with self._transaction() as cur:
             running = cur.execute(
-                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs WHERE status = 'running'"
+                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs "
+                "WHERE status = 'running'"
             ).fetchall()
             stale = [run_id for run_id, pid, host, seen in running if run_is_stale(pid, host, seen, now)]
             for run_id in stale:
