@@ -44,14 +44,17 @@ def run_report(args: argparse.Namespace) -> int:
     from engine.report import agreement_rows, asr_rows
     from engine.store import Store
 
+    # Read-only, and only for each query: a sweep writing this file meanwhile just takes turns with us.
     with Store.open(args.db, read_only=True) as store:
         rows = asr_rows(store, judge=args.judge)
         agreements = agreement_rows(store) if not args.judge else []
+        stored = store.table_counts()["generations"]
     if args.json:
         print_json([{name: getattr(r, name) for name in _REPORT_FIELDS} for r in rows])
         return 0
+    print(f"{stored} completions stored in {args.db}")
     if not rows:
-        print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
+        print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
     _print_agreements(a for a in agreements if a.layers == 0)

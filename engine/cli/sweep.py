@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from engine.depths import DEFAULT_DEPTHS
 from engine.judges.names import HARMBENCH, KEYWORD
@@ -13,6 +16,24 @@ from engine.paths import DEFAULT_MODEL
 from .common import add_db_argument, add_depth_arguments, add_generation_arguments, generation_params
 
 log = logging.getLogger("engine")
+# How long a batch's write waits for readers (dashboard, `report`) to let go of the file.
+WRITER_LOCK_TIMEOUT_S = 60.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the batch in flight is rolled back, the run marked interrupted."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,8 +75,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         rows_per_batch=args.batch_rows,
     )
     show, close_bars = _progress_bars()
-    with Store.open(args.db) as store:
-        summary = run_sweep(spec, store, progress=show)
+    try:
+        with sigterm_as_interrupt(), Store.open(args.db, lock_timeout_s=WRITER_LOCK_TIMEOUT_S) as store:
+            summary = run_sweep(spec, store, progress=show)
+    except Terminated:
+        close_bars()
+        print("terminated: finished batches are kept; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     close_bars()
     print(
         f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "

@@ -72,11 +72,17 @@ def run_sweep(
     run_id = store.start_run(spec.run_parameters(saved_set.set_id))
     generated = cached = verdicts = 0
     clock = _StageClock(progress)
+
+    def judged(n: int) -> None:
+        store.heartbeat(run_id)  # judging stores verdicts, not generations: say the run is alive
+        clock.advance(n)
+
     try:
         for name in spec.models:
             clock.begin(name, "loading", 1)
             loaded = load(name)
             store.save_model(loaded.info)
+            store.heartbeat(run_id)  # loading a large model can take long
             layers = spec.layers_for(loaded.n_layers)
             new, already = generate_missing(
                 store, loaded, prompts, layers, spec.params,
@@ -89,7 +95,7 @@ def run_sweep(
                 break
             verdicts += judge_stored(
                 store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(),
-                on_batch=clock.advance, on_start=lambda total, name=name: clock.begin(name, "judging", total),
+                on_batch=judged, on_start=lambda total, name=name: clock.begin(name, "judging", total),
             )  # fmt: skip
             clock.begin(name, "done", 0)
     except BaseException:
