@@ -12,15 +12,15 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from engine.store import Store, StoreLockedError
+from engine.store import SCHEMA_VERSION, Store, StoreLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Opens the store in the mode given by argv[2], says so, then waits to be killed.
+# Opens the store in the mode given by argv[2], keeping the file open, says so, then waits to be killed.
 HOLD_STORE = """
 import sys, time
 from engine.store import Store
-store = Store.open(sys.argv[1], read_only=sys.argv[2] == "read-only")
+store = Store.open(sys.argv[1], read_only=sys.argv[2] == "read-only", keep_open=True)
 print("holding", flush=True)
 time.sleep(float(sys.argv[3]))
 store.close()
@@ -108,7 +108,7 @@ def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> No
         assert wait_for_line(holder) == "holding"
         for read_only in (False, True):
             with pytest.raises(StoreLockedError) as caught:
-                Store.open(db_path, read_only=read_only)
+                Store.open(db_path, read_only=read_only, lock_timeout_s=0)
             message = str(caught.value)
             assert f"database {db_path} is in use by another DepthScope process (pid {holder.pid})" in message
             assert "another --db" in message
@@ -116,7 +116,7 @@ def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> No
     finally:
         stop(holder)
     with Store.open(db_path) as store:  # the lock dies with its process
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
 
 
 @pytest.mark.timeout(60)
@@ -128,7 +128,7 @@ def test_readers_share_the_file_and_a_writer_is_told_to_read_only(db_path: Path)
         with Store.open(db_path, read_only=True) as second_reader:
             assert second_reader.table_counts()["generations"] == 0
         with pytest.raises(StoreLockedError, match="open it read-only too"):
-            Store.open(db_path)
+            Store.open(db_path, lock_timeout_s=0)
     finally:
         stop(reader)
 
@@ -140,7 +140,7 @@ def test_lock_timeout_waits_for_the_other_process_to_close(db_path: Path) -> Non
     try:
         assert wait_for_line(holder) == "holding"
         with Store.open(db_path, lock_timeout_s=30) as store:
-            assert store.schema_version == 2
+            assert store.schema_version == SCHEMA_VERSION
         assert holder.wait(timeout=10) == 0
     finally:
         stop(holder)
@@ -179,7 +179,7 @@ def test_writer_killed_at_any_moment_leaves_only_whole_batches(db_path: Path) ->
     assert writer.returncode == -signal.SIGKILL
 
     with Store.open(db_path) as store:  # replays DuckDB's write-ahead log, must not fail
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
     with duckdb.connect(str(db_path), read_only=True) as con:
         total, distinct = con.execute(
             "SELECT count(*), count(DISTINCT completion_key) FROM generations"
