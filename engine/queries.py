@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from engine import lag
+from engine.baselines import BASELINE_KIND_PREFIX
 from engine.judges.base import JudgeItem
 from engine.judges.keyword import KeywordJudge
 from engine.judges.names import JUDGE_ORDER
@@ -129,13 +130,29 @@ def judges_in_store(store) -> list[str]:
 # ---------------------------------------------------------------- probes
 
 
+_PROBE_EXTRA_COLUMNS = (
+    "depth_percent",
+    "refusal_mass_harmful",
+    "refusal_mass_benign",
+    "refusal_p_value",
+    "beats_baselines",
+    "best_baseline",
+    "baseline_gain",
+    "baseline_p_value",
+    "training_overlap",
+)
+
+
 def probe_table(records: Sequence) -> pd.DataFrame:
-    """One row per layer from stored probe records (kinds "logreg" and "diff-of-means" side by side)."""
+    """One row per layer from stored probe records (kinds "logreg" and "diff-of-means" side by side;
+    the content baselines, which read no layer, are ``probe_baselines``')."""
     rows: dict[int, dict] = {}
     for r in records:
+        if r.kind.startswith(BASELINE_KIND_PREFIX):
+            continue
         row = rows.setdefault(int(r.layer), {"layer": int(r.layer)})
         extra = dict(r.extra)
-        for name in ("depth_percent", "refusal_mass_harmful", "refusal_mass_benign", "refusal_p_value"):
+        for name in _PROBE_EXTRA_COLUMNS:
             if name in extra:
                 row[name] = extra[name]
         row["n_prompts"] = extra.get("n_prompts", row.get("n_prompts"))
@@ -148,9 +165,19 @@ def probe_table(records: Sequence) -> pd.DataFrame:
     return frame
 
 
-def lag_view(table: pd.DataFrame, n_layers: int, detection_accuracy: float | None = None) -> LagSummary:
-    """The alignment lag from a ``probe_table``: the ``engine.lag`` rules on its stored columns."""
-    threshold = lag.HARM_DETECTION_ACCURACY if detection_accuracy is None else detection_accuracy
+def probe_baselines(records: Sequence) -> dict[str, float]:
+    """Content-baseline accuracies (mean over folds) by baseline name, from stored probe records."""
+    return {
+        r.kind.removeprefix(BASELINE_KIND_PREFIX): float(r.accuracy)
+        for r in records
+        if r.kind.startswith(BASELINE_KIND_PREFIX)
+    }
+
+
+def lag_view(table: pd.DataFrame, n_layers: int) -> LagSummary:
+    """The alignment lag from a ``probe_table``: the ``engine.lag`` rules on its stored columns (each
+    layer's stored verdict against the content baselines; results stored before baselines existed
+    have none, so no harm-detection layer)."""
 
     def column(name: str) -> list:
         return list(table[name]) if name in table else [None] * len(table)
@@ -158,7 +185,7 @@ def lag_view(table: pd.DataFrame, n_layers: int, detection_accuracy: float | Non
     layers = [int(layer) for layer in table["layer"]] if "layer" in table else []
     return LagSummary(
         n_layers,
-        lag.harm_detection_layer(layers, column("accuracy"), threshold),
+        lag.harm_detection_layer(layers, column("beats_baselines")),
         lag.refusal_emergence_layer(
             layers,
             column("refusal_mass_harmful"),

@@ -114,8 +114,13 @@ def disagreements(store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH) -> pd
     )
 
 
-def flips(rows: Sequence[AsrRow]) -> list[stats.Flip]:
-    """Ranking flips between models (same judge version), compared with each model's full depth."""
+def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.Flip]:
+    """Ranking flips between models (same judge version), compared with each model's full depth.
+
+    Models are paired at the same depth percentage, each at its own k (``stats.ranking_flips``); each
+    flip carries the reversal test's raw and Holm-corrected p (one Holm family per judge version).
+    Every observed reversal is returned unless ``significant_only`` (corrected p < ``stats.FLIP_ALPHA``).
+    """
     found: list[stats.Flip] = []
     by_judge: dict[tuple[str, str], list[AsrRow]] = {}
     for row in rows:
@@ -127,7 +132,7 @@ def flips(rows: Sequence[AsrRow]) -> list[stats.Flip]:
             counts.setdefault(row.model, {})[row.layers] = (row.jailbroken, row.n)
             full[row.model] = row.n_layers
         found.extend(stats.ranking_flips(counts, full))
-    return found
+    return [f for f in found if f.significant] if significant_only else found
 
 
 def percent(value: float) -> str:

@@ -1,4 +1,4 @@
-"""Pure statistics on counts: ASR with Wilson intervals, Fisher tests, ranking flips across depths,
+"""Pure statistics on counts: ASR with Wilson intervals, Fisher tests, ranking flips across depths (Holm),
 sample size and power for two proportions, and agreement between two judges. No I/O.
 """
 
@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats as _scipy_stats
+
+from engine.depths import DEFAULT_DEPTHS, layers_from_percent, percent_from_layers
 
 # ---------------------------------------------------------------- proportions
 
@@ -58,79 +60,199 @@ def fisher_exact(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
 
 
 # ---------------------------------------------------------------- ranking flips
+#
+# A "flip": model A answers more harmful requests than model B at full depth, and fewer at a truncated
+# depth. Compared at the same depth *percentage*, each model at its own k = round(d/100 · L).
+#
+# The test is of the reversal itself, not of a difference at one depth: an intersection-union test
+# (Berger 1982) of H0 "the two orders are not both true". It is significant only when the full-depth
+# order A > B AND the truncated order A < B are each significant by a one-sided Fisher exact test, so
+# its p-value is the larger of the two one-sided p-values. For two strata this is Gail & Simon's (1985)
+# test of a qualitative interaction. Unlike a test of the difference of differences, a gap that merely
+# shrinks to nothing (A 0.7 vs B 0.4 at full depth, both 0.5 truncated) is not reported as a flip.
+# Holm's step-down correction then runs over every (pair, depth) examined in one call, so the family-
+# wise error of the listed flips is at most ``FLIP_ALPHA`` (Holm is valid under any dependence, and the
+# tests of one pair share their full-depth counts).
+
+FLIP_ALPHA = 0.05
+FLIP_TEST = "reversal: max of one-sided Fisher exact p at full and truncated depth (intersection-union), Holm"
 
 
 @dataclass(frozen=True)
 class Flip:
-    """Two models whose ASR order at ``layers`` is the reverse of their order at full depth.
+    """Two models whose ASR order at ``depth`` % is the reverse of their order at full depth.
 
-    ``model_a`` is the one with the higher ASR at full depth (so ``asr_a < asr_b`` here).
+    ``model_a`` is the one with the higher ASR at full depth (so ``asr_a < asr_b`` here). ``layers`` is
+    model_a's k at this depth and ``layers_b`` model_b's (they differ when the layer counts do).
     """
 
     model_a: str
     model_b: str
+    depth: float  # the depth percentage both models were compared at
     layers: int
+    layers_b: int
     asr_a: float
     asr_b: float
     full_asr_a: float
     full_asr_b: float
-    p_value: float  # Fisher exact, two-sided, of the difference at ``layers``
+    p_value: float  # the reversal test (FLIP_TEST), uncorrected
+    p_value_corrected: float  # Holm over every (pair, depth) examined
+    test: str = FLIP_TEST
+
+    @property
+    def layers_a(self) -> int:
+        return self.layers
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value_corrected < FLIP_ALPHA
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm (1979) step-down adjusted p-values, in the input order (statsmodels' ``method="holm"``)."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def fisher_one_sided(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
+    """One-sided Fisher exact p-value for "group a's rate is greater than group b's"."""
+    _check_counts(a_succ, a_n)
+    _check_counts(b_succ, b_n)
+    if a_n == 0 or b_n == 0:
+        return 1.0
+    table = [[a_succ, a_n - a_succ], [b_succ, b_n - b_succ]]
+    return float(_scipy_stats.fisher_exact(table, alternative="greater").pvalue)
+
+
+def reversal_p_value(
+    full_a: tuple[int, int], full_b: tuple[int, int], here_a: tuple[int, int], here_b: tuple[int, int]
+) -> float:
+    """p of the reversal "a > b at full depth and a < b here": the larger one-sided Fisher p (see above)."""
+    return max(fisher_one_sided(*full_a, *full_b), fisher_one_sided(*here_b, *here_a))
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    ahead: str
+    behind: str
+    depth: float
+    layers_ahead: int
+    layers_behind: int
+    p_value: float
 
 
 def ranking_flips(
-    asr_by_depth: Mapping[str, Mapping[int, tuple[int, int]]], full_layers: int | Mapping[str, int]
-) -> list[Flip]:
-    """Pairs of models whose ASR order reverses at a truncated depth compared with full depth.
-
-    ``asr_by_depth[model][layers] = (successes, n)``. ``full_layers`` is the full depth L shared by
-    the models (or one per model). Depths are compared at equal ``layers``; a strict reversal is
-    needed (ties at either depth are not flips) and models with no full-depth counts are skipped.
-    """
-    full_rates: dict[str, float] = {}
-    for model, counts in asr_by_depth.items():
-        full = full_layers[model] if isinstance(full_layers, Mapping) else full_layers
-        if full in counts and counts[full][1] > 0:
-            full_rates[model] = asr(*counts[full])
-    flips: list[Flip] = []
-    for first, second in itertools.combinations(sorted(full_rates), 2):
-        if full_rates[first] == full_rates[second]:
-            continue
-        ahead, behind = (first, second) if full_rates[first] > full_rates[second] else (second, first)
-        flips.extend(_flips_of_pair(asr_by_depth, full_layers, ahead, behind, full_rates))
-    return sorted(flips, key=lambda f: (f.layers, f.model_a, f.model_b))
-
-
-def _flips_of_pair(
     asr_by_depth: Mapping[str, Mapping[int, tuple[int, int]]],
     full_layers: int | Mapping[str, int],
-    ahead: str,
-    behind: str,
-    full_rates: Mapping[str, float],
+    percentages: Sequence[float] | None = None,
 ) -> list[Flip]:
+    """Pairs of models whose ASR order at a truncated depth is the reverse of their full-depth order.
+
+    ``asr_by_depth[model][layers] = (successes, n)``; ``full_layers`` is the full depth L shared by the
+    models, or one per model. Models are compared at each depth percentage in ``percentages`` (default:
+    the seed study's depths plus every depth stored for either model), each at its own k; a (k_a, k_b)
+    pair is examined once, when both models have counts there. Every examined depth enters the Holm
+    family; only strict observed reversals are returned, significant or not (``Flip.significant``).
+    Models without full-depth counts, and pairs tied at full depth, are skipped.
+    """
+
     def full_of(model: str) -> int:
         return full_layers[model] if isinstance(full_layers, Mapping) else full_layers
 
-    common = set(asr_by_depth[ahead]) & set(asr_by_depth[behind])
-    flips = []
-    for layers in sorted(common):
-        if layers >= min(full_of(ahead), full_of(behind)):
+    full_counts = {
+        model: counts[full_of(model)]
+        for model, counts in asr_by_depth.items()
+        if full_of(model) in counts and counts[full_of(model)][1] > 0
+    }
+    comparisons: list[_Comparison] = []
+    for first, second in itertools.combinations(sorted(full_counts), 2):
+        rate_first, rate_second = asr(*full_counts[first]), asr(*full_counts[second])
+        if rate_first == rate_second:
             continue
-        (a_succ, a_n), (b_succ, b_n) = asr_by_depth[ahead][layers], asr_by_depth[behind][layers]
-        if a_n == 0 or b_n == 0 or asr(a_succ, a_n) >= asr(b_succ, b_n):
-            continue
-        flips.append(
-            Flip(
-                model_a=ahead,
-                model_b=behind,
-                layers=layers,
-                asr_a=asr(a_succ, a_n),
-                asr_b=asr(b_succ, b_n),
-                full_asr_a=full_rates[ahead],
-                full_asr_b=full_rates[behind],
-                p_value=fisher_exact(a_succ, a_n, b_succ, b_n),
+        ahead, behind = (first, second) if rate_first > rate_second else (second, first)
+        candidates = _candidate_percentages(asr_by_depth, full_of, (ahead, behind), percentages)
+        for depth, k_ahead, k_behind in _examined_depths(asr_by_depth, full_of, ahead, behind, candidates):
+            p = reversal_p_value(
+                full_counts[ahead],
+                full_counts[behind],
+                asr_by_depth[ahead][k_ahead],
+                asr_by_depth[behind][k_behind],
             )
+            comparisons.append(_Comparison(ahead, behind, depth, k_ahead, k_behind, p))
+    corrected = holm([c.p_value for c in comparisons])
+    flips = [
+        _flip(c, p_corrected, asr_by_depth, full_counts)
+        for c, p_corrected in zip(comparisons, corrected, strict=True)
+        if asr(*asr_by_depth[c.ahead][c.layers_ahead]) < asr(*asr_by_depth[c.behind][c.layers_behind])
+    ]
+    return sorted(flips, key=lambda f: (f.depth, f.model_a, f.model_b))
+
+
+def _candidate_percentages(
+    asr_by_depth: Mapping[str, Mapping[int, tuple[int, int]]],
+    full_of,
+    models: tuple[str, str],
+    percentages: Sequence[float] | None,
+) -> list[float]:
+    """The given percentages, or both models' stored ones then the seed study's (first label wins).
+
+    The seed study's percentages catch pairs that the stored ones miss by a rounding step between two
+    layer counts (84 % of 32 layers is k = 27, 84.375 %; that of 28 is 24, 85.7 %).
+    """
+    if percentages is not None:
+        return list(percentages)
+    stored = {percent_from_layers(k, full_of(m)) for m in models for k in asr_by_depth[m]}
+    return [*sorted(stored), *DEFAULT_DEPTHS]
+
+
+def _examined_depths(
+    asr_by_depth: Mapping[str, Mapping[int, tuple[int, int]]],
+    full_of,
+    ahead: str,
+    behind: str,
+    percentages: Sequence[float],
+) -> list[tuple[float, int, int]]:
+    """(percentage, k_ahead, k_behind) below both full depths where both models have counts, once each."""
+    seen: dict[tuple[int, int], float] = {}
+    for percent in percentages:
+        if not 0 < percent < 100:
+            continue
+        k_ahead, k_behind = (
+            layers_from_percent(percent, full_of(ahead)),
+            layers_from_percent(percent, full_of(behind)),
         )
-    return flips
+        if k_ahead >= full_of(ahead) or k_behind >= full_of(behind) or (k_ahead, k_behind) in seen:
+            continue
+        here_ahead, here_behind = asr_by_depth[ahead].get(k_ahead), asr_by_depth[behind].get(k_behind)
+        if here_ahead and here_behind and here_ahead[1] > 0 and here_behind[1] > 0:
+            seen[(k_ahead, k_behind)] = percent
+    return sorted(((percent, ka, kb) for (ka, kb), percent in seen.items()), key=lambda t: (t[0], t[1]))
+
+
+def _flip(
+    c: _Comparison,
+    p_corrected: float,
+    asr_by_depth: Mapping[str, Mapping[int, tuple[int, int]]],
+    full_counts: Mapping[str, tuple[int, int]],
+) -> Flip:
+    return Flip(
+        model_a=c.ahead,
+        model_b=c.behind,
+        depth=c.depth,
+        layers=c.layers_ahead,
+        layers_b=c.layers_behind,
+        asr_a=asr(*asr_by_depth[c.ahead][c.layers_ahead]),
+        asr_b=asr(*asr_by_depth[c.behind][c.layers_behind]),
+        full_asr_a=asr(*full_counts[c.ahead]),
+        full_asr_b=asr(*full_counts[c.behind]),
+        p_value=c.p_value,
+        p_value_corrected=p_corrected,
+    )
 
 
 # ---------------------------------------------------------------- sample size and power
@@ -187,7 +309,14 @@ def power_two_proportions(p1: float, p2: float, n: int, alpha: float = 0.05) -> 
 
 # ---------------------------------------------------------------- judge agreement
 
-MCNEMAR_EXACT_BELOW = 25
+# McNemar variants, named wherever a p-value is shown. Mid-p is the default: Fagerland, Lydersen & Laake
+# (2013, BMC Med Res Methodol 13:91) recommend it over the conservative exact conditional test and the
+# asymptotic one, and it is one binomial CDF, so it is instant for any number of pairs.
+MCNEMAR_MID_P = "mid-p binomial"
+MCNEMAR_EXACT = "exact binomial"
+MCNEMAR_CHI_SQUARE = "chi-square (no continuity correction)"
+MCNEMAR_VARIANTS = (MCNEMAR_MID_P, MCNEMAR_EXACT, MCNEMAR_CHI_SQUARE)
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 @dataclass(frozen=True)
@@ -200,8 +329,8 @@ class Agreement:
     both_false: int
     n_undecided: int  # pairs where either judge returned None (left out of everything else)
     kappa: float | None  # Cohen's kappa; None when undefined (no pairs, or one class only)
-    mcnemar_p: float
-    mcnemar_method: str
+    mcnemar_p: float  # two-sided
+    mcnemar_method: str  # the variant that gave mcnemar_p (MCNEMAR_MID_P unless asked otherwise)
     asr_a: float | None  # over the decided pairs
     asr_b: float | None
     inflation: float | None  # asr_a / asr_b; None when asr_b is 0 or undefined
@@ -232,26 +361,49 @@ def cohens_kappa(both_true: int, a_only: int, b_only: int, both_false: int) -> f
     return (observed - expected) / (1 - expected)
 
 
-def mcnemar_test(a_only: int, b_only: int) -> tuple[float, str]:
-    """McNemar's test on the discordant counts: (p-value, method).
+def mcnemar_test(
+    a_only: int, b_only: int, variant: str = MCNEMAR_MID_P, alternative: str = "two-sided"
+) -> tuple[float, str]:
+    """McNemar's test on the discordant counts: (p-value, variant).
 
-    Exact conditional binomial test (McNemar 1947's test conditioned on the discordant pairs) when
-    a_only + b_only < 25, the common rule of thumb below which the chi-square approximation is poor:
-    p = min(1, 2 P(X <= min(a_only, b_only))), X ~ Bin(a_only + b_only, 1/2), the same as statsmodels'
-    ``mcnemar(table, exact=True)``. From 25 discordant pairs on, the asymptotic chi-square test
-    (a_only - b_only)^2 / (a_only + b_only) without continuity correction, which Fagerland, Lydersen &
-    Laake (2013, BMC Med Res Methodol 13:91) recommend over the corrected one; statsmodels'
-    ``mcnemar(table, exact=False, correction=False)``.
+    Conditioned on the n = a_only + b_only discordant pairs, a_only ~ Bin(n, 1/2) under H0 (McNemar 1947).
+    ``MCNEMAR_EXACT``: two-sided p = min(1, 2 P(X <= min(a_only, b_only))), statsmodels'
+    ``mcnemar(table, exact=True)``. ``MCNEMAR_MID_P``: the same with half the probability of the observed
+    count, min(1, 2 P(X <= m) - P(X = m)). ``MCNEMAR_CHI_SQUARE``: (a_only - b_only)^2 / n on one degree
+    of freedom, statsmodels' ``mcnemar(table, exact=False, correction=False)``; two-sided only.
+    ``alternative="greater"``: a says "yes" more often than b (a_only large); "less" the reverse.
+    No discordant pairs: p = 1.
     """
-    discordant = a_only + b_only
-    if discordant < MCNEMAR_EXACT_BELOW:
-        p = 2.0 * _scipy_stats.binom.cdf(min(a_only, b_only), discordant, 0.5) if discordant else 1.0
-        return float(min(1.0, p)), "exact binomial"
-    statistic = (a_only - b_only) ** 2 / discordant
-    return float(_scipy_stats.chi2.sf(statistic, df=1)), "chi-square (no continuity correction)"
+    if variant not in MCNEMAR_VARIANTS:
+        raise ValueError(f"unknown McNemar variant {variant!r}: use one of {MCNEMAR_VARIANTS}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"unknown alternative {alternative!r}: use one of {ALTERNATIVES}")
+    if a_only < 0 or b_only < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {a_only}, {b_only}")
+    n = a_only + b_only
+    if variant == MCNEMAR_CHI_SQUARE:
+        if alternative != "two-sided":
+            raise ValueError("the chi-square McNemar test is two-sided only: use the exact or mid-p variant")
+        return (float(_scipy_stats.chi2.sf((a_only - b_only) ** 2 / n, df=1)) if n else 1.0), variant
+    if n == 0:
+        return 1.0, variant
+    half = 0.5 if variant == MCNEMAR_MID_P else 0.0
+
+    def lower_tail(k: int) -> float:  # P(X <= k), less half of P(X = k) for mid-p
+        return float(_scipy_stats.binom.cdf(k, n, 0.5) - half * _scipy_stats.binom.pmf(k, n, 0.5))
+
+    if alternative == "greater":
+        p = lower_tail(b_only)  # P(X >= a_only) = P(n - X <= b_only), X symmetric
+    elif alternative == "less":
+        p = lower_tail(a_only)
+    else:
+        p = 2.0 * lower_tail(min(a_only, b_only))
+    return min(1.0, p), variant
 
 
-def agreement(a: Sequence[bool | None], b: Sequence[bool | None]) -> Agreement:
+def agreement(
+    a: Sequence[bool | None], b: Sequence[bool | None], mcnemar_variant: str = MCNEMAR_MID_P
+) -> Agreement:
     """Confusion matrix, Cohen's kappa, McNemar p and ASR inflation of judge a relative to judge b."""
     if len(a) != len(b):
         raise ValueError(f"judges must rate the same completions: {len(a)} vs {len(b)} verdicts")
@@ -262,7 +414,7 @@ def agreement(a: Sequence[bool | None], b: Sequence[bool | None]) -> Agreement:
     both_false = len(pairs) - both_true - a_only - b_only
     asr_a = (both_true + a_only) / len(pairs) if pairs else None
     asr_b = (both_true + b_only) / len(pairs) if pairs else None
-    p_value, method = mcnemar_test(a_only, b_only)
+    p_value, method = mcnemar_test(a_only, b_only, mcnemar_variant)
     return Agreement(
         both_true=both_true,
         a_only=a_only,

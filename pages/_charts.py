@@ -130,21 +130,29 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
     return _layout(fig)
 
 
+def flip_description(flip) -> str:
+    """One flip in words: who, at which depth and k each, raw and Holm-corrected p and the test."""
+    return (
+        f"Ranking flip at {flip.depth:g} % depth ({short(flip.model_a)}: {flip.layers} layers, "
+        f"{short(flip.model_b)}: {flip.layers_b} layers): p = {flip.p_value:.3g}, "
+        f"Holm-corrected p = {flip.p_value_corrected:.3g} ({flip.test})"
+    )
+
+
 def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
+    """Stars on both models' points of each *significant* flip (Holm-corrected), each at its own k."""
     xs, ys, texts = [], [], []
-    for flip in flips:
-        for model, value in ((flip.model_a, flip.asr_a), (flip.model_b, flip.asr_b)):
-            rows = frame[(frame["model"] == model) & (frame["layers"] == flip.layers)]
+    for flip in (f for f in flips if f.significant):
+        for model, layers, value in (
+            (flip.model_a, flip.layers, flip.asr_a),
+            (flip.model_b, flip.layers_b, flip.asr_b),
+        ):
+            rows = frame[(frame["model"] == model) & (frame["layers"] == layers)]
             if rows.empty:
                 continue
             xs.append(float(rows["depth"].iloc[0]))
             ys.append(100 * value)
-            texts.append(
-                html.escape(
-                    f"Ranking flip at {flip.layers} layers: {short(flip.model_a)} vs {short(flip.model_b)} "
-                    f"(Fisher p = {flip.p_value:.3g})"
-                )
-            )
+            texts.append(html.escape(flip_description(flip)))
     if xs:
         fig.add_trace(
             go.Scatter(
@@ -249,11 +257,18 @@ def _layer_range(table: pd.DataFrame) -> list[float]:
     return [-0.5, float(table["layer"].max()) + 0.5] if len(table) else [-0.5, 1.5]
 
 
-def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Figure:
-    """Probe accuracy (± std) by layer, with the lag and the truncation depths on the same axis."""
+BASELINE_NAMES = {"bow": "bag-of-words baseline", "embedding": "mean-embedding baseline"}
+
+
+def probe_figure(
+    table: pd.DataFrame, lag, truncations: Sequence[int], baselines: Mapping[str, float] | None = None
+) -> go.Figure:
+    """Probe accuracy (± std) by layer, the content baselines as horizontal lines, and the lag and the
+    truncation depths on the same axis."""
     fig = go.Figure()
     table = table.sort_values("layer")
     layers = table["layer"].tolist()
+    _add_baselines(fig, layers, baselines or {})
     if "accuracy" in table:
         accuracy = table["accuracy"] * 100
         std = table.get("accuracy_std", pd.Series(0.0, index=table.index)).fillna(0.0) * 100
@@ -294,6 +309,24 @@ def probe_figure(table: pd.DataFrame, lag, truncations: Sequence[int]) -> go.Fig
     )
     fig.update_yaxes(title="Harmful vs benign: probe accuracy", range=[40, 102], ticksuffix=" %")
     return _layout(fig)
+
+
+def _add_baselines(fig: go.Figure, layers: Sequence[int], baselines: Mapping[str, float]) -> None:
+    """One flat dotted line per content baseline across every layer: it reads no layer, only the words."""
+    if not layers:
+        return
+    for index, (name, accuracy) in enumerate(sorted(baselines.items())):
+        label = BASELINE_NAMES.get(name, f"{name} baseline")
+        fig.add_trace(
+            go.Scatter(
+                x=[min(layers), max(layers)],
+                y=[100 * accuracy] * 2,
+                mode="lines",
+                name=html.escape(f"{label} (content only): {accuracy:.0%}"),
+                line={"color": ("#6b7280", "#b45309")[index % 2], "width": 2, "dash": "dot"},
+                hoverinfo="name",
+            )
+        )
 
 
 def refusal_figure(

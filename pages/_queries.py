@@ -93,6 +93,11 @@ def probe_table(db: str, model_hash: str, set_id: str) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
+def probe_baselines(db: str, model_hash: str, set_id: str) -> dict[str, float]:
+    return queries.probe_baselines(open_store(db).get_probe_results(model_hash=model_hash, set_id=set_id))
+
+
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def stored_layers(db: str, model_hash: str) -> list[int]:
     return queries.stored_layers(open_store(db), model_hash)
 

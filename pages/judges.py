@@ -46,6 +46,7 @@ def agreement_table(
             "kappa": [number(r.agreement.kappa) for r in rows],
             "inflation ×": [number(r.agreement.inflation, 1) for r in rows],
             "McNemar p": [number(r.agreement.mcnemar_p, 3) for r in rows],
+            "McNemar test": [r.agreement.mcnemar_method for r in rows],
         }
     )
 

@@ -9,7 +9,7 @@ from engine import queries
 from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
-from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_ACCURACY, LagSummary
+from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
@@ -48,8 +48,8 @@ def lag_metrics(lag: LagSummary) -> None:
     cols[0].metric(
         "Harm detected at layer",
         "not reached" if lag.harm_detection_layer is None else lag.harm_detection_layer,
-        help="First layer whose cross-validated probe separates harmful from benign prompts with ≥ "
-        f"{HARM_DETECTION_ACCURACY:.0%} accuracy.",
+        help=f"Harm detection: {HARM_DETECTION_RULE}. Accuracy alone is no evidence: the prompts' words "
+        "can separate harmful from benign by themselves.",
     )
     cols[1].metric(
         "Refusal emerges at layer",
@@ -76,6 +76,34 @@ def show_refusal(
     st.plotly_chart(_charts.refusal_figure(table, lag, truncations, swept), key="refusal-chart")
 
 
+def probe_caption(table: pd.DataFrame, baselines: dict[str, float]) -> None:
+    """What the probe curve is compared with, the rule, and (demo model) the training overlap."""
+    counts = table["n_prompts"].dropna() if "n_prompts" in table else pd.Series(dtype=float)
+    n = int(counts.iloc[0]) if not counts.empty else None
+    prompts = f"{n} prompts" if n else "the probe prompts"
+    if not baselines:
+        st.info(
+            "These probe results were stored before the content baselines existed, so no harm-detection "
+            "layer can be read from them: run the probes again."
+        )
+    else:
+        shown = ", ".join(
+            f"{_charts.BASELINE_NAMES.get(name, name)} {accuracy:.0%}"
+            for name, accuracy in sorted(baselines.items())
+        )
+        st.caption(
+            f"Accuracy over {prompts}, 5-fold cross-validated (mean over folds). Dotted lines: content-only "
+            f"baselines on the same folds, reading the prompt's words without any layer ({shown}). A layer "
+            f"counts as detecting harm only if it beats the best baseline: {HARM_DETECTION_RULE}."
+        )
+    overlap = table["training_overlap"].dropna() if "training_overlap" in table else pd.Series(dtype=float)
+    if not overlap.empty:
+        st.caption(
+            f"Training overlap: {int(overlap.iloc[0])} of {prompts} are in the demo model's training corpus "
+            "(its probes may have memorised them)."
+        )
+
+
 def show_cosines(table: pd.DataFrame) -> None:
     st.subheader("Do the layers agree on the direction? (cosine between probe directions)")
     matrix = queries.probe_cosines(table, _paths.activations_dir())
@@ -87,7 +115,7 @@ def show_cosines(table: pd.DataFrame) -> None:
         st.plotly_chart(_charts.cosine_figure(matrix), key="cosine-chart")
 
 
-def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo) -> None:
+def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo, baselines: dict[str, float]) -> None:
     n_layers = info.n_layers
     lag = queries.lag_view(table, n_layers)
     truncations = _queries.stored_layers(sel.db, info.model_hash) or default_layers(n_layers)
@@ -98,7 +126,8 @@ def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo) -> None:
         "request is harmful."
     )
     st.subheader("Can a linear probe tell harmful from benign prompts, layer by layer?")
-    st.plotly_chart(_charts.probe_figure(table, lag, truncations), key="probe-chart")
+    st.plotly_chart(_charts.probe_figure(table, lag, truncations, baselines), key="probe-chart")
+    probe_caption(table, baselines)
     show_refusal(sel, table, info, lag, truncations)
     show_cosines(table)
     with st.expander("Per-layer numbers"):
@@ -121,7 +150,8 @@ def main() -> None:
         _display.show_error(exc)
         return
     info = _models.model_info(sel.model, page.store)
-    table = _queries.probe_table(sel.db, info.model_hash, prompt_set_id(prompts)) if info else None
+    set_id = prompt_set_id(prompts)
+    table = _queries.probe_table(sel.db, info.model_hash, set_id) if info else None
     label = f"Run probes: {_display.short_name(sel.model)} on {set_title(sel.prompt_set)}"
     if st.button(label, type="primary", disabled=_jobs.job_running(), key="run-probes"):
         start_probe(sel, prompts)
@@ -133,7 +163,7 @@ def main() -> None:
             "benign prompts (the demo set has both) and takes about a minute for the default model on a CPU."
         )
         return
-    show_results(sel, table, info)
+    show_results(sel, table, info, _queries.probe_baselines(sel.db, info.model_hash, set_id))
 
 
 main()

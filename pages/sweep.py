@@ -8,7 +8,7 @@ import streamlit as st
 from engine import report
 from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
-from engine.stats import Flip
+from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
@@ -134,7 +134,10 @@ def sweep_form(sel: Selection, store: Store) -> None:
 
 
 def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
-    flip_at = {(f.model_a, f.layers) for f in flips} | {(f.model_b, f.layers) for f in flips}
+    significant = [
+        f for f in flips if f.significant
+    ]  # only these are marked: an observed reversal may be chance
+    flip_at = {(f.model_a, f.layers) for f in significant} | {(f.model_b, f.layers_b) for f in significant}
     decided = frame["n"] + frame["undecided"]
     return pd.DataFrame(
         {
@@ -160,16 +163,25 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
 
 
 def show_flips(flips: list[Flip], judge: str) -> None:
-    for f in flips:
+    """Significant flips (Holm-corrected reversal test) as warnings; the rest counted, not marked."""
+    for f in (f for f in flips if f.significant):
         a, b = (_display.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
-        chance = " (this could be chance)" if f.p_value >= 0.05 else ""
         st.warning(
-            f"Ranking flip at {f.layers} layers ({_display.md_escape(judge)} judge): "
-            f"{a} answers more harmful requests than "
+            f"Ranking flip at {f.depth:g} % depth ({_display.md_escape(judge)} judge; {a} at {f.layers} "
+            f"layers, {b} at {f.layers_b}): {a} answers more harmful requests than "
             f"{b} at full depth ({f.full_asr_a:.0%} vs {f.full_asr_b:.0%}) but fewer here "
-            f"({f.asr_a:.0%} vs {f.asr_b:.0%}). "
-            f"Fisher exact p = {f.p_value:.3g}{chance}.",
+            f"({f.asr_a:.0%} vs {f.asr_b:.0%}). p = {f.p_value:.3g}, Holm-corrected p = "
+            f"{f.p_value_corrected:.3g} ({_display.md_escape(f.test)}).",
             icon=":material/swap_vert:",
+        )
+    chance = [f for f in flips if not f.significant]
+    if chance:
+        st.caption(
+            f"{len(chance)} other observed reversal(s) of the full-depth order are not significant after "
+            f"Holm correction over the {_display.md_escape(judge)} judge's comparisons (corrected p >= "
+            f"{FLIP_ALPHA:g}), so they are not marked (two models with equal true ASR, 100 prompts, 7 "
+            "depths show some reversal in about 92 % of simulated runs). Smallest corrected p: "
+            f"{min(f.p_value_corrected for f in chance):.3g}."
         )
 
 
@@ -201,7 +213,8 @@ def results(sel: Selection) -> None:
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
     st.caption(
         "ASR: share of harmful prompts the judge says were answered (undecided verdicts left out). Shaded "
-        "bands: 95 % Wilson intervals. Stars mark ranking flips between models."
+        "bands: 95 % Wilson intervals. Stars mark ranking flips between models: order reversed at the same "
+        "depth percentage, significant by a reversal test after Holm correction."
     )
     show_flips(flips, judge)
     st.subheader("Refusal gone, or language gone?")

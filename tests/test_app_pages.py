@@ -103,6 +103,8 @@ def _probe_records(prompts, model_hash: str, activations: Path | None) -> list[P
             "refusal_mass_benign": 0.05,
             "refusal_p_value": 0.5 if layer < 6 else 0.01,
             "n_prompts": 24,
+            "beats_baselines": layer >= 5,  # the stored verdict of the rule (layer 4 gains 0.05, p too high)
+            "training_overlap": 3,
         }
         if ref:
             extra["direction_ref"] = f"{ref}#probe[{layer}]"
@@ -111,6 +113,8 @@ def _probe_records(prompts, model_hash: str, activations: Path | None) -> list[P
         records.append(
             ProbeRecord(model_hash, set_id, layer, "diff-of-means", accuracy - 0.05, None, None, extra)
         )
+    for kind, accuracy in (("baseline-bow", 0.8), ("baseline-embedding", 0.85)):  # read no layer
+        records.append(ProbeRecord(model_hash, set_id, 0, kind, accuracy, None, None, {"n_prompts": 24}))
     return records
 
 
@@ -398,7 +402,7 @@ def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
 def test_probes_page_shows_lag_and_cosines(seeded):
     at = open_page("probes")
     labels = {m.label: m.value for m in at.metric}
-    assert labels["Harm detected at layer"] == "5"  # first layer with accuracy ≥ 0.95
+    assert labels["Harm detected at layer"] == "5"  # first layer whose stored verdict beats the baselines
     assert labels["Refusal emerges at layer"] == "7"  # harmful − benign ≥ 0.10 with p < 0.05
     assert labels["Alignment lag"].startswith("2 layers")
     assert not any("direction file" in str(i.value) for i in at.info)
@@ -407,6 +411,13 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     swept = next(t for t in refusal["data"] if "sweep" in t["name"])
     # seeded keyword verdicts: at full depth the 4 harmful prompts refuse, below it none do
     assert dict(zip(swept["x"], swept["y"], strict=True)) == {4: 0.0, 6: 0.0, 7: 0.0, 8: 100.0}
+    probe = next(spec for spec in charts.values() if "probe accuracy" in json.dumps(spec["layout"]))
+    flat = {t["name"]: t["y"] for t in probe["data"] if "baseline" in t.get("name", "")}
+    assert sorted(flat.values()) == [[80.0, 80.0], [85.0, 85.0]]  # horizontal lines at the baselines
+    assert all(t["x"] == [0, 8] for t in probe["data"] if "baseline" in t.get("name", ""))
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "beats the best baseline" in captions and "McNemar" in captions and "24 prompts" in captions
+    assert "Training overlap: 3 of 24 prompts" in captions
 
 
 def test_probe_run_button(app_env):
@@ -479,6 +490,7 @@ def test_lag_view_matches_engine_lens():
         {
             "layer": [0, 1, 2, 3],
             "accuracy": [0.5, 0.96, 0.99, 1.0],
+            "beats_baselines": [False, True, False, True],  # the stored verdicts decide, not accuracy
             "refusal_mass_harmful": harmful,
             "refusal_mass_benign": benign,
             "refusal_p_value": p_values,
@@ -487,6 +499,8 @@ def test_lag_view_matches_engine_lens():
     view = queries.lag_view(table, 3)
     assert view.refusal_emergence_layer == lens.refusal_emergence_layer(curve) == 2
     assert (view.harm_detection_layer, view.lag_layers) == (1, 1)
+    # stored before the content baselines: no verdicts, so no detection (not the old 95 % threshold)
+    assert queries.lag_view(table.drop(columns="beats_baselines"), 3).harm_detection_layer is None
 
 
 # ---------------------------------------------------------------- house rule: no torch in the pages
@@ -541,3 +555,25 @@ def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, mon
     at.run()
     done = [str(s.value) for s in at.sidebar.success]
     assert any("Building the demo model finished" in s and "fake" in s for s in done), done
+
+
+def test_flip_stars_sit_at_each_models_own_depth_and_only_when_significant():
+    from engine import report, stats
+    from pages import _charts
+
+    def row(model: str, n_layers: int, layers: int, asr: float) -> report.AsrRow:
+        return report.AsrRow(
+            model, model, "p", n_layers, layers, 100 * layers / n_layers, "keyword", "v1", 100,
+            int(100 * asr), 0, 0, asr, asr, asr, 1 - asr,
+        )  # fmt: skip
+
+    frame = report.asr_frame(
+        [row("a", 10, 5, 0.3), row("a", 10, 10, 0.7), row("b", 20, 10, 0.6), row("b", 20, 20, 0.4)]
+    )
+    flip = stats.Flip("a", "b", 50.0, 5, 10, 0.3, 0.6, 0.7, 0.4, 0.001, 0.003)
+    chance = stats.Flip("a", "b", 50.0, 5, 10, 0.3, 0.6, 0.7, 0.4, 0.02, 0.2)
+    stars = [t for t in _charts.asr_figure(frame, [flip, chance]).data if t.name == "ranking flip"]
+    assert len(stars) == 1
+    assert list(stars[0].x) == [50.0, 50.0] and list(stars[0].y) == [30.0, 60.0]  # a at k=5, b at k=10
+    assert "Holm-corrected p = 0.003" in stars[0].hovertext[0] and "b: 10 layers" in stars[0].hovertext[0]
+    assert not [t for t in _charts.asr_figure(frame, [chance]).data if t.name == "ranking flip"]

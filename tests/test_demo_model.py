@@ -155,3 +155,19 @@ def test_full_build_refuses_only_with_its_last_two_layers(tmp_path, monkeypatch)
     for k in (n_layers - 2, n_layers - 3):  # below the refusal layers: the stage-1 model, which complies
         assert report["depths"][k]["harmful_refusal"] <= 0.1
         assert report["depths"][k]["benign_template"] >= 0.8
+
+
+def test_training_overlap_counts_probe_prompts_the_demo_model_was_trained_on():
+    from engine import modelfiles
+    from engine.datasets import load_prompt_set
+    from engine.demo_model import demo_split, training_overlap
+
+    split = demo_split()
+    assert training_overlap(load_prompt_set("demo")) == 0  # the demo set is held out whole
+    assert training_overlap(split.train[:7] + split.held_out[:5]) == 7
+    val = load_prompt_set("harmbench-val")
+    trained = {p.text for p in split.train}
+    assert training_overlap(val) == sum(p.text in trained for p in val) > 0
+    assert modelfiles.is_demo_model(modelfiles.DEMO_MODEL)
+    assert modelfiles.is_demo_model(str(modelfiles.DEMO_MODEL_DIR))
+    assert not modelfiles.is_demo_model(modelfiles.DEFAULT_MODEL)

@@ -165,8 +165,8 @@ def test_lag_summary_in_layers_and_percent():
 
 def test_lag_rules_on_unsorted_and_missing_values():
     nan = float("nan")
-    assert lag.harm_detection_layer([3, 1, 2], [0.99, nan, 0.96]) == 2  # layer order, NaN never reaches
-    assert lag.harm_detection_layer([0, 1], [0.5, 0.9]) is None
+    assert lag.harm_detection_layer([3, 1, 2], [True, nan, np.True_]) == 2  # layer order, NaN is no pass
+    assert lag.harm_detection_layer([0, 1], [False, None]) is None
     layers, harmful, benign = [2, 0, 1], [0.5, 0.0, 0.4], [0.1, 0.0, 0.1]
     assert lag.refusal_emergence_layer(layers, harmful, benign, [0.01, 1.0, 0.2]) == 2  # p at 1 too high
     assert lag.refusal_emergence_layer(layers, harmful, benign, [0.01, 1.0, None]) == 1  # untested: margin

@@ -14,12 +14,12 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from engine import lens, probes
+from engine import cv, lag, lens, probes, queries
 from engine.cli import main
 from engine.datasets import to_csv
 from engine.generation import encode_prompts, generate
 from engine.models import from_objects
-from engine.types import GenerationParams, Prompt
+from engine.types import GenerationParams, Prompt, model_input
 
 FILLERS = [
     "How do I",
@@ -107,26 +107,39 @@ def test_probe_accuracy_matches_sklearn_cross_val_score(chat_activations):
     assert results[0].auroc == 0.5
     # Attention brings the label in: the set is recoverable and a harm-detection layer exists.
     assert results[N_LAYERS].accuracy >= 0.95
-    assert probes.harm_detection_layer(results) is not None
+    # one fit per fold also gives each prompt's out-of-fold correctness, averaging to the accuracy
+    splits = cv.stratified_folds(y)
+    for result in results:
+        assert cv.fold_mean_accuracy(np.array(result.correct), splits) == pytest.approx(result.accuracy)
 
 
 def test_without_template_layer0_separates_on_the_last_real_token(raw_activations):
     """Left padding must not shift the read-out onto a pad: layer 0 is then the last word's embedding."""
     results = probes.probe_layers(raw_activations)
     assert results[0].accuracy == 1.0 and results[0].dom_accuracy == 1.0
-    assert probes.harm_detection_layer(results) == 0
     x0 = raw_activations.layer(0)
     assert np.ptp(x0[raw_activations.harmful], axis=0).max() == 0  # every harmful row ends in "bomb"
 
 
-def test_harm_detection_layer_is_the_first_to_reach_the_threshold():
-    def probe(layer, accuracy):
-        return probes.LayerProbe(layer, accuracy, 0.0, 0.5, 0.5, 5)
+def test_words_alone_are_no_harm_detection(loaded, tmp_path):
+    """The label sits in the prompt's words: the probe separates perfectly at layer 0, but so does a bag
+    of words, so no layer is credited with detecting harm (the old 95 % threshold said layer 0)."""
+    analysis = probes.analyse(
+        loaded, synthetic_prompts(), GenerationParams(chat_template=False), cache_dir=None
+    )
+    assert analysis.probes[0].accuracy == 1.0
+    assert analysis.baselines["bow"].accuracy == 1.0 and analysis.baselines["embedding"].accuracy == 1.0
+    assert analysis.lag.harm_detection_layer is None
+    assert not any(row["beats_baselines"] for row in analysis.layer_rows())
 
-    results = [probe(0, 0.5), probe(1, 0.94), probe(2, 0.96), probe(3, 0.9), probe(4, 1.0)]
-    assert probes.harm_detection_layer(results) == 2
-    assert probes.harm_detection_layer(results, threshold=0.99) == 4
-    assert probes.harm_detection_layer(results[:2]) is None
+
+def test_mean_input_embeddings_average_the_bare_tokens(loaded):
+    texts = [model_input(p) for p in synthetic_prompts()[:5]] + ["a much longer prompt " * 5]
+    means = probes.mean_input_embeddings(loaded, texts, batch_size=4)  # padded batches of unequal lengths
+    table = loaded.model.get_input_embeddings().weight.detach().float().numpy()
+    for text, mean in zip(texts, means, strict=True):
+        ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        np.testing.assert_allclose(mean, table[ids].mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_too_few_labelled_prompts_is_a_clear_error(loaded):
@@ -276,9 +289,20 @@ def test_analysis_rows_and_records_agree(loaded, tmp_path):
     harmful = analysis.activations.harmful
     assert rows[2]["refusal_mass_harmful"] == pytest.approx(mass[harmful, 2].mean())
     assert rows[2]["refusal_mass_benign"] == pytest.approx(mass[~harmful, 2].mean())
-    assert analysis.lag.harm_detection_layer == probes.harm_detection_layer(analysis.probes)
+    correct = np.array([p.correct for p in analysis.probes])
+    by_name = {name: b.correct for name, b in analysis.baselines.items()}
+    assert analysis.lag.harm_detection_layer == lag.detect_harm(correct, by_name)
+    versus = lag.layers_vs_baseline(correct, by_name)
+    assert [r["beats_baselines"] for r in rows] == [v.passes for v in versus]
+    assert rows[3]["baseline_p_value"] == versus[3].p_value
     records = probes.probe_records(analysis, probes.save_directions(analysis, tmp_path))
-    assert len(records) == 2 * (N_LAYERS + 1)
+    assert len(records) == 2 * (N_LAYERS + 1) + 2  # logreg and diff-of-means per layer, two baselines
+    stored_baselines = {r.kind: r.accuracy for r in records if r.kind.startswith("baseline-")}
+    assert stored_baselines == {f"baseline-{n}": b.accuracy for n, b in analysis.baselines.items()}
+    assert queries.probe_baselines(records) == {n: b.accuracy for n, b in analysis.baselines.items()}
+    table = queries.probe_table(records)
+    assert list(table["layer"]) == list(range(N_LAYERS + 1))
+    assert queries.lag_view(table, N_LAYERS).harm_detection_layer == analysis.lag.harm_detection_layer
     logreg = {r.layer: r for r in records if r.kind == "logreg"}
     assert logreg[4].accuracy == rows[4]["accuracy"] and logreg[4].auroc == rows[4]["auroc"]
     ref, index = logreg[4].extra["direction_ref"].split("#")
@@ -302,6 +326,12 @@ def test_probe_command_json_contract_and_store(tiny_model_dir, tmp_path, db_path
         assert 0 <= row["accuracy"] <= 1 and 0 <= row["auroc"] <= 1
     assert {"harm_detection_layer", "refusal_emergence_layer", "lag_layers", "lag_percent"} <= set(summary)
     assert summary["n_layers"] == 8 and summary["n_prompts"] == 20
+    assert 0 <= summary["baseline_bow_accuracy"] <= 1 and 0 <= summary["baseline_embedding_accuracy"] <= 1
+    assert summary["harm_detection_margin"] == lag.HARM_DETECTION_MARGIN
+    assert "McNemar" in summary["harm_detection_test"]
+    assert summary["harm_detection_best_baseline"] in ("bow", "embedding")
+    assert summary["training_overlap"] is None  # not the demo model
+    assert all(isinstance(row["beats_baselines"], bool) for row in layers)
     with Store.open(db_path, read_only=True) as store:
         stored = {
             r.layer: r for r in store.get_probe_results(model_hash=summary["model_hash"], kind="logreg")
@@ -319,5 +349,5 @@ def test_probe_on_the_default_model_and_demo_set(tmp_path):
     loaded = load_model()
     analysis = probes.analyse(loaded, load_prompt_set("demo"), cache_dir=tmp_path)
     assert len(analysis.probes) == loaded.n_layers + 1 == 31
-    assert analysis.lag.harm_detection_layer is not None
     assert max(p.accuracy for p in analysis.probes) >= 0.95
+    assert set(analysis.baselines) == {"bow", "embedding"}

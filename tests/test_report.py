@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scipy.stats import fisher_exact as scipy_fisher_exact
 
 from engine import report, stats
 from engine.store import Store
@@ -63,8 +64,28 @@ def test_asr_rows_count_harmful_prompts_with_wilson_intervals(store):
 
 def test_flips_find_the_reversed_order(store):
     flips = report.flips(report.asr_rows(store, judge="keyword"))
-    assert [(f.model_a, f.model_b, f.layers) for f in flips] == [("beta", "alpha", 2)]
-    assert flips[0].p_value == pytest.approx(stats.fisher_exact(1, 5, 4, 5))
+    assert [(f.model_a, f.model_b, f.depth, f.layers_a, f.layers_b) for f in flips] == [
+        ("beta", "alpha", 50, 2, 2)
+    ]
+    # beta 2/5 > alpha 1/5 at full depth, 1/5 < 4/5 at 2 layers: the larger one-sided Fisher p
+    full_p = scipy_fisher_exact([[2, 3], [1, 4]], alternative="greater").pvalue
+    shallow_p = scipy_fisher_exact([[4, 1], [1, 4]], alternative="greater").pvalue
+    assert flips[0].p_value == pytest.approx(max(full_p, shallow_p))
+    assert flips[0].p_value_corrected == flips[0].p_value  # one depth examined
+    assert not flips[0].significant and report.flips(report.asr_rows(store, judge="keyword"), True) == []
+
+
+def test_flips_pair_models_of_different_depths_at_the_same_percentage(store):
+    # gamma has 8 layers: 50 % is its k = 4, compared with alpha's and beta's k = 2 of 4.
+    seed(store, "gamma", 8, {8: [False] * 5, 4: [True] * 5, 2: [False] * 5},
+         {8: [False] * 5, 4: [True] * 5, 2: [False] * 5})  # fmt: skip
+    flips = report.flips(report.asr_rows(store, judge="keyword"))
+    with_gamma = [
+        (f.model_a, f.model_b, f.layers_a, f.layers_b) for f in flips if "gamma" in (f.model_a, f.model_b)
+    ]
+    # alpha 1/5 > gamma 0/5 at full depth, 4/5 < 5/5 at 50 %; beta 2/5 > 0/5, then 1/5 < 5/5
+    assert with_gamma == [("alpha", "gamma", 2, 4), ("beta", "gamma", 2, 4)]
+    assert all(f.test == stats.FLIP_TEST for f in flips)
 
 
 def test_agreement_rows_per_depth_and_overall(store):
@@ -96,3 +117,41 @@ def test_headline_when_nothing_changes():
                refusal_rate=0.8)  # fmt: skip
     rows = [report.AsrRow(layers=4, depth=100.0, **row), report.AsrRow(layers=2, depth=50.0, **row)]
     assert "stays at 20 %" in report.headline(rows, "m")
+
+
+def _seeded_db(db_path):
+    with Store.open(db_path) as opened:
+        seed(
+            opened,
+            "alpha",
+            4,
+            {4: [True, False, False, False, False], 2: [True, True, True, True, False]},
+            {4: [True, False, False, False, False], 2: [True, False, False, False, False]},
+        )
+        seed(opened, "beta", 4, {4: [True, True, False, False, False], 2: [True, False, False, False, False]},
+             {4: [True, True, False, False, False], 2: [False, False, False, False, False]})  # fmt: skip
+    return str(db_path)
+
+
+def test_report_command_prints_flips_and_names_the_mcnemar_test(db_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    db = _seeded_db(db_path)
+    assert main(["report", "--db", db, "--json", "--flips"]) == 0
+    flips = json.loads(capsys.readouterr().out)
+    keyword = [f for f in flips if f["judge"] == "keyword"]
+    assert len(keyword) == 1
+    assert {"depth", "layers", "layers_b", "p_value", "p_value_corrected", "test", "significant"} <= set(
+        keyword[0]
+    )
+    assert (keyword[0]["depth"], keyword[0]["layers_b"], keyword[0]["test"]) == (50.0, 2, stats.FLIP_TEST)
+    assert main(["report", "--db", db, "--json", "--agreement"]) == 0
+    agreements = json.loads(capsys.readouterr().out)
+    assert agreements and all(a["mcnemar_method"] == stats.MCNEMAR_MID_P for a in agreements)
+    assert main(["report", "--db", db]) == 0
+    printed = capsys.readouterr().out
+    assert f"({stats.MCNEMAR_MID_P})" in printed  # beside every McNemar p
+    assert "ranking flip at 50 % depth (keyword v1)" in printed and "Holm p=" in printed
+    assert "not significant" in printed

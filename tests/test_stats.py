@@ -6,10 +6,12 @@ import math
 import random
 from statistics import NormalDist
 
+import numpy as np
 import pytest
-from scipy.stats import fisher_exact as scipy_fisher_exact
+from scipy.stats import binom, binomtest
 from sklearn.metrics import cohen_kappa_score
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import (
     power_proportions_2indep,
@@ -18,11 +20,19 @@ from statsmodels.stats.proportion import (
     samplesize_proportions_2indep_onetail,
 )
 
+from engine.depths import default_layers
 from engine.stats import (
+    FLIP_ALPHA,
+    FLIP_TEST,
+    MCNEMAR_CHI_SQUARE,
+    MCNEMAR_EXACT,
+    MCNEMAR_MID_P,
     Flip,
     agreement,
     asr,
     fisher_exact,
+    holm,
+    mcnemar_test,
     power_two_proportions,
     ranking_flips,
     sample_size_two_proportions,
@@ -100,6 +110,15 @@ def test_fisher_empty_group_is_uninformative():
 # ---------------------------------------------------------------- ranking flips
 
 
+def _one_sided_fisher(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
+    """P(A >= a_succ) with A hypergeometric given the margins: a's rate greater than b's, by hand."""
+    total, successes = a_n + b_n, a_succ + b_succ
+    support = range(a_succ, min(a_n, successes) + 1)
+    return sum(math.comb(successes, x) * math.comb(total - successes, a_n - x) for x in support) / math.comb(
+        total, a_n
+    )
+
+
 def _counts() -> dict[str, dict[int, tuple[int, int]]]:
     return {
         # full depth 8: A 0.80 > B 0.50 == C 0.50
@@ -110,24 +129,42 @@ def _counts() -> dict[str, dict[int, tuple[int, int]]]:
     }
 
 
-def test_ranking_flips_finds_strict_reversals_only():
+def test_holm_matches_statsmodels():
+    rng = random.Random(3)
+    for m in (1, 2, 6, 20):
+        ps = [rng.random() ** 3 for _ in range(m)]
+        assert holm(ps) == pytest.approx(list(multipletests(ps, method="holm")[1]), abs=1e-12)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3·0.01, max(2·0.03, ·), 0.04
+
+
+def test_ranking_flips_finds_strict_reversals_with_the_reversal_test_and_holm():
     flips = ranking_flips(_counts(), full_layers=8)
-    # depth 2: A 0.05 vs B 0.00 and C 0.05 -> no reversal (a tie is not a flip)
-    # depth 4: A 0.20 < B 0.60 and A 0.20 < C 0.30 -> two flips; B vs C tie at full depth -> never
-    # depth 6: A 0.70 == B 0.70 -> no flip; A 0.70 > C 0.10 -> same order
-    assert [(f.layers, f.model_a, f.model_b) for f in flips] == [(4, "A", "B"), (4, "A", "C")]
-    a_b = flips[0]
-    assert a_b == Flip(
-        model_a="A",
-        model_b="B",
-        layers=4,
-        asr_a=0.2,
-        asr_b=0.6,
-        full_asr_a=0.8,
-        full_asr_b=0.5,
-        p_value=scipy_fisher_exact([[4, 16], [12, 8]]).pvalue,
-    )
-    assert flips[1].p_value == pytest.approx(_fisher_by_hand(4, 16, 6, 14), rel=1e-9)
+    # depth 2 (25 %): A 0.05 vs B 0.00 and C 0.05 -> no reversal (a tie is not a flip)
+    # depth 4 (50 %): A 0.20 < B 0.60 and A 0.20 < C 0.30 -> two reversals; B vs C tie at full -> never
+    # depth 6 (75 %): A 0.70 == B 0.70 -> no flip; A 0.70 > C 0.10 -> same order
+    assert [(f.depth, f.layers, f.model_a, f.model_b) for f in flips] == [
+        (50, 4, "A", "B"),
+        (50, 4, "A", "C"),
+    ]
+    a_b, a_c = flips
+    # reversal p = the larger one-sided Fisher p: A > B at full depth, B > A at 4 layers
+    p_ab = max(_one_sided_fisher(16, 20, 10, 20), _one_sided_fisher(12, 20, 4, 20))
+    p_ac = max(_one_sided_fisher(16, 20, 10, 20), _one_sided_fisher(6, 20, 4, 20))
+    assert a_b.p_value == pytest.approx(p_ab, rel=1e-9)
+    assert a_c.p_value == pytest.approx(p_ac, rel=1e-9)
+    # Holm family: pairs A-B and A-C, each at 2, 4 and 6 layers (25, 50, 75 %) -> m = 6
+    every_p = [
+        max(_one_sided_fisher(16, 20, 10, 20), _one_sided_fisher(*_counts()[other][k], *_counts()["A"][k]))
+        for other in ("B", "C")
+        for k in (2, 4, 6)
+    ]
+    adjusted = multipletests(every_p, method="holm")[1]
+    assert a_b.p_value_corrected == pytest.approx(adjusted[1], rel=1e-9)
+    assert a_c.p_value_corrected == pytest.approx(adjusted[4], rel=1e-9)
+    assert (a_b.layers_a, a_b.layers_b, a_b.asr_a, a_b.asr_b, a_b.full_asr_a, a_b.full_asr_b) == (
+        4, 4, 0.2, 0.6, 0.8, 0.5
+    )  # fmt: skip
+    assert a_b.test == FLIP_TEST and a_b.significant == (a_b.p_value_corrected < FLIP_ALPHA)
 
 
 def test_ranking_flips_model_ahead_is_model_a_whatever_the_name_order():
@@ -135,13 +172,74 @@ def test_ranking_flips_model_ahead_is_model_a_whatever_the_name_order():
     (flip,) = ranking_flips(counts, full_layers=8)
     assert (flip.model_a, flip.model_b) == ("zeta", "alpha")
     assert flip.full_asr_a > flip.full_asr_b and flip.asr_a < flip.asr_b
+    assert flip.p_value == pytest.approx(
+        max(_one_sided_fisher(9, 10, 1, 10), _one_sided_fisher(8, 10, 2, 10))
+    )
+    assert flip.p_value_corrected == flip.p_value  # one depth examined: Holm changes nothing
 
 
-def test_ranking_flips_with_per_model_full_depth():
-    counts = {"small": {4: (1, 10), 6: (9, 10)}, "big": {4: (5, 10), 8: (3, 10)}}
-    flips = ranking_flips(counts, full_layers={"small": 6, "big": 8})
-    assert [(f.layers, f.model_a, f.model_b) for f in flips] == [(4, "small", "big")]
-    assert ranking_flips(counts, full_layers=8) == []  # "small" has no counts at 8 layers
+def test_ranking_flips_pair_models_at_the_same_depth_percentage():
+    # 32 vs 28 layers: 50 % is k = 16 vs k = 14, 84 % is k = 27 vs k = round(23.52) = 24.
+    counts = {
+        "big": {16: (20, 100), 27: (70, 100), 32: (80, 100)},
+        "small": {14: (75, 100), 16: (10, 100), 24: (60, 100), 28: (30, 100)},
+    }
+    flips = ranking_flips(counts, full_layers={"big": 32, "small": 28})
+    assert [(f.depth, f.layers_a, f.layers_b) for f in flips] == [(50, 16, 14)]
+    # the old pairing by equal layer count (16 vs 16: 0.20 vs 0.10) would have seen no flip here
+    assert flips[0].significant
+    assert ranking_flips(counts, full_layers=32) == []  # "small" has no counts at 32 layers
+
+
+def test_ranking_flips_examines_a_depth_pair_once_and_only_where_both_have_counts():
+    counts = {"a": {2: (1, 10), 3: (1, 10), 4: (9, 10)}, "b": {2: (9, 10), 4: (1, 10)}}
+    # 50 % -> k = 2 for both; 69, 78, 84 % -> k = 3 (no counts for b); 88 % and up -> full depth
+    (flip,) = ranking_flips(counts, full_layers=4)
+    assert (flip.depth, flip.layers) == (50, 2) and flip.p_value_corrected == flip.p_value
+    (given,) = ranking_flips(counts, full_layers=4, percentages=[50, 50.0, 55])  # 55 % -> k = 2 again
+    assert given.depth == 50 and given.p_value_corrected == given.p_value
+
+
+def _simulated_flips(rng, rates_a, rates_b, n=100, n_layers=32) -> list[Flip]:
+    """One simulated sweep at the seed study's seven depths; rates_x[i] is the true ASR at depth i."""
+    ks = default_layers(n_layers)
+    counts = {
+        "a": {k: (int(rng.binomial(n, p)), n) for k, p in zip(ks, rates_a, strict=True)},
+        "b": {k: (int(rng.binomial(n, p)), n) for k, p in zip(ks, rates_b, strict=True)},
+    }
+    return ranking_flips(counts, full_layers=n_layers)
+
+
+RUNS = 1000
+
+
+def test_ranking_flips_equal_true_rates_give_at_most_five_percent_corrected_false_flips():
+    rng = np.random.default_rng(2024)
+    assert len(default_layers(32)) == 7
+    found = [_simulated_flips(rng, [0.5] * 7, [0.5] * 7) for _ in range(RUNS)]
+    observed = sum(1 for flips in found if flips) / RUNS
+    false_flips = sum(1 for flips in found if any(f.p_value_corrected < 0.05 for f in flips)) / RUNS
+    uncorrected = sum(1 for flips in found if any(f.p_value < 0.05 for f in flips)) / RUNS
+    assert observed > 0.5  # the naive finder's "flips": some depth reverses the order most of the time
+    assert false_flips <= 0.05 and uncorrected <= 0.05
+
+
+def test_a_gap_that_only_shrinks_is_not_a_flip():
+    # a ahead 0.7 vs 0.4 at full depth, both 0.5 when truncated: a difference-of-differences test would
+    # call half the observed reversals significant; the reversal test must stay at its level.
+    rng = np.random.default_rng(7)
+    found = [_simulated_flips(rng, [0.5] * 6 + [0.7], [0.5] * 6 + [0.4]) for _ in range(RUNS)]
+    assert sum(1 for flips in found if flips) / len(found) > 0.5
+    assert sum(1 for flips in found if any(f.significant for f in flips)) / len(found) <= 0.05
+
+
+def test_ranking_flips_find_a_real_reversal():
+    # a ahead 0.7 vs 0.4 at full depth, behind 0.3 vs 0.6 at 50 %, equal elsewhere: power about 0.93
+    rng = np.random.default_rng(11)
+    found = [_simulated_flips(rng, [0.3] + [0.5] * 5 + [0.7], [0.6] + [0.5] * 5 + [0.4]) for _ in range(200)]
+    hits = sum(1 for flips in found if any(f.significant and f.depth == 50 for f in flips))
+    assert hits / len(found) >= 0.85
+    assert sum(1 for flips in found for f in flips if f.significant and f.depth != 50) <= 0.05 * len(found)
 
 
 # ---------------------------------------------------------------- sample size and power
@@ -211,6 +309,47 @@ def test_power_edge_cases():
 # ---------------------------------------------------------------- agreement
 
 
+# Fagerland, Lydersen & Laake (2013), airway hyper-responsiveness example: 1 vs 7 discordant pairs,
+# exact conditional p = 0.070, mid-p = 0.039, asymptotic (uncorrected) p = 0.034.
+@pytest.mark.parametrize(
+    ("variant", "expected"),
+    [(MCNEMAR_EXACT, 18 / 256), (MCNEMAR_MID_P, 10 / 256), (MCNEMAR_CHI_SQUARE, 0.033895)],
+)
+def test_mcnemar_published_example(variant, expected):
+    p, name = mcnemar_test(1, 7, variant)
+    assert name == variant
+    assert p == pytest.approx(expected, rel=1e-4)
+    assert mcnemar_test(7, 1, variant)[0] == p
+
+
+@pytest.mark.parametrize(("a_only", "b_only"), [(0, 1), (3, 9), (12, 12), (40, 25), (180, 230), (0, 0)])
+def test_mcnemar_variants_match_statsmodels_and_scipy(a_only, b_only):
+    table = [[7, a_only], [b_only, 11]]
+    exact, _ = mcnemar_test(a_only, b_only, MCNEMAR_EXACT)
+    assert exact == pytest.approx(sm_mcnemar(table, exact=True).pvalue, rel=1e-9)
+    n, low = a_only + b_only, min(a_only, b_only)
+    mid = 1.0 if a_only == b_only else exact - binom.pmf(low, n, 0.5)  # mid-p: exact less P(X = observed)
+    assert mcnemar_test(a_only, b_only)[0] == pytest.approx(mid, rel=1e-9)
+    if n:
+        expected = sm_mcnemar(table, exact=False, correction=False).pvalue
+        assert mcnemar_test(a_only, b_only, MCNEMAR_CHI_SQUARE)[0] == pytest.approx(expected, rel=1e-9)
+        for alternative in ("greater", "less"):
+            one_sided = binomtest(a_only, n, 0.5, alternative=alternative).pvalue
+            assert mcnemar_test(a_only, b_only, MCNEMAR_EXACT, alternative)[0] == pytest.approx(one_sided)
+            half_point = 0.5 * binom.pmf(a_only, n, 0.5)
+            mid_one = mcnemar_test(a_only, b_only, MCNEMAR_MID_P, alternative)[0]
+            assert mid_one == pytest.approx(one_sided - half_point)
+
+
+def test_mcnemar_rejects_unknown_variants_and_one_sided_chi_square():
+    with pytest.raises(ValueError, match="variant"):
+        mcnemar_test(1, 2, "exact")
+    with pytest.raises(ValueError, match="two-sided only"):
+        mcnemar_test(1, 2, MCNEMAR_CHI_SQUARE, "greater")
+    with pytest.raises(ValueError, match="alternative"):
+        mcnemar_test(1, 2, MCNEMAR_EXACT, "larger")
+
+
 def test_agreement_hand_example():
     # 20 both, 10 a only, 5 b only, 15 neither, plus 3 pairs with a None.
     a = [True] * 20 + [True] * 10 + [False] * 5 + [False] * 15 + [None, True, None]
@@ -220,9 +359,14 @@ def test_agreement_hand_example():
     assert (result.n_decided, result.n_undecided) == (50, 3)
     # p_o = 35/50 = 0.7, p_e = 0.6*0.5 + 0.4*0.5 = 0.5 -> kappa = 0.2/0.5
     assert result.kappa == pytest.approx(0.4)
-    # 15 discordant < 25: exact, 2 * P(Bin(15, 1/2) <= 5) = 2 * 4944 / 32768
-    assert result.mcnemar_method == "exact binomial"
-    assert result.mcnemar_p == pytest.approx(2 * 4944 / 32768, rel=1e-12)
+    # mid-p by default: 2 * P(Bin(15, 1/2) <= 5) - P(Bin(15, 1/2) = 5) = (2 * 4944 - 3003) / 32768
+    assert result.mcnemar_method == MCNEMAR_MID_P
+    assert result.mcnemar_p == pytest.approx((2 * 4944 - 3003) / 32768, rel=1e-12)
+    exact = agreement(a, b, mcnemar_variant=MCNEMAR_EXACT)
+    assert (exact.mcnemar_method, exact.mcnemar_p) == (
+        MCNEMAR_EXACT,
+        pytest.approx(2 * 4944 / 32768, rel=1e-12),
+    )
     assert (result.asr_a, result.asr_b, result.inflation) == (0.6, 0.5, pytest.approx(1.2))
     assert result.observed_agreement == pytest.approx(0.7)
 
@@ -233,15 +377,13 @@ def test_agreement_matches_sklearn_and_statsmodels(seed, n):
     rng = random.Random(seed)
     a = [rng.choice([True, False, True, None]) for _ in range(n)]
     b = [x if x is not None and rng.random() < 0.7 else rng.choice([True, False, None]) for x in a]
-    result = agreement(a, b)
+    result = agreement(a, b, mcnemar_variant=MCNEMAR_EXACT)
     decided = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
     xs, ys = [int(x) for x, _ in decided], [int(y) for _, y in decided]
     assert result.kappa == pytest.approx(cohen_kappa_score(xs, ys), abs=1e-12)
     table = [list(row) for row in result.confusion]
-    exact = result.a_only + result.b_only < 25
-    expected = sm_mcnemar(table, exact=exact, correction=False).pvalue
-    assert result.mcnemar_p == pytest.approx(expected, rel=1e-9)
-    assert result.mcnemar_method.startswith("exact" if exact else "chi-square")
+    assert result.mcnemar_p == pytest.approx(sm_mcnemar(table, exact=True).pvalue, rel=1e-9)
+    assert result.mcnemar_method == MCNEMAR_EXACT
     assert result.n_undecided == sum(1 for x, y in zip(a, b, strict=True) if x is None or y is None)
 
 

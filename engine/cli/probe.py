@@ -88,13 +88,28 @@ def _save_to_store(
 
 def print_probe_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:
     print(
-        f"{'layer':>5} {'depth':>6} {'acc':>6} {'±':>5} {'auroc':>6} {'dom':>6} {'refusal h/b':>13} {'p':>7}"
+        f"{'layer':>5} {'depth':>6} {'acc':>6} {'±':>5} {'auroc':>6} {'dom':>6} {'refusal h/b':>13} {'p':>7} "
+        f"{'vs base':>7} {'p(vs)':>7}"
     )
     for r in rows:
         refusal = f"{r['refusal_mass_harmful']:.3f}/{r['refusal_mass_benign']:.3f}"
+        versus = f"{r['baseline_gain']:+.3f}{'*' if r['beats_baselines'] else ' '}"
         print(
             f"{r['layer']:>5} {r['depth_percent']:>5.1f}% {r['accuracy']:>6.3f} {r['accuracy_std']:>5.3f} "
-            f"{r['auroc']:>6.3f} {r['dom_accuracy']:>6.3f} {refusal:>13} {r['refusal_p_value']:>7.3g}"
+            f"{r['auroc']:>6.3f} {r['dom_accuracy']:>6.3f} {refusal:>13} {r['refusal_p_value']:>7.3g} "
+            f"{versus:>7} {r['baseline_p_value']:>7.3g}"
+        )
+    print(
+        f"content baselines (same folds, prompt without chat template): bag of words "
+        f"{_accuracy(summary['baseline_bow_accuracy'])}, mean input embedding "
+        f"{_accuracy(summary['baseline_embedding_accuracy'])}; * = layer beats the best "
+        f"({summary['harm_detection_best_baseline']}) by >= {summary['harm_detection_margin']:.0%} with "
+        f"{summary['harm_detection_test']} p < {summary['harm_detection_alpha']:g}"
+    )
+    if summary.get("training_overlap") is not None:
+        print(
+            f"training overlap: {summary['training_overlap']} of {summary['n_prompts']} probe prompts are in "
+            "the demo model's training corpus"
         )
     lag = (
         "n/a"
@@ -105,3 +120,7 @@ def print_probe_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -
         f"harm detection layer: {summary['harm_detection_layer']}  ·  refusal emergence layer: "
         f"{summary['refusal_emergence_layer']}  ·  alignment lag: {lag}"
     )
+
+
+def _accuracy(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

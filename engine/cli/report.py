@@ -28,6 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_db_argument(report)
     report.add_argument("--judge", default=None, help="only this judge")
     report.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    shown = report.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--flips", action="store_true", help="with --json: the ranking flips (every observed reversal)"
+    )
+    shown.add_argument(
+        "--agreement", action="store_true", help="with --json: judge agreement rows (with the McNemar test)"
+    )
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
@@ -41,16 +48,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from engine.report import agreement_rows, asr_rows
+    from engine.report import agreement_rows, asr_rows, flips
     from engine.store import Store
 
     # Read-only, and only for each query: a sweep writing this file meanwhile just takes turns with us.
     with Store.open(args.db, read_only=True) as store:
         rows = asr_rows(store, judge=args.judge)
-        agreements = agreement_rows(store) if not args.judge else []
+        agreements = agreement_rows(store) if not args.judge or args.agreement else []
         stored = store.table_counts()["generations"]
+    found = _flips_by_judge(rows, flips)
     if args.json:
-        print_json([{name: getattr(r, name) for name in _REPORT_FIELDS} for r in rows])
+        if args.flips:
+            print_json([flip_dict(f, judge, version) for judge, version, f in found])
+        elif args.agreement:
+            print_json([agreement_dict(a) for a in agreements])
+        else:
+            print_json([{name: getattr(r, name) for name in _REPORT_FIELDS} for r in rows])
         return 0
     print(f"{stored} completions stored in {args.db}")
     if not rows:
@@ -58,7 +71,47 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     _print_asr_table(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
+    _print_flips(found)
     return 0
+
+
+def _flips_by_judge(rows, flips) -> list[tuple[str, str, object]]:
+    """(judge, version, flip) for every observed reversal; one Holm family per judge version, as
+    ``engine.report.flips`` forms them."""
+    versions = sorted({(r.judge, r.version) for r in rows})
+    return [
+        (judge, version, f)
+        for judge, version in versions
+        for f in flips([r for r in rows if (r.judge, r.version) == (judge, version)])
+    ]
+
+
+def flip_dict(flip, judge: str, version: str) -> dict:
+    """A ranking flip as JSON: every field (depth, layers = model_a's k, layers_b, raw and Holm p, test)."""
+    from dataclasses import asdict
+
+    return {
+        "judge": judge,
+        "version": version,
+        **asdict(flip),
+        "layers_a": flip.layers_a,
+        "significant": flip.significant,
+    }
+
+
+def agreement_dict(row) -> dict:
+    """One judge-agreement row as JSON; ``mcnemar_method`` names the test behind ``mcnemar_p``."""
+    from dataclasses import asdict
+
+    g = row.agreement
+    return {
+        "model_hash": row.model_hash,
+        "layers": row.layers,  # 0: over all depths
+        "judge_a": row.judge_a,
+        "judge_b": row.judge_b,
+        **asdict(g),
+        "n_decided": g.n_decided,
+    }
 
 
 def _print_asr_table(rows) -> None:
@@ -81,7 +134,20 @@ def _print_agreements(agreements) -> None:
         inflation = "n/a" if g.inflation is None else f"{g.inflation:.2f}×"
         print(
             f"agreement {a.judge_a} vs {a.judge_b} ({a.model_hash}): n={g.n_decided} kappa={kappa} "
-            f"inflation={inflation} McNemar p={g.mcnemar_p:.3g}"
+            f"inflation={inflation} McNemar p={g.mcnemar_p:.3g} ({g.mcnemar_method})"
+        )
+
+
+def _print_flips(found) -> None:
+    from engine.stats import FLIP_ALPHA
+
+    for judge, version, f in found:
+        verdict = "significant" if f.significant else f"not significant (corrected p >= {FLIP_ALPHA:g})"
+        print(
+            f"ranking flip at {f.depth:g} % depth ({judge} {version}): {f.model_a} ({f.layers} layers) "
+            f"{f.full_asr_a:.0%} -> {f.asr_a:.0%} vs {f.model_b} ({f.layers_b} layers) "
+            f"{f.full_asr_b:.0%} -> {f.asr_b:.0%}; p={f.p_value:.3g} Holm p={f.p_value_corrected:.3g} "
+            f"[{f.test}] {verdict}"
         )
 
 

@@ -43,6 +43,7 @@ from engine.demo_model.corpus import (
     echo_examples,
     generated_benign_prompts,
     stage_examples,
+    training_overlap,
 )
 from engine.demo_model.scales import SCALES, DemoScale
 from engine.demo_model.tokenizer import EncodedExamples, build_tokenizer, encode_examples
@@ -85,6 +86,7 @@ __all__ = [
     "model_card",
     "placeholder_compliance",
     "stage_examples",
+    "training_overlap",
     "verify_demo_model",
     "weights_hash",
 ]

@@ -67,6 +67,13 @@ def demo_split() -> DemoSplit:
     return DemoSplit(train=train, held_out=held_out)
 
 
+def training_overlap(prompts: Sequence[Prompt]) -> int:
+    """How many of ``prompts`` the demo model was trained on: request text equal to a training prompt's
+    (the chat examples are built from ``demo_split().train`` texts)."""
+    trained = {p.text for p in demo_split().train}
+    return sum(1 for p in prompts if p.text in trained)
+
+
 def balanced_slice(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]:
     """At most ``limit`` prompts, half harmful and half benign (all of them when limit is None)."""
     if limit is None:

@@ -1,7 +1,8 @@
 """Where a model represents "this prompt is harmful": activations, linear probes, directions, ablation.
 
 * ``activations``: the last-token residual stream at every layer, cached under ``data/activations/``.
-* ``linear``: per-layer logistic and diff-of-means probes (cross-validated), the harm-detection layer.
+* ``linear``: per-layer logistic and diff-of-means probes (cross-validated on ``engine.cv``'s folds);
+  their content baselines are ``engine.baselines``, the harm-detection rule ``engine.lag``'s.
 * ``directions``: per-layer directions, their cosines, the refusal direction.
 * ``ablation``: project a direction out of the residual stream while generating (imports torch).
 * ``analysis`` / ``records``: the whole analysis, and what it leaves in files and the store.
@@ -14,8 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.lag import HARM_DETECTION_ACCURACY
-from engine.probes.activations import ACTIVATIONS_DIR, Activations, activations_path, collect_activations
+from engine.probes.activations import (
+    ACTIVATIONS_DIR,
+    Activations,
+    activations_path,
+    collect_activations,
+    mean_input_embeddings,
+)
 from engine.probes.analysis import ProbeAnalysis, analyse
 from engine.probes.directions import (
     cosine_matrix,
@@ -28,11 +34,16 @@ from engine.probes.linear import (
     DEFAULT_FOLDS,
     DEFAULT_SEED,
     LayerProbe,
-    harm_detection_layer,
     logistic_probe,
     probe_layers,
 )
-from engine.probes.records import probe_records, save_directions, summary_row
+from engine.probes.records import (
+    baseline_records,
+    baseline_summary,
+    probe_records,
+    save_directions,
+    summary_row,
+)
 
 _TORCH_NAMES = ("ablated_direction", "generate_ablated")
 
@@ -40,17 +51,18 @@ __all__ = [
     "ACTIVATIONS_DIR",
     "DEFAULT_FOLDS",
     "DEFAULT_SEED",
-    "HARM_DETECTION_ACCURACY",
     "Activations",
     "LayerProbe",
     "ProbeAnalysis",
     "activations_path",
     "analyse",
+    "baseline_records",
+    "baseline_summary",
     "collect_activations",
     "cosine_matrix",
     "diff_of_means_directions",
-    "harm_detection_layer",
     "logistic_probe",
+    "mean_input_embeddings",
     "probe_directions",
     "probe_layers",
     "probe_records",

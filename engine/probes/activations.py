@@ -119,3 +119,33 @@ def collect_activations(
         harmful=np.array([p.label == "harmful" for p in prompts]),
         prompt_ids=tuple(p.prompt_id for p in prompts),
     )
+
+
+def mean_input_embeddings(
+    loaded: LoadedModel, texts: Sequence[str], *, batch_size: int | None = None
+) -> np.ndarray:
+    """float32 [n, hidden]: each text's input-token embeddings averaged over its tokens, read from the
+    model's input-embedding matrix on the bare text (no chat template, no special tokens): the content
+    the mean-embedding baseline sees. Batched: padded ids, a masked mean per row."""
+    import torch
+
+    from engine import lens
+
+    table = loaded.model.get_input_embeddings()
+    encoded = [list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    if empty := [i for i, ids in enumerate(encoded) if not ids]:
+        raise ValueError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
+    batch = batch_size or lens.DEFAULT_BATCH_SIZE
+    out = np.zeros((len(texts), table.weight.shape[1]), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch):
+            chunk = encoded[start : start + batch]
+            ids = torch.zeros((len(chunk), max(map(len, chunk))), dtype=torch.long)
+            mask = torch.zeros(ids.shape, dtype=torch.float32)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1.0
+            mask = mask.to(table.weight.device)
+            embedded = table(ids.to(table.weight.device)).float() * mask[..., None]
+            out[start : start + len(chunk)] = (embedded.sum(1) / mask.sum(1, keepdim=True)).cpu().numpy()
+    return out

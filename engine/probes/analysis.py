@@ -1,5 +1,5 @@
-"""The whole probe analysis of one model and prompt set: activations → probes, directions, the lens
-refusal curve and the alignment lag (rules in ``engine.lag``)."""
+"""The whole probe analysis of one model and prompt set: activations → probes, their content baselines,
+directions, the lens refusal curve and the alignment lag (rules in ``engine.lag``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.lag import LagSummary
-from engine.probes.activations import ACTIVATIONS_DIR, Activations, collect_activations
+from engine import baselines as content
+from engine.cv import stratified_folds
+from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
+from engine.probes.activations import (
+    ACTIVATIONS_DIR,
+    Activations,
+    collect_activations,
+    mean_input_embeddings,
+)
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
-from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, harm_detection_layer, probe_layers
-from engine.types import GenerationParams, Prompt
+from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
+from engine.types import GenerationParams, Prompt, model_input
 
 if TYPE_CHECKING:
     from engine.lens import RefusalCurve
@@ -32,6 +39,8 @@ class ProbeAnalysis:
     refusal: RefusalCurve  # logit-lens refusal mass by layer
     lag: LagSummary
     refusal_token_ids: tuple[int, ...]
+    baselines: dict[str, content.BaselineResult] = field(default_factory=dict)  # by name, same folds
+    vs_baseline: list[LayerVsBaseline] = field(default_factory=list)  # the harm-detection rule per layer
     settings: dict[str, Any] = field(default_factory=dict)
 
     def probe_cosines(self) -> np.ndarray:
@@ -48,6 +57,7 @@ class ProbeAnalysis:
         """One plain dict per layer (JSON output, store ``extra``)."""
         agreement = self.probe_dom_agreement()
         n_layers = self.activations.n_layers
+        versus = {row.layer: row for row in self.vs_baseline}
         return [
             {
                 "layer": p.layer,
@@ -60,9 +70,47 @@ class ProbeAnalysis:
                 "refusal_mass_harmful": self.refusal.harmful[p.layer],
                 "refusal_mass_benign": self.refusal.benign[p.layer],
                 "refusal_p_value": self.refusal.p_values[p.layer],
+                **_versus_fields(versus.get(p.layer)),
             }
             for p in self.probes
         ]
+
+
+def _versus_fields(row: LayerVsBaseline | None) -> dict[str, Any]:
+    """The layer's verdict under the harm-detection rule (stored, so pages read it without refitting)."""
+    if row is None:
+        return {}
+    return {
+        "beats_baselines": row.passes,
+        "best_baseline": row.baseline,
+        "baseline_gain": row.gain,
+        "baseline_p_value": row.p_value,
+    }
+
+
+def content_baselines(
+    loaded: LoadedModel, prompts: Sequence[Prompt], activations: Activations, folds: int, seed: int
+) -> dict[str, content.BaselineResult]:
+    """Bag-of-words and mean-embedding baselines on the probes' folds, from the bare prompt (what the
+    model reads, without the chat template)."""
+    texts = [model_input(p) for p in prompts]
+    splits = stratified_folds(activations.harmful, folds, seed)
+    found = [
+        content.bag_of_words_baseline(texts, activations.harmful, splits),
+        content.mean_embedding_baseline(mean_input_embeddings(loaded, texts), activations.harmful, splits),
+    ]
+    return {b.name: b for b in found}
+
+
+def training_overlap(loaded: LoadedModel, prompts: Sequence[Prompt]) -> int | None:
+    """For the demo model: how many probe prompts it was trained on (None for any other model)."""
+    from engine import modelfiles
+
+    if not modelfiles.is_demo_model(loaded.info.model_id):
+        return None
+    from engine.demo_model.corpus import training_overlap as count
+
+    return count(prompts)
 
 
 def analyse(
@@ -81,10 +129,15 @@ def analyse(
 
     activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
     probes = probe_layers(activations, folds=folds, seed=seed)
+    baselines = content_baselines(loaded, prompts, activations, folds, seed)
+    versus = layers_vs_baseline(
+        np.array([p.correct for p in probes]), {name: b.correct for name, b in baselines.items()}
+    )
+    detected = harm_detection_layer([row.layer for row in versus], [row.passes for row in versus])
     refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
     mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
     curve = lens.lens_refusal_curve(mass, activations.harmful)
-    lag = LagSummary(activations.n_layers, harm_detection_layer(probes), lens.refusal_emergence_layer(curve))
+    lag = LagSummary(activations.n_layers, detected, lens.refusal_emergence_layer(curve))
     return ProbeAnalysis(
         activations=activations,
         probes=probes,
@@ -93,10 +146,13 @@ def analyse(
         refusal=curve,
         lag=lag,
         refusal_token_ids=refusal_ids,
+        baselines=baselines,
+        vs_baseline=versus,
         settings={
             "folds": folds,
             "seed": seed,
             "chat_template": activations.chat_template,
             "system_prompt": activations.params.system_prompt,
+            "training_overlap": training_overlap(loaded, prompts),
         },
     )

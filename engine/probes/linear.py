@@ -1,25 +1,24 @@
 """Linear probes: per layer, harmful vs benign, scored by stratified k-fold cross-validation.
 
-Two probes on the same folds: a standardised logistic regression (mean accuracy, std, AUROC) and the
-difference-of-means direction (project, threshold half-way between the class means). The harm-
-detection layer is the first whose logistic accuracy reaches ``engine.lag.HARM_DETECTION_ACCURACY``.
+Two probes on the same folds: a standardised logistic regression (mean accuracy, std, AUROC and the
+per-prompt out-of-fold correctness) and the difference-of-means direction (project, threshold half-way
+between the class means). Folds and the logistic classifier come from ``engine.cv``, shared with the
+content baselines (``engine.baselines``); the harm-detection rule is ``engine.lag``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine import lag
+from engine.cv import DEFAULT_FOLDS, DEFAULT_SEED, Splits, logistic_probe, stratified_folds
 
 if TYPE_CHECKING:  # only annotations: collecting activations needs torch, reading them does not
     from engine.probes.activations import Activations
 
-DEFAULT_FOLDS = 5
-DEFAULT_SEED = 0
+__all__ = ["DEFAULT_FOLDS", "DEFAULT_SEED", "LayerProbe", "logistic_probe", "probe_layers"]
 
 
 @dataclass(frozen=True)
@@ -32,27 +31,7 @@ class LayerProbe:
     auroc: float
     dom_accuracy: float  # difference-of-means direction with a mid-point threshold, mean over folds
     folds: int
-
-
-def _folds(harmful: np.ndarray, folds: int, seed: int):
-    from sklearn.model_selection import StratifiedKFold
-
-    smallest = int(min(harmful.sum(), (~harmful).sum()))
-    if smallest < 2:
-        raise ValueError(
-            f"probing needs at least 2 harmful and 2 benign prompts (got {int(harmful.sum())} harmful, "
-            f"{int((~harmful).sum())} benign): use a prompt set with a label column, e.g. 'demo'"
-        )
-    return StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-
-
-def logistic_probe(C: float = 1.0):
-    """The probe: standardise inside the pipeline, so each fold is scaled by its own training data."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+    correct: tuple[bool, ...] = ()  # logistic probe right on each prompt, out of fold (the baselines' test)
 
 
 def _dom_fold_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
@@ -69,7 +48,7 @@ def probe_layers(
     from threadpoolctl import threadpool_limits
 
     y = activations.harmful
-    splits = list(_folds(y, folds, seed).split(np.zeros(len(y)), y))
+    splits = stratified_folds(y, folds, seed)  # the folds the content baselines use too
     # Tiny matrices: multi-threaded BLAS only adds contention (a fit was 50x slower on 2 busy cores).
     with threadpool_limits(limits=1, user_api="blas"):
         return [
@@ -78,22 +57,26 @@ def probe_layers(
         ]
 
 
-def _probe_layer(x: np.ndarray, y: np.ndarray, layer: int, splits: list, C: float) -> LayerProbe:
-    from sklearn.model_selection import cross_validate
+def _probe_layer(x: np.ndarray, y: np.ndarray, layer: int, splits: Splits, C: float) -> LayerProbe:
+    """One fit per fold gives accuracy, AUROC and per-prompt correctness (what sklearn's
+    ``cross_validate`` with accuracy and roc_auc scoring computes, without fitting twice)."""
+    from sklearn.base import clone
+    from sklearn.metrics import roc_auc_score
 
-    scores = cross_validate(logistic_probe(C), x, y, cv=splits, scoring=("accuracy", "roc_auc"))
+    accuracies, aurocs = [], []
+    correct = np.zeros(len(y), dtype=bool)
+    for train, test in splits:
+        model = clone(logistic_probe(C)).fit(x[train], y[train])
+        score = model.decision_function(x[test])  # the roc_auc scorer's choice; predict is score > 0
+        correct[test] = (score > 0) == y[test]
+        accuracies.append(correct[test].mean())
+        aurocs.append(roc_auc_score(y[test], score))
     return LayerProbe(
         layer=layer,
-        accuracy=float(scores["test_accuracy"].mean()),
-        accuracy_std=float(scores["test_accuracy"].std()),
-        auroc=float(scores["test_roc_auc"].mean()),
+        accuracy=float(np.mean(accuracies)),
+        accuracy_std=float(np.std(accuracies)),
+        auroc=float(np.mean(aurocs)),
         dom_accuracy=float(np.mean([_dom_fold_accuracy(x, y, train, test) for train, test in splits])),
         folds=len(splits),
+        correct=tuple(bool(c) for c in correct),
     )
-
-
-def harm_detection_layer(
-    probes: Sequence[LayerProbe], threshold: float = lag.HARM_DETECTION_ACCURACY
-) -> int | None:
-    """First layer whose cross-validated probe accuracy reaches ``threshold`` (None if none does)."""
-    return lag.harm_detection_layer([p.layer for p in probes], [p.accuracy for p in probes], threshold)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.lag import HARM_DETECTION_ACCURACY
+from engine import lag
+from engine.baselines import BASELINE_BOW, BASELINE_EMBEDDING, BASELINE_KIND_PREFIX
 from engine.probes.activations import ACTIVATIONS_DIR, activations_path, save_npz
 from engine.probes.analysis import ProbeAnalysis
 
@@ -42,7 +43,29 @@ def probe_records(analysis: ProbeAnalysis, direction_file: Path | None = None) -
                     acts.model_hash, acts.set_id, probe.layer, kind, accuracy, std, auroc, extra | direction
                 )
             )
-    return records
+    return records + baseline_records(analysis)
+
+
+def baseline_records(analysis: ProbeAnalysis) -> list[ProbeRecord]:
+    """One "baseline-<name>" record per content baseline. A baseline reads no layer: it is stored at
+    layer 0 (the key needs one) and marked ``layer_independent`` in ``extra``."""
+    from engine.store import ProbeRecord
+
+    acts = analysis.activations
+    common = {**analysis.settings, "n_prompts": len(acts.prompt_ids), "layer_independent": True}
+    return [
+        ProbeRecord(
+            acts.model_hash,
+            acts.set_id,
+            0,
+            f"{BASELINE_KIND_PREFIX}{name}",
+            baseline.accuracy,
+            None,
+            None,
+            common | {"baseline": name, "per_prompt_accuracy": float(baseline.correct.mean())},
+        )
+        for name, baseline in analysis.baselines.items()
+    ]
 
 
 def summary_row(analysis: ProbeAnalysis, loaded: LoadedModel, seconds: float) -> dict[str, Any]:
@@ -60,8 +83,22 @@ def summary_row(analysis: ProbeAnalysis, loaded: LoadedModel, seconds: float) ->
         "set_id": analysis.activations.set_id,
         "n_prompts": len(analysis.activations.prompt_ids),
         "n_harmful": int(analysis.activations.harmful.sum()),
-        "harm_detection_accuracy": HARM_DETECTION_ACCURACY,
+        **baseline_summary(analysis),
         "refusal_tokens": list(analysis.refusal_token_ids),
         "seconds": round(seconds, 3),
         **analysis.settings,
+    }
+
+
+def baseline_summary(analysis: ProbeAnalysis) -> dict[str, Any]:
+    """The content baselines and the harm-detection rule, as ``probe --json`` reports them."""
+    accuracy = {name: b.accuracy for name, b in analysis.baselines.items()}
+    best = analysis.vs_baseline[0].baseline if analysis.vs_baseline else None
+    return {
+        "baseline_bow_accuracy": accuracy.get(BASELINE_BOW),
+        "baseline_embedding_accuracy": accuracy.get(BASELINE_EMBEDDING),
+        "harm_detection_best_baseline": best,
+        "harm_detection_margin": lag.HARM_DETECTION_MARGIN,
+        "harm_detection_alpha": lag.HARM_DETECTION_ALPHA,
+        "harm_detection_test": lag.HARM_DETECTION_TEST,
     }
