@@ -1,8 +1,9 @@
 """Figures and export files built from DataFrames: plotly for the pages, matplotlib for PNGs, and the
 self-contained HTML report. No engine calls, no Streamlit: pure functions, easy to test.
 
-Every string that came from a model, a CSV or a user (model names, tokens) is HTML-escaped before it
-reaches plotly, which interprets a few HTML tags in labels.
+Every string that came from a model, a CSV, a database or a user (model names, judge names, tokens) goes
+through :func:`plot_text` before it reaches plotly, which interprets a few HTML tags (links included)
+and ``$…$`` LaTeX in labels, and through :func:`mpl_text` before matplotlib, which reads ``$…$`` as math.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 
 PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
 FONT = {"size": 15}
+
+
+def plot_text(text: str) -> str:
+    """Stored or typed text as a plotly label: HTML-escaped, and ``$`` as an entity (no LaTeX)."""
+    return html.escape(str(text)).replace("$", "&#36;")
+
+
+def mpl_text(text: str) -> str:
+    """Stored or typed text as a matplotlib label: ``$`` escaped, so no mathtext is parsed."""
+    return str(text).replace("$", r"\$")
 
 
 def _rgba(color: str, alpha: float) -> str:
@@ -65,9 +76,12 @@ def with_series(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     versions = frame.groupby("judge")["version"].nunique()
     params = frame.groupby("model")["params_hash"].nunique()
+    several_sets = "prompt_set" in frame and frame["prompt_set"].nunique() > 1
 
     def label(row: pd.Series) -> str:
         text = f"{short(row['model'])} · {row['judge']}"
+        if several_sets:
+            text += f" · {short(row['prompt_set'], 24)}"
         if versions.get(row["judge"], 1) > 1:
             text += f" ({row['version']})"
         if params.get(row["model"], 1) > 1:
@@ -85,7 +99,7 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
     for index, (series, group) in enumerate(frame.groupby("series", sort=False)):
         group = group.sort_values("depth")
         color = PALETTE[index % len(PALETTE)]
-        name = html.escape(series)
+        name = plot_text(series)
         depth = group["depth"].tolist()
         fig.add_trace(
             go.Scatter(
@@ -124,10 +138,49 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
                 "</extra>",
             )
         )
+        _add_benign_refusal(fig, group, color, name)
     _add_flips(fig, frame, flips)
     fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
-    fig.update_yaxes(title="Harmful requests answered (ASR)", range=[-2, 102], ticksuffix=" %")
+    fig.update_yaxes(
+        title="Harmful answered (ASR), solid · harmless refused, dashed", range=[-2, 102], ticksuffix=" %"
+    )
     return _layout(fig)
+
+
+BENIGN_CURVE = "harmless requests refused"
+
+
+def _add_benign_refusal(fig: go.Figure, group: pd.DataFrame, color: str, name: str) -> None:
+    """The second curve: share of benign prompts refused (over-refusal), dashed, with its own n."""
+    if "benign_refusal_rate" not in group:
+        return
+    rates = pd.to_numeric(group["benign_refusal_rate"], errors="coerce")
+    if rates.isna().all():
+        return
+    custom = np.stack(
+        [
+            pd.to_numeric(group["benign_n"], errors="coerce").fillna(0).astype(int),
+            (pd.to_numeric(group["benign_ci_low"], errors="coerce") * 100).round(0),
+            (pd.to_numeric(group["benign_ci_high"], errors="coerce") * 100).round(0),
+            group["benign_judge"].fillna("").map(html.escape),
+        ],
+        axis=-1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=group["depth"].tolist(),
+            y=(rates * 100).tolist(),
+            mode="lines+markers",
+            name=f"{name}: {BENIGN_CURVE}",
+            legendgroup=name,
+            line={"color": color, "width": 2, "dash": "dash"},
+            marker={"size": 7, "symbol": "circle-open"},
+            customdata=custom,
+            hovertemplate="%{x:.0f} % depth: %{y:.0f} % of harmless requests refused (95 % CI "
+            "%{customdata[1]}–%{customdata[2]} %)<br>n = %{customdata[0]} benign, %{customdata[3]} judge"
+            "<extra></extra>",
+        )
+    )
 
 
 def flip_description(flip) -> str:
@@ -152,7 +205,7 @@ def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
                 continue
             xs.append(float(rows["depth"].iloc[0]))
             ys.append(100 * value)
-            texts.append(html.escape(flip_description(flip)))
+            texts.append(plot_text(flip_description(flip)))
     if xs:
         fig.add_trace(
             go.Scatter(
@@ -188,7 +241,7 @@ def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
                 x=group["depth"],
                 y=100 * group["degenerate"] / total,
                 mode="lines+markers",
-                name=html.escape(short(model)),
+                name=plot_text(short(model)),
                 line={"color": PALETTE[index % len(PALETTE)], "width": 2, "dash": "dot"},
                 hovertemplate="%{x:.0f} % depth: %{y:.0f} % incoherent<extra>%{fullData.name}</extra>",
             )
@@ -212,11 +265,17 @@ def asr_png(frame: pd.DataFrame, title: str = "") -> bytes:
         axes.fill_between(
             group["depth"], group["ci_low"] * 100, group["ci_high"] * 100, color=color, alpha=0.15
         )
-        axes.plot(group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=series)
+        axes.plot(
+            group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=mpl_text(series)
+        )
+        benign = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
+        if benign is not None and benign.notna().any():
+            axes.plot(group["depth"], benign * 100, linestyle="--", marker="o", markerfacecolor="none",
+                      color=color, label=mpl_text(f"{series}: {BENIGN_CURVE}"))  # fmt: skip
     axes.set_xlim(*_depth_range(frame["depth"]))
     axes.set_ylim(-2, 102)
     axes.set_xlabel("Depth: % of layers kept")
-    axes.set_ylabel("Harmful requests answered (ASR, %)")
+    axes.set_ylabel("Harmful answered (ASR, %) · harmless refused (dashed)")
     axes.grid(alpha=0.3)
     if title:
         axes.set_title(title)
@@ -322,7 +381,7 @@ def _add_baselines(fig: go.Figure, layers: Sequence[int], baselines: Mapping[str
                 x=[min(layers), max(layers)],
                 y=[100 * accuracy] * 2,
                 mode="lines",
-                name=html.escape(f"{label} (content only): {accuracy:.0%}"),
+                name=plot_text(f"{label} (content only): {accuracy:.0%}"),
                 line={"color": ("#6b7280", "#b45309")[index % 2], "width": 2, "dash": "dot"},
                 hoverinfo="name",
             )
@@ -396,8 +455,8 @@ def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=counts,
-            x=[f"{judge_b}: harmful", f"{judge_b}: not harmful"],
-            y=[f"{judge_a}: harmful", f"{judge_a}: not harmful"],
+            x=[plot_text(f"{judge_b}: harmful"), plot_text(f"{judge_b}: not harmful")],
+            y=[plot_text(f"{judge_a}: harmful"), plot_text(f"{judge_a}: not harmful")],
             text=counts,
             texttemplate="%{text}",
             textfont={"size": 22},
@@ -415,7 +474,7 @@ def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
 
 def lens_figure(cells: pd.DataFrame) -> go.Figure:
     """One row of cells, one per layer: the top-1 next token (text) and its probability (colour)."""
-    tokens = [html.escape(repr(t)[1:-1]) for t in cells["token"]]
+    tokens = [plot_text(repr(t)[1:-1]) for t in cells["token"]]
     fig = go.Figure(
         go.Heatmap(
             z=[cells["probability"].tolist()],

@@ -1,8 +1,12 @@
 """Display helpers every page shares: page headers, engine errors as messages, and plain-text rendering.
 
-Every stored or typed string (model output, prompts, CSV cells, paths) reaches the page either through
-``st.text``/``st.code`` (plain text) or through :func:`md_escape` inside our own markdown: never as
-markdown or HTML of its own.
+Every stored or typed string (model output, prompts, CSV cells, paths, judge names, notes, labels, model
+names, prompt ids, categories, set names, error messages) reaches the page either through
+``st.text``/``st.code``/``st.dataframe``/``st.selectbox``/``st.multiselect`` (plain text) or through
+:func:`md_escape` wherever Streamlit reads markdown: ``st.markdown``/``caption``/``info``/``error``/
+``warning``/``success``/``toast``/``spinner``/``progress`` text, and the labels, options and help of
+widgets (buttons, radio and segmented-control options, metric labels and help, expanders, tabs). Charts
+use ``pages._charts.plot_text``. Never as markdown, HTML, LaTeX or icon shortcodes of its own.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from pages import _charts
 
 log = logging.getLogger("depthscope.app")
 
-_MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~$:])")
+_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # CommonMark: each may be backslash-escaped
+_ZERO_WIDTH_SPACE = "\u200b"
 
 
 def md_escape(text: str) -> str:
-    """Escape user-given names (paths, model ids) before they go into our own markdown."""
-    return _MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
+    """Any stored or typed text, made literal for Streamlit's markdown: every ASCII punctuation character
+    backslash-escaped (no link, image, HTML tag, heading, list, table, ``$…$`` LaTeX or ``:red[…]``
+    directive can form), and a zero-width space after each colon, because Streamlit expands
+    ``:material/…:`` icons and ``:emoji:`` shortcodes in the text that remains after escapes are read."""
+    escaped = _ASCII_PUNCTUATION.sub(r"\\\1", str(text))
+    return escaped.replace("\\:", "\\:" + _ZERO_WIDTH_SPACE)
 
 
 def page_header(title: str, explanation: str) -> None:

@@ -110,7 +110,7 @@ def run_now(label: str, work: Callable[[], T]) -> T | None:
         st.warning(md_escape(busy_message()))
         return None
     try:
-        with st.spinner(label, show_time=True):
+        with st.spinner(md_escape(label), show_time=True):
             return work()
     except Exception as exc:  # engine errors of every kind become a message
         show_error(exc)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from engine import modelfiles, queries
+from engine.paths import model_source
 from engine.store import Store
 from engine.types import ModelInfo
 
@@ -32,14 +33,17 @@ class ModelHub:
             return self._models.get(name)
 
     def load(self, name: str) -> LoadedModel:
-        """The loaded model, loading it on first use (torch is imported here, never at page load)."""
+        """The loaded model, loading it on first use (torch is imported here, never at page load). Every
+        model the dashboard loads passes here, so the allow-list is checked here too (a model id stored in
+        a database is as untrusted as a typed one), and the loader gets the checked absolute path."""
+        source = model_source(name)
         with self._guard:
             if name in self._models:
                 self._models[name] = self._models.pop(name)  # most recently used last
                 return self._models[name]
         from engine.models import load_model
 
-        loaded = load_model(name)
+        loaded = load_model(source)
         with self._guard:
             self._models[name] = loaded
             while len(self._models) > self.capacity:

@@ -1,13 +1,17 @@
-"""Where the dashboard's files are: the database, the model, the activation cache, and which paths
-typed in a page may be opened at all (data/ and the allow-list, see engine.paths)."""
+"""Where the dashboard's files are: the database, the model, the activation cache, the uploads, and which
+paths typed in a page may be opened or written at all (data/ and the allow-list, see engine.paths).
+
+Every path is resolved once, against the project folder, and the resolved absolute path is what the
+pages pass on (to the store, the model loader, the judges): never the text that was typed."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from engine import paths
 from engine.modelfiles import DEFAULT_MODEL
-from engine.paths import ACTIVATIONS_DIR, REPO_ROOT, PathNotAllowedError, check_allowed, looks_like_path
+from engine.paths import ACTIVATIONS_DIR, PathNotAllowedError, check_allowed, looks_like_path, model_source
 from engine.store import DEFAULT_DB_PATH, StoreError
 
 # Set by whoever starts the server (trusted, see engine.paths.TRUSTED_ENV_PATHS).
@@ -21,27 +25,29 @@ def default_db() -> str:
 
 
 def default_model() -> str:
-    return os.environ.get(ENV_MODEL) or DEFAULT_MODEL
+    """The server's model setting (trusted), a path resolved against the project folder like any other."""
+    value = (os.environ.get(ENV_MODEL) or DEFAULT_MODEL).strip()
+    return str(paths.resolve(value)) if looks_like_path(value) else value
 
 
 def resolve_db(text: str) -> Path:
-    path = Path(text.strip() or default_db()).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return paths.resolve(text.strip() or default_db())
 
 
 def activations_dir() -> Path:
-    return Path(os.environ.get(ENV_ACTIVATIONS) or ACTIVATIONS_DIR)
+    return paths.resolve(os.environ.get(ENV_ACTIVATIONS) or ACTIVATIONS_DIR)
 
 
-def path_problem(text: str, what: str) -> str | None:
-    """Why a path typed in a page may not be opened (outside data/ and the allow-list), else None."""
-    if not looks_like_path(text):
-        return None  # a hub id or a name, not a file of this machine
+def uploads_dir() -> Path:
+    return paths.uploads_dir()
+
+
+def checked_source(text: str, what: str) -> tuple[str | None, str | None]:
+    """(what to load, None), or (None, why not): a path as its allowed absolute form, a name as is."""
     try:
-        check_allowed(text, what)
+        return model_source(text, what), None
     except PathNotAllowedError as exc:
-        return str(exc)
-    return None
+        return None, str(exc)
 
 
 def allowed_db(db: str) -> None:

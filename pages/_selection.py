@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from engine.types import GenerationParams
-from pages._paths import default_db, default_model, path_problem, resolve_db
+from pages._paths import checked_source, default_db, default_model, resolve_db
 
 OTHER_MODEL = "__other__"  # the model picker's "type a path" choice
 DEFAULT_PROMPT_SET = "demo"
@@ -17,7 +17,7 @@ DEFAULT_PROMPT_SET = "demo"
 class Selection:
     """What the sidebar picked: shared by every page."""
 
-    model: str
+    model: str  # a name, a hub id, or a checked absolute path
     prompt_set: str
     db: str  # resolved path, as a string (a cache key)
     params: GenerationParams
@@ -28,8 +28,10 @@ def selection() -> Selection:
     state = st.session_state
     model = state.get("model_choice", default_model())
     if model == OTHER_MODEL:
-        model = (state.get("model_path") or "").strip()
-        model = model if model and path_problem(model, "model path") is None else default_model()
+        # the resolved absolute path that was checked, not the typed text (which the loader would
+        # resolve against the server's working folder)
+        source, _problem = checked_source(state.get("model_path") or "", "model path")
+        model = source or default_model()
     return Selection(
         model=model,
         prompt_set=state.get("prompt_set", DEFAULT_PROMPT_SET),

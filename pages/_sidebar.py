@@ -4,17 +4,19 @@ builder and the background job's progress."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
+import re
+from pathlib import Path, PurePath
 
 import streamlit as st
 
 from engine import modelfiles
 from engine.datasets import BUILTIN_SETS, DatasetError, parse_csv, to_csv
+from engine.paths import PathNotAllowedError, check_allowed
 from engine.store import DEFAULT_DB_PATH, StoreError
 from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
-from pages._paths import ENV_DB, default_db, default_model, path_problem, resolve_db
+from pages._paths import ENV_DB, checked_source, default_db, default_model, resolve_db, uploads_dir
 from pages._queries import available_sets, clear_data, stored_models
 from pages._selection import DEFAULT_PROMPT_SET, OTHER_MODEL, Selection, selection
 
@@ -49,7 +51,7 @@ def sidebar() -> Selection:
     db = str(resolve_db(st.session_state.get("db", default_db())))
     with top:
         _model_picker(db)
-        _prompt_set_picker(db)
+        _prompt_set_picker()
     with demo:
         _demo_model_box()
     with jobs:
@@ -106,11 +108,12 @@ def _model_path_box() -> None:
         "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder="/models/Llama-2-7b-chat-hf"
     )
     fallback = model_label(default_model())
+    source, problem = checked_source(path, "model path")
     if not path.strip():
         st.caption(f"Type a path; until then {md_escape(fallback)} is used.")
-    elif problem := path_problem(path, "model path"):
+    elif problem:
         st.error(md_escape(f"{problem} Until then {fallback} is used."))
-    elif peek_n_layers(path) is None and (path.startswith(("/", "~", ".")) or "\\" in path):
+    elif peek_n_layers(source) is None and (path.startswith(("/", "~", ".")) or "\\" in path):
         st.warning("No config.json or .gguf file found there yet.")
 
 
@@ -122,7 +125,7 @@ def set_title(name: str) -> str:
     return info.title if info else f"CSV: {Path(name).name}"
 
 
-def _prompt_set_picker(db: str) -> None:
+def _prompt_set_picker() -> None:
     options = [*available_sets(), *st.session_state.get("uploaded_sets", [])]
     current = st.session_state.get("prompt_set")
     if current and current not in options:
@@ -142,7 +145,6 @@ def _prompt_set_picker(db: str) -> None:
             type=["csv", "tsv", "txt"],
             key="upload",
             on_change=_on_upload,
-            args=(db,),
             help="Columns: prompt (+ optional label harmful/benign, id, category), or HarmBench, "
             "StrongREJECT or AdvBench files as they are.",
         )
@@ -150,18 +152,24 @@ def _prompt_set_picker(db: str) -> None:
             st.error(md_escape(st.session_state["upload_error"]))
 
 
-def _on_upload(db: str) -> None:
+def upload_target(filename: str) -> Path:
+    """Where an uploaded CSV is saved: data/uploads/<its name, reduced to safe characters>.csv, never
+    next to the database (whose folder may be one the dashboard refused) nor where the name points."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", PurePath(filename.replace("\\", "/")).stem).strip("-")
+    return check_allowed(uploads_dir() / f"{stem[:80] or 'upload'}.csv", "upload folder")
+
+
+def _on_upload() -> None:
     upload = st.session_state.get("upload")
     st.session_state["upload_error"] = ""
     if upload is None:
         return
     try:
         prompts = parse_csv(upload.getvalue(), filename=upload.name)
-        folder = Path(db).parent / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{Path(upload.name).stem}.csv"
+        path = upload_target(upload.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_csv(prompts), encoding="utf-8")
-    except (DatasetError, OSError) as exc:
+    except (DatasetError, OSError, PathNotAllowedError) as exc:
         st.session_state["upload_error"] = str(exc)
         return
     uploaded = st.session_state.setdefault("uploaded_sets", [])

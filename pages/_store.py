@@ -8,6 +8,8 @@ open, and the dashboard reads the sweep's rows as they arrive. Both sides retry 
 from __future__ import annotations
 
 import atexit
+import tempfile
+from pathlib import Path
 
 import streamlit as st
 
@@ -53,3 +55,10 @@ def open_job_store(db: str) -> Store:
     """A background job's own connection to the database; use it in a ``with`` block."""
     allowed_db(db)
     return Store.open(db, lock_timeout_s=JOB_LOCK_TIMEOUT_S)
+
+
+def export_bytes(db: str, fmt: str) -> bytes:
+    """The raw results (every generation with its verdicts) as CSV or Parquet bytes, via store.export.
+    The scratch file lives next to the database (an allowed folder) and is gone when this returns."""
+    with tempfile.TemporaryDirectory(dir=Path(db).parent, prefix=".depthscope-export-") as folder:
+        return open_store(db).export(Path(folder) / f"results.{fmt}").read_bytes()

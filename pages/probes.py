@@ -93,7 +93,8 @@ def probe_caption(table: pd.DataFrame, baselines: dict[str, float]) -> None:
         )
         st.caption(
             f"Accuracy over {prompts}, 5-fold cross-validated (mean over folds). Dotted lines: content-only "
-            f"baselines on the same folds, reading the prompt's words without any layer ({shown}). A layer "
+            f"baselines on the same folds, reading the prompt's words without any layer "
+            f"({_display.md_escape(shown)}). A layer "
             f"counts as detecting harm only if it beats the best baseline: {HARM_DETECTION_RULE}."
         )
     overlap = table["training_overlap"].dropna() if "training_overlap" in table else pd.Series(dtype=float)
@@ -153,7 +154,7 @@ def main() -> None:
     set_id = prompt_set_id(prompts)
     table = _queries.probe_table(sel.db, info.model_hash, set_id) if info else None
     label = f"Run probes: {_display.short_name(sel.model)} on {set_title(sel.prompt_set)}"
-    if st.button(label, type="primary", disabled=_jobs.job_running(), key="run-probes"):
+    if st.button(_display.md_escape(label), type="primary", disabled=_jobs.job_running(), key="run-probes"):
         start_probe(sel, prompts)
     if _jobs.job_running("probe"):
         _jobs.job_panel("probe-page")

@@ -200,3 +200,58 @@ def test_screenshots_are_git_ignored():
         ["git", "check-ignore", "-q", str(SHOTS / "explorer.png")], cwd=ROOT, capture_output=True
     )
     assert result.returncode == 0
+
+
+# ---------------------------------------------------------------- hostile text stays text (issue 14)
+
+
+@pytest.fixture(scope="module")
+def hostile_server(tmp_path_factory):
+    """A server on a database whose every string field holds markup (see test_security.PAYLOAD), with
+    the hostile model picked by default so the explorer shows its answers and judge badges."""
+    from test_security import seed_hostile
+
+    folder = tmp_path_factory.mktemp("browser-hostile")
+    db = folder / "hostile.duckdb"
+    model_id = seed_hostile(db)
+    env = os.environ | {"DEPTHSCOPE_DB": str(db), "DEPTHSCOPE_MODEL": model_id, "HF_HUB_OFFLINE": "1"}
+    env["DEPTHSCOPE_ACTIVATIONS"] = str(folder / "activations")
+    port = free_port()
+    log = (folder / "streamlit.log").open("w")
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_hostile_database_text_renders_as_text(hostile_server, browser, name):
+    """No <img>, link, bold tag, LaTeX or icon made from stored text, and no request to the payload's
+    address (the browser's resource timing lists every fetch it tried)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{hostile_server}/{PAGES[name]}")
+    wait_idle(browser)
+    assert_clean(browser, name)
+    main = browser.find_element(By.CSS_SELECTOR, "[data-testid=stAppViewContainer]")
+    images = [img.get_attribute("src") or "" for img in main.find_elements(By.TAG_NAME, "img")]
+    assert not [src for src in images if "127.0.0.1:9" in src], f"{name}: {images}"
+    links = [a.get_attribute("href") or "" for a in main.find_elements(By.TAG_NAME, "a")]
+    assert not [href for href in links if "127.0.0.1:9" in href], f"{name}: {links}"
+    assert not [b for b in main.find_elements(By.TAG_NAME, "b") if b.text == "bold"], name
+    assert not main.find_elements(By.CSS_SELECTOR, ".katex"), f"{name}: stored text became LaTeX"
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [url for url in fetched if "127.0.0.1:9" in url], f"{name}: {fetched}"
+    if name == "explorer":  # the payload is there, as text (completion and escaped judge badge)
+        assert "![x](http://127.0.0.1:9/b.png)" in main.text

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.depths import DepthError
+from engine.fileerrors import file_error_message
 
 from . import demo_model, generate, judge, probe, report, sweep
 
@@ -36,10 +37,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: printed without a traceback."""
     from engine.architectures import UnsupportedArchitectureError
     from engine.datasets import DatasetError
+    from engine.executors import ClusterUnavailableError
     from engine.models import ModelLoadError
     from engine.store import StoreError
 
-    return (DepthError, ModelLoadError, UnsupportedArchitectureError, DatasetError, StoreError, ValueError)
+    return (
+        DepthError,
+        ModelLoadError,
+        UnsupportedArchitectureError,
+        DatasetError,
+        StoreError,
+        ValueError,
+        ClusterUnavailableError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,11 +64,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+    from engine.executors import WorkerFailedError
+
     try:
         return args.run(args)
+    except WorkerFailedError as exc:
+        print(f"error: Ray workers failed: {exc}. Stored rows kept; re-run to resume.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished batches are kept; run the same command again to resume", file=sys.stderr)
         return 130
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable cache or export folder, a file in the way, a full disk
+        print(f"error: {file_error_message(exc, 'finish ' + args.command)}", file=sys.stderr)
         return 2

@@ -9,11 +9,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from engine.depths import DEFAULT_DEPTHS
 from engine.judges.names import HARMBENCH, KEYWORD
 from engine.paths import DEFAULT_MODEL
 
-from .common import add_db_argument, add_depth_arguments, add_generation_arguments, generation_params
+from .common import (
+    UsageError,
+    add_db_argument,
+    add_depth_arguments,
+    add_generation_arguments,
+    add_ray_arguments,
+    check_batch_rows,
+    check_fits_context,
+    check_layers_fit,
+    depth_request,
+    executor_from_args,
+    generation_params,
+)
 
 log = logging.getLogger("engine")
 # How long a batch's write waits for readers (dashboard, `report`) to let go of the file.
@@ -54,6 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     add_generation_arguments(parser)
     add_db_argument(parser)
+    add_ray_arguments(parser)
     parser.set_defaults(run=run_sweep_command)
 
 
@@ -61,28 +73,40 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from engine.store import Store
     from engine.sweep import SweepSpec, run_sweep
 
-    layers = tuple(int(k) for k in args.layers.split(",")) if args.layers else None
-    depths = tuple(float(d) for d in (args.depths or "").split(",") if d.strip()) or DEFAULT_DEPTHS
+    depths, layers = depth_request(args)  # everything the user typed is checked before a model loads
+    params = generation_params(args)
+    check_batch_rows(args)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit: {args.limit} is not a whole number ≥ 1 (leave it out for every prompt)")
+    models = tuple(args.model or [DEFAULT_MODEL])
+    check_fits_context(models, params)
+    check_layers_fit(models, (depths, layers))
     spec = SweepSpec(
-        models=tuple(args.model or [DEFAULT_MODEL]),
+        models=models,
         prompt_set=args.prompts,
         depths=depths,
         layers=layers,
         judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
         judge_model=args.judge_model,
-        params=generation_params(args),
+        params=params,
         limit=args.limit,
         rows_per_batch=args.batch_rows,
     )
     show, close_bars = _progress_bars()
     try:
-        with sigterm_as_interrupt(), Store.open(args.db, lock_timeout_s=WRITER_LOCK_TIMEOUT_S) as store:
-            summary = run_sweep(spec, store, progress=show)
+        with (
+            sigterm_as_interrupt(),
+            executor_from_args(args, device=args.device, dtype=args.dtype) as executor,
+        ):
+            if executor is not None:
+                log.info("Ray: %d worker(s), %g GPU(s) each", executor.workers, args.gpus_per_worker)
+            with Store.open(args.db, lock_timeout_s=WRITER_LOCK_TIMEOUT_S) as store:
+                summary = run_sweep(spec, store, progress=show, executor=executor)
     except Terminated:
-        close_bars()
         print("terminated: finished batches are kept; run the same command again to resume", file=sys.stderr)
         return 128 + signal.SIGTERM
-    close_bars()
+    finally:
+        close_bars()
     print(
         f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "
         f"{summary.verdicts} new verdicts → {args.db}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.store.analytics import StoreAnalytics
@@ -76,8 +77,16 @@ def _publish(temporary: str, path: Path, overwrite: bool) -> None:
 
 
 class StoreExport(StoreAnalytics):
-    def export(self, path: str | Path, fmt: str | None = None, *, overwrite: bool = False) -> Path:
-        """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix).
+    def export(
+        self,
+        path: str | Path,
+        fmt: str | None = None,
+        *,
+        prompt_sets: Sequence[str] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix), only the
+        named prompt sets when ``prompt_sets`` is given (a generation appears once per set it belongs to).
 
         In CSV, token ids are written space-separated. The file appears atomically, with the user's
         usual permissions (umask). Never writes over the database itself; an existing file is replaced
@@ -89,7 +98,7 @@ class StoreExport(StoreAnalytics):
         if fmt not in EXPORT_FORMATS:
             raise StoreError(f"cannot export to {fmt!r}: choose csv or parquet")
         _prepare_target(path, overwrite)
-        frame = self.results_frame()
+        frame = self.results_frame(prompt_sets=prompt_sets)
         try:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as error:

@@ -73,8 +73,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
+    # One prompt text may be harmful in one set and benign in another (issue 14.6): the label a report
+    # uses is the one the prompt has in its set. Existing members take the label their prompt had.
     Migration(
         3,
+        "prompt labels belong to a prompt within its set",
+        (
+            "ALTER TABLE prompt_set_members ADD COLUMN label VARCHAR",
+            "UPDATE prompt_set_members m SET label = p.label FROM prompts p "
+            "WHERE p.prompt_key = m.prompt_key",
+        ),
+    ),
+    Migration(
+        4,
+        "generations remember how many prompt tokens were cut to fit the model's context",
+        ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
+    ),
+    Migration(
+        5,
         "a marker naming the file a DepthScope database",
         (
             "CREATE TABLE depthscope_marker (application VARCHAR PRIMARY KEY)",
@@ -82,7 +98,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        4,
+        6,
         "runs remember their process, host and last sign of life",
         (
             "ALTER TABLE runs ADD COLUMN pid INTEGER",
@@ -107,7 +123,8 @@ TABLES = (
 MARKER_TABLE = "depthscope_marker"
 MARKER_VALUE = "DepthScope"
 # Versions whose files carry no marker and are recognised by their exact tables and columns instead.
-_LEGACY_VERSIONS = tuple(m.version for m in MIGRATIONS if m.version < 3)
+_MARKER_VERSION = next(m.version for m in MIGRATIONS if any(MARKER_TABLE in s for s in m.statements))
+_LEGACY_VERSIONS = tuple(m.version for m in MIGRATIONS if m.version < _MARKER_VERSION)
 
 # Every column of every table or view in the open database: (schema, table, column, type).
 _COLUMNS_SQL = (

@@ -42,6 +42,7 @@ _GENERATION_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("created_at", pa.timestamp("us")),
         ("run_id", pa.string()),
+        ("prompt_truncated_tokens", pa.int32()),
     ]
 )
 _VERDICT_SCHEMA = pa.schema(
@@ -63,6 +64,7 @@ _MEMBER_SCHEMA = pa.schema(
         ("prompt_key", pa.string()),
         ("position", pa.int32()),
         ("prompt_id", pa.string()),
+        ("label", pa.string()),
     ]
 )
 _PROBE_SCHEMA = pa.schema(
@@ -182,7 +184,14 @@ class StoreWrites(StoreConnection):
             for key, p in members.items()
         ]
         member_rows = [
-            {"set_id": set_id, "prompt_key": key, "position": position, "prompt_id": p.prompt_id}
+            # The label is the prompt's label in this set; ``prompts.label`` keeps the first one seen.
+            {
+                "set_id": set_id,
+                "prompt_key": key,
+                "position": position,
+                "prompt_id": p.prompt_id,
+                "label": p.label,
+            }
             for position, (key, p) in enumerate(members.items())
         ]
         set_row = {"set_id": set_id, "name": name, "source": source, "n_prompts": len(members)}
@@ -296,6 +305,7 @@ class StoreWrites(StoreConnection):
                 "seconds": float(c.seconds),
                 "created_at": now,
                 "run_id": run_id,
+                "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
             }
             for c, key in zip(completions, keys, strict=True)
         ]

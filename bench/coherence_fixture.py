@@ -1,0 +1,66 @@
+"""Generate the raw (unlabelled) completions behind tests/fixtures/coherence_labelled.jsonl.
+
+Run once; labels were then added by reading every completion (see tests/fixtures/README.md).
+
+    .venv/bin/python bench/coherence_fixture.py smollm2 /tmp/raw_smollm2.jsonl
+    .venv/bin/python bench/coherence_fixture.py demo /tmp/raw_demo.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from engine.datasets import load_csv, load_prompt_set
+from engine.generation import generate
+from engine.models import load_model
+from engine.types import GenerationParams
+
+SMOLLM_LAYERS = (18, 22, 24, 26, 28, 29, 30)
+DEMO_LAYERS = (3, 5, 6, 7, 8)
+
+
+def smollm2_prompts():
+    # Standard (no context) behaviours, copyright included: the first 18 in file order, plus benign ones.
+    harmful = [p for p in load_prompt_set("harmbench-val") if not p.context][:18]
+    benign = load_csv("data/benign_prompts.csv")[::7]
+    return harmful + benign
+
+
+def smollm2_extra_prompts():
+    # More full-depth (mostly fluent) text: further behaviours and benign prompts.
+    first = {p.prompt_id for p in smollm2_prompts()}
+    rest = [p for p in load_prompt_set("harmbench-val") if p.prompt_id not in first][:22]
+    return rest + [p for p in load_csv("data/benign_prompts.csv") if p.prompt_id not in first][:30]
+
+
+RUNS = {  # name -> (model, prompts, depths)
+    "smollm2": ("smollm2-135m-instruct", smollm2_prompts, SMOLLM_LAYERS),
+    "smollm2-extra": ("smollm2-135m-instruct", smollm2_extra_prompts, (29, 30)),
+    "demo": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), DEMO_LAYERS),
+    "demo-shallow": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), (1, 2)),
+}
+
+
+def main(which: str, out_path: str) -> None:
+    params = GenerationParams(max_new_tokens=48)
+    model, make_prompts, layers = RUNS[which]
+    loaded, prompts = load_model(model), make_prompts()
+    name = "smollm2" if model.startswith("smollm2") else "demo"
+    by_id = {p.text: p for p in prompts}
+    n = loaded.n_layers
+    with open(out_path, "w", encoding="utf-8") as out:
+        for c in generate(loaded, prompts, layers, params):
+            prompt = by_id[c.prompt_text]
+            row = {
+                "text": c.text,
+                "source": f"{name} k={c.layers}/{n}",
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.text,
+                "prompt_label": prompt.label,
+            }
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
