@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.fileerrors import file_error_message
 from engine.store.analytics import StoreAnalytics
 from engine.store.errors import StoreError
 
@@ -53,7 +54,7 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StoreError(
-            f"cannot create the folder {path.parent} for the export: {error.strerror or error}"
+            file_error_message(error, f"create the folder {path.parent} for the export")
         ) from error
 
 
@@ -102,7 +103,7 @@ class StoreExport(StoreAnalytics):
         try:
             handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         except OSError as error:
-            raise StoreError(f"cannot write in {path.parent}: {error.strerror or error}") from error
+            raise StoreError(file_error_message(error, f"write in {path.parent}")) from error
         os.close(handle)
         try:
             if fmt == "csv":
@@ -114,7 +115,7 @@ class StoreExport(StoreAnalytics):
             os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; a user's files are not
             _publish(temporary, path, overwrite)
         except OSError as error:
-            raise StoreError(f"cannot export to {path}: {error.strerror or error}") from error
+            raise StoreError(file_error_message(error, f"export to {path}")) from error
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
