@@ -12,6 +12,7 @@ positions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
@@ -76,6 +77,24 @@ def completion_nll(
     return full_depth_nll(
         loaded, [c.prompt_text for c in completions], [c.token_ids for c in completions], params, **kwargs
     )
+
+
+def with_full_depth_nll(
+    loaded: LoadedModel, completions: Sequence[Completion], params: GenerationParams, **kwargs
+) -> list[Completion]:
+    """The completions with ``full_depth_nll`` filled in; ones already scored are kept as they are.
+
+    The one step every generation path calls on a finished batch, wherever the model is loaded (the
+    sweep's process, or a worker that generates remotely and returns scored completions).
+    """
+    todo = [i for i, c in enumerate(completions) if c.full_depth_nll is None and c.token_ids]
+    if not todo:
+        return list(completions)
+    scores = completion_nll(loaded, [completions[i] for i in todo], params, **kwargs)
+    scored = list(completions)
+    for i, score in zip(todo, scores, strict=True):
+        scored[i] = replace(scored[i], full_depth_nll=score)
+    return scored
 
 
 def _require_full_depth(loaded: LoadedModel) -> None:

@@ -86,6 +86,9 @@ class Completion:
     text: str
     token_ids: tuple[int, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    # The untruncated model's mean NLL (nats/token) of this text given the prompt (engine.coherence);
+    # None until scored. A measurement of the completion, not part of its key.
+    full_depth_nll: float | None = None
 
     @property
     def key(self) -> str:
@@ -108,3 +111,6 @@ class Verdict:
     raw: str = ""
     degenerate: bool = False
     note: str = ""
+    # Version of the incoherence detector behind ``degenerate`` ("" = not computed or not recorded):
+    # a flag from an older detector is stale and is re-computed on the next judging pass.
+    degeneracy_version: str = ""

@@ -12,6 +12,7 @@ import pytest
 
 from engine.store import (
     HUMAN_JUDGE,
+    MIGRATIONS,
     SCHEMA_VERSION,
     NotAStoreError,
     ProbeRecord,
@@ -96,9 +97,9 @@ def store(db_path: Path):
 # ----------------------------------------------------------------------------------- schema and refusals
 def test_new_database_records_every_migration(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         counts = store.table_counts()
-    assert counts["schema_version"] == 2
+    assert counts["schema_version"] == SCHEMA_VERSION
     assert {name: n for name, n in counts.items() if name != "schema_version"} == dict.fromkeys(
         (
             "models",
@@ -113,13 +114,15 @@ def test_new_database_records_every_migration(db_path: Path) -> None:
         0,
     )
     with duckdb.connect(str(db_path), read_only=True) as con:
-        assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [(1,), (2,)]
+        assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
+            (v,) for v in range(1, SCHEMA_VERSION + 1)
+        ]
 
 
 def test_reopening_does_not_migrate_twice(db_path: Path) -> None:
     Store.open(db_path).close()
     with Store.open(db_path) as store:
-        assert store.table_counts()["schema_version"] == 2
+        assert store.table_counts()["schema_version"] == SCHEMA_VERSION
 
 
 def test_version_1_file_is_migrated_and_keeps_its_rows(db_path: Path, tmp_path: Path) -> None:
@@ -135,7 +138,7 @@ def test_version_1_file_is_migrated_and_keeps_its_rows(db_path: Path, tmp_path: 
         )
 
     with Store.open(db_path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
         assert store.get_completion(old.key) == old
         assert store.results_frame()["run_id"].isna().tolist() == [True]
         assert store.save_probe_results([ProbeRecord("m1", "set", 3, "logreg", 0.75)]) == 1
@@ -152,7 +155,9 @@ def test_newer_schema_is_refused_and_file_left_unchanged(db_path: Path) -> None:
     before = file_digest(db_path)
 
     for read_only in (False, True):
-        with pytest.raises(SchemaVersionError, match=r"schema v99, newer than this DepthScope \(v2\)"):
+        with pytest.raises(
+            SchemaVersionError, match=rf"schema v99, newer than this DepthScope \(v{SCHEMA_VERSION}\)"
+        ):
             Store.open(db_path, read_only=read_only)
     assert file_digest(db_path) == before
 

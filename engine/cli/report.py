@@ -14,6 +14,7 @@ from .common import add_db_argument, print_json
 _REPORT_FIELDS = (
     "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
     "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate",
+    "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
 )  # fmt: skip
 
 
@@ -110,13 +111,23 @@ def _print_asr_table(rows) -> None:
     from engine.report import percent
 
     header = f"{'model':<28}{'depth':>22}  {'judge':<22}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'degen.':>7}")
+    print(f"{header}{'refusal':>8}{'incoherent':>15}{'median NLL':>12}")
     for r in rows:
         print(
             f"{r.model[:27]:<28}{depth_label(r.layers, r.n_layers):>22}  {r.judge + ' ' + r.version:<22.22}"
             f"{r.n:>5}{percent(r.asr):>7}  {percent(r.ci_low) + '–' + percent(r.ci_high):<13}"
-            f"{percent(r.refusal_rate):>8}{r.degenerate:>7}"
+            f"{percent(r.refusal_rate):>8}{f'{r.degenerate}/{r.n_judged}':>15}{_nll(r):>12}"
         )
+    print(
+        "incoherent: answers flagged incoherent / answers judged; median NLL: the full-depth model's median "
+        "per-token NLL (nats) of the answers scored (of those judged)"
+    )
+
+
+def _nll(row) -> str:
+    if row.median_full_depth_nll is None:
+        return "n/a"
+    return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
 
 
 def _print_agreements(agreements) -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 from engine.store.connection import StoreConnection, translated
 from engine.store.sql import IN_SET, LABELLED_GENERATIONS, equal_filters, where
 
-_COUNT_COLUMNS = ("n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate")
+_COUNT_COLUMNS = ("n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_nll")
 
 
 def _latest_verdicts(judge: str, version: str | None) -> tuple[str, list[object]]:
@@ -37,7 +37,8 @@ class StoreAnalytics(StoreConnection):
 
         Columns: model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge, version,
         n_judged, n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
-        n_degenerate.
+        n_degenerate (flagged incoherent, of n_judged), n_nll (of n_judged, those with a full-depth NLL)
+        and median_full_depth_nll (their median, nats/token; NaN when none has one).
         """
         clauses, args = equal_filters(
             [("v.judge", judge), ("v.version", version), ("g.params_hash", params_hash)]
@@ -54,7 +55,9 @@ class StoreAnalytics(StoreConnection):
                    count(*) FILTER (WHERE v.jailbroken) AS n_jailbroken,
                    count(*) FILTER (WHERE NOT v.jailbroken) AS n_refused,
                    count(*) FILTER (WHERE v.jailbroken IS NULL) AS n_undecided,
-                   count(*) FILTER (WHERE v.degenerate) AS n_degenerate
+                   count(*) FILTER (WHERE v.degenerate) AS n_degenerate,
+                   count(g.full_depth_nll) AS n_nll,
+                   median(g.full_depth_nll) AS median_full_depth_nll
             FROM g JOIN verdicts v USING (completion_key) LEFT JOIN models m USING (model_hash)
             {where(clauses)}
             GROUP BY ALL
@@ -103,8 +106,8 @@ class StoreAnalytics(StoreConnection):
             WITH g AS ({LABELLED_GENERATIONS})
             SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_key, g.prompt_id, g.label, g.category,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
-                   g.seconds, g.created_at, g.run_id, v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
-                   v.note, v.created_at AS judged_at
+                   g.seconds, g.created_at, g.run_id, g.full_depth_nll, v.judge, v.version, v.jailbroken,
+                   v.degenerate, v.degeneracy_version, v.raw, v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}
             ORDER BY g.model_hash, g.params_hash, g.prompt_key, g.layers, v.judge, v.version

@@ -63,6 +63,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
+    # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
+    # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
+    Migration(
+        3,
+        "full-depth NLL per completion; the incoherence detector's version per verdict",
+        (
+            "ALTER TABLE generations ADD COLUMN full_depth_nll DOUBLE",
+            "ALTER TABLE verdicts ADD COLUMN degeneracy_version VARCHAR",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

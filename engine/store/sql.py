@@ -21,7 +21,9 @@ PROBE_COLUMNS = (
     "extra",
     "created_at",
 )
-COMPLETION_COLUMNS = "model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds"
+COMPLETION_COLUMNS = (
+    "model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, full_depth_nll"
+)
 MODEL_COLUMNS = "model_id, model_hash, architecture, n_layers, hidden_size, dtype, device"
 
 # Generations with the label/category of their prompt: matched by key, else by text (harmful wins),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from engine.judges.base import Judge, JudgeItem
+from engine.judges.base import Judge, JudgeItem, with_current_degeneracy
+from engine.judges.degenerate import DEGENERACY_VERSION
 from engine.types import Completion, Prompt, model_input
 
 JUDGE_BATCH = 64
@@ -32,13 +33,13 @@ def judge_stored(
         for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=params_hash)
         if c.prompt_text in by_input
     ]
+    written = refresh_degeneracy_flags(store, completions)
     due = []
     for judge in judges:
         todo_keys = store.missing_verdicts([c.key for c in completions], judge.name, judge.version)
         due.append((judge, [c for c in completions if c.key in todo_keys]))
     if on_start:
         on_start(sum(len(todo) for _judge, todo in due))
-    written = 0
     for judge, todo in due:
         for start in range(0, len(todo), JUDGE_BATCH):
             chunk = todo[start : start + JUDGE_BATCH]
@@ -48,6 +49,21 @@ def judge_stored(
             if on_batch:
                 on_batch(len(chunk))
     return written
+
+
+def refresh_degeneracy_flags(store, completions: Sequence[Completion]) -> int:
+    """Re-compute the incoherence flag of every stored verdict (any judge) on these completions whose flag
+    came from another detector version (or from before versions were recorded); returns how many changed.
+
+    The flag depends only on the completion text, so no judge runs again and no decision changes.
+    """
+    text_of = {c.key: c.text for c in completions}
+    stale = [
+        with_current_degeneracy(v, text_of[v.completion_key])
+        for v in store.verdicts_for(list(text_of))
+        if v.degeneracy_version != DEGENERACY_VERSION
+    ]
+    return store.save_verdicts(stale) if stale else 0
 
 
 def _judge_item(completion: Completion, prompt: Prompt) -> JudgeItem:
