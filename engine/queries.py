@@ -11,6 +11,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,9 @@ from engine.lag import LagSummary
 from engine.probes.directions import cosine_matrix
 from engine.sweep.judging import judge_stored
 from engine.types import Completion, Prompt, Verdict, completion_key, model_input, prompt_from_text
+
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
 # ---------------------------------------------------------------- models, without loading them
 
@@ -81,11 +85,13 @@ def judge_all_stored(
     *,
     on_batch: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> int:
     """Judge every stored completion (all models, depths and parameters) the judges have not seen.
 
     Completions of typed prompts (in no stored set) are judged against their own text.
     ``on_batch(done, total)`` counts completions per judge pass. Returns verdicts written.
+    With an ``executor`` (judges from its ``build_judge``) the judging runs where it runs (Ray actors).
     """
     completions = store.get_generations()
     prompts = prompts_in_store(store)
@@ -110,7 +116,7 @@ def judge_all_stored(
         if stop is not None and stop.is_set():
             break
         written += judge_stored(
-            store, judges, prompts, model_hash, sorted(layers), params_hash, on_batch=count
+            store, judges, prompts, model_hash, sorted(layers), params_hash, on_batch=count, executor=executor
         )
     return written
 

@@ -9,7 +9,11 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from engine import stats
-from engine.judges.names import HARMBENCH, KEYWORD
+from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+
+# Judges whose "not jailbroken" on a benign prompt means "refused": the keyword judge's phrase rule, and a
+# person's label. Every other judge's row reports the keyword judge's benign refusal rate.
+BENIGN_JUDGES = (KEYWORD, HUMAN)
 
 
 @dataclass(frozen=True)
@@ -38,27 +42,58 @@ class AsrRow:
     incoherent_share: float = float("nan")  # degenerate / n_judged
     n_full_depth_nll: int = 0  # of n_judged, completions with a stored full-depth NLL
     median_full_depth_nll: float | None = None  # nats/token, their median; None when none has one
+    prompt_set: str = ""  # the set the counts come from: sets are never pooled
+    copyright_excluded: int = 0  # copyright behaviours left out of n (HarmBench hash_check)
+    benign_judge: str | None = None  # whose verdicts the benign refusal rate counts
+    benign_n: int | None = None  # benign prompts judged yes/no; None: the set has no judged benign prompt
+    benign_refused: int | None = None
+    benign_refusal_rate: float | None = None
+    benign_ci_low: float | None = None
+    benign_ci_high: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def benign_judge_for(judge: str) -> str:
+    """The judge whose verdicts give a row's benign refusal rate (refusal = "not jailbroken")."""
+    return judge if judge in BENIGN_JUDGES else KEYWORD
+
+
 def asr_rows(
-    store, judge: str | None = None, version: str | None = None, set_id: str | None = None
+    store,
+    judge: str | None = None,
+    version: str | None = None,
+    set_id: str | None = None,
+    *,
+    prompt_sets: Sequence[str] | None = None,
+    include_copyright: bool = False,
 ) -> list[AsrRow]:
-    frame = store.asr_table(judge, version, set_id=set_id)
+    """ASR per prompt set × model × settings × depth × judge version, with the benign refusal rate.
+
+    Copyright behaviours are left out of every judge's ASR (counted in ``copyright_excluded``) unless
+    ``include_copyright``, which puts them back for the keyword judge only. A (set, model, depth) with
+    benign prompts only still gets a row (under the benign judge, with n = 0 and ASR NaN).
+    """
+    frame = store.asr_table(
+        judge,
+        version,
+        set_id=set_id,
+        prompt_sets=prompt_sets,
+        copyright_judges=(KEYWORD,) if include_copyright else (),
+    )
+    benign = _benign_counts(store, prompt_sets)
+    attached: set[tuple] = set()
     rows = []
     for r in frame.itertuples(index=False):
         decided = int(r.n_judged) - int(r.n_undecided)
         low, high = stats.wilson_interval(int(r.n_jailbroken), decided)
+        group = _group(r, benign_judge_for(r.judge))
+        attached.add(group)
+        benign_fields = _benign_fields(benign.get(group))
         rows.append(
             AsrRow(
-                model=str(r.model_id or r.model_hash),
-                model_hash=r.model_hash,
-                params_hash=r.params_hash,
-                n_layers=int(r.n_layers) if pd.notna(r.n_layers) else 0,
-                layers=int(r.layers),
-                depth=round(float(r.depth_percent), 2) if pd.notna(r.depth_percent) else float("nan"),
+                **_depth_fields(r),
                 judge=r.judge,
                 version=r.version,
                 n=decided,
@@ -73,13 +108,73 @@ def asr_rows(
                 incoherent_share=int(r.n_degenerate) / int(r.n_judged) if r.n_judged else float("nan"),
                 n_full_depth_nll=int(r.n_nll),
                 median_full_depth_nll=_optional_float(r.median_full_depth_nll),
+                copyright_excluded=int(r.n_copyright),
+                **benign_fields,
             )
         )
+    # Sets (or depths) with benign prompts only: the benign refusal rate is all there is to report.
+    for group, r in benign.items():
+        benign_judge = group[-1]
+        if group not in attached and judge in (None, benign_judge):
+            nan = float("nan")
+            rows.append(
+                AsrRow(
+                    **_depth_fields(r),
+                    judge=benign_judge,
+                    version=r.version,
+                    n=0,
+                    jailbroken=0,
+                    undecided=0,
+                    degenerate=0,
+                    asr=nan,
+                    ci_low=nan,
+                    ci_high=nan,
+                    refusal_rate=nan,
+                    **_benign_fields(r),
+                )
+            )
     return rows
 
 
 def _optional_float(value) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
+
+
+def _group(r, judge: str) -> tuple:
+    return (r.prompt_set, r.model_hash, r.params_hash, int(r.layers), judge)
+
+
+def _depth_fields(r) -> dict:
+    return {
+        "model": str(r.model_id or r.model_hash),
+        "model_hash": r.model_hash,
+        "params_hash": r.params_hash,
+        "n_layers": int(r.n_layers) if pd.notna(r.n_layers) else 0,
+        "layers": int(r.layers),
+        "depth": round(float(r.depth_percent), 2) if pd.notna(r.depth_percent) else float("nan"),
+        "prompt_set": str(r.prompt_set),
+    }
+
+
+def _benign_counts(store, prompt_sets: Sequence[str] | None) -> dict[tuple, object]:
+    frame = store.benign_table(BENIGN_JUDGES, prompt_sets=prompt_sets)
+    return {_group(r, r.judge): r for r in frame.itertuples(index=False)}
+
+
+def _benign_fields(r) -> dict:
+    """The benign_* fields of a row: None throughout when nothing benign was judged."""
+    if r is None:
+        return {}
+    n, refused = int(r.benign_judged), int(r.benign_refused)
+    low, high = stats.wilson_interval(refused, n) if n else (None, None)
+    return {
+        "benign_judge": r.judge,
+        "benign_n": n,
+        "benign_refused": refused,
+        "benign_refusal_rate": refused / n if n else None,
+        "benign_ci_low": low,
+        "benign_ci_high": high,
+    }
 
 
 def asr_frame(rows: Sequence[AsrRow]) -> pd.DataFrame:
@@ -94,17 +189,38 @@ class AgreementRow:
     judge_a: str
     judge_b: str
     agreement: stats.Agreement
+    prompt_set: str = ""
+    excluded: int = 0  # harmful completions left out: a judge could not judge them, or copyright
 
 
-def agreement_rows(store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH) -> list[AgreementRow]:
-    """Agreement of two judges per model and depth, plus one row per model over all depths (layers=0)."""
-    pairs = store.judge_pairs(judge_a, judge_b)
-    pairs = pairs[pairs["label"] == "harmful"] if "label" in pairs else pairs
+def comparable_pairs(
+    store, judge_a: str, judge_b: str, prompt_sets: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(compared, excluded): harmful completions (harmful in their set) judged by both judges. Compared:
+    both gave a yes/no and the behaviour is not a copyright one, so every judge counts the same
+    completions; excluded: the rest (an undecided verdict, or a copyright behaviour)."""
+    pairs = store.judge_pairs(judge_a, judge_b, prompt_sets=prompt_sets)
+    pairs = pairs[pairs["label"] == "harmful"]
+    usable = pairs["jailbroken_a"].notna() & pairs["jailbroken_b"].notna() & ~pairs["copyright"].astype(bool)
+    return pairs[usable], pairs[~usable]
+
+
+def agreement_rows(
+    store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH, prompt_sets: Sequence[str] | None = None
+) -> list[AgreementRow]:
+    """Agreement of two judges per prompt set, model and depth, plus one row per set and model over all
+    depths (layers=0); only completions both judges could judge (see :func:`comparable_pairs`)."""
+    pairs, excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets)
+    left_out = excluded.groupby(["prompt_set", "model_hash", "layers"]).size().to_dict()
     rows = []
-    for model_hash, by_model in pairs.groupby("model_hash", sort=True):
+    for (prompt_set, model_hash), by_model in pairs.groupby(["prompt_set", "model_hash"], sort=True):
         for layers, group in by_model.groupby("layers", sort=True):
-            rows.append(AgreementRow(model_hash, int(layers), judge_a, judge_b, _agreement(group)))
-        rows.append(AgreementRow(model_hash, 0, judge_a, judge_b, _agreement(by_model)))
+            n_out = left_out.get((prompt_set, model_hash, layers), 0)
+            rows.append(
+                AgreementRow(model_hash, int(layers), judge_a, judge_b, _agreement(group), prompt_set, n_out)
+            )
+        n_out = sum(n for (s, m, _k), n in left_out.items() if (s, m) == (prompt_set, model_hash))
+        rows.append(AgreementRow(model_hash, 0, judge_a, judge_b, _agreement(by_model), prompt_set, n_out))
     return rows
 
 
@@ -115,10 +231,14 @@ def _agreement(frame: pd.DataFrame) -> stats.Agreement:
     return stats.agreement(values("jailbroken_a"), values("jailbroken_b"))
 
 
-def disagreements(store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH) -> pd.DataFrame:
-    """Completions where the two judges differ, with both verdicts, prompt and completion text."""
-    pairs = store.judge_pairs(judge_a, judge_b)
-    differ = pairs[pairs["jailbroken_a"].astype("object") != pairs["jailbroken_b"].astype("object")]
+def disagreements(
+    store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH, prompt_sets: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Harmful completions both judges decided and on which they differ, once each, with both verdicts,
+    prompt and completion text (a verdict one judge could not give is no disagreement)."""
+    pairs, _excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets)
+    pairs = pairs.drop_duplicates("completion_key")
+    differ = pairs[pairs["jailbroken_a"].astype(bool) != pairs["jailbroken_b"].astype(bool)]
     if differ.empty:
         return differ.assign(prompt_text=[], text=[])
     texts = {key: store.get_completion(key) for key in differ["completion_key"]}
@@ -132,13 +252,14 @@ def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.
     """Ranking flips between models (same judge version), compared with each model's full depth.
 
     Models are paired at the same depth percentage, each at its own k (``stats.ranking_flips``); each
-    flip carries the reversal test's raw and Holm-corrected p (one Holm family per judge version).
+    flip carries the reversal test's raw and Holm-corrected p (one Holm family per judge version and set).
     Every observed reversal is returned unless ``significant_only`` (corrected p < ``stats.FLIP_ALPHA``).
     """
     found: list[stats.Flip] = []
-    by_judge: dict[tuple[str, str], list[AsrRow]] = {}
+    by_judge: dict[tuple[str, str, str], list[AsrRow]] = {}
     for row in rows:
-        by_judge.setdefault((row.judge, row.version), []).append(row)
+        if row.n:  # sets are never pooled; a benign-only row has no ASR
+            by_judge.setdefault((row.judge, row.version, row.prompt_set), []).append(row)
     for judge_rows in by_judge.values():
         counts: dict[str, dict[int, tuple[int, int]]] = {}
         full: dict[str, int] = {}

@@ -76,9 +76,12 @@ def with_series(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     versions = frame.groupby("judge")["version"].nunique()
     params = frame.groupby("model")["params_hash"].nunique()
+    several_sets = "prompt_set" in frame and frame["prompt_set"].nunique() > 1
 
     def label(row: pd.Series) -> str:
         text = f"{short(row['model'])} · {row['judge']}"
+        if several_sets:
+            text += f" · {short(row['prompt_set'], 24)}"
         if versions.get(row["judge"], 1) > 1:
             text += f" ({row['version']})"
         if params.get(row["model"], 1) > 1:
@@ -135,10 +138,49 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
                 "</extra>",
             )
         )
+        _add_benign_refusal(fig, group, color, name)
     _add_flips(fig, frame, flips)
     fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
-    fig.update_yaxes(title="Harmful requests answered (ASR)", range=[-2, 102], ticksuffix=" %")
+    fig.update_yaxes(
+        title="Harmful answered (ASR), solid · harmless refused, dashed", range=[-2, 102], ticksuffix=" %"
+    )
     return _layout(fig)
+
+
+BENIGN_CURVE = "harmless requests refused"
+
+
+def _add_benign_refusal(fig: go.Figure, group: pd.DataFrame, color: str, name: str) -> None:
+    """The second curve: share of benign prompts refused (over-refusal), dashed, with its own n."""
+    if "benign_refusal_rate" not in group:
+        return
+    rates = pd.to_numeric(group["benign_refusal_rate"], errors="coerce")
+    if rates.isna().all():
+        return
+    custom = np.stack(
+        [
+            pd.to_numeric(group["benign_n"], errors="coerce").fillna(0).astype(int),
+            (pd.to_numeric(group["benign_ci_low"], errors="coerce") * 100).round(0),
+            (pd.to_numeric(group["benign_ci_high"], errors="coerce") * 100).round(0),
+            group["benign_judge"].fillna("").map(html.escape),
+        ],
+        axis=-1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=group["depth"].tolist(),
+            y=(rates * 100).tolist(),
+            mode="lines+markers",
+            name=f"{name}: {BENIGN_CURVE}",
+            legendgroup=name,
+            line={"color": color, "width": 2, "dash": "dash"},
+            marker={"size": 7, "symbol": "circle-open"},
+            customdata=custom,
+            hovertemplate="%{x:.0f} % depth: %{y:.0f} % of harmless requests refused (95 % CI "
+            "%{customdata[1]}–%{customdata[2]} %)<br>n = %{customdata[0]} benign, %{customdata[3]} judge"
+            "<extra></extra>",
+        )
+    )
 
 
 def flip_description(flip) -> str:
@@ -260,10 +302,14 @@ def asr_png(frame: pd.DataFrame, title: str = "") -> bytes:
         axes.plot(
             group["depth"], group["asr"] * 100, marker="o", linewidth=2.5, color=color, label=mpl_text(series)
         )
+        benign = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
+        if benign is not None and benign.notna().any():
+            axes.plot(group["depth"], benign * 100, linestyle="--", marker="o", markerfacecolor="none",
+                      color=color, label=mpl_text(f"{series}: {BENIGN_CURVE}"))  # fmt: skip
     axes.set_xlim(*_depth_range(frame["depth"]))
     axes.set_ylim(-2, 102)
     axes.set_xlabel("Depth: % of layers kept")
-    axes.set_ylabel("Harmful requests answered (ASR, %)")
+    axes.set_ylabel("Harmful answered (ASR, %) · harmless refused (dashed)")
     axes.grid(alpha=0.3)
     if title:
         axes.set_title(title)

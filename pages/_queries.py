@@ -34,8 +34,15 @@ def available_sets() -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def asr_rows(db: str, judge: str | None = None) -> list[report.AsrRow]:
-    return report.asr_rows(open_store(db), judge)
+def asr_rows(
+    db: str,
+    judge: str | None = None,
+    prompt_sets: tuple[str, ...] | None = None,
+    include_copyright: bool = False,
+) -> list[report.AsrRow]:
+    return report.asr_rows(
+        open_store(db), judge, prompt_sets=prompt_sets, include_copyright=include_copyright
+    )
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,17 @@ def judges_in_store(db: str) -> list[str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def agreement_rows(db: str, judge_a: str, judge_b: str) -> list[report.AgreementRow]:
-    return report.agreement_rows(open_store(db), judge_a, judge_b)
+def agreement_rows(
+    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+) -> list[report.AgreementRow]:
+    return report.agreement_rows(open_store(db), judge_a, judge_b, prompt_sets)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def disagreements(db: str, judge_a: str, judge_b: str) -> pd.DataFrame:
-    return report.disagreements(open_store(db), judge_a, judge_b)
+def disagreements(
+    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    return report.disagreements(open_store(db), judge_a, judge_b, prompt_sets)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

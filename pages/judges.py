@@ -8,7 +8,7 @@ import streamlit as st
 from engine import queries, report
 from engine.depths import depth_label
 from engine.judges.names import HARMBENCH, JUDGE_ORDER
-from pages import _charts, _display, _jobs, _paths, _queries, _store
+from pages import _charts, _display, _jobs, _paths, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
 
@@ -36,7 +36,7 @@ def agreement_table(
 
     return pd.DataFrame(
         {
-            "model": [names.get(r.model_hash, r.model_hash) for r in rows],
+            "model": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
             "depth": [depth(r) for r in rows],
             "n": [r.agreement.n_decided for r in rows],
             "both harmful": [r.agreement.both_true for r in rows],
@@ -51,8 +51,10 @@ def agreement_table(
     )
 
 
-def show_agreement(sel: Selection, judge_a: str, judge_b: str) -> None:
-    rows = _queries.agreement_rows(sel.db, judge_a, judge_b)
+def show_agreement(
+    sel: Selection, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+) -> None:
+    rows = _queries.agreement_rows(sel.db, judge_a, judge_b, prompt_sets)
     if not rows:
         names = " and ".join(_display.md_escape(j) for j in (judge_a, judge_b))
         st.info(f"No completion has verdicts from both {names} yet.")
@@ -69,7 +71,7 @@ def show_agreement(sel: Selection, judge_a: str, judge_b: str) -> None:
             options,
             index=default,
             format_func=lambda i: (
-                f"{names.get(rows[i].model_hash, rows[i].model_hash)} · "
+                f"{rows[i].prompt_set} · {names.get(rows[i].model_hash, rows[i].model_hash)} · "
                 + ("all depths" if rows[i].layers == 0 else f"{rows[i].layers} layers")
             ),
             key="confusion-for",
@@ -84,7 +86,12 @@ def show_agreement(sel: Selection, judge_a: str, judge_b: str) -> None:
             inflation,
             help=_display.md_escape(f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers."),
         )
-        cols[2].metric("n", chosen.n_decided, help=f"{chosen.n_undecided} pairs left out as undecided.")
+        cols[2].metric(
+            "n",
+            chosen.n_decided,
+            help=f"Only answers both judges could judge: {rows[index].excluded} left out (a judge undecided, "
+            "or a HarmBench copyright behaviour, which the classifier cannot judge).",
+        )
     with right:
         st.plotly_chart(_charts.confusion_figure(chosen, judge_a, judge_b), key="confusion-chart")
     st.subheader("Per model and depth")
@@ -94,9 +101,11 @@ def show_agreement(sel: Selection, judge_a: str, judge_b: str) -> None:
 # ---------------------------------------------------------------- disagreements
 
 
-def show_disagreements(sel: Selection, judge_a: str, judge_b: str) -> None:
+def show_disagreements(
+    sel: Selection, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+) -> None:
     st.subheader("Where they disagree")
-    frame = _queries.disagreements(sel.db, judge_a, judge_b)
+    frame = _queries.disagreements(sel.db, judge_a, judge_b, prompt_sets)
     if frame.empty:
         st.info("No disagreements: on every answer both judged, they agree.")
         return
@@ -226,8 +235,9 @@ def main() -> None:
                 "Label answers in the Prompt explorer (Your label)."
             )
     else:
-        show_agreement(sel, judge_a, judge_b)
-        show_disagreements(sel, judge_a, judge_b)
+        prompt_sets = _scope.scope_picker(sel, "judges-scope")
+        show_agreement(sel, judge_a, judge_b, prompt_sets)
+        show_disagreements(sel, judge_a, judge_b, prompt_sets)
     harmbench_section(sel, has_verdicts=HARMBENCH in present)
 
 

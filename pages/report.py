@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
-from pages import _charts, _display, _queries, _store
+from pages import _charts, _display, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
 
@@ -35,25 +35,33 @@ def headlines(rows: list[report.AsrRow]) -> list[str]:
     names = {r.model: _charts.short(r.model) for r in rows}
     if len(set(names.values())) == len(names):
         rows = [replace(r, model=names[r.model]) for r in rows]
+    sets = list(dict.fromkeys(r.prompt_set for r in rows))
     found = []
-    for model in dict.fromkeys(r.model for r in rows):
-        line = report.headline(rows, model)
-        found.append(
-            line
-            or f"{_charts.short(model)}: not enough depths for a headline yet (it needs full depth and one "
-            "more)."
-        )
+    for prompt_set in sets:  # prompt sets are never pooled: one headline per set and model
+        in_set = [r for r in rows if r.prompt_set == prompt_set and r.n]
+        prefix = f"{prompt_set}: " if len(sets) > 1 else ""
+        for model in dict.fromkeys(r.model for r in in_set):
+            line = report.headline(in_set, model)
+            found.append(
+                prefix
+                + (
+                    line
+                    or f"{_charts.short(model)}: not enough depths for a headline yet (it needs full depth "
+                    "and one more)."
+                )
+            )
     return found
 
 
-def inflation_text(db: str) -> str:
-    rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH)
+def inflation_text(db: str, prompt_sets: tuple[str, ...] | None = None) -> str:
+    rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH, prompt_sets)
     measured = [r.agreement.inflation for r in rows if r.layers == 0 and r.agreement.inflation]
     if measured:
         values = ", ".join(f"{v:.1f}×" for v in measured)
         return (
             f"The refusal-keyword judge counts any answer without an apology phrase as harmful, gibberish "
-            f"included. On these answers it reports {values} the HarmBench classifier's ASR."
+            f"included. On the answers both judges could judge it reports {values} the HarmBench "
+            "classifier's ASR."
         )
     return (
         "The refusal-keyword judge counts any answer without an apology phrase as harmful, gibberish "
@@ -62,7 +70,30 @@ def inflation_text(db: str) -> str:
     )
 
 
-def caveats(db: str, rows: list[report.AsrRow], judge: str) -> list[str]:
+def benign_note(rows: list[report.AsrRow]) -> str:
+    """Over-refusal in one sentence: the benign refusal rates and their n, or why there are none."""
+    benign = [r for r in rows if r.benign_refusal_rate is not None]
+    if not benign:
+        return (
+            "Over-refusal is not measured here: these prompts include no benign ones. Sweep the `benign` or "
+            "`overrefusal` set to see how often harmless requests are refused."
+        )
+    low, high = (
+        min(benign, key=lambda r: r.benign_refusal_rate),
+        max(benign, key=lambda r: r.benign_refusal_rate),
+    )
+    return (
+        f"Harmless requests refused (dashed curve; {low.benign_judge} judge): from "
+        f"{low.benign_refusal_rate:.0%} (n = {low.benign_n} benign prompts) to "
+        f"{high.benign_refusal_rate:.0%} (n = {high.benign_n}) across models and depths. "
+        "A model that refuses everything has a low ASR and a high rate here."
+    )
+
+
+def caveats(
+    db: str, rows: list[report.AsrRow], judge: str, prompt_sets: tuple[str, ...] | None = None
+) -> list[str]:
+    rows_all, rows = rows, [r for r in rows if r.n] or rows
     ns = sorted({r.n for r in rows})
     n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
     widest = max(rows, key=lambda r: r.ci_high - r.ci_low)
@@ -70,11 +101,18 @@ def caveats(db: str, rows: list[report.AsrRow], judge: str) -> list[str]:
     judged = sum(r.n + r.undecided for r in rows)
     notes = [
         f"Judge: {judge} (version {rows[0].version}). Each point counts harmful prompts only: {n_text} "
-        "per model and depth.",
+        "per model and depth"
+        + (
+            f"; {copyright_left_out} HarmBench copyright answers are left out (the classifier cannot judge "
+            "them), so every judge counts the same prompts."
+            if (copyright_left_out := sum(r.copyright_excluded for r in rows))
+            else "."
+        ),
+        benign_note(rows_all),
         f"Small samples are uncertain: the widest 95 % interval here runs from {widest.ci_low:.0%} to "
         f"{widest.ci_high:.0%} (observed {widest.asr:.0%}, n = {widest.n}). Differences inside the bands may "
         "be chance.",
-        inflation_text(db)
+        inflation_text(db, prompt_sets)
         if judge == KEYWORD
         else "HarmBench is a classifier: it makes mistakes too; "
         "compare a sample with human labels (Judges page).",
@@ -108,6 +146,12 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
             "incoherent (of judged)": frame["degenerate"],
             "median full-depth NLL (nats/token)": frame["median_full_depth_nll"].astype(float).round(2),
             "NLL scored (of judged)": frame["n_full_depth_nll"],
+            "copyright left out": frame["copyright_excluded"],
+            "benign n": frame["benign_n"],
+            "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(
+                1
+            ),
+            "prompt set": frame["prompt_set"],
         }
     )
 
@@ -180,11 +224,13 @@ def main() -> None:
         )
         return
     judge = pick_judge(present)
-    rows = _queries.asr_rows(sel.db, judge)
+    prompt_sets = _scope.scope_picker(sel, "report-scope")
+    include_copyright = _scope.copyright_toggle("report-copyright") if judge == KEYWORD else False
+    rows = _queries.asr_rows(sel.db, judge, prompt_sets, include_copyright)
     if not rows:
         st.info(
-            f"No {_display.md_escape(judge)} verdicts on harmful prompts yet: "
-            "run a sweep, or pick another judge."
+            f"No {_display.md_escape(judge)} verdicts on these prompts yet: "
+            "run a sweep, pick another judge, or choose “all sets”."
         )
         return
     frame = report.asr_frame(rows)
@@ -193,7 +239,7 @@ def main() -> None:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(rows)), key="report-chart")
     st.subheader("What these numbers can and cannot say")
-    notes = caveats(sel.db, rows, judge)
+    notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
     downloads(sel, lines, notes, frame)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
@@ -11,12 +14,13 @@ from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
-from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
+from pages import _charts, _display, _jobs, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
 from pages._sidebar import model_label, model_options, set_title
 from pages._skeleton import start_page
 
 DEFAULT_DEPTH_TEXT = ", ".join(f"{d:g}" for d in DEFAULT_DEPTHS)
+RAY_ADDRESS_ENV = "DEPTHSCOPE_RAY_ADDRESS"
 STAGE_SPAN = {"loading": (0.0, 0.05), "generating": (0.05, 0.9), "judging": (0.9, 1.0), "done": (1.0, 1.0)}
 
 
@@ -29,8 +33,26 @@ def parse_percentages(text: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(float(part.strip().rstrip("%").strip()) for part in text.split(",")))
 
 
-def progress_of(progress: SweepProgress, models: tuple[str, ...]) -> tuple[float, str]:
-    """One bar over all models: each model gets an equal share, split by stage."""
+@dataclass(frozen=True)
+class Cluster:
+    """Where a sweep runs when ``DEPTHSCOPE_RAY_ADDRESS`` is set: a Ray cluster and its actor sizes."""
+
+    address: str
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+
+
+def cluster_address() -> str | None:
+    return os.environ.get(RAY_ADDRESS_ENV, "").strip() or None
+
+
+def progress_of(
+    progress: SweepProgress, models: tuple[str, ...], *, chunks: int | None = None, workers: int | None = None
+) -> tuple[float, str]:
+    """One bar over all models: each model gets an equal share, split by stage.
+
+    On a cluster (``workers`` given) generation says how many chunks have been stored so far.
+    """
     index = models.index(progress.model) if progress.model in models else 0
     low, high = STAGE_SPAN.get(progress.stage, (0.0, 1.0))
     within = progress.done / progress.total if progress.total else 1.0
@@ -40,21 +62,24 @@ def progress_of(progress: SweepProgress, models: tuple[str, ...]) -> tuple[float
         f", about {eta / 60:.0f} min left" if eta and progress.stage == "generating" and eta > 90 else ""
     )
     name = _display.short_name(progress.model)
+    where = f" on {workers} Ray worker(s), {chunks or 0} chunk(s) stored" if workers else ""
     what = {
-        "loading": "loading the model",
-        "generating": f"generating {progress.done}/{progress.total} answers{eta_text}",
+        "loading": "loading the model" + (f" on {workers} Ray worker(s)" if workers else ""),
+        "generating": f"generating {progress.done}/{progress.total} answers{where}{eta_text}",
         "judging": f"judging {progress.done}/{progress.total}",
         "done": "done",
     }.get(progress.stage, progress.stage)
     return fraction, f"{name}: {what}"
 
 
-def start_sweep(sel: Selection, spec: SweepSpec) -> None:
+def start_sweep(sel: Selection, spec: SweepSpec, cluster: Cluster | None = None) -> None:
     hub = _models.model_hub()
 
     def work(job: _jobs.Job) -> str:
         from engine.sweep import run_sweep
 
+        if cluster is not None:
+            return _run_on_cluster(job, sel, spec, cluster)
         with _store.open_job_store(sel.db) as store:
             summary = run_sweep(
                 spec,
@@ -63,13 +88,48 @@ def start_sweep(sel: Selection, spec: SweepSpec) -> None:
                 stop=job.stop,
                 load=hub.load,
             )
-        return (
-            f"{summary.generated} new completions, {summary.cached} already stored, "
-            f"{summary.verdicts} new verdicts."
-        )
+        return _summary_text(summary)
 
-    title = f"Sweep: {len(spec.models)} model(s) × {_display.short_name(spec.prompt_set)}"
+    where = f" on the Ray cluster at {cluster.address}" if cluster else ""
+    title = f"Sweep: {len(spec.models)} model(s) × {_display.short_name(spec.prompt_set)}{where}"
     _jobs.start_job("sweep", title, work)
+
+
+def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cluster) -> str:
+    """The same sweep with generation and judging on Ray actors; this process alone writes the store."""
+    from engine.executors import WorkerFailedError, make_executor  # ray itself loads inside make_executor
+    from engine.sweep import run_sweep
+
+    job.update(0.0, f"connecting to the Ray cluster at {cluster.address}")
+    executor = make_executor(
+        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker
+    )
+    chunks = {"model": "", "stored": 0}
+
+    def show(progress: SweepProgress) -> None:
+        if progress.model != chunks["model"] or progress.stage != "generating":
+            chunks.update(model=progress.model, stored=0)
+        elif progress.done:
+            chunks["stored"] += 1  # the sweep reports once per chunk stored
+        job.update(*progress_of(progress, spec.models, chunks=chunks["stored"], workers=executor.workers))
+
+    try:
+        with _store.open_job_store(sel.db) as store:
+            summary = run_sweep(spec, store, progress=show, stop=job.stop, executor=executor)
+    except WorkerFailedError as exc:
+        raise RuntimeError(
+            f"Ray workers failed: {exc}. Stored rows kept; start the sweep again to resume."
+        ) from exc
+    finally:
+        executor.close()
+    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s)."
+
+
+def _summary_text(summary) -> str:
+    return (
+        f"{summary.generated} new completions, {summary.cached} already stored, "
+        f"{summary.verdicts} new verdicts."
+    )
 
 
 def sweep_form(sel: Selection, store: Store) -> None:
@@ -95,6 +155,7 @@ def sweep_form(sel: Selection, store: Store) -> None:
             "page).",
         )
         judge_model = st.text_input("HarmBench classifier folder (only with the harmbench judge)", value="")
+        cluster = cluster_inputs()
         if n_layers:
             name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
@@ -128,7 +189,24 @@ def sweep_form(sel: Selection, store: Store) -> None:
         params=sel.params,
         limit=int(limit) or None,
     )
-    start_sweep(sel, spec)
+    start_sweep(sel, spec, cluster)
+
+
+def cluster_inputs() -> Cluster | None:
+    """Workers and GPUs per worker when the app was started with a Ray cluster address; else None."""
+    address = cluster_address()
+    if address is None:
+        return None
+    st.caption(
+        f"Runs on the Ray cluster at {_display.md_escape(address)} ({RAY_ADDRESS_ENV}): each worker loads "
+        "the model once from a folder every node can read; this app alone writes the database."
+    )
+    left, right = st.columns(2)
+    workers = left.number_input("Ray workers", min_value=1, value=2, step=1, key="ray-workers")
+    gpus = right.number_input(
+        "GPUs per worker", min_value=0.0, value=0.0, step=0.5, key="ray-gpus", help="0: the workers use CPUs"
+    )
+    return Cluster(address, int(workers), float(gpus))
 
 
 # ---------------------------------------------------------------- results
@@ -159,6 +237,12 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
                 for nll, scored in zip(frame["median_full_depth_nll"], frame["n_full_depth_nll"], strict=True)
             ],
             "undecided": frame["undecided"],
+            "copyright left out": frame["copyright_excluded"],
+            "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(
+                1
+            ),
+            "benign n": frame["benign_n"],
+            "prompt set": frame["prompt_set"],
             "ranking flip": [
                 "⚠ flip" if (m, int(k)) in flip_at else ""
                 for m, k in zip(frame["model"], frame["layers"], strict=True)
@@ -198,7 +282,15 @@ def _judge_rank(judge: str) -> tuple[int, str]:
 
 def results(sel: Selection) -> None:
     st.header("Results")
-    rows = _queries.asr_rows(sel.db)
+    prompt_sets = _scope.scope_picker(sel, "sweep-scope")
+    include_copyright = _scope.copyright_toggle("sweep-copyright")
+    rows = _queries.asr_rows(sel.db, None, prompt_sets, include_copyright)
+    if not rows and prompt_sets:
+        st.info(
+            f"No judged completions of the prompt set {_display.md_escape(set_title(prompt_sets[0]))} yet: "
+            "start a sweep above, or choose “all sets”."
+        )
+        return
     if not rows:
         st.info(
             "No judged completions in this database yet. Start a sweep above: the demo set (12 harmful + "
@@ -222,7 +314,9 @@ def results(sel: Selection) -> None:
     flips = report.flips(rows)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
     st.caption(
-        "ASR: share of harmful prompts the judge says were answered (undecided verdicts left out). Shaded "
+        "ASR: share of harmful prompts the judge says were answered (undecided verdicts and, unless "
+        "counted above, copyright behaviours left out). Dashed: harmless requests refused, the share of "
+        "benign prompts refused (keyword judge's phrase rule, or human labels), n in the table. Shaded "
         "bands: 95 % Wilson intervals. Stars mark ranking flips between models: order reversed at the same "
         "depth percentage, significant by a reversal test after Holm correction."
     )

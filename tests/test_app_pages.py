@@ -358,6 +358,52 @@ def test_sweep_runs_in_the_background_and_resumes(app_env):
         assert store.table_counts()["generations"] == 6
 
 
+def test_sweep_page_submits_to_the_ray_cluster_when_its_address_is_set(app_env, monkeypatch):
+    """DEPTHSCOPE_RAY_ADDRESS: worker/GPU inputs, the sweep goes through make_executor (a fake cluster
+    here, no Ray), progress counts stored chunks and workers, and the page never imports ray."""
+    import engine.executors
+    from engine.executors.local import LocalExecutor
+
+    made, messages = [], []
+
+    class FakeCluster(LocalExecutor):
+        workers, prompts_per_chunk = 3, 1
+
+        def close(self) -> None:
+            made.append("closed")
+
+    def fake_make_executor(address, **sizes):
+        made.append((address, sizes))
+        return FakeCluster()
+
+    monkeypatch.setenv("DEPTHSCOPE_RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setattr(engine.executors, "make_executor", fake_make_executor)
+    update = _jobs.Job.update
+    monkeypatch.setattr(_jobs.Job, "update", lambda job, f, m: (messages.append(m), update(job, f, m)))
+    at = open_page("sweep")
+    at.sidebar.number_input(key="max_new_tokens").set_value(4)
+    at.number_input(key="ray-workers").set_value(3)
+    at.number_input(key="ray-gpus").set_value(0.5)
+    job = _start_sweep(at, prompts=2, depths="50, 100")
+    assert (job.state, made[0], made[-1]) == (
+        "done",
+        ("10.0.0.1:6379", {"workers": 3, "gpus_per_worker": 0.5}),
+        "closed",
+    ), job.outcome
+    assert "Ray" in job.title and job.outcome.endswith("Ran on 3 Ray worker(s).")
+    generating = [m for m in messages if "generating" in m]
+    assert generating[-1].endswith(
+        "generating 4/4 answers on 3 Ray worker(s), 2 chunk(s) stored"
+    )  # a chunk per prompt
+    assert "ray" not in sys.modules or not any(m.startswith("pages") for m in _ray_importers())
+
+
+def _ray_importers() -> list[str]:
+    """Modules that hold a reference to the ray package (a page would, had it imported ray)."""
+    ray = sys.modules.get("ray")
+    return [name for name, module in list(sys.modules.items()) if getattr(module, "ray", None) is ray]
+
+
 # ---------------------------------------------------------------- judges, probes, report
 
 

@@ -162,3 +162,18 @@ def test_every_command_has_help():
         assert subparser.format_help().startswith("usage:"), name
     result = run_cli("--help")
     assert result.returncode == 0 and "generate" in result.stdout
+
+
+def test_worker_failure_is_a_message_that_says_rows_are_kept(monkeypatch, db_path, capsys):
+    """A Ray worker failure ends the command with exit 2 and tells the user how to resume."""
+    from engine import queries
+    from engine.executors import WorkerFailedError
+
+    def failing(*_args, **_kwargs):
+        raise WorkerFailedError("work unit 3 failed 3 time(s), 0 worker(s) left")
+
+    monkeypatch.setattr(queries, "judge_all_stored", failing)
+    assert main(["judge-stored", "--db", str(db_path)]) == 2
+    err = capsys.readouterr().err
+    assert "work unit 3 failed" in err and "Stored rows kept; re-run to resume" in err
+    assert "Traceback" not in err

@@ -153,5 +153,5 @@ def test_report_command_prints_flips_and_names_the_mcnemar_test(db_path, capsys)
     assert main(["report", "--db", db]) == 0
     printed = capsys.readouterr().out
     assert f"({stats.MCNEMAR_MID_P})" in printed  # beside every McNemar p
-    assert "ranking flip at 50 % depth (keyword v1)" in printed and "Holm p=" in printed
+    assert "ranking flip at 50 % depth (set, keyword v1)" in printed and "Holm p=" in printed
     assert "not significant" in printed

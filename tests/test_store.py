@@ -12,7 +12,6 @@ import pytest
 
 from engine.store import (
     HUMAN_JUDGE,
-    MIGRATIONS,
     SCHEMA_VERSION,
     NotAStoreError,
     ProbeRecord,
@@ -23,6 +22,7 @@ from engine.store import (
     StoredPromptSet,
     StoreError,
 )
+from engine.store.schema import MIGRATIONS
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
 
 MODEL = ModelInfo("tiny", "m1", "LlamaForCausalLM", 8, 64, "float32", "cpu")
@@ -115,7 +115,7 @@ def test_new_database_records_every_migration(db_path: Path) -> None:
     )
     with duckdb.connect(str(db_path), read_only=True) as con:
         assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (v,) for v in range(1, SCHEMA_VERSION + 1)
+            (m.version,) for m in MIGRATIONS
         ]
 
 

@@ -36,10 +36,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: printed without a traceback."""
     from engine.architectures import UnsupportedArchitectureError
     from engine.datasets import DatasetError
+    from engine.executors import ClusterUnavailableError
     from engine.models import ModelLoadError
     from engine.store import StoreError
 
-    return (DepthError, ModelLoadError, UnsupportedArchitectureError, DatasetError, StoreError, ValueError)
+    return (
+        DepthError,
+        ModelLoadError,
+        UnsupportedArchitectureError,
+        DatasetError,
+        StoreError,
+        ValueError,
+        ClusterUnavailableError,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,8 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+    from engine.executors import WorkerFailedError
+
     try:
         return args.run(args)
+    except WorkerFailedError as exc:
+        print(f"error: Ray workers failed: {exc}. Stored rows kept; re-run to resume.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished batches are kept; run the same command again to resume", file=sys.stderr)
         return 130

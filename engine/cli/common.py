@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from engine.depths import DEFAULT_DEPTHS, parse_depths, parse_layers
 from engine.paths import DEFAULT_MODEL
@@ -58,6 +60,46 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ray and its sizing; without --ray the command runs in this process and never imports Ray."""
+    group = parser.add_argument_group("Ray cluster (optional)")
+    group.add_argument(
+        "--ray",
+        default=None,
+        metavar="local|auto|ADDRESS",
+        help="run the model work on Ray actors: 'local' (a private cluster here), 'auto' (the cluster "
+        "`ray start --head` runs on this machine) or HOST:6379 / ray://HOST:10001",
+    )
+    group.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model once")
+    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (0: CPU)")
+    group.add_argument(
+        "--chunk", type=int, default=None, help="prompts per work unit on Ray (default 8; all depths each)"
+    )
+
+
+@contextmanager
+def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[object | None]:
+    """A Ray executor for ``--ray`` (closed afterwards), or None: the command runs in this process."""
+    if not getattr(args, "ray", None):
+        yield None
+        return
+    if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
+        raise ValueError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
+    from engine.executors import make_executor  # imports ray: only with --ray
+
+    executor = make_executor(
+        args.ray,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        prompts_per_chunk=args.chunk,
+        load_kwargs=load_kwargs,
+    )
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:

@@ -1,13 +1,17 @@
-"""``python -m engine judge``: judge one completion with the keyword judge or the HarmBench classifier."""
+"""``python -m engine judge``: judge one completion with the keyword judge or the HarmBench classifier;
+``python -m engine judge-stored``: judge every stored completion a judge version has not seen."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from engine.judges.names import HARMBENCH, KEYWORD
 
-from .common import print_json
+from .common import add_db_argument, add_ray_arguments, executor_from_args, print_json
+
+log = logging.getLogger("engine")
 
 _OUTCOME = {True: "JAILBROKEN (complied)", False: "not jailbroken (refused)", None: "could not judge"}
 
@@ -24,6 +28,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--show-prompt", action="store_true", help="print only the exact classifier input")
     parser.set_defaults(run=run_judge)
+    add_judge_stored_parser(subparsers)
+
+
+def add_judge_stored_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "judge-stored", help="judge every stored completion the chosen judges have not judged yet"
+    )
+    parser.add_argument("--judges", default=KEYWORD, help=f"comma-separated: {KEYWORD},{HARMBENCH}")
+    parser.add_argument(
+        "--judge-model", default=None, help=f"HarmBench classifier folder (for --judges {HARMBENCH})"
+    )
+    add_db_argument(parser)
+    add_ray_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.set_defaults(run=run_judge_stored)
 
 
 def run_judge(args: argparse.Namespace) -> int:
@@ -63,4 +82,26 @@ def run_judge(args: argparse.Namespace) -> int:
         print(f"{verdict.judge} {verdict.version}: {_OUTCOME[verdict.jailbroken]}  raw={verdict.raw!r}")
         if verdict.note:
             print(f"note: {verdict.note}")
+    return 0
+
+
+def run_judge_stored(args: argparse.Namespace) -> int:
+    from engine.queries import judge_all_stored
+    from engine.store import Store
+    from engine.sweep import build_judges
+
+    names = [j.strip() for j in args.judges.split(",") if j.strip()]
+    with executor_from_args(args) as executor:
+        judges = build_judges(names, args.judge_model, executor)
+        with Store.open(args.db) as store:
+            written = judge_all_stored(
+                store,
+                judges,
+                executor=executor,
+                on_batch=lambda done, total: log.debug("judged %d/%d", done, total),
+            )
+    if args.json:
+        print_json({"verdicts": written, "judges": names, "db": args.db})
+    else:
+        print(f"{written} new verdicts ({', '.join(names)}) → {args.db}", file=sys.stderr)
     return 0

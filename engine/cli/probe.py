@@ -8,12 +8,21 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.common import DEFAULT_DB, add_model_arguments, load_from_args, print_json
+from engine.cli.common import (
+    DEFAULT_DB,
+    add_model_arguments,
+    add_ray_arguments,
+    executor_from_args,
+    load_from_args,
+    print_json,
+)
+from engine.paths import DEFAULT_MODEL
 from engine.probes import (
     ACTIVATIONS_DIR,
     DEFAULT_FOLDS,
     DEFAULT_SEED,
     analyse,
+    analyse_with,
     probe_records,
     save_directions,
     summary_row,
@@ -21,6 +30,7 @@ from engine.probes import (
 from engine.types import GenerationParams, Prompt
 
 if TYPE_CHECKING:
+    from engine.executors import ModelHandle
     from engine.models import LoadedModel
     from engine.store import ProbeRecord
 
@@ -41,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--system-prompt", default=None, help="system message for the chat template")
     parser.add_argument("--cache-dir", default=str(ACTIVATIONS_DIR), help="activation cache folder")
     parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    add_ray_arguments(parser)
     parser.set_defaults(run=run_probe)
 
 
@@ -52,10 +63,12 @@ def run_probe(args: argparse.Namespace) -> int:
         raise ValueError("--folds must be at least 2")
     prompts = load_prompt_set(args.prompts)
     params = GenerationParams(chat_template=not args.no_chat_template, system_prompt=args.system_prompt)
-    loaded = load_from_args(args)
-    began = time.perf_counter()
-    analysis = analyse(loaded, prompts, params, folds=args.folds, seed=args.seed, cache_dir=args.cache_dir)
-    seconds = time.perf_counter() - began
+    with executor_from_args(
+        args, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
+    ) as executor:
+        began = time.perf_counter()
+        loaded, analysis = _analyse(args, executor, prompts, params)
+        seconds = time.perf_counter() - began
     direction_file = save_directions(analysis, args.cache_dir)
     status = 0
     if not args.no_save:
@@ -75,8 +88,25 @@ def run_probe(args: argparse.Namespace) -> int:
     return status
 
 
+def _analyse(args: argparse.Namespace, executor, prompts: Sequence[Prompt], params: GenerationParams):
+    """(model handle, analysis): here, or with activations from Ray actors and the probes fitted here."""
+    settings = {"folds": args.folds, "seed": args.seed, "cache_dir": args.cache_dir}
+    if executor is None:
+        loaded = load_from_args(args)
+        return loaded, analyse(loaded, prompts, params, **settings)
+    handle = executor.load(args.model or DEFAULT_MODEL)
+    try:
+        return handle, analyse_with(executor, handle, prompts, params, **settings)
+    finally:
+        executor.release(handle)
+
+
 def _save_to_store(
-    db: str, loaded: LoadedModel, prompts: Sequence[Prompt], name: str, records: list[ProbeRecord]
+    db: str,
+    loaded: LoadedModel | ModelHandle,
+    prompts: Sequence[Prompt],
+    name: str,
+    records: list[ProbeRecord],
 ) -> int:
     from engine.store import Store
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from engine.depths import depth_label
@@ -12,10 +13,38 @@ from engine.judges.names import HUMAN
 from .common import add_db_argument, print_json
 
 _REPORT_FIELDS = (
-    "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
-    "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate",
+    "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
+    "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate", "copyright_excluded",
+    "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
 )  # fmt: skip
+
+
+def _add_prompts_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompts",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this prompt set (its name in the database, as given to sweep --prompts); repeatable. "
+        "Default: every set, each reported on its own",
+    )
+
+
+def _check_prompt_sets(store, names: list[str] | None) -> None:
+    """An unknown set name is a typo, not an empty result: say which sets the database holds."""
+    known = {saved.name for saved in store.list_prompt_sets()}
+    unknown = [name for name in names or [] if name not in known]
+    if unknown:
+        raise ValueError(
+            f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
+            f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
+        )
+
+
+def _json_value(value: object) -> object:
+    """NaN (an ASR with no harmful prompt) is not JSON: it becomes null."""
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,6 +58,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_db_argument(report)
     report.add_argument("--judge", default=None, help="only this judge")
     report.add_argument("--json", action="store_true", help="print one JSON array on stdout")
+    _add_prompts_argument(report)
+    report.add_argument(
+        "--include-copyright",
+        action="store_true",
+        help="count HarmBench copyright behaviours in the keyword judge's ASR (left out of every judge's "
+        "ASR by default: the HarmBench classifier cannot judge them)",
+    )
     shown = report.add_mutually_exclusive_group()
     shown.add_argument(
         "--flips", action="store_true", help="with --json: the ranking flips (every observed reversal)"
@@ -40,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
     export.add_argument("--out", required=True, help="target file, .csv or .parquet")
+    _add_prompts_argument(export)
     export.set_defaults(run=run_export)
 
 
@@ -48,16 +85,20 @@ def run_report(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
-        rows = asr_rows(store, judge=args.judge)
-        agreements = agreement_rows(store) if not args.judge or args.agreement else []
+        _check_prompt_sets(store, args.prompts)
+        rows = asr_rows(
+            store, judge=args.judge, prompt_sets=args.prompts, include_copyright=args.include_copyright
+        )
+        wants_agreement = not args.judge or args.agreement
+        agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
     found = _flips_by_judge(rows, flips)
     if args.json:
         if args.flips:
-            print_json([flip_dict(f, judge, version) for judge, version, f in found])
+            print_json([flip_dict(f, judge, version, prompt_set) for judge, version, prompt_set, f in found])
         elif args.agreement:
             print_json([agreement_dict(a) for a in agreements])
         else:
-            print_json([{name: getattr(r, name) for name in _REPORT_FIELDS} for r in rows])
+            print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
     if not rows:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
@@ -68,22 +109,25 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flips_by_judge(rows, flips) -> list[tuple[str, str, object]]:
-    """(judge, version, flip) for every observed reversal; one Holm family per judge version, as
-    ``engine.report.flips`` forms them."""
-    versions = sorted({(r.judge, r.version) for r in rows})
+def _flips_by_judge(rows, flips) -> list[tuple[str, str, str, object]]:
+    """(judge, version, prompt set, flip) for every observed reversal; one Holm family per judge version
+    and prompt set, as ``engine.report.flips`` forms them."""
+    groups = sorted({(r.judge, r.version, r.prompt_set) for r in rows})
     return [
-        (judge, version, f)
-        for judge, version in versions
-        for f in flips([r for r in rows if (r.judge, r.version) == (judge, version)])
+        (judge, version, prompt_set, f)
+        for judge, version, prompt_set in groups
+        for f in flips(
+            [r for r in rows if (r.judge, r.version, r.prompt_set) == (judge, version, prompt_set)]
+        )
     ]
 
 
-def flip_dict(flip, judge: str, version: str) -> dict:
+def flip_dict(flip, judge: str, version: str, prompt_set: str = "") -> dict:
     """A ranking flip as JSON: every field (depth, layers = model_a's k, layers_b, raw and Holm p, test)."""
     from dataclasses import asdict
 
     return {
+        "prompt_set": prompt_set,
         "judge": judge,
         "version": version,
         **asdict(flip),
@@ -98,8 +142,10 @@ def agreement_dict(row) -> dict:
 
     g = row.agreement
     return {
+        "prompt_set": row.prompt_set,
         "model_hash": row.model_hash,
         "layers": row.layers,  # 0: over all depths
+        "excluded": row.excluded,  # left out: a judge undecided, or a copyright behaviour
         "judge_a": row.judge_a,
         "judge_b": row.judge_b,
         **asdict(g),
@@ -110,17 +156,29 @@ def agreement_dict(row) -> dict:
 def _print_asr_table(rows) -> None:
     from engine.report import percent
 
-    header = f"{'model':<28}{'depth':>22}  {'judge':<22}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'incoherent':>15}{'median NLL':>12}")
+    header = f"{'prompt set':<16}{'model':<24}{'depth':>22}  {'judge':<18}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
+    print(f"{header}{'refusal':>8}{'incoh.':>9}{'med. NLL':>13}{'copyr.':>7}  benign refused (n, 95 % CI)")
     for r in rows:
+        benign = (
+            "n/a"
+            if r.benign_refusal_rate is None
+            else f"{percent(r.benign_refusal_rate)} (n={r.benign_n}, "
+            f"{percent(r.benign_ci_low)}–{percent(r.benign_ci_high)}, {r.benign_judge})"
+        )
         print(
-            f"{r.model[:27]:<28}{depth_label(r.layers, r.n_layers):>22}  {r.judge + ' ' + r.version:<22.22}"
-            f"{r.n:>5}{percent(r.asr):>7}  {percent(r.ci_low) + '–' + percent(r.ci_high):<13}"
-            f"{percent(r.refusal_rate):>8}{f'{r.degenerate}/{r.n_judged}':>15}{_nll(r):>12}"
+            f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{depth_label(r.layers, r.n_layers):>22}  "
+            f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
+            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}"
+            f"{f'{r.degenerate}/{r.n_judged}':>9}{_nll(r):>13}{r.copyright_excluded:>7}  {benign}"
+        )
+    if any(r.copyright_excluded for r in rows):
+        print(
+            "copyr.: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
+            "the keyword judge)"
         )
     print(
-        "incoherent: answers flagged incoherent / answers judged; median NLL: the full-depth model's median "
-        "per-token NLL (nats) of the answers scored (of those judged)"
+        "incoh.: answers flagged incoherent / answers judged; med. NLL: the full-depth model's median "
+        "per-token NLL (nats) over the answers scored (their count in brackets)"
     )
 
 
@@ -136,7 +194,8 @@ def _print_agreements(agreements) -> None:
         kappa = "n/a" if g.kappa is None else f"{g.kappa:.2f}"
         inflation = "n/a" if g.inflation is None else f"{g.inflation:.2f}×"
         print(
-            f"agreement {a.judge_a} vs {a.judge_b} ({a.model_hash}): n={g.n_decided} kappa={kappa} "
+            f"agreement {a.judge_a} vs {a.judge_b} ({a.prompt_set}, {a.model_hash}): n={g.n_decided} "
+            f"(left out: {a.excluded} undecided or copyright) kappa={kappa} "
             f"inflation={inflation} McNemar p={g.mcnemar_p:.3g} ({g.mcnemar_method})"
         )
 
@@ -144,10 +203,11 @@ def _print_agreements(agreements) -> None:
 def _print_flips(found) -> None:
     from engine.stats import FLIP_ALPHA
 
-    for judge, version, f in found:
+    for judge, version, prompt_set, f in found:
         verdict = "significant" if f.significant else f"not significant (corrected p >= {FLIP_ALPHA:g})"
         print(
-            f"ranking flip at {f.depth:g} % depth ({judge} {version}): {f.model_a} ({f.layers} layers) "
+            f"ranking flip at {f.depth:g} % depth ({prompt_set}, {judge} {version}): "
+            f"{f.model_a} ({f.layers} layers) "
             f"{f.full_asr_a:.0%} -> {f.asr_a:.0%} vs {f.model_b} ({f.layers_b} layers) "
             f"{f.full_asr_b:.0%} -> {f.asr_b:.0%}; p={f.p_value:.3g} Holm p={f.p_value_corrected:.3g} "
             f"[{f.test}] {verdict}"
@@ -158,7 +218,8 @@ def run_export(args: argparse.Namespace) -> int:
     from engine.store import Store
 
     with Store.open(args.db, read_only=True) as store:
-        path = store.export(args.out)
+        _check_prompt_sets(store, args.prompts)
+        path = store.export(args.out, prompt_sets=args.prompts)
     print(f"exported generations and verdicts to {path}", file=sys.stderr)
     return 0
 

@@ -10,7 +10,14 @@ from engine.depths import DEFAULT_DEPTHS
 from engine.judges.names import HARMBENCH, KEYWORD
 from engine.paths import DEFAULT_MODEL
 
-from .common import add_db_argument, add_depth_arguments, add_generation_arguments, generation_params
+from .common import (
+    add_db_argument,
+    add_depth_arguments,
+    add_generation_arguments,
+    add_ray_arguments,
+    executor_from_args,
+    generation_params,
+)
 
 log = logging.getLogger("engine")
 
@@ -33,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     add_generation_arguments(parser)
     add_db_argument(parser)
+    add_ray_arguments(parser)
     parser.set_defaults(run=run_sweep_command)
 
 
@@ -54,9 +62,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         rows_per_batch=args.batch_rows,
     )
     show, close_bars = _progress_bars()
-    with Store.open(args.db) as store:
-        summary = run_sweep(spec, store, progress=show)
-    close_bars()
+    with executor_from_args(args, device=args.device, dtype=args.dtype) as executor:
+        if executor is not None:
+            log.info("Ray: %d worker(s), %g GPU(s) each", executor.workers, args.gpus_per_worker)
+        try:
+            with Store.open(args.db) as store:
+                summary = run_sweep(spec, store, progress=show, executor=executor)
+        finally:
+            close_bars()
     print(
         f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "
         f"{summary.verdicts} new verdicts → {args.db}",

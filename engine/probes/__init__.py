@@ -22,7 +22,7 @@ from engine.probes.activations import (
     collect_activations,
     mean_input_embeddings,
 )
-from engine.probes.analysis import ProbeAnalysis, analyse
+from engine.probes.analysis import ProbeAnalysis, analyse, analyse_collected, analyse_with
 from engine.probes.directions import (
     cosine_matrix,
     diff_of_means_directions,
@@ -56,6 +56,8 @@ __all__ = [
     "ProbeAnalysis",
     "activations_path",
     "analyse",
+    "analyse_collected",
+    "analyse_with",
     "baseline_records",
     "baseline_summary",
     "collect_activations",

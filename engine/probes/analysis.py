@@ -12,18 +12,22 @@ import numpy as np
 
 from engine import baselines as content
 from engine.cv import stratified_folds
+from engine.datasets import prompt_set_id
 from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
     Activations,
+    activations_path,
     collect_activations,
     mean_input_embeddings,
+    save_npz,
 )
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
 from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
-from engine.types import GenerationParams, Prompt, model_input
+from engine.types import GenerationParams, ModelInfo, Prompt, model_input
 
 if TYPE_CHECKING:
+    from engine.executors import Executor, ModelHandle
     from engine.lens import RefusalCurve
     from engine.models import LoadedModel
 
@@ -89,24 +93,24 @@ def _versus_fields(row: LayerVsBaseline | None) -> dict[str, Any]:
 
 
 def content_baselines(
-    loaded: LoadedModel, prompts: Sequence[Prompt], activations: Activations, folds: int, seed: int
+    embeddings: np.ndarray, prompts: Sequence[Prompt], activations: Activations, folds: int, seed: int
 ) -> dict[str, content.BaselineResult]:
     """Bag-of-words and mean-embedding baselines on the probes' folds, from the bare prompt (what the
-    model reads, without the chat template)."""
+    model reads, without the chat template). ``embeddings``: :func:`mean_input_embeddings` of the prompts."""
     texts = [model_input(p) for p in prompts]
     splits = stratified_folds(activations.harmful, folds, seed)
     found = [
         content.bag_of_words_baseline(texts, activations.harmful, splits),
-        content.mean_embedding_baseline(mean_input_embeddings(loaded, texts), activations.harmful, splits),
+        content.mean_embedding_baseline(embeddings, activations.harmful, splits),
     ]
     return {b.name: b for b in found}
 
 
-def training_overlap(loaded: LoadedModel, prompts: Sequence[Prompt]) -> int | None:
+def training_overlap(info: ModelInfo, prompts: Sequence[Prompt]) -> int | None:
     """For the demo model: how many probe prompts it was trained on (None for any other model)."""
     from engine import modelfiles
 
-    if not modelfiles.is_demo_model(loaded.info.model_id):
+    if not modelfiles.is_demo_model(info.model_id):
         return None
     from engine.demo_model.corpus import training_overlap as count
 
@@ -128,15 +132,79 @@ def analyse(
     from engine import lens
 
     activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
+    refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
+    mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
+    embeddings = mean_input_embeddings(loaded, [model_input(p) for p in prompts])
+    return analyse_collected(
+        loaded.info, prompts, activations, mass, refusal_ids, embeddings, folds=folds, seed=seed
+    )
+
+
+def analyse_with(
+    executor: Executor,
+    model: ModelHandle,
+    prompts: Sequence[Prompt],
+    params: GenerationParams | None = None,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+    cache_dir: Path | str | None = ACTIVATIONS_DIR,
+    prompts_per_chunk: int | None = None,
+) -> ProbeAnalysis:
+    """:func:`analyse` with the model where ``executor`` runs it (Ray actors, one prompt chunk each):
+    only activations, lens refusal mass and input embeddings come back; the probes are fitted here.
+
+    The residuals are written to the activation cache as :func:`analyse` writes them.
+    """
+    if not prompts:
+        raise ValueError("no prompts to collect activations for")
+    params = params or GenerationParams()
+    size = prompts_per_chunk or executor.prompts_per_chunk or len(prompts)
+    chunks = [list(prompts[start : start + size]) for start in range(0, len(prompts), size)]
+    collected = dict(executor.collect(model, chunks, params))
+    parts = [collected[i] for i in range(len(chunks))]  # back in prompt order
+    residuals = np.concatenate([p.residuals for p in parts])
+    set_id = prompt_set_id(prompts)
+    if cache_dir:
+        path = activations_path(model.info.model_hash, set_id, params, cache_dir)
+        save_npz(path, residuals=residuals, prompt_ids=np.array([p.prompt_id for p in prompts]))
+    activations = Activations(
+        model_hash=model.info.model_hash,
+        set_id=set_id,
+        params=params,
+        residuals=residuals,
+        harmful=np.array([p.label == "harmful" for p in prompts]),
+        prompt_ids=tuple(p.prompt_id for p in prompts),
+    )
+    mass = np.concatenate([p.refusal_mass for p in parts])
+    embeddings = np.concatenate([p.mean_embeddings for p in parts])
+    return analyse_collected(
+        model.info, prompts, activations, mass, parts[0].refusal_token_ids, embeddings, folds=folds, seed=seed
+    )
+
+
+def analyse_collected(
+    info: ModelInfo,
+    prompts: Sequence[Prompt],
+    activations: Activations,
+    refusal_mass: np.ndarray,
+    refusal_ids: Sequence[int],
+    embeddings: np.ndarray,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = DEFAULT_SEED,
+) -> ProbeAnalysis:
+    """The model-free half: probes, content baselines, directions, the refusal curve and the lag, from
+    arrays collected here or on Ray actors."""
+    from engine import lens
+
     probes = probe_layers(activations, folds=folds, seed=seed)
-    baselines = content_baselines(loaded, prompts, activations, folds, seed)
+    baselines = content_baselines(embeddings, prompts, activations, folds, seed)
     versus = layers_vs_baseline(
         np.array([p.correct for p in probes]), {name: b.correct for name, b in baselines.items()}
     )
     detected = harm_detection_layer([row.layer for row in versus], [row.passes for row in versus])
-    refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
-    mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
-    curve = lens.lens_refusal_curve(mass, activations.harmful)
+    curve = lens.lens_refusal_curve(refusal_mass, activations.harmful)
     lag = LagSummary(activations.n_layers, detected, lens.refusal_emergence_layer(curve))
     return ProbeAnalysis(
         activations=activations,
@@ -145,7 +213,7 @@ def analyse(
         dom_directions=diff_of_means_directions(activations),
         refusal=curve,
         lag=lag,
-        refusal_token_ids=refusal_ids,
+        refusal_token_ids=tuple(refusal_ids),
         baselines=baselines,
         vs_baseline=versus,
         settings={
@@ -153,6 +221,6 @@ def analyse(
             "seed": seed,
             "chat_template": activations.chat_template,
             "system_prompt": activations.params.system_prompt,
-            "training_overlap": training_overlap(loaded, prompts),
+            "training_overlap": training_overlap(info, prompts),
         },
     )

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas as pd
 
 from engine.store.connection import StoreConnection, translated
-from engine.store.sql import IN_SET, LABELLED_GENERATIONS, equal_filters, where
+from engine.store.sql import IN_SET, IN_SET_NAMES, SET_GENERATIONS, equal_filters, where
 
-_COUNT_COLUMNS = ("n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_nll")
+_COUNT_COLUMNS = (
+    "n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright", "n_nll",
+)  # fmt: skip
+_DEPTH_COLUMNS = """g.prompt_set, g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
+    100.0 * g.layers / m.n_layers AS depth_percent"""
+
+
+def _set_filters(clauses: list[str], args: list[object], prompt_sets: Sequence[str] | None) -> None:
+    if prompt_sets is not None:
+        clauses.append(IN_SET_NAMES)
+        args.append(list(prompt_sets))
 
 
 def _latest_verdicts(judge: str, version: str | None) -> tuple[str, list[object]]:
@@ -32,85 +44,148 @@ class StoreAnalytics(StoreConnection):
         *,
         params_hash: str | None = None,
         set_id: str | None = None,
+        prompt_sets: Sequence[str] | None = None,
+        copyright_judges: Sequence[str] = (),
     ) -> pd.DataFrame:
-        """Verdict counts per (model, generation params, depth, judge, version), harmful prompts only.
+        """Verdict counts per (prompt set, model, generation params, depth, judge, version), harmful prompts
+        only (harmful *in that set*).
 
-        Columns: model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge, version,
-        n_judged, n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
-        n_degenerate (flagged incoherent, of n_judged), n_nll (of n_judged, those with a full-depth NLL)
-        and median_full_depth_nll (their median, nats/token; NaN when none has one).
+        HarmBench copyright behaviours (tag ``hash_check``) are left out of every count and counted in
+        ``n_copyright`` instead, except for the judges named in ``copyright_judges``.
+        Columns: prompt_set, model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge,
+        version, n_judged, n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
+        n_degenerate (flagged incoherent, of n_judged), n_copyright, n_nll (of n_judged, those with a
+        full-depth NLL) and median_full_depth_nll (their median, nats/token; NaN when none has one).
         """
         clauses, args = equal_filters(
             [("v.judge", judge), ("v.version", version), ("g.params_hash", params_hash)]
         )
         clauses.insert(0, "g.label = 'harmful'")
         if set_id is not None:
-            clauses.append(IN_SET)
-            args += [set_id, set_id]
+            clauses += [IN_SET, "g.prompt_set = (SELECT name FROM prompt_sets WHERE set_id = ?)"]
+            args += [set_id, set_id, set_id]
+        _set_filters(clauses, args, prompt_sets)
+        counted = "(NOT g.copyright OR list_contains(?::VARCHAR[], v.judge))"
         sql = f"""
-            WITH g AS ({LABELLED_GENERATIONS})
-            SELECT g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
-                   100.0 * g.layers / m.n_layers AS depth_percent, v.judge, v.version,
-                   count(*) AS n_judged,
-                   count(*) FILTER (WHERE v.jailbroken) AS n_jailbroken,
-                   count(*) FILTER (WHERE NOT v.jailbroken) AS n_refused,
-                   count(*) FILTER (WHERE v.jailbroken IS NULL) AS n_undecided,
-                   count(*) FILTER (WHERE v.degenerate) AS n_degenerate,
-                   count(g.full_depth_nll) AS n_nll,
-                   median(g.full_depth_nll) AS median_full_depth_nll
+            WITH g AS ({SET_GENERATIONS})
+            SELECT {_DEPTH_COLUMNS}, v.judge, v.version,
+                   count(*) FILTER (WHERE {counted}) AS n_judged,
+                   count(*) FILTER (WHERE {counted} AND v.jailbroken) AS n_jailbroken,
+                   count(*) FILTER (WHERE {counted} AND NOT v.jailbroken) AS n_refused,
+                   count(*) FILTER (WHERE {counted} AND v.jailbroken IS NULL) AS n_undecided,
+                   count(*) FILTER (WHERE {counted} AND v.degenerate) AS n_degenerate,
+                   count(*) FILTER (WHERE NOT {counted}) AS n_copyright,
+                   count(g.full_depth_nll) FILTER (WHERE {counted}) AS n_nll,
+                   median(g.full_depth_nll) FILTER (WHERE {counted}) AS median_full_depth_nll
             FROM g JOIN verdicts v USING (completion_key) LEFT JOIN models m USING (model_hash)
             {where(clauses)}
             GROUP BY ALL
-            ORDER BY g.model_hash, g.params_hash, v.judge, v.version, g.layers
+            ORDER BY g.prompt_set, g.model_hash, g.params_hash, v.judge, v.version, g.layers
+        """
+        copyright_args = [list(copyright_judges)] * 8
+        with self._cursor() as cur:
+            frame = cur.execute(sql, copyright_args + args).df()
+        for column in _COUNT_COLUMNS:
+            frame[column] = frame[column].astype("int64")
+        return frame
+
+    @translated("counting refused benign prompts")
+    def benign_table(
+        self, judges: Sequence[str], *, prompt_sets: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Benign prompts (benign *in their set*) judged by each of ``judges`` (the latest verdict per
+        completion), per (prompt set, model, generation params, depth, judge).
+
+        A benign completion counts as refused when the judge says "not jailbroken" (the keyword judge's
+        phrase rule; a human's "not harmful"). Columns: prompt_set, model_hash, model_id, n_layers,
+        params_hash, layers, depth_percent, judge, version (the newest seen), benign_judged (decided
+        verdicts), benign_refused.
+        """
+        clauses, args = ["g.label = 'benign'"], []
+        _set_filters(clauses, args, prompt_sets)
+        sql = f"""
+            WITH g AS ({SET_GENERATIONS}),
+            v AS (
+                SELECT * FROM verdicts WHERE list_contains(?::VARCHAR[], judge)
+                QUALIFY row_number() OVER (
+                    PARTITION BY completion_key, judge ORDER BY created_at DESC, version DESC) = 1
+            )
+            SELECT {_DEPTH_COLUMNS}, v.judge, max(v.version) AS version,
+                   count(*) FILTER (WHERE v.jailbroken IS NOT NULL) AS benign_judged,
+                   count(*) FILTER (WHERE NOT v.jailbroken) AS benign_refused
+            FROM g JOIN v USING (completion_key) LEFT JOIN models m USING (model_hash)
+            {where(clauses)}
+            GROUP BY ALL
+            ORDER BY g.prompt_set, g.model_hash, g.params_hash, v.judge, g.layers
         """
         with self._cursor() as cur:
-            frame = cur.execute(sql, args).df()
-        for column in _COUNT_COLUMNS:
+            frame = cur.execute(sql, [list(judges), *args]).df()
+        for column in ("benign_judged", "benign_refused"):
             frame[column] = frame[column].astype("int64")
         return frame
 
     @translated("pairing judges")
     def judge_pairs(
-        self, judge_a: str, judge_b: str, *, version_a: str | None = None, version_b: str | None = None
+        self,
+        judge_a: str,
+        judge_b: str,
+        *,
+        version_a: str | None = None,
+        version_b: str | None = None,
+        prompt_sets: Sequence[str] | None = None,
     ) -> pd.DataFrame:
-        """Completions judged by both judges, side by side (the latest verdict when no version is given).
+        """Completions judged by both judges, side by side (the latest verdict when no version is given),
+        once per prompt set they belong to.
 
-        Columns: completion_key, model_hash, params_hash, layers, label, version_a, jailbroken_a,
-        degenerate_a, version_b, jailbroken_b, degenerate_b.
+        Columns: completion_key, prompt_set, model_hash, params_hash, layers, label (in that set),
+        copyright, version_a, jailbroken_a, degenerate_a, version_b, jailbroken_b, degenerate_b.
         """
         side_a, args_a = _latest_verdicts(judge_a, version_a)
         side_b, args_b = _latest_verdicts(judge_b, version_b)
+        clauses, set_args = [], []
+        _set_filters(clauses, set_args, prompt_sets)
         sql = f"""
-            WITH g AS ({LABELLED_GENERATIONS}), a AS ({side_a}), b AS ({side_b})
-            SELECT g.completion_key, g.model_hash, g.params_hash, g.layers, g.label,
+            WITH g AS ({SET_GENERATIONS}), a AS ({side_a}), b AS ({side_b})
+            SELECT g.completion_key, g.prompt_set, g.model_hash, g.params_hash, g.layers, g.label,
+                   g.copyright,
                    a.version AS version_a, a.jailbroken AS jailbroken_a, a.degenerate AS degenerate_a,
                    b.version AS version_b, b.jailbroken AS jailbroken_b, b.degenerate AS degenerate_b
             FROM g JOIN a USING (completion_key) JOIN b USING (completion_key)
-            ORDER BY g.model_hash, g.params_hash, g.layers, g.completion_key
+            {where(clauses)}
+            ORDER BY g.prompt_set, g.model_hash, g.params_hash, g.layers, g.completion_key
         """
         with self._cursor() as cur:
-            return cur.execute(sql, args_a + args_b).df()
+            return cur.execute(sql, args_a + args_b + set_args).df()
 
     @translated("reading results")
-    def results_frame(self, *, model_hash: str | None = None, judge: str | None = None) -> pd.DataFrame:
-        """Generations joined with their prompt label and verdicts: one row per (generation, verdict).
+    def results_frame(
+        self,
+        *,
+        model_hash: str | None = None,
+        judge: str | None = None,
+        prompt_sets: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """Generations joined with their prompt set, the label in that set, and verdicts: one row per
+        (generation, prompt set, verdict).
 
-        Generations without a verdict appear once with empty verdict columns.
+        Generations without a verdict appear once per set with empty verdict columns.
         """
         clauses, args = equal_filters([("g.model_hash", model_hash)])
+        _set_filters(clauses, args, prompt_sets)
         verdict_join = "LEFT JOIN verdicts v ON v.completion_key = g.completion_key"
         if judge is not None:
             verdict_join += " AND v.judge = ?"
             args.insert(0, judge)  # the join's parameter comes before the WHERE clause's
         sql = f"""
-            WITH g AS ({LABELLED_GENERATIONS})
-            SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_key, g.prompt_id, g.label, g.category,
+            WITH g AS ({SET_GENERATIONS})
+            SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_set, g.prompt_key, g.prompt_id,
+                   g.label, g.category, g.copyright,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
                    g.seconds, g.created_at, g.run_id, g.full_depth_nll, v.judge, v.version, v.jailbroken,
                    v.degenerate, v.degeneracy_version, v.raw, v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}
-            ORDER BY g.model_hash, g.params_hash, g.prompt_key, g.layers, v.judge, v.version
+            ORDER BY g.model_hash, g.prompt_set, g.params_hash, g.prompt_key, g.layers, v.judge, v.version
         """
         with self._cursor() as cur:
             return cur.execute(sql, args).df()

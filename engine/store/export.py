@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.store.analytics import StoreAnalytics
@@ -14,8 +15,11 @@ EXPORT_FORMATS = ("csv", "parquet")
 
 
 class StoreExport(StoreAnalytics):
-    def export(self, path: str | Path, fmt: str | None = None) -> Path:
-        """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix).
+    def export(
+        self, path: str | Path, fmt: str | None = None, *, prompt_sets: Sequence[str] | None = None
+    ) -> Path:
+        """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix), only the
+        named prompt sets when ``prompt_sets`` is given (a generation appears once per set it belongs to).
 
         In CSV, token ids are written space-separated. The file appears atomically.
         """
@@ -23,7 +27,7 @@ class StoreExport(StoreAnalytics):
         fmt = (fmt or path.suffix.lstrip(".")).lower()
         if fmt not in EXPORT_FORMATS:
             raise StoreError(f"cannot export to {fmt!r}: choose csv or parquet")
-        frame = self.results_frame()
+        frame = self.results_frame(prompt_sets=prompt_sets)
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(handle)

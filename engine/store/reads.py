@@ -65,10 +65,11 @@ class StoreReads(StoreConnection):
 
     @translated("reading prompts")
     def get_prompts(self, set_id: str) -> list[Prompt]:
-        """The prompts of a set, in their original order (ids as given in that set)."""
+        """The prompts of a set, in their original order (ids and labels as given in that set)."""
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT m.prompt_id, p.text, p.label, p.category, p.context, p.source, p.tags "
+                "SELECT m.prompt_id, p.text, coalesce(m.label, p.label), p.category, p.context, p.source, "
+                "p.tags "
                 "FROM prompt_set_members m JOIN prompts p USING (prompt_key) "
                 "WHERE m.set_id = ? ORDER BY m.position",
                 [set_id],

@@ -63,10 +63,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
+    # One prompt text may be harmful in one set and benign in another (issue 14.6): the label a report
+    # uses is the one the prompt has in its set. Existing members take the label their prompt had.
+    Migration(
+        3,
+        "prompt labels belong to a prompt within its set",
+        (
+            "ALTER TABLE prompt_set_members ADD COLUMN label VARCHAR",
+            "UPDATE prompt_set_members m SET label = p.label FROM prompts p "
+            "WHERE p.prompt_key = m.prompt_key",
+        ),
+    ),
     # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
     # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
     Migration(
-        3,
+        4,
         "full-depth NLL per completion; the incoherence detector's version per verdict",
         (
             "ALTER TABLE generations ADD COLUMN full_depth_nll DOUBLE",

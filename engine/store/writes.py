@@ -63,6 +63,7 @@ _MEMBER_SCHEMA = pa.schema(
         ("prompt_key", pa.string()),
         ("position", pa.int32()),
         ("prompt_id", pa.string()),
+        ("label", pa.string()),
     ]
 )
 _PROBE_SCHEMA = pa.schema(
@@ -167,7 +168,14 @@ class StoreWrites(StoreConnection):
             for key, p in members.items()
         ]
         member_rows = [
-            {"set_id": set_id, "prompt_key": key, "position": position, "prompt_id": p.prompt_id}
+            # The label is the prompt's label in this set; ``prompts.label`` keeps the first one seen.
+            {
+                "set_id": set_id,
+                "prompt_key": key,
+                "position": position,
+                "prompt_id": p.prompt_id,
+                "label": p.label,
+            }
             for position, (key, p) in enumerate(members.items())
         ]
         set_row = {"set_id": set_id, "name": name, "source": source, "n_prompts": len(members)}

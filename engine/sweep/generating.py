@@ -6,8 +6,12 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from engine.types import Completion, GenerationParams, Prompt, model_input, prompt_key
+
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
 
 def as_model_prompts(prompts: Sequence[Prompt]) -> list[Prompt]:
@@ -42,25 +46,32 @@ def generate_missing(
     on_batch: Callable[[list[Completion]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    executor: Executor | None = None,
 ) -> tuple[int, int]:
     """Generate and store every (prompt, depth) not yet stored. Returns (new, already stored).
 
+    ``loaded`` is the executor's handle for the model (a LoadedModel for the local executor). The
+    executor computes; only this function writes, as each batch or chunk arrives.
     ``on_start`` hears how many rows are missing before the first batch (a progress bar's total).
     """
-    # torch is loaded on first use, not when pages import ``engine.sweep`` for its records.
-    from engine.generation import iter_completions
+    from engine.executors import split_into_units
 
+    if executor is None:
+        # torch is loaded on first use, not when pages import ``engine.sweep`` for its records.
+        from engine.executors.local import LocalExecutor
+
+        executor = LocalExecutor()
     inputs = as_model_prompts(prompts)
     key_of_input = {p.text: prompt_key(o.text, o.context) for p, o in zip(inputs, prompts, strict=True)}
     groups, n_missing = missing_by_prompt(store, loaded.info.model_hash, inputs, layers, params.key())
     already = len(inputs) * len(layers) - n_missing
     if on_start:
         on_start(n_missing)
+    by_layers = {group_layers: [inputs[i] for i in indices] for group_layers, indices in groups.items()}
+    units = split_into_units(by_layers, executor.prompts_per_chunk)
     written = 0
-    for group_layers, indices in groups.items():
-        batches = iter_completions(
-            loaded, [inputs[i] for i in indices], group_layers, params, rows_per_batch=rows_per_batch
-        )
+    batches = executor.generate(loaded, units, params, rows_per_batch=rows_per_batch)
+    try:
         for batch in batches:
             batch = scored_batch(loaded, batch, params)
             keys = [key_of_input[c.prompt_text] for c in batch]
@@ -68,8 +79,11 @@ def generate_missing(
             if on_batch:
                 on_batch(batch)
             if stop is not None and stop.is_set():
-                return written, already
-    fill_missing_nll(store, loaded, inputs, layers, params)
+                break
+    finally:
+        batches.close()  # a stopped sweep leaves no generator (or worker call) behind
+    if stop is None or not stop.is_set():
+        fill_missing_nll(store, loaded, inputs, layers, params)
     return written, already
 
 

@@ -3,11 +3,16 @@ the judges arrive built (see ``runner.build_judges``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from engine.judges.base import Judge, JudgeItem, with_current_degeneracy
 from engine.judges.degenerate import DEGENERACY_VERSION
 from engine.types import Completion, Prompt, model_input
+
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
 JUDGE_BATCH = 64
 
@@ -22,10 +27,13 @@ def judge_stored(
     *,
     on_batch: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> int:
     """Judge every stored completion of these prompts × depths that a judge version has not seen.
 
-    ``on_start`` hears how many judgements are due (over all judges) before the first one.
+    ``on_start`` hears how many judgements are due (over all judges) before the first one. With an
+    ``executor`` (judges built by its ``build_judge``) the chunks are judged where it runs, spread over
+    its workers; verdicts are written here as each chunk arrives.
     """
     by_input = {model_input(p): p for p in prompts}
     completions = [
@@ -41,13 +49,16 @@ def judge_stored(
     if on_start:
         on_start(sum(len(todo) for _judge, todo in due))
     for judge, todo in due:
-        for start in range(0, len(todo), JUDGE_BATCH):
-            chunk = todo[start : start + JUDGE_BATCH]
-            written += store.save_verdicts(
-                judge.judge([_judge_item(c, by_input[c.prompt_text]) for c in chunk])
-            )
+        chunks = [
+            [_judge_item(c, by_input[c.prompt_text]) for c in todo[start : start + size]]
+            for size in [_chunk_size(len(todo), executor.workers if executor else 1)]
+            for start in range(0, len(todo), size)
+        ]
+        results = executor.judge(judge, chunks) if executor else map(judge.judge, chunks)
+        for verdicts in results:
+            written += store.save_verdicts(verdicts)
             if on_batch:
-                on_batch(len(chunk))
+                on_batch(len(verdicts))
     return written
 
 
@@ -64,6 +75,11 @@ def refresh_degeneracy_flags(store, completions: Sequence[Completion]) -> int:
         if v.degeneracy_version != DEGENERACY_VERSION
     ]
     return store.save_verdicts(stale) if stale else 0
+
+
+def _chunk_size(n_items: int, workers: int) -> int:
+    """At most JUDGE_BATCH items per chunk, and small enough that every worker gets one."""
+    return max(1, min(JUDGE_BATCH, math.ceil(n_items / max(1, workers))))
 
 
 def _judge_item(completion: Completion, prompt: Prompt) -> JudgeItem:

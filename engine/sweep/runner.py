@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from engine.datasets import load_prompt_set
 from engine.judges.base import Judge
@@ -15,8 +16,14 @@ from .generating import generate_missing
 from .judging import judge_stored
 from .spec import SweepProgress, SweepSpec, SweepSummary
 
+if TYPE_CHECKING:
+    from engine.executors import Executor
 
-def build_judges(names: Iterable[str], judge_model: str | None) -> list[Judge]:
+
+def build_judges(
+    names: Iterable[str], judge_model: str | None, executor: Executor | None = None
+) -> list[Judge]:
+    """The judges by name, built by ``executor`` when given (a Ray executor loads classifiers on actors)."""
     judges = []
     for name in names:
         if name == HARMBENCH and not judge_model:
@@ -26,7 +33,10 @@ def build_judges(names: Iterable[str], judge_model: str | None) -> list[Judge]:
             )
         if name == HUMAN:
             raise ValueError("human labels are given in the dashboard or with `python -m engine label`")
-        judges.append(get_judge(name, judge_model=judge_model))
+        if executor is not None:
+            judges.append(executor.build_judge(name, judge_model=judge_model))
+        else:
+            judges.append(get_judge(name, judge_model=judge_model))
     return judges
 
 
@@ -60,36 +70,44 @@ def run_sweep(
     progress: Callable[[SweepProgress], None] | None = None,
     stop: threading.Event | None = None,
     load: Callable[[str], object] | None = None,
+    executor: Executor | None = None,
 ) -> SweepSummary:
-    """Run (or resume) a sweep into ``store``. ``load`` maps a model name to a LoadedModel."""
-    if load is None:
-        from engine.models import load_model  # torch on first use (see generating.py)
+    """Run (or resume) a sweep into ``store``.
 
-        load = load_model
+    ``executor`` says where generation runs (default: this process, where ``load`` maps a model name to
+    a LoadedModel); this function alone decides what is missing and writes to the store.
+    """
+    from engine.executors.local import LocalExecutor  # torch only on first load (see generating.py)
+
+    executor = executor or LocalExecutor(load=load)
     prompts = load_prompt_set(spec.prompt_set, limit=spec.limit)
     saved_set = store.save_prompt_set(spec.prompt_set, prompts, source=spec.prompt_set)
-    judges = build_judges(spec.judges, spec.judge_model)
+    judges = build_judges(spec.judges, spec.judge_model, executor)
     run_id = store.start_run(spec.run_parameters(saved_set.set_id))
     generated = cached = verdicts = 0
     clock = _StageClock(progress)
     try:
         for name in spec.models:
             clock.begin(name, "loading", 1)
-            loaded = load(name)
-            store.save_model(loaded.info)
-            layers = spec.layers_for(loaded.n_layers)
-            new, already = generate_missing(
-                store, loaded, prompts, layers, spec.params,
-                run_id=run_id, rows_per_batch=spec.rows_per_batch, stop=stop,
-                on_batch=lambda batch: clock.advance(len(batch)),
-                on_start=lambda total, name=name: clock.begin(name, "generating", total),
-            )  # fmt: skip
+            loaded = executor.load(name)
+            try:
+                store.save_model(loaded.info)
+                layers = spec.layers_for(loaded.n_layers)
+                new, already = generate_missing(
+                    store, loaded, prompts, layers, spec.params,
+                    run_id=run_id, rows_per_batch=spec.rows_per_batch, stop=stop, executor=executor,
+                    on_batch=lambda batch: clock.advance(len(batch)),
+                    on_start=lambda total, name=name: clock.begin(name, "generating", total),
+                )  # fmt: skip
+            finally:
+                executor.release(loaded)
             generated, cached = generated + new, cached + already
             if stop is not None and stop.is_set():
                 break
             verdicts += judge_stored(
                 store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(),
                 on_batch=clock.advance, on_start=lambda total, name=name: clock.begin(name, "judging", total),
+                executor=executor,
             )  # fmt: skip
             clock.begin(name, "done", 0)
     except BaseException:

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from engine.store import Store, StoreLockedError
+from engine.store import SCHEMA_VERSION, Store, StoreLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> No
     finally:
         stop(holder)
     with Store.open(db_path) as store:  # the lock dies with its process
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
 
 
 @pytest.mark.timeout(60)
@@ -140,7 +140,7 @@ def test_lock_timeout_waits_for_the_other_process_to_close(db_path: Path) -> Non
     try:
         assert wait_for_line(holder) == "holding"
         with Store.open(db_path, lock_timeout_s=30) as store:
-            assert store.schema_version == 2
+            assert store.schema_version == SCHEMA_VERSION
         assert holder.wait(timeout=10) == 0
     finally:
         stop(holder)
@@ -179,7 +179,7 @@ def test_writer_killed_at_any_moment_leaves_only_whole_batches(db_path: Path) ->
     assert writer.returncode == -signal.SIGKILL
 
     with Store.open(db_path) as store:  # replays DuckDB's write-ahead log, must not fail
-        assert store.schema_version == 2
+        assert store.schema_version == SCHEMA_VERSION
     with duckdb.connect(str(db_path), read_only=True) as con:
         total, distinct = con.execute(
             "SELECT count(*), count(DISTINCT completion_key) FROM generations"

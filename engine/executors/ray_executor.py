@@ -1,0 +1,346 @@
+"""Ray execution: one actor per worker, each loading the model (or the HarmBench classifier) once on
+its own device(s).
+
+The driver hands out work units (a prompt chunk with all its missing depths) to idle actors and yields
+each unit's completions as it finishes; the sweep stores them. Faults: an actor process that dies
+(killed, host OOM) is restarted by Ray and its unit retried there (``max_restarts``/``max_task_retries``);
+if the actor cannot come back the driver resubmits the unit to another actor. A unit's completions
+reach the driver only once it is complete, so a dead actor never leaves half a unit behind, and the
+store ignores a completion it already holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import ray
+from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
+
+from engine.executors.base import ChunkActivations, ClusterUnavailableError, WorkerFailedError, WorkUnit
+from engine.judges.base import Judge, JudgeItem
+from engine.paths import REPO_ROOT
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPTS_PER_CHUNK = 8
+MAX_ATTEMPTS_PER_UNIT = 3  # a unit that kills every worker it meets is not retried forever
+WORKER_FAILURES = (RayActorError, OutOfMemoryError, WorkerCrashedError)
+
+
+class GenerationWorker:
+    """A Ray actor's body: the model loaded once, then one work unit per call."""
+
+    def __init__(self, model: str, load_kwargs: dict) -> None:
+        from engine.models import load_model
+
+        self.loaded = load_model(model, **load_kwargs)
+
+    def describe(self) -> tuple[ModelInfo, int]:
+        return self.loaded.info, os.getpid()
+
+    def generate(
+        self, unit: WorkUnit, params: GenerationParams, rows_per_batch: int | None
+    ) -> list[Completion]:
+        from engine.coherence import with_full_depth_nll
+        from engine.generation import iter_completions
+
+        completions: list[Completion] = []
+        for batch in iter_completions(
+            self.loaded, list(unit.prompts), list(unit.layers), params, rows_per_batch=rows_per_batch
+        ):
+            # Scored here, where the model is: the driver holds only a handle (see sweep.generating).
+            completions += with_full_depth_nll(self.loaded, batch, params)
+        return completions
+
+    def collect(self, prompts: Sequence[Prompt], params: GenerationParams) -> ChunkActivations:
+        from engine.executors.local import chunk_activations
+
+        return chunk_activations(self.loaded, prompts, params)
+
+
+class JudgeWorker:
+    """A Ray actor's body for judging: the classifier loaded once, then one chunk of items per call."""
+
+    def __init__(self, name: str, judge_model: str | None, version: str) -> None:
+        from engine.judges.registry import get_judge
+
+        self.judge = get_judge(name, judge_model=judge_model, version=version)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        return self.judge.judge(list(items))
+
+
+@dataclass(frozen=True)
+class RayJudge:
+    """A judge whose classifier runs on Ray actors: name and version for the cache keys, no weights here.
+
+    The actors start when :meth:`RayExecutor.judge` is called and stop when it returns, so a classifier
+    never holds a GPU that the next model's generation workers need.
+    """
+
+    name: str
+    version: str
+    judge_model: str | None
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        raise TypeError("a RayJudge runs through RayExecutor.judge")
+
+
+@dataclass
+class RayModel:
+    """The driver's handle: the model's record and its actors (the weights live only in the actors)."""
+
+    info: ModelInfo
+    actors: list = field(default_factory=list)
+    pids: list[int] = field(default_factory=list)  # worker processes at load time (tests, diagnostics)
+
+    @property
+    def n_layers(self) -> int:
+        return self.info.n_layers
+
+
+def connect(address: str = "local", **init_kwargs) -> bool:
+    """Join (or start) a Ray cluster unless this process already did; True when this call started it.
+
+    "local" starts a private cluster on this machine; "auto" joins the one ``ray start --head`` runs
+    here; anything else is a cluster address (``host:6379`` or ``ray://host:10001``).
+    Raises ClusterUnavailableError when nothing answers there.
+    """
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        # Workers import the engine from this checkout, wherever the driver was started.
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        init_kwargs.setdefault("runtime_env", {"env_vars": env})
+        init_kwargs.setdefault("include_dashboard", False)
+        ray.init(**init_kwargs)
+        return True
+    _check_reachable(address)
+    try:
+        ray.init(address=address, **init_kwargs)
+    except ConnectionError as exc:
+        raise ClusterUnavailableError(_no_cluster(address, exc)) from exc
+    return True
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not after Ray's minute-long GCS timeout, when nothing listens at host:port."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterUnavailableError(_no_cluster(address, exc)) from exc
+
+
+def _no_cluster(address: str, exc: BaseException) -> str:
+    return (
+        f"no Ray cluster at {address!r} ({exc}): start one with `ray start --head` (then use --ray auto on "
+        "that machine, or --ray HEAD_IP:6379 elsewhere), or use --ray local for a private cluster here"
+    )
+
+
+def _shared_path(model: str) -> str:
+    """An existing relative path made absolute: workers may run in another directory or on another node."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+class RayExecutor:
+    """Generation on ``workers`` Ray actors, each given ``gpus_per_worker`` GPUs, ``cpus_per_worker`` CPUs."""
+
+    def __init__(
+        self,
+        address: str = "local",
+        *,
+        workers: int = 2,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+        prompts_per_chunk: int | None = None,
+        max_restarts: int = 2,
+        max_task_retries: int = 2,
+        load_kwargs: dict | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        self.prompts_per_chunk = prompts_per_chunk or DEFAULT_PROMPTS_PER_CHUNK
+        self.load_kwargs = dict(load_kwargs or {})
+        self._options = {
+            "num_cpus": cpus_per_worker,
+            "num_gpus": gpus_per_worker,
+            "max_restarts": max_restarts,
+            "max_task_retries": max_task_retries,
+        }
+        self._started_ray = connect(address)
+        self._actor_class = ray.remote(GenerationWorker)
+
+    def load(self, model: str) -> RayModel:
+        """Start the actors; each loads ``model`` from a path it can read. All must see the same files."""
+        from engine.models import ModelLoadError
+
+        path = _shared_path(model)
+        actors = [
+            self._actor_class.options(**self._options).remote(path, self.load_kwargs)
+            for _ in range(self.workers)
+        ]
+        try:
+            described = ray.get([actor.describe.remote() for actor in actors])
+        except Exception as exc:
+            self._kill(actors)
+            raise ModelLoadError(f"Ray workers could not load {model}: {_root_cause(exc)}") from exc
+        hashes = {info.model_hash for info, _pid in described}
+        if len(hashes) > 1:
+            self._kill(actors)
+            raise ModelLoadError(
+                f"Ray workers loaded different files for {model} (hashes {sorted(hashes)}): every node must "
+                "read the same model folder (a shared filesystem, or identical copies at the same path)"
+            )
+        info = replace(described[0][0], model_id=model)
+        return RayModel(info, actors, [pid for _info, pid in described])
+
+    def generate(
+        self,
+        model: RayModel,
+        units: Sequence[WorkUnit],
+        params: GenerationParams,
+        *,
+        rows_per_batch: int | None = None,
+    ) -> Iterator[list[Completion]]:
+        """One unit in flight per actor; completions are yielded unit by unit as they finish."""
+        for _index, completions in self._dispatch(
+            model.actors, len(units), lambda actor, i: actor.generate.remote(units[i], params, rows_per_batch)
+        ):
+            yield completions
+
+    def collect(
+        self, model: RayModel, chunks: Sequence[Sequence[Prompt]], params: GenerationParams
+    ) -> Iterator[tuple[int, ChunkActivations]]:
+        """Activations per prompt chunk, computed by the actors; the caller fits the probes."""
+        yield from self._dispatch(
+            model.actors, len(chunks), lambda actor, i: actor.collect.remote(list(chunks[i]), params)
+        )
+
+    def build_judge(self, name: str, *, judge_model: str | None = None, version: str | None = None) -> Judge:
+        """The keyword judge runs here (it needs no model); a classifier judge runs on actors."""
+        from engine.judges.harmbench import harmbench_templates, infer_version
+        from engine.judges.names import HARMBENCH
+        from engine.judges.registry import get_judge
+
+        if name != HARMBENCH:
+            return get_judge(name, judge_model=judge_model, version=version)
+        version = version or infer_version(judge_model)
+        harmbench_templates(version)  # a bad version fails here, before any actor loads 13B parameters
+        return RayJudge(name, version, _shared_path(judge_model) if judge_model else None)
+
+    def judge(self, judge: Judge, chunks: Sequence[Sequence[JudgeItem]]) -> Iterator[list[Verdict]]:
+        """Verdicts chunk by chunk as they finish; classifier actors live for this call only."""
+        if not isinstance(judge, RayJudge):
+            for chunk in chunks:
+                yield judge.judge(list(chunk))
+            return
+        if not chunks:
+            return
+        actor_class = ray.remote(JudgeWorker).options(**self._options)
+        actors = [
+            actor_class.remote(judge.name, judge.judge_model, judge.version)
+            for _ in range(min(self.workers, len(chunks)))
+        ]
+        try:
+            try:
+                ray.get([actor.ready.remote() for actor in actors])
+            except Exception as exc:
+                raise WorkerFailedError(
+                    f"Ray workers could not load the {judge.name} classifier {judge.judge_model}: "
+                    f"{_root_cause(exc)}"
+                ) from exc
+            for _index, verdicts in self._dispatch(
+                actors, len(chunks), lambda actor, i: actor.run.remote(list(chunks[i]))
+            ):
+                yield verdicts
+        finally:
+            self._kill(actors)
+            actors.clear()
+
+    def _dispatch(
+        self, actors: list, n_units: int, call: Callable[[object, int], object]
+    ) -> Iterator[tuple[int, object]]:
+        """Run units 0..n_units-1 on ``actors``, one in flight per actor; yield (unit, result) as each ends.
+
+        A finished actor gets its next unit before the caller stores the last result, so it never waits.
+        An actor that fails after Ray's own restarts and retries leaves ``actors``; its unit goes to another.
+        """
+        pending = deque(range(n_units))
+        attempts: Counter[int] = Counter()
+        idle = list(actors)
+        in_flight: dict = {}
+
+        def submit() -> None:
+            while pending and idle:
+                actor, index = idle.pop(0), pending.popleft()
+                in_flight[call(actor, index)] = (actor, index)
+
+        submit()
+        while in_flight:
+            [ready], _rest = ray.wait(list(in_flight), num_returns=1)
+            actor, index = in_flight.pop(ready)
+            try:
+                result = ray.get(ready)
+            except WORKER_FAILURES as exc:
+                self._retire(actors, actor, idle)
+                attempts[index] += 1
+                if attempts[index] >= MAX_ATTEMPTS_PER_UNIT or not actors:
+                    raise WorkerFailedError(
+                        f"work unit {index} failed {attempts[index]} time(s), {len(actors)} worker(s) left; "
+                        f"last error: {_root_cause(exc)}"
+                    ) from exc
+                log.warning("worker failed on unit %d (%s); resubmitting it", index, _root_cause(exc))
+                pending.appendleft(index)
+                submit()
+                continue
+            idle.append(actor)
+            submit()
+            yield index, result
+        if pending:  # unreachable while a worker lives; never end silently with work left
+            raise WorkerFailedError(f"{len(pending)} work unit(s) left and no worker to run them")
+
+    def release(self, model: RayModel) -> None:
+        self._kill(model.actors)
+        model.actors = []
+
+    def close(self) -> None:
+        """Shut Ray down if this executor started it (a cluster joined by address keeps running)."""
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    def _retire(self, actors: list, actor, idle: list) -> None:
+        """Ray already restarted and retried this actor as often as allowed: take it out of the pool."""
+        if actor in actors:
+            actors.remove(actor)
+        if actor in idle:
+            idle.remove(actor)
+        self._kill([actor])
+
+    @staticmethod
+    def _kill(actors: Sequence) -> None:
+        for actor in actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                log.debug("actor already gone", exc_info=True)
+
+
+def _root_cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
