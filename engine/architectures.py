@@ -55,6 +55,16 @@ def spec_for(model_type: str) -> ArchSpec:
         ) from None
 
 
+def context_length(config: object) -> int | None:
+    """How many positions the model was built for (None if its config does not say). GPT-2's
+    ``n_positions`` is reachable as ``max_position_embeddings`` through the config's attribute map."""
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def resolve(root: object, path: str) -> object:
     """Follow a dotted attribute path ('model.layers') from the causal-LM object."""
     node = root

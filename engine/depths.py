@@ -37,9 +37,10 @@ def check_layers(layers: int, n_layers: int) -> int:
 
 
 def _parse_numbers(text: str, what: str, cast: type) -> list:
+    example = "4,8" if what == "layers" else "50,84,100"
     parts = [p.strip().rstrip("%").strip() for p in str(text).split(",")]
     if not any(parts):
-        raise DepthError(f"no {what} given: write a comma-separated list such as 50,84,100")
+        raise DepthError(f"no {what} given: write a comma-separated list such as {example}")
     values = []
     for part in parts:
         if not part:
@@ -47,7 +48,7 @@ def _parse_numbers(text: str, what: str, cast: type) -> list:
         try:
             values.append(cast(part))
         except ValueError:
-            raise DepthError(f"{part!r} in {what} list is not a number: write e.g. 50,84,100") from None
+            raise DepthError(f"{part!r} in {what} list is not a number: write e.g. {example}") from None
     return values
 
 
@@ -56,14 +57,42 @@ def _distinct(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def parse_percentages(text: str) -> tuple[float, ...]:
+    """'50, 84, 100 %' → (50.0, 84.0, 100.0), each checked to lie in (0, 100]; needs no model, so
+    every command and page validates depths with it before a model loads."""
+    percents = _parse_numbers(text, "depths", float)
+    for percent in percents:
+        layers_from_percent(percent, 1)  # raises DepthError for NaN, inf and anything outside (0, 100]
+    return tuple(dict.fromkeys(percents))
+
+
+def parse_layer_counts(text: str) -> tuple[int, ...]:
+    """'4,8' → (4, 8), each at least 1; the upper bound (the model's layer count) is checked once known."""
+    counts = _parse_numbers(text, "layers", int)
+    for k in counts:
+        if k < 1:
+            raise DepthError(f"layers {k} is out of range: give whole layer counts k ≥ 1, e.g. 4,8")
+    return tuple(dict.fromkeys(counts))
+
+
+def layers_for(
+    n_layers: int, percents: tuple[float, ...], layers: tuple[int, ...] | None = None
+) -> list[int]:
+    """The distinct layer counts a request means on an ``n_layers`` model: ``layers`` if given, else the
+    percentages mapped by k = round(d/100 · L)."""
+    if layers:
+        return _distinct([check_layers(k, n_layers) for k in layers])
+    return _distinct([layers_from_percent(d, n_layers) for d in percents])
+
+
 def parse_layers(text: str, n_layers: int) -> list[int]:
     """'4,8' → [4, 8], each checked against the model's layer count."""
-    return _distinct([check_layers(k, n_layers) for k in _parse_numbers(text, "layers", int)])
+    return layers_for(n_layers, (), parse_layer_counts(text))
 
 
 def parse_depths(text: str, n_layers: int) -> list[int]:
     """'50,84,100' (percent) → distinct layer counts, in the order given."""
-    return _distinct([layers_from_percent(d, n_layers) for d in _parse_numbers(text, "depths", float)])
+    return layers_for(n_layers, parse_percentages(text))
 
 
 def default_layers(n_layers: int) -> list[int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.architectures import context_length
 from engine.models import LoadedModel, depth_routed, reroute, truncated
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
@@ -38,12 +39,44 @@ def render_prompt(tokenizer, text: str, params: GenerationParams) -> tuple[str, 
     return text, True
 
 
+def encode_prompt(tokenizer, text: str, params: GenerationParams) -> list[int]:
+    rendered, add_special = render_prompt(tokenizer, text, params)
+    return list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"])
+
+
 def encode_prompts(tokenizer, texts: Sequence[str], params: GenerationParams) -> list[list[int]]:
-    encoded = []
-    for text in texts:
-        rendered, add_special = render_prompt(tokenizer, text, params)
-        encoded.append(list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"]))
-    return encoded
+    return [encode_prompt(tokenizer, text, params) for text in texts]
+
+
+def prompt_budget(loaded: LoadedModel, params: GenerationParams) -> int | None:
+    """Prompt tokens that fit beside ``max_new_tokens`` in the model's context (None: no known limit).
+    Raises ParamsError when the answer alone does not fit."""
+    context = context_length(loaded.model.config)
+    params.check_fits(context)
+    return None if context is None else context - params.max_new_tokens
+
+
+def fit_prompt(tokenizer, text: str, params: GenerationParams, budget: int | None) -> tuple[list[int], int]:
+    """The prompt's token ids, cut from the left to ``budget`` tokens, and how many tokens were cut.
+
+    The user's text loses its oldest tokens; the chat template (system prompt, role markers, the
+    generation prompt) stays whole, because a model without its template answers something else.
+    Deterministic in (text, tokenizer, params), so completion keys need no extra part.
+    """
+    ids = encode_prompt(tokenizer, text, params)
+    if budget is None or len(ids) <= budget:
+        return ids, 0
+    full = len(ids)
+    text_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    drop = full - budget
+    for _ in range(4):  # re-tokenising the cut text can merge differently: cut a little more and retry
+        ids = encode_prompt(
+            tokenizer, tokenizer.decode(text_ids[drop:]) if drop < len(text_ids) else "", params
+        )
+        if len(ids) <= budget:
+            return ids, full - len(ids)
+        drop += len(ids) - budget
+    return ids[-budget:], full - budget  # the template alone is longer than the budget
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,6 +214,16 @@ class _LiveRows:
         reroute(loaded, self.row_layers)
 
 
+def _token_table(
+    steps: Sequence[tuple[torch.Tensor, torch.Tensor]], n_rows: int, pad_id: int, device
+) -> torch.Tensor:
+    """Rows × steps actually taken (not × max_new_tokens): each step's tokens go to the rows still live."""
+    out = torch.full((n_rows, len(steps)), pad_id, dtype=torch.long, device=device)
+    for step, (rows, tokens) in enumerate(steps):
+        out[rows, step] = tokens
+    return out
+
+
 def generate_rows(
     loaded: LoadedModel,
     prompt_ids: Sequence[Sequence[int]],
@@ -199,7 +242,7 @@ def generate_rows(
         None if params.greedy else _row_generators(row_seeds or [params.seed] * len(row_layers), device)
     )
     eos_tensor = torch.tensor(sorted(eos_ids), device=device)
-    out = torch.full((len(row_layers), params.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, tokens) per step: grows with the answer
     with loaded.lock, torch.inference_mode():
         cache, logits = _prefill_shared(loaded, ids, mask, depths_desc)
         with depth_routed(loaded, row_layers):
@@ -209,7 +252,7 @@ def generate_rows(
             live = _LiveRows(origin, row_layers, mask, position_ids_for(mask)[:, -1:], generators)
             for step in range(params.max_new_tokens):
                 chosen = choose_tokens(logits, params, live.generators)
-                out[live.origin, step] = chosen
+                steps.append((live.origin, chosen))
                 finished = torch.isin(chosen, eos_tensor)
                 n_finished = int(finished.sum())  # the one host sync per step: the stopping check
                 if step == params.max_new_tokens - 1 or n_finished == len(live.row_layers):
@@ -228,7 +271,7 @@ def generate_rows(
                     use_cache=True,
                     logits_to_keep=1,
                 ).logits[:, -1, :]
-    generated = out.tolist()
+    generated = _token_table(steps, len(row_layers), pad_id, device).tolist()
     return [
         _RowOutput(row % n_prompts, row_layers[row], _cut_at_eos(tokens, eos_ids))
         for row, tokens in enumerate(generated)
@@ -289,7 +332,16 @@ def iter_completions(
     layers = list(dict.fromkeys(layers))
     if not prompts or not layers:
         return
-    encoded = encode_prompts(loaded.tokenizer, [p.text for p in prompts], params)
+    budget = prompt_budget(loaded, params)
+    fitted = [fit_prompt(loaded.tokenizer, p.text, params, budget) for p in prompts]
+    encoded = [ids for ids, _ in fitted]
+    for prompt, (_, cut) in zip(prompts, fitted, strict=True):
+        if cut:
+            log.warning(
+                "prompt %s is longer than the model's context allows with %d new tokens: its first %d "
+                "tokens were cut",
+                prompt.prompt_id, params.max_new_tokens, cut,
+            )  # fmt: skip
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     budget = rows_per_batch or auto_rows_per_batch(loaded, max(map(len, encoded)), params.max_new_tokens)
     per_batch = max(1, budget // len(layers))
@@ -326,6 +378,7 @@ def iter_completions(
                     text,
                     row.token_ids,
                     seconds,
+                    fitted[chunk[row.prompt_index]][1],
                 )
             )
         start += len(chunk)

@@ -22,6 +22,8 @@ __all__ = [
     "demo_model_built",
     "embedded_model_names",
     "is_demo_model",
+    "model_files_problem",
+    "peek_context_length",
     "peek_n_layers",
     "smollm_gguf_file",
 ]
@@ -70,33 +72,118 @@ def _local_file(source: str) -> Path | None:
     return Path(source).expanduser()
 
 
-def peek_n_layers(source: str) -> int | None:
-    """The layer count from config.json or a GGUF header, without loading weights; None if unknown."""
+def _peek(source: str, config_keys: tuple[str, ...], gguf_key: str) -> int | None:
+    """A whole number from config.json (the first of ``config_keys`` present) or the GGUF header's
+    ``<architecture>.<gguf_key>``, without loading weights; None if unknown or unreadable."""
     try:
         path = _local_file(source.strip())
         if path is None or not path.exists():
             return None
         if path.is_dir():
             config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-            layers = config.get("num_hidden_layers") or config.get("n_layer")
-            return int(layers) if layers else None
+            value = next((config[k] for k in config_keys if config.get(k)), None)
+            return int(value) if value else None
         if path.suffix == ".gguf":
             stat = path.stat()
-            return _gguf_block_count(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    except (OSError, ValueError, KeyError, TypeError):
+            return _gguf_fields(str(path.resolve()), stat.st_mtime_ns, stat.st_size).get(gguf_key)
+    except Exception:  # noqa: BLE001 — a damaged file: model_files_problem and the loader say why
         return None
     return None
 
 
+def peek_n_layers(source: str) -> int | None:
+    """The layer count from config.json or a GGUF header, without loading weights; None if unknown."""
+    return _peek(source, ("num_hidden_layers", "n_layer"), "block_count")
+
+
+def peek_context_length(source: str) -> int | None:
+    """The positions the model was built for, from config.json or a GGUF header; None if unknown."""
+    return _peek(source, ("max_position_embeddings", "n_positions", "n_ctx"), "context_length")
+
+
 @functools.lru_cache(maxsize=16)
-def _gguf_block_count(path: str, _mtime_ns: int, _size: int) -> int | None:
-    """``<architecture>.block_count`` of a GGUF file. Cached per file version: the reader parses the
-    whole header, tokenizer vocabulary included (seconds for a 49k vocabulary)."""
+def _gguf_fields(path: str, _mtime_ns: int, _size: int) -> dict[str, int]:
+    """``<architecture>.block_count`` and ``.context_length`` of a GGUF file. Cached per file version:
+    the reader parses the whole header, tokenizer vocabulary included (seconds for a 49k vocabulary)."""
     from gguf import GGUFReader  # numpy-only, but not needed until a GGUF file is peeked at
 
     reader = GGUFReader(path)
     architecture = reader.get_field("general.architecture")
     if architecture is None:
+        return {}
+    fields = {}
+    for key in ("block_count", "context_length"):
+        field = reader.get_field(f"{architecture.contents()}.{key}")
+        if field is not None:
+            fields[key] = int(field.contents())
+    return fields
+
+
+# ---------------------------------------------------------------- damaged model files
+
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin", "*.pt", "*.pth")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer.tiktoken")
+
+
+def model_files_problem(path: Path) -> str | None:
+    """What is wrong with a local model (a truncated .gguf, a folder without weights or tokenizer files,
+    a cut-off .safetensors file), in one sentence; None when the files look whole. Reads headers only."""
+    if path.is_file():
+        return _gguf_problem(path) if path.suffix == ".gguf" else None
+    if not path.is_dir():
         return None
-    count = reader.get_field(f"{architecture.contents()}.block_count")
-    return None if count is None else int(count.contents())
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"{path / 'config.json'} cannot be read as JSON ({exc}): the checkpoint folder is damaged"
+    missing = []
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
+        missing.append("weight files (*.safetensors or pytorch_model*.bin)")
+    if not any((path / name).exists() for name in _TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt)")
+    if missing:
+        return (
+            f"{path} has a config.json but no {' and no '.join(missing)}: copy the whole checkpoint "
+            "folder (config, tokenizer and weights) from where it came from"
+        )
+    for weights in sorted(path.glob("*.safetensors")):
+        if problem := _safetensors_problem(weights):
+            return problem
+    return None
+
+
+def _gguf_problem(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        if magic != b"GGUF":
+            return f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)"
+        stat = path.stat()
+        _gguf_fields(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except Exception as exc:  # noqa: BLE001 — the gguf reader fails in many ways on a cut-off file
+        size = path.stat().st_size
+        return (
+            f"{path} is damaged or truncated ({size:,} bytes; the GGUF reader stopped with "
+            f"{type(exc).__name__}: {str(exc)[:120]}): download or copy it again"
+        )
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A .safetensors file shorter than its own header says (an interrupted download or copy)."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_length > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(handle.read(header_length))
+        ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"{path} is damaged or truncated ({size:,} bytes; {exc}): download or copy it again"
+    needed = 8 + header_length + max(ends, default=0)
+    if size < needed:
+        return f"{path} is truncated: {size:,} bytes, its header needs {needed:,}; download or copy it again"
+    return None

@@ -195,10 +195,12 @@ def load_config(source: str, *, trust_remote_code: bool = False):
         return AutoConfig.from_pretrained(
             where.location, gguf_file=where.gguf_file, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 — readers of damaged files fail in many ways: one message
         if where.local is None:
             raise _hub_error(source, exc) from exc
-        raise ModelLoadError(f"could not read the config of {source}: {exc}") from exc
+        if problem := modelfiles.model_files_problem(where.local):
+            raise ModelLoadError(problem) from exc
+        raise ModelLoadError(f"could not read the config of {source}: {type(exc).__name__}: {exc}") from exc
 
 
 def prepare_tokenizer(tokenizer) -> object:
@@ -229,17 +231,19 @@ def load_model(
     source = (source or DEFAULT_MODEL).strip()
     where = _resolve_source(source)
     config = load_config(source, trust_remote_code=trust_remote_code)
-    spec = spec_for(config.model_type)
+    spec = spec_for(config.model_type)  # an unsupported architecture is the first thing to say
+    if where.local is not None and (problem := modelfiles.model_files_problem(where.local)):
+        raise ModelLoadError(problem)  # before transformers fails on it with a misleading message
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     kwargs = {"gguf_file": where.gguf_file, "trust_remote_code": trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(where.location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where.location, dtype=torch_dtype, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 — loaders of damaged files fail in many ways: one message
         if where.local is None:
             raise _hub_error(source, exc) from exc
-        raise ModelLoadError(f"could not load {source}: {exc}") from exc
+        raise ModelLoadError(f"could not load {source}: {type(exc).__name__}: {exc}") from exc
     model = model.to(device=target, dtype=torch_dtype).eval()
     model_hash = _fingerprint(where.local) if where.local else _hub_revision(source, config)
     info = ModelInfo(

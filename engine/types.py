@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -58,14 +59,66 @@ def prompt_from_text(text: str, label: str = "") -> Prompt:
     return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
 
 
+class ParamsError(ValueError):
+    """A generation parameter that cannot be used; ``field`` names it (the CLI turns it into its option)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Below this, logits / temperature overflow float32 and sampling turns into NaNs: use 0 (greedy) instead.
+MIN_TEMPERATURE = 1e-3
+
+
 @dataclass(frozen=True)
 class GenerationParams:
+    """How to generate. Checked when built, so no command or page can start a model on nonsense."""
+
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
     chat_template: bool = True
     system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_whole(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise ParamsError(
+                "max_new_tokens", f"{self.max_new_tokens!r} is not a whole number ≥ 1: give e.g. 64"
+            )
+        self._check_temperature(self.temperature)
+        if not _is_number(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise ParamsError("top_p", f"{self.top_p!r} is not usable: give a number in (0, 1], e.g. 0.9")
+        if not _is_whole(self.seed):
+            raise ParamsError("seed", f"{self.seed!r} is not a whole number")
+
+    @staticmethod
+    def _check_temperature(temperature: object) -> None:
+        if _is_number(temperature) and (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
+            return
+        raise ParamsError(
+            "temperature",
+            f"{temperature!r} is not usable: give 0 for greedy decoding or a finite number "
+            f"≥ {MIN_TEMPERATURE:g} to sample",
+        )
+
+    def check_fits(self, context_length: int | None) -> None:
+        """Refuse a ``max_new_tokens`` that leaves no room for a prompt in the model's context."""
+        if context_length is not None and self.max_new_tokens >= context_length:
+            raise ParamsError(
+                "max_new_tokens",
+                f"{self.max_new_tokens} new tokens do not fit this model's context of {context_length} "
+                f"positions (prompt + answer): give at most {context_length - 1}, better far fewer",
+            )
 
     @property
     def greedy(self) -> bool:
@@ -86,6 +139,9 @@ class Completion:
     text: str
     token_ids: tuple[int, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    # Prompt tokens dropped from the left so prompt + answer fit the model's context (0: none). A
+    # deterministic function of prompt, model and params, so the completion key needs no extra part.
+    prompt_truncated_tokens: int = 0
     # The untruncated model's mean NLL (nats/token) of this text given the prompt (engine.coherence);
     # None until scored. A measurement of the completion, not part of its key.
     full_depth_nll: float | None = None

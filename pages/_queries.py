@@ -72,6 +72,12 @@ def answers(db: str, model_hash: str, prompt: Prompt, layers: tuple[int, ...], p
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+def truncated_prompt_counts(db: str) -> tuple[int, int]:
+    """(stored answers whose prompt was cut to fit the model's context, all stored answers)."""
+    return open_store(db).truncated_prompt_counts()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
 def stored_models(db: str) -> list[ModelInfo]:
     return open_store(db).list_models()
 

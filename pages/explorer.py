@@ -157,6 +157,11 @@ def completion_card(
         if completion is None:
             st.caption("Not generated yet: press “Generate missing depths”.")
             return
+        if completion.prompt_truncated_tokens:
+            st.caption(
+                f"⚠ The prompt did not fit the model's context beside the answer: its first "
+                f"{completion.prompt_truncated_tokens} tokens were cut before generating."
+            )
         if completion.text.strip():
             _display.show_plain_text(completion.text, big)
         else:

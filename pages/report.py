@@ -121,6 +121,13 @@ def caveats(
         "Cutting layers is a what-if experiment on the network, not something a user of a hosted model can "
         "do: it shows where in the model safety behaviour lives.",
     ]
+    truncated, total = _queries.truncated_prompt_counts(db)
+    if truncated:
+        notes.append(
+            f"{truncated} of {total} stored answers come from prompts longer than their model's context "
+            "allows beside the answer: their oldest tokens were cut from the left (the chat template "
+            "kept). Those answers replied to a shortened prompt."
+        )
     if any(r.model == modelfiles.DEFAULT_MODEL for r in rows):
         notes.append(
             "SmolLM2-135M-Instruct is a tiny demonstration model: it answers most harmful requests even at "

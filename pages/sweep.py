@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import report
-from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths
+from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths, parse_percentages
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
@@ -25,12 +25,6 @@ STAGE_SPAN = {"loading": (0.0, 0.05), "generating": (0.05, 0.9), "judging": (0.9
 
 
 # ---------------------------------------------------------------- starting a sweep
-
-
-def parse_percentages(text: str) -> tuple[float, ...]:
-    """'50, 84, 100 %' → (50.0, 84.0, 100.0); DepthError with a readable message otherwise."""
-    parse_depths(text, 1000)  # validates: numbers, in (0, 100]
-    return tuple(dict.fromkeys(float(part.strip().rstrip("%").strip()) for part in text.split(",")))
 
 
 @dataclass(frozen=True)
@@ -168,7 +162,7 @@ def sweep_form(sel: Selection, store: Store) -> None:
     try:
         depths = parse_percentages(depth_text)
     except DepthError as exc:
-        _display.show_error(exc)
+        _display.show_error(DepthError(f"Depths: {exc}"))
         return
     if not chosen:
         st.error("Pick at least one model.")

@@ -65,7 +65,9 @@ V2_SCHEMA = (
 
 
 def completion(prompt: Prompt, layers: int, text: str, nll: float | None = None) -> Completion:
-    return Completion("m1", prompt.prompt_id, prompt.text, layers, PARAMS.key(), text, (5, 6, 7), 0.1, nll)
+    return Completion(
+        "m1", prompt.prompt_id, prompt.text, layers, PARAMS.key(), text, (5, 6, 7), 0.1, full_depth_nll=nll
+    )
 
 
 def make_v2_file(path: Path, old: Completion, verdict_flag: bool) -> None:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from engine.depths import DepthError
+from engine.fileerrors import file_error_message
 
 from . import demo_model, generate, judge, probe, report, sweep
 
@@ -75,4 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable cache or export folder, a file in the way, a full disk
+        print(f"error: {file_error_message(exc, 'finish ' + args.command)}", file=sys.stderr)
         return 2

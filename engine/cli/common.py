@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from engine.depths import DEFAULT_DEPTHS, parse_depths, parse_layers
+from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
 from engine.paths import DEFAULT_MODEL
-from engine.types import GenerationParams
+from engine.types import GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
 
@@ -102,25 +102,80 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         executor.close()
 
 
+class UsageError(ValueError):
+    """A command-line value that cannot be used; the message starts with the option's name."""
+
+
+@contextmanager
+def naming_option(option: str) -> Iterator[None]:
+    """Turn a DepthError or ParamsError raised inside into a UsageError that names ``option``."""
+    try:
+        yield
+    except (DepthError, ParamsError) as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
 def generation_params(args: argparse.Namespace) -> GenerationParams:
-    if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be at least 1")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise ValueError("--temperature must be ≥ 0 and --top-p in (0, 1]")
-    return GenerationParams(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        chat_template=not args.no_chat_template,
-        system_prompt=args.system_prompt,
-    )
+    """The validated generation parameters (GenerationParams checks them; errors name the option)."""
+    try:
+        return GenerationParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            chat_template=not args.no_chat_template,
+            system_prompt=args.system_prompt,
+        )
+    except ParamsError as exc:
+        raise UsageError(f"--{exc.field.replace('_', '-')}: {exc}") from None
 
 
-def resolve_layers(args: argparse.Namespace, n_layers: int) -> list[int]:
-    if getattr(args, "layers", None):
-        return parse_layers(args.layers, n_layers)
-    return parse_depths(args.depths or ",".join(f"{d:g}" for d in DEFAULT_DEPTHS), n_layers)
+def check_batch_rows(args: argparse.Namespace) -> None:
+    if args.batch_rows is not None and args.batch_rows < 1:
+        raise UsageError(f"--batch-rows: {args.batch_rows} is not a whole number ≥ 1 (leave it out for auto)")
+
+
+def check_fits_context(models: Iterable[str | None], params: GenerationParams) -> None:
+    """Refuse ``--max-new-tokens`` beyond a model's context before any model loads (when the model's
+    files say their context; a loaded model is checked again before it generates)."""
+    from engine.modelfiles import peek_context_length
+
+    for model in models:
+        with naming_option("--max-new-tokens"):
+            params.check_fits(peek_context_length(model or DEFAULT_MODEL))
+
+
+def depth_request(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[int, ...] | None]:
+    """(percentages, layer counts or None) from ``--depths``/``--layers``, checked before any model
+    loads. An empty ``--depths ""`` is an error; only leaving both options out means the defaults."""
+    if args.layers is not None:
+        with naming_option("--layers"):
+            return DEFAULT_DEPTHS, parse_layer_counts(args.layers)
+    if args.depths is not None:
+        with naming_option("--depths"):
+            return parse_percentages(args.depths), None
+    return DEFAULT_DEPTHS, None
+
+
+def check_layers_fit(
+    models: Iterable[str | None], request: tuple[tuple[float, ...], tuple[int, ...] | None]
+) -> None:
+    """``--layers`` beyond a model's layer count, refused before any model loads (when its files say)."""
+    from engine.modelfiles import peek_n_layers
+
+    if request[1] is None:
+        return  # percentages fit every model by construction
+    for model in models:
+        n_layers = peek_n_layers(model or DEFAULT_MODEL)
+        if n_layers is not None:
+            resolve_layers(request, n_layers)
+
+
+def resolve_layers(request: tuple[tuple[float, ...], tuple[int, ...] | None], n_layers: int) -> list[int]:
+    """The request's layer counts on a model with ``n_layers`` layers (errors name the option)."""
+    percents, layers = request
+    with naming_option("--layers" if layers else "--depths"):
+        return layers_for(n_layers, percents, layers)
 
 
 def load_from_args(args: argparse.Namespace):

@@ -7,7 +7,11 @@ import json
 import sys
 
 from engine.demo_model import SCALES, behaviour_problems, build_demo_model, verify_demo_model
+from engine.modelfiles import peek_context_length
 from engine.paths import DEMO_MODEL
+from engine.types import GenerationParams
+
+from .common import naming_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +49,8 @@ def run_build(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from engine.models import load_model  # torch: only when a model is verified
 
+    with naming_option("--max-new-tokens"):  # checked before the model loads
+        GenerationParams(max_new_tokens=args.max_new_tokens).check_fits(peek_context_length(args.model))
     report = verify_demo_model(load_model(args.model), max_new_tokens=args.max_new_tokens)
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Sequence
 
 from engine.depths import depth_label
+from engine.types import Completion, GenerationParams
 
 from .common import (
     add_depth_arguments,
     add_generation_arguments,
     add_model_arguments,
+    check_batch_rows,
+    check_fits_context,
+    check_layers_fit,
+    depth_request,
     generation_params,
     load_from_args,
     print_json,
@@ -32,10 +38,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from engine.generation import generate
 
-    params = generation_params(args)
+    params = generation_params(args)  # everything the user typed is checked before the model loads
+    request = depth_request(args)
+    check_batch_rows(args)
+    check_fits_context([args.model], params)
+    check_layers_fit([args.model], request)
     loaded = load_from_args(args)
-    layers = resolve_layers(args, loaded.n_layers)
+    layers = resolve_layers(request, loaded.n_layers)
     completions = generate(loaded, args.prompt, layers, params, rows_per_batch=args.batch_rows)
+    warn_truncated(completions, params)
     rows = [
         {
             "prompt": c.prompt_text,
@@ -44,6 +55,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "n_layers": loaded.n_layers,
             "completion": c.text,
             "token_ids": list(c.token_ids),
+            "prompt_truncated_tokens": c.prompt_truncated_tokens,
             "model": loaded.info.model_id,
             "model_hash": loaded.info.model_hash,
         }
@@ -56,6 +68,18 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_truncated(completions: Sequence[Completion], params: GenerationParams) -> None:
+    """One stderr line per prompt that was cut from the left to fit the model's context."""
+    cut = {c.prompt_text: c.prompt_truncated_tokens for c in completions if c.prompt_truncated_tokens}
+    for text, tokens in cut.items():
+        preview = text[:60].replace("\n", " ")
+        print(
+            f"warning: prompt {preview!r}… is longer than the model's context allows beside "
+            f"{params.max_new_tokens} new tokens: its first {tokens} tokens were cut",
+            file=sys.stderr,
+        )
+
+
 def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
     """One block per prompt, one row per depth: readable in a terminal, model text shown verbatim."""
     current = None
@@ -64,6 +88,10 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
             current = row["prompt"]
             print("=" * width)
             print(textwrap.fill(f"PROMPT: {current}", width))
+            if row["prompt_truncated_tokens"]:
+                print(
+                    f"(prompt cut: its first {row['prompt_truncated_tokens']} tokens did not fit the context)"
+                )
             print("-" * width)
         label = depth_label(row["layers"], row["n_layers"])
         body = textwrap.wrap(row["completion"].replace("\n", " ⏎ "), width - 26) or ["(empty)"]

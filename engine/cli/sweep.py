@@ -6,15 +6,19 @@ import argparse
 import logging
 import sys
 
-from engine.depths import DEFAULT_DEPTHS
 from engine.judges.names import HARMBENCH, KEYWORD
 from engine.paths import DEFAULT_MODEL
 
 from .common import (
+    UsageError,
     add_db_argument,
     add_depth_arguments,
     add_generation_arguments,
     add_ray_arguments,
+    check_batch_rows,
+    check_fits_context,
+    check_layers_fit,
+    depth_request,
     executor_from_args,
     generation_params,
 )
@@ -48,16 +52,22 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from engine.store import Store
     from engine.sweep import SweepSpec, run_sweep
 
-    layers = tuple(int(k) for k in args.layers.split(",")) if args.layers else None
-    depths = tuple(float(d) for d in (args.depths or "").split(",") if d.strip()) or DEFAULT_DEPTHS
+    depths, layers = depth_request(args)  # everything the user typed is checked before a model loads
+    params = generation_params(args)
+    check_batch_rows(args)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit: {args.limit} is not a whole number ≥ 1 (leave it out for every prompt)")
+    models = tuple(args.model or [DEFAULT_MODEL])
+    check_fits_context(models, params)
+    check_layers_fit(models, (depths, layers))
     spec = SweepSpec(
-        models=tuple(args.model or [DEFAULT_MODEL]),
+        models=models,
         prompt_set=args.prompts,
         depths=depths,
         layers=layers,
         judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
         judge_model=args.judge_model,
-        params=generation_params(args),
+        params=params,
         limit=args.limit,
         rows_per_batch=args.batch_rows,
     )

@@ -44,6 +44,8 @@ def parse_csv(
 ) -> list[Prompt]:
     """Read a prompt CSV from memory (an upload). ``source`` defaults to the file name's stem."""
     raw = _as_bytes(data, filename)
+    if isinstance(data, bytes):  # text handed over as str was decoded by the caller already
+        _refuse_utf16_without_bom(raw, filename)
     text = _clean(_decode(raw, filename))
     prompts = _parse_text(text, filename, source if source is not None else Path(filename).stem)
     return _apply_limit(prompts, limit)
@@ -89,20 +91,43 @@ def _as_bytes(data: bytes | str, where: str) -> bytes:
     return bytes(data)
 
 
+_SAVE_AS_UTF8 = "(Excel: 'CSV UTF-8 (Comma delimited)'; LibreOffice: character set 'Unicode (UTF-8)')"
+
+
+def _encoding_of(raw: bytes) -> tuple[str, str, bytes]:
+    """(codec, name shown to the user, the newline as that codec writes it): UTF-16 only with its BOM
+    (Excel's "Unicode text"); everything else must be UTF-8, with or without a BOM."""
+    if raw.startswith(codecs.BOM_UTF16_LE):
+        return "utf-16", "UTF-16 (little-endian)", "\n".encode("utf-16-le")
+    if raw.startswith(codecs.BOM_UTF16_BE):
+        return "utf-16", "UTF-16 (big-endian)", "\n".encode("utf-16-be")
+    return "utf-8-sig", "UTF-8", b"\n"
+
+
+def _refuse_utf16_without_bom(raw: bytes, where: str) -> None:
+    """ASCII text saved as UTF-16 without a BOM is valid UTF-8 with a NUL after every letter: it would
+    decode "cleanly" into prompts full of NULs, so a file whose bytes are mostly NULs is refused."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or raw.count(0) * 4 < max(len(raw), 1):
+        return
+    raise DatasetError(
+        f"{where} is mostly NUL bytes ({raw.count(0):,} of {len(raw):,}): it looks like UTF-16 without a "
+        f"byte-order mark, or not a text file at all. Save it as UTF-8 {_SAVE_AS_UTF8}",
+        line=1,
+    )
+
+
 def _decode(raw: bytes, where: str) -> str:
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise DatasetError(
-            f"{where} is saved as UTF-16. Save it as UTF-8 instead "
-            "(Excel: 'CSV UTF-8 (Comma delimited)'; LibreOffice: character set 'Unicode (UTF-8)')",
-            line=1,
-        )
+    """The file's text. Bytes that do not decode are refused with their line, never guessed at (a
+    guessed Latin-1 would sweep mojibake prompts as if they were the user's)."""
+    codec, shown, newline = _encoding_of(raw)
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(codec)
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(newline) + 1
+        bad = raw[exc.start : min(exc.end, exc.start + 4)].hex(" ")
         raise DatasetError(
-            f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}). Save it as UTF-8 "
-            "(Excel: 'CSV UTF-8 (Comma delimited)'; LibreOffice: character set 'Unicode (UTF-8)')",
+            f"{where} is not valid {shown} text: bytes {bad} on line {line} ({exc.reason}). Save it as "
+            f"UTF-8 {_SAVE_AS_UTF8}",
             line=line,
         ) from exc
 

@@ -105,10 +105,23 @@ def _checked_label(value: str) -> str:
     return label
 
 
+def _is_contextual(row: Mapping[str, str]) -> bool:
+    """HarmBench marks a behaviour that needs its ContextString by category or by tag."""
+    tags = {tag.strip().lower() for tag in row.get("tags", "").split(",")}
+    return row.get("functionalcategory", "").strip().lower() == "contextual" or "context" in tags
+
+
 def _harmbench_prompt(row: Mapping[str, str], index: int, source: str) -> Prompt:
     behavior_id = row["behaviorid"].strip()
     if not behavior_id:
         raise RowProblem("the BehaviorID is empty. Give every behaviour a unique BehaviorID")
+    if _is_contextual(row) and not row.get("contextstring", "").strip():
+        where = "cell is empty" if "contextstring" in row else "column is missing from the file"
+        raise RowProblem(
+            f"behaviour {behavior_id!r} is tagged contextual but its ContextString {where}: without "
+            "its context the model would be asked a different question. Add the ContextString column "
+            "(HarmBench's behaviours CSV has it) or drop the contextual rows"
+        )
     return Prompt(
         prompt_id=_checked_id(behavior_id),
         text=_checked_text(row["behavior"], "Behavior"),

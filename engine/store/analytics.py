@@ -157,6 +157,14 @@ class StoreAnalytics(StoreConnection):
         with self._cursor() as cur:
             return cur.execute(sql, args_a + args_b + set_args).df()
 
+    @translated("counting truncated prompts")
+    def truncated_prompt_counts(self) -> tuple[int, int]:
+        """(completions whose prompt was cut from the left to fit the model's context, all completions)."""
+        sql = "SELECT count(*) FILTER (WHERE prompt_truncated_tokens > 0), count(*) FROM generations"
+        with self._cursor() as cur:
+            truncated, total = cur.execute(sql).fetchone()
+        return int(truncated), int(total)
+
     @translated("reading results")
     def results_frame(
         self,
@@ -181,8 +189,10 @@ class StoreAnalytics(StoreConnection):
             SELECT g.completion_key, g.model_hash, m.model_id, g.prompt_set, g.prompt_key, g.prompt_id,
                    g.label, g.category, g.copyright,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
-                   g.seconds, g.created_at, g.run_id, g.full_depth_nll, v.judge, v.version, v.jailbroken,
-                   v.degenerate, v.degeneracy_version, v.raw, v.note, v.created_at AS judged_at
+                   g.seconds, g.created_at, g.run_id,
+                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens, g.full_depth_nll,
+                   v.judge, v.version, v.jailbroken, v.degenerate, v.degeneracy_version, v.raw,
+                   v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}
             ORDER BY g.model_hash, g.prompt_set, g.params_hash, g.prompt_key, g.layers, v.judge, v.version

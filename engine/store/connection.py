@@ -19,6 +19,7 @@ from typing import Any, Self, TypeVar
 
 import duckdb
 
+from engine.fileerrors import file_error_message
 from engine.store.errors import (
     NotAStoreError,
     ReadOnlyStoreError,
@@ -108,7 +109,7 @@ def connect_checked(path: Path, read_only: bool, lock_timeout_s: float) -> duckd
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StoreError(f"cannot open database {path}: {error}") from error
+        raise StoreError(file_error_message(error, f"open database {path}")) from error
     return _connect(path, read_only, lock_timeout_s)
 
 

@@ -74,10 +74,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "WHERE p.prompt_key = m.prompt_key",
         ),
     ),
+    Migration(
+        4,
+        "generations remember how many prompt tokens were cut to fit the model's context",
+        ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
+    ),
     # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
     # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
     Migration(
-        4,
+        5,
         "full-depth NLL per completion; the incoherence detector's version per verdict",
         (
             "ALTER TABLE generations ADD COLUMN full_depth_nll DOUBLE",

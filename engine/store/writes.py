@@ -40,6 +40,7 @@ _GENERATION_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("created_at", pa.timestamp("us")),
         ("run_id", pa.string()),
+        ("prompt_truncated_tokens", pa.int32()),
         ("full_depth_nll", pa.float64()),
     ]
 )
@@ -253,6 +254,7 @@ class StoreWrites(StoreConnection):
                 "seconds": float(c.seconds),
                 "created_at": now,
                 "run_id": run_id,
+                "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
                 "full_depth_nll": None if c.full_depth_nll is None else float(c.full_depth_nll),
             }
             for c, key in zip(completions, keys, strict=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from engine.depths import DEFAULT_DEPTHS, check_layers, layers_from_percent
+from engine.depths import DEFAULT_DEPTHS, layers_for
 from engine.judges.names import KEYWORD
 from engine.types import GenerationParams
 
@@ -24,9 +24,7 @@ class SweepSpec:
     rows_per_batch: int | None = None
 
     def layers_for(self, n_layers: int) -> list[int]:
-        if self.layers:
-            return list(dict.fromkeys(check_layers(int(k), n_layers) for k in self.layers))
-        return list(dict.fromkeys(layers_from_percent(d, n_layers) for d in self.depths))
+        return layers_for(n_layers, tuple(self.depths), tuple(int(k) for k in self.layers or ()))
 
     def run_parameters(self, set_id: str) -> dict:
         """What the store records about a run of this sweep."""
