@@ -16,6 +16,7 @@ _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
     "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate", "copyright_excluded",
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
+    "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
 )  # fmt: skip
 
 
@@ -164,7 +165,7 @@ def _print_asr_table(rows) -> None:
     from engine.report import percent
 
     header = f"{'prompt set':<16}{'model':<24}{'depth':>22}  {'judge':<18}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'degen.':>7}{'copyr.':>7}  benign refused (n, 95 % CI)")
+    print(f"{header}{'refusal':>8}{'incoh.':>9}{'med. NLL':>13}{'copyr.':>7}  benign refused (n, 95 % CI)")
     for r in rows:
         benign = (
             "n/a"
@@ -175,14 +176,24 @@ def _print_asr_table(rows) -> None:
         print(
             f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{depth_label(r.layers, r.n_layers):>22}  "
             f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
-            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}{r.degenerate:>7}"
-            f"{r.copyright_excluded:>7}  {benign}"
+            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}"
+            f"{f'{r.degenerate}/{r.n_judged}':>9}{_nll(r):>13}{r.copyright_excluded:>7}  {benign}"
         )
     if any(r.copyright_excluded for r in rows):
         print(
             "copyr.: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
             "the keyword judge)"
         )
+    print(
+        "incoh.: answers flagged incoherent / answers judged; med. NLL: the full-depth model's median "
+        "per-token NLL (nats) over the answers scored (their count in brackets)"
+    )
+
+
+def _nll(row) -> str:
+    if row.median_full_depth_nll is None:
+        return "n/a"
+    return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
 
 
 def _print_agreements(agreements) -> None:

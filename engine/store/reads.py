@@ -16,10 +16,10 @@ from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
-    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, truncated = row
+    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, truncated, nll = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated),
+        int(truncated), nll,
     )  # fmt: skip
 
 
@@ -163,7 +163,8 @@ class StoreReads(StoreConnection):
             args.insert(0, list(completion_keys))
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note FROM verdicts"
+                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note, "
+                "coalesce(degeneracy_version, '') FROM verdicts"
                 f"{where(clauses)} ORDER BY completion_key, judge, version",
                 args,
             ).fetchall()

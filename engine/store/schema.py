@@ -89,8 +89,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "generations remember how many prompt tokens were cut to fit the model's context",
         ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
     ),
+    # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
+    # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
     Migration(
         5,
+        "full-depth NLL per completion; the incoherence detector's version per verdict",
+        (
+            "ALTER TABLE generations ADD COLUMN full_depth_nll DOUBLE",
+            "ALTER TABLE verdicts ADD COLUMN degeneracy_version VARCHAR",
+        ),
+    ),
+    Migration(
+        6,
         "a marker naming the file a DepthScope database",
         (
             "CREATE TABLE depthscope_marker (application VARCHAR PRIMARY KEY)",
@@ -98,7 +108,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        6,
+        7,
         "runs remember their process, host and last sign of life",
         (
             "ALTER TABLE runs ADD COLUMN pid INTEGER",

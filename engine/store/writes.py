@@ -43,6 +43,7 @@ _GENERATION_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us")),
         ("run_id", pa.string()),
         ("prompt_truncated_tokens", pa.int32()),
+        ("full_depth_nll", pa.float64()),
     ]
 )
 _VERDICT_SCHEMA = pa.schema(
@@ -55,6 +56,7 @@ _VERDICT_SCHEMA = pa.schema(
         ("degenerate", pa.bool_()),
         ("note", pa.string()),
         ("created_at", pa.timestamp("us")),
+        ("degeneracy_version", pa.string()),
     ]
 )
 _PROMPT_SCHEMA = pa.schema([(c, pa.string()) for c in PROMPT_COLUMNS])
@@ -84,9 +86,18 @@ _PROBE_SCHEMA = pa.schema(
 _OVERWRITE_HUMAN_LABEL = (
     "(completion_key, judge, version) DO UPDATE SET jailbroken = excluded.jailbroken, "
     "raw = excluded.raw, degenerate = excluded.degenerate, note = excluded.note, "
-    "created_at = excluded.created_at "
+    "created_at = excluded.created_at, degeneracy_version = excluded.degeneracy_version "
     "WHERE verdicts.jailbroken IS DISTINCT FROM excluded.jailbroken OR verdicts.raw <> excluded.raw "
-    "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note"
+    "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note "
+    "OR verdicts.degeneracy_version IS DISTINCT FROM excluded.degeneracy_version"
+)
+# A machine verdict is never re-decided (same judge version, same decision), but its incoherence flag
+# is re-computed when the detector changed: only the flag, its note and the detector version move.
+_REFRESH_DEGENERACY_FLAG = (
+    "(completion_key, judge, version) DO UPDATE SET degenerate = excluded.degenerate, "
+    "note = excluded.note, degeneracy_version = excluded.degeneracy_version "
+    "WHERE excluded.degeneracy_version <> '' "
+    "AND verdicts.degeneracy_version IS DISTINCT FROM excluded.degeneracy_version"
 )
 
 
@@ -306,6 +317,7 @@ class StoreWrites(StoreConnection):
                 "created_at": now,
                 "run_id": run_id,
                 "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
+                "full_depth_nll": None if c.full_depth_nll is None else float(c.full_depth_nll),
             }
             for c, key in zip(completions, keys, strict=True)
         ]
@@ -317,8 +329,10 @@ class StoreWrites(StoreConnection):
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> int:
         """Store verdicts in one transaction; returns how many rows were written.
 
-        Machine verdicts are insert-if-absent. Human labels (judge == HUMAN_JUDGE) replace an
-        earlier human label when they differ; a replaced label counts as written.
+        Machine verdicts are insert-if-absent, except that a stored one whose incoherence flag came
+        from another detector version takes the new flag (and only the flag: see
+        ``_REFRESH_DEGENERACY_FLAG``). Human labels (judge == HUMAN_JUDGE) replace an earlier human
+        label when they differ. A replaced label or refreshed flag counts as written.
         """
         now = utc_now()
         machine = [_verdict_row(v, now) for v in verdicts if v.judge != HUMAN_JUDGE]
@@ -327,9 +341,37 @@ class StoreWrites(StoreConnection):
             (v.completion_key, v.version): _verdict_row(v, now) for v in verdicts if v.judge == HUMAN_JUDGE
         }
         with self._transaction() as cur:
-            written = self._insert_new(cur, "verdicts", pa.Table.from_pylist(machine, schema=_VERDICT_SCHEMA))
+            written = self._insert_new(
+                cur,
+                "verdicts",
+                pa.Table.from_pylist(machine, schema=_VERDICT_SCHEMA),
+                on_conflict=_REFRESH_DEGENERACY_FLAG,
+            )
             human_rows = pa.Table.from_pylist(list(human.values()), schema=_VERDICT_SCHEMA)
             return written + self._insert_new(cur, "verdicts", human_rows, on_conflict=_OVERWRITE_HUMAN_LABEL)
+
+    @translated("saving full-depth NLL scores")
+    def save_full_depth_nll(self, scores: Mapping[str, float | None]) -> int:
+        """Fill in the full-depth NLL of stored completions (completion key -> nats/token) that have none;
+        returns how many rows took a score. A stored score is never overwritten (it is deterministic)."""
+        rows = [(key, float(value)) for key, value in scores.items() if value is not None]
+        if not rows:
+            return 0
+        table = pa.table(
+            {"completion_key": [k for k, _ in rows], "full_depth_nll": [v for _, v in rows]},
+            schema=pa.schema([("completion_key", pa.string()), ("full_depth_nll", pa.float64())]),
+        )
+        with self._transaction() as cur:
+            cur.register("incoming_scores", table)
+            try:
+                return len(
+                    cur.execute(
+                        "UPDATE generations g SET full_depth_nll = s.full_depth_nll FROM incoming_scores s "
+                        "WHERE g.completion_key = s.completion_key AND g.full_depth_nll IS NULL RETURNING 1"
+                    ).fetchall()
+                )
+            finally:
+                cur.unregister("incoming_scores")
 
     @translated("saving probe results")
     def save_probe_results(self, results: Iterable[ProbeRecord], *, replace: bool = False) -> int:
