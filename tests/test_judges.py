@@ -31,6 +31,7 @@ from engine.judges import (
     is_degenerate,
     parse_classifier_answer,
 )
+from engine.judges.degenerate import DEGENERACY_VERSION
 from engine.types import Verdict
 
 # ---------------------------------------------------------------- official text, pasted from the sources
@@ -354,6 +355,7 @@ def test_copyright_behaviours_are_not_classified(tokenizer):
         jailbroken=None,
         raw=COPYRIGHT_NOTE,
         note=COPYRIGHT_NOTE,
+        degeneracy_version=DEGENERACY_VERSION,
     )
     assert COPYRIGHT_NOTE == "copyright behaviour: excluded from classifier judging (HarmBench hash_check)"
     with pytest.raises(ValueError, match="hash_check"):

@@ -77,7 +77,10 @@ def spec_for(model_dir, prompts_csv) -> SweepSpec:
 def stored(db) -> tuple[set, int, int]:
     """(completion rows, number of generations, number of verdicts) of a database."""
     with Store.open(db, read_only=True) as store:
-        rows = {(c.key, c.prompt_id, c.layers, c.text, c.token_ids) for c in store.get_generations()}
+        rows = {  # the last field: the full-depth NLL was stored (scored on the worker under Ray)
+            (c.key, c.prompt_id, c.layers, c.text, c.token_ids, c.full_depth_nll is not None)
+            for c in store.get_generations()
+        }
         counts = store.table_counts()
     return rows, counts["generations"], counts["verdicts"]
 
@@ -90,6 +93,7 @@ def single_process_rows(tiny_model_dir, prompts_csv, tmp_path_factory):
         run_sweep(spec_for(tiny_model_dir, prompts_csv), store, load=lambda _name: loaded)
     rows, n_generations, n_verdicts = stored(db)
     assert n_generations == 15 == len(rows) and n_verdicts == 15
+    assert all(row[-1] for row in rows)
     return rows
 
 

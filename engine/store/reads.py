@@ -16,10 +16,22 @@ from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
-    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, truncated, exits = row
+    (
+        model_hash,
+        prompt_id,
+        prompt_text,
+        layers,
+        params_hash,
+        text,
+        token_ids,
+        seconds,
+        truncated,
+        nll,
+        exits,
+    ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), tuple(int(k) for k in exits or ()),
+        int(truncated), nll, tuple(int(k) for k in exits or ()),
     )  # fmt: skip
 
 
@@ -81,7 +93,8 @@ class StoreReads(StoreConnection):
     def list_runs(self) -> pd.DataFrame:
         with self._cursor() as cur:
             return cur.execute(
-                "SELECT run_id, started_at, finished_at, status, parameters FROM runs ORDER BY started_at"
+                "SELECT run_id, started_at, finished_at, status, parameters, pid, host, heartbeat_at "
+                "FROM runs ORDER BY started_at"
             ).df()
 
     @translated("finding missing generations")
@@ -162,7 +175,8 @@ class StoreReads(StoreConnection):
             args.insert(0, list(completion_keys))
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note FROM verdicts"
+                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note, "
+                "coalesce(degeneracy_version, '') FROM verdicts"
                 f"{where(clauses)} ORDER BY completion_key, judge, version",
                 args,
             ).fetchall()
