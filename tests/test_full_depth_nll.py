@@ -24,6 +24,7 @@ from engine.store import SCHEMA_VERSION, Store
 from engine.sweep import generate_missing, judge_stored
 from engine.sweep.generating import fill_missing_nll
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
+from tests.test_store import V1_SCHEMA
 
 PARAMS = GenerationParams(max_new_tokens=6)
 PROMPTS = [
@@ -35,27 +36,7 @@ LOOP = "the the the the the the the the the the the the the the"
 
 # Schema v2 exactly as it shipped (v1 + migration 2): a frozen snapshot, independent of schema.py.
 V2_SCHEMA = (
-    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
-    "applied_at TIMESTAMP NOT NULL)",
-    "CREATE TABLE models (model_hash VARCHAR PRIMARY KEY, model_id VARCHAR NOT NULL, "
-    "architecture VARCHAR NOT NULL, n_layers INTEGER NOT NULL, hidden_size INTEGER NOT NULL, "
-    "dtype VARCHAR NOT NULL, device VARCHAR NOT NULL, added_at TIMESTAMP NOT NULL)",
-    "CREATE TABLE prompt_sets (set_id VARCHAR PRIMARY KEY, name VARCHAR NOT NULL, source VARCHAR NOT NULL, "
-    "n_prompts INTEGER NOT NULL, added_at TIMESTAMP NOT NULL)",
-    "CREATE TABLE prompts (prompt_key VARCHAR PRIMARY KEY, prompt_id VARCHAR NOT NULL, "
-    "text VARCHAR NOT NULL, label VARCHAR NOT NULL, category VARCHAR NOT NULL, context VARCHAR NOT NULL, "
-    "source VARCHAR NOT NULL, tags VARCHAR NOT NULL)",
-    "CREATE TABLE prompt_set_members (set_id VARCHAR NOT NULL, prompt_key VARCHAR NOT NULL, "
-    "position INTEGER NOT NULL, prompt_id VARCHAR NOT NULL, PRIMARY KEY (set_id, prompt_key))",
-    "CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP, "
-    "parameters JSON NOT NULL, status VARCHAR NOT NULL)",
-    "CREATE TABLE generations (completion_key VARCHAR PRIMARY KEY, model_hash VARCHAR NOT NULL, "
-    "prompt_key VARCHAR NOT NULL, prompt_id VARCHAR NOT NULL, prompt_text VARCHAR NOT NULL, "
-    "layers INTEGER NOT NULL, params_hash VARCHAR NOT NULL, params JSON, text VARCHAR NOT NULL, "
-    "token_ids INTEGER[] NOT NULL, seconds DOUBLE NOT NULL, created_at TIMESTAMP NOT NULL)",
-    "CREATE TABLE verdicts (completion_key VARCHAR NOT NULL, judge VARCHAR NOT NULL, "
-    "version VARCHAR NOT NULL, jailbroken BOOLEAN, raw VARCHAR NOT NULL, degenerate BOOLEAN NOT NULL, "
-    "note VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, PRIMARY KEY (completion_key, judge, version))",
+    *V1_SCHEMA,
     "CREATE TABLE probe_results (model_hash VARCHAR NOT NULL, set_id VARCHAR NOT NULL, "
     "layer INTEGER NOT NULL, kind VARCHAR NOT NULL, accuracy DOUBLE NOT NULL, accuracy_std DOUBLE, "
     "auroc DOUBLE, "

@@ -102,19 +102,9 @@ def test_new_database_records_every_migration(db_path: Path) -> None:
     assert counts["schema_version"] == len(MIGRATIONS)
     assert counts["depthscope_marker"] == 1
     skip = ("schema_version", "depthscope_marker")
-    assert {name: n for name, n in counts.items() if name not in skip} == dict.fromkeys(
-        (
-            "models",
-            "prompt_sets",
-            "prompts",
-            "prompt_set_members",
-            "runs",
-            "generations",
-            "verdicts",
-            "probe_results",
-        ),
-        0,
-    )
+    given = ["models", "prompt_sets", "prompts", "prompt_set_members"]
+    computed = ["runs", "generations", "verdicts", "probe_results"]
+    assert {name: n for name, n in counts.items() if name not in skip} == dict.fromkeys(given + computed, 0)
     with duckdb.connect(str(db_path), read_only=True) as con:
         versions = con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         assert versions == [(m.version,) for m in MIGRATIONS]
@@ -247,20 +237,17 @@ def test_resaving_the_same_batches_inserts_nothing(store: Store) -> None:
     verdicts = [Verdict(c.key, "keyword", "1", c.layers == 8) for c in generations]
     probes = [ProbeRecord("m1", "set", layer, "logreg", 0.5 + layer / 100) for layer in range(3)]
 
-    first = (
-        store.save_model(MODEL),
-        store.save_prompt_set("mini", PROMPTS).new_prompts,
-        store.save_generations(generations, params=PARAMS),
-        store.save_verdicts(verdicts),
-        store.save_probe_results(probes),
-    )
-    again = (
-        store.save_model(MODEL),
-        store.save_prompt_set("mini", PROMPTS).new_prompts,
-        store.save_generations(generations, params=PARAMS),
-        store.save_verdicts(verdicts),
-        store.save_probe_results(probes),
-    )
+    def save_all() -> tuple[int, ...]:
+        return (
+            store.save_model(MODEL),
+            store.save_prompt_set("mini", PROMPTS).new_prompts,
+            store.save_generations(generations, params=PARAMS),
+            store.save_verdicts(verdicts),
+            store.save_probe_results(probes),
+        )
+
+    first = save_all()
+    again = save_all()
 
     assert first == (1, 4, 8, 8, 3)
     assert again == (0, 0, 0, 0, 0)
