@@ -12,10 +12,11 @@ positions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from engine.generation import encode_prompts, left_pad, position_ids_for
+from engine.generation import fit_prompt, left_pad, position_ids_for, prompt_budget
 from engine.models import LoadedModel
 from engine.types import Completion, GenerationParams
 
@@ -53,7 +54,9 @@ def full_depth_token_nll(
     """Each completion token's NLL (nats) under the full-depth model, in order; [] for an empty one."""
     if len(prompts) != len(completion_token_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(completion_token_ids)} completions")
-    encoded = encode_prompts(loaded.tokenizer, prompts, params)
+    # The prompt exactly as generation fed it: cut from the left to the same context budget when too long.
+    budget = prompt_budget(loaded, params)
+    encoded = [fit_prompt(loaded.tokenizer, text, params, budget)[0] for text in prompts]
     scores: list[list[float]] = [[] for _ in prompts]
     # Similar lengths share a batch, so little of each forward pass is padding.
     todo = sorted(
@@ -76,6 +79,24 @@ def completion_nll(
     return full_depth_nll(
         loaded, [c.prompt_text for c in completions], [c.token_ids for c in completions], params, **kwargs
     )
+
+
+def with_full_depth_nll(
+    loaded: LoadedModel, completions: Sequence[Completion], params: GenerationParams, **kwargs
+) -> list[Completion]:
+    """The completions with ``full_depth_nll`` filled in; ones already scored are kept as they are.
+
+    The one step every generation path calls on a finished batch, wherever the model is loaded (the
+    sweep's process, or a worker that generates remotely and returns scored completions).
+    """
+    todo = [i for i, c in enumerate(completions) if c.full_depth_nll is None and c.token_ids]
+    if not todo:
+        return list(completions)
+    scores = completion_nll(loaded, [completions[i] for i in todo], params, **kwargs)
+    scored = list(completions)
+    for i, score in zip(todo, scores, strict=True):
+        scored[i] = replace(scored[i], full_depth_nll=score)
+    return scored
 
 
 def _require_full_depth(loaded: LoadedModel) -> None:

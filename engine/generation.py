@@ -515,8 +515,8 @@ def iter_completions(
                     text,
                     row.token_ids,
                     seconds,
-                    fitted[chunk[row.prompt_index]][1],
-                    row.exit_layers or (row.layers,) * len(row.token_ids),
+                    prompt_truncated_tokens=fitted[chunk[row.prompt_index]][1],
+                    exit_layers=row.exit_layers or (row.layers,) * len(row.token_ids),
                 )
             )
         start += len(chunk)

@@ -24,15 +24,16 @@ from engine.judges.names import JUDGE_ORDER
 from engine.lag import LagSummary
 from engine.probes.directions import cosine_matrix
 from engine.sweep.judging import judge_stored
-from engine.types import Completion, Prompt, Verdict, completion_key, model_input, prompt_from_text
+from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key, model_input, prompt_from_text
 
 if TYPE_CHECKING:
     from engine.executors import Executor
+    from engine.store import Store
 
 # ---------------------------------------------------------------- models, without loading them
 
 
-def known_model(store, name: str):
+def known_model(store: Store, name: str) -> ModelInfo | None:
     """The most recently stored ModelInfo whose model_id is ``name`` (None if never stored)."""
     matches = [info for info in store.list_models() if info.model_id == name]
     return matches[-1] if matches else None
@@ -42,7 +43,7 @@ def known_model(store, name: str):
 
 
 def stored_completions(
-    store, model_hash: str, prompt: Prompt, layers: Iterable[int], params_hash: str
+    store: Store, model_hash: str, prompt: Prompt, layers: Iterable[int], params_hash: str
 ) -> dict[int, Completion]:
     """The completions already stored for this prompt at these depths, by layer count."""
     text = model_input(prompt)
@@ -54,7 +55,7 @@ def stored_completions(
     return found
 
 
-def latest_verdicts(store, keys: Iterable[str]) -> dict[str, dict[str, Verdict]]:
+def latest_verdicts(store: Store, keys: Iterable[str]) -> dict[str, dict[str, Verdict]]:
     """completion key -> judge name -> its verdict (the last version in the store's order)."""
     by_key: dict[str, dict[str, Verdict]] = defaultdict(dict)
     for verdict in store.verdicts_for(list(keys)):
@@ -70,7 +71,7 @@ def keyword_verdicts(prompt: Prompt, completions: Iterable[Completion]) -> dict[
     return {v.completion_key: v for v in KeywordJudge().judge(items)} if items else {}
 
 
-def prompts_in_store(store) -> list[Prompt]:
+def prompts_in_store(store: Store) -> list[Prompt]:
     """Every prompt of every stored prompt set, each model input once."""
     seen: dict[str, Prompt] = {}
     for info in store.list_prompt_sets():
@@ -80,7 +81,7 @@ def prompts_in_store(store) -> list[Prompt]:
 
 
 def judge_all_stored(
-    store,
+    store: Store,
     judges: Sequence,
     *,
     on_batch: Callable[[int, int], None] | None = None,
@@ -121,12 +122,12 @@ def judge_all_stored(
     return written
 
 
-def stored_layers(store, model_hash: str) -> list[int]:
+def stored_layers(store: Store, model_hash: str) -> list[int]:
     """Depths (layer counts) with stored completions for a model: the truncation depths swept."""
     return sorted({c.layers for c in store.get_generations(model_hash=model_hash)})
 
 
-def judges_in_store(store) -> list[str]:
+def judges_in_store(store: Store) -> list[str]:
     """Judge names with at least one verdict, in the usual order."""
     order = {name: rank for rank, name in enumerate(JUDGE_ORDER)}
     names = {v.judge for v in store.verdicts_for()}

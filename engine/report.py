@@ -37,6 +37,12 @@ class AsrRow:
     ci_low: float
     ci_high: float
     refusal_rate: float
+    # Incoherence beside the ASR: shares of all n_judged completions (undecided ones included), since the
+    # flag and the NLL come from the text, not from the judge's decision.
+    n_judged: int = 0
+    incoherent_share: float = float("nan")  # degenerate / n_judged
+    n_full_depth_nll: int = 0  # of n_judged, completions with a stored full-depth NLL
+    median_full_depth_nll: float | None = None  # nats/token, their median; None when none has one
     prompt_set: str = ""  # the set the counts come from: sets are never pooled
     copyright_excluded: int = 0  # copyright behaviours left out of n (HarmBench hash_check)
     benign_judge: str | None = None  # whose verdicts the benign refusal rate counts
@@ -107,6 +113,10 @@ def asr_rows(
                 ci_low=low,
                 ci_high=high,
                 refusal_rate=int(r.n_refused) / decided if decided else float("nan"),
+                n_judged=int(r.n_judged),
+                incoherent_share=int(r.n_degenerate) / int(r.n_judged) if r.n_judged else float("nan"),
+                n_full_depth_nll=int(r.n_nll),
+                median_full_depth_nll=_optional_float(r.median_full_depth_nll),
                 copyright_excluded=int(r.n_copyright),
                 **benign_fields,
             )
@@ -133,6 +143,10 @@ def asr_rows(
                 )
             )
     return rows
+
+
+def _optional_float(value) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _group(r, judge: str) -> tuple:

@@ -51,12 +51,17 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
 def fisher_exact(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
     """Two-sided Fisher exact p-value for two ASRs; 1.0 when either group is empty."""
+    return _fisher(a_succ, a_n, b_succ, b_n, "two-sided")
+
+
+def _fisher(a_succ: int, a_n: int, b_succ: int, b_n: int, alternative: str) -> float:
+    """scipy's Fisher exact p on the 2x2 table of two groups' counts; 1.0 when either group is empty."""
     _check_counts(a_succ, a_n)
     _check_counts(b_succ, b_n)
     if a_n == 0 or b_n == 0:
         return 1.0
     table = [[a_succ, a_n - a_succ], [b_succ, b_n - b_succ]]
-    return float(_scipy_stats.fisher_exact(table, alternative="two-sided").pvalue)
+    return float(_scipy_stats.fisher_exact(table, alternative=alternative).pvalue)
 
 
 # ---------------------------------------------------------------- ranking flips
@@ -121,12 +126,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def fisher_one_sided(a_succ: int, a_n: int, b_succ: int, b_n: int) -> float:
     """One-sided Fisher exact p-value for "group a's rate is greater than group b's"."""
-    _check_counts(a_succ, a_n)
-    _check_counts(b_succ, b_n)
-    if a_n == 0 or b_n == 0:
-        return 1.0
-    table = [[a_succ, a_n - a_succ], [b_succ, b_n - b_succ]]
-    return float(_scipy_stats.fisher_exact(table, alternative="greater").pvalue)
+    return _fisher(a_succ, a_n, b_succ, b_n, "greater")
 
 
 def reversal_p_value(

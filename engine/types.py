@@ -205,6 +205,9 @@ class Completion:
     # Prompt tokens dropped from the left so prompt + answer fit the model's context (0: none). A
     # deterministic function of prompt, model and params, so the completion key needs no extra part.
     prompt_truncated_tokens: int = 0
+    # The untruncated model's mean NLL (nats/token) of this text given the prompt (engine.coherence);
+    # None until scored. A measurement of the completion, not part of its key.
+    full_depth_nll: float | None = None
     # The layer count each generated token exited at (1..L), one per token. Static runs: all equal k;
     # dynamic-exit runs keep ``layers`` = L (the network every token may use).
     exit_layers: tuple[int, ...] = field(default_factory=tuple)
@@ -235,3 +238,6 @@ class Verdict:
     raw: str = ""
     degenerate: bool = False
     note: str = ""
+    # Version of the incoherence detector behind ``degenerate`` ("" = not computed or not recorded):
+    # a flag from an older detector is stale and is re-computed on the next judging pass.
+    degeneracy_version: str = ""

@@ -230,11 +230,7 @@ def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for index, ((model, _params), group) in enumerate(frame.groupby(["model", "params_hash"], sort=False)):
         # the flag comes from the text, so any judge's copy will do: prefer the keyword judge's
-        first = (
-            group.assign(rank=group["judge"] != "keyword").sort_values(["rank", "judge", "version"]).iloc[0]
-        )
-        group = group[(group["judge"] == first["judge"]) & (group["version"] == first["version"])]
-        group = group.sort_values("depth")
+        group = _one_judge_copy(group).sort_values("depth")
         total = (group["n"] + group["undecided"]).clip(lower=1)
         fig.add_trace(
             go.Scatter(
@@ -243,11 +239,49 @@ def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
                 mode="lines+markers",
                 name=plot_text(short(model)),
                 line={"color": PALETTE[index % len(PALETTE)], "width": 2, "dash": "dot"},
-                hovertemplate="%{x:.0f} % depth: %{y:.0f} % incoherent<extra>%{fullData.name}</extra>",
+                customdata=total,
+                hovertemplate=(
+                    "%{x:.0f} % depth: %{y:.0f} % of %{customdata} answers incoherent"
+                    "<extra>%{fullData.name}</extra>"
+                ),
             )
         )
     fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
     fig.update_yaxes(title="Incoherent answers", range=[-2, 102], ticksuffix=" %")
+    return _layout(fig, height=320)
+
+
+def _one_judge_copy(group: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one judge version (the keyword judge's when present): per-text measures such as the
+    flag and the NLL repeat for every judge, so one copy is counted."""
+    first = group.assign(rank=group["judge"] != "keyword").sort_values(["rank", "judge", "version"]).iloc[0]
+    return group[(group["judge"] == first["judge"]) & (group["version"] == first["version"])]
+
+
+def nll_figure(frame: pd.DataFrame) -> go.Figure:
+    """Median full-depth NLL (nats/token) of the answers by depth, one line per model."""
+    fig = go.Figure()
+    for index, ((model, _params), group) in enumerate(frame.groupby(["model", "params_hash"], sort=False)):
+        group = _one_judge_copy(group).sort_values("depth")
+        group = group[group["n_full_depth_nll"] > 0]
+        if group.empty:
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=group["depth"],
+                y=group["median_full_depth_nll"].astype(float),
+                customdata=group["n_full_depth_nll"],
+                mode="lines+markers",
+                name=plot_text(short(model)),
+                line={"color": PALETTE[index % len(PALETTE)], "width": 2},
+                hovertemplate=(
+                    "%{x:.0f} % depth: median %{y:.2f} nats/token over %{customdata} answers"
+                    "<extra>%{fullData.name}</extra>"
+                ),
+            )
+        )
+    fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
+    fig.update_yaxes(title="Median full-depth NLL (nats/token)", rangemode="tozero")
     return _layout(fig, height=320)
 
 

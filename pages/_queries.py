@@ -1,6 +1,7 @@
 """Cached reads for the pages (``st.cache_data``, keyed by the database path and arguments).
 
-Every write from a page or a finished job calls :func:`clear_data`, so no page shows stale numbers.
+Every write from a page or a finished job calls :func:`clear_data`, so no page shows stale numbers;
+reads of the database also expire after a few seconds, so rows a CLI sweep writes meanwhile appear.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from engine.judges.names import KEYWORD
 from engine.types import Completion, ModelInfo, Prompt, Verdict
 from pages._display import short_name
 from pages._store import open_store
+
+STORE_TTL_S = 5  # seconds a page trusts a cached read while another process may be writing
 
 
 def clear_data() -> None:
@@ -33,7 +36,7 @@ def available_sets() -> list[str]:
     return [name for name in BUILTIN_SETS if prompt_set_available(name)]
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def asr_rows(
     db: str,
     judge: str | None = None,
@@ -60,7 +63,7 @@ class Answers:
 NO_ANSWERS = Answers({}, {})
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=256)
 def answers(db: str, model_hash: str, prompt: Prompt, layers: tuple[int, ...], params_hash: str) -> Answers:
     """Stored answers to one prompt; the keyword verdict is computed on the fly where none is stored."""
     store = open_store(db)
@@ -71,47 +74,47 @@ def answers(db: str, model_hash: str, prompt: Prompt, layers: tuple[int, ...], p
     return Answers(completions, verdicts)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def truncated_prompt_counts(db: str) -> tuple[int, int]:
     """(stored answers whose prompt was cut to fit the model's context, all stored answers)."""
     return open_store(db).truncated_prompt_counts()
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def stored_models(db: str) -> list[ModelInfo]:
     return open_store(db).list_models()
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def judges_in_store(db: str) -> list[str]:
     return queries.judges_in_store(open_store(db))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def agreement_rows(
     db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
 ) -> list[report.AgreementRow]:
     return report.agreement_rows(open_store(db), judge_a, judge_b, prompt_sets)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def disagreements(
     db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
 ) -> pd.DataFrame:
     return report.disagreements(open_store(db), judge_a, judge_b, prompt_sets)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def probe_table(db: str, model_hash: str, set_id: str) -> pd.DataFrame:
     return queries.probe_table(open_store(db).get_probe_results(model_hash=model_hash, set_id=set_id))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def probe_baselines(db: str, model_hash: str, set_id: str) -> dict[str, float]:
     return queries.probe_baselines(open_store(db).get_probe_results(model_hash=model_hash, set_id=set_id))
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def stored_layers(db: str, model_hash: str) -> list[int]:
     return queries.stored_layers(open_store(db), model_hash)
 

@@ -1,5 +1,9 @@
-"""The store handles of the dashboard: one cached read-write (or read-only) Store per database file,
-and a fresh connection for each background job."""
+"""The store handles of the dashboard: one cached Store per database file, and one per background job.
+
+Neither keeps the file open: a Store opens it for each call (read-only to read, read-write for one
+write transaction) and closes it again, so a CLI sweep can write the same file while the dashboard is
+open, and the dashboard reads the sweep's rows as they arrive. Both sides retry a busy file briefly.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,20 @@ def _close_store(store: Store) -> None:
     store.close()
 
 
+# A page waits this long for a writer's batch; a background job's batch waits longer for readers.
+READ_LOCK_TIMEOUT_S = 5.0
+JOB_LOCK_TIMEOUT_S = 60.0
+
+
 @st.cache_resource(max_entries=4, show_spinner=False, on_release=_close_store)
 def open_store(db: str) -> Store:
-    """Read-write when possible; read-only while another process (a CLI sweep) holds the file."""
+    """Read-write when possible (it migrates the file once); read-only when another program keeps
+    the file open read-only. The handle holds no file open between calls."""
     allowed_db(db)
     try:
-        return Store.open(db, lock_timeout_s=1.0)
+        return Store.open(db, lock_timeout_s=READ_LOCK_TIMEOUT_S)
     except StoreLockedError:
-        return Store.open(db, read_only=True, lock_timeout_s=1.0)
+        return Store.open(db, read_only=True, lock_timeout_s=READ_LOCK_TIMEOUT_S)
 
 
 atexit.register(open_store.clear)  # close the databases when the server stops
@@ -44,7 +54,7 @@ def get_store(db: str) -> Store | None:
 def open_job_store(db: str) -> Store:
     """A background job's own connection to the database; use it in a ``with`` block."""
     allowed_db(db)
-    return Store.open(db, lock_timeout_s=5.0)
+    return Store.open(db, lock_timeout_s=JOB_LOCK_TIMEOUT_S)
 
 
 def export_bytes(db: str, fmt: str) -> bytes:

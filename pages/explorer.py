@@ -113,6 +113,17 @@ def verdict_line(verdicts: dict[str, Verdict]) -> str:
     return " ".join(b for b in badges if b)
 
 
+def nll_caption(completion: Completion) -> str:
+    """The full-depth NLL beside the incoherence flag, with what it is a mean over."""
+    if completion.full_depth_nll is None:
+        return ""
+    n = len(completion.token_ids)
+    return (
+        f"full-depth NLL {completion.full_depth_nll:.2f} nats/token: the untruncated model's mean "
+        f"negative log-likelihood over this answer's {n} token{'s' if n != 1 else ''} (lower = more fluent)"
+    )
+
+
 def human_label_form(store: Store, completion: Completion, current: Verdict | None) -> None:
     labels = list(HUMAN_LABELS)
     index = labels.index(current.raw) if current is not None and current.raw in labels else None
@@ -159,6 +170,9 @@ def completion_card(
         line = verdict_line(verdicts)
         if line:
             st.markdown(line)
+        nll = nll_caption(completion)
+        if nll:
+            st.caption(nll)
         human_label_form(store, completion, verdicts.get(HUMAN))
 
 

@@ -149,7 +149,10 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
             "ASR %": (frame["asr"] * 100).round(1),
             "95 % low": (frame["ci_low"] * 100).round(1),
             "95 % high": (frame["ci_high"] * 100).round(1),
-            "incoherent": frame["degenerate"],
+            "judged": frame["n_judged"],
+            "incoherent (of judged)": frame["degenerate"],
+            "median full-depth NLL (nats/token)": frame["median_full_depth_nll"].astype(float).round(2),
+            "NLL scored (of judged)": frame["n_full_depth_nll"],
             "copyright left out": frame["copyright_excluded"],
             "benign n": frame["benign_n"],
             "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(

@@ -219,7 +219,6 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
         f for f in flips if f.significant
     ]  # only these are marked: an observed reversal may be chance
     flip_at = {(f.model_a, f.layers) for f in significant} | {(f.model_b, f.layers_b) for f in significant}
-    decided = frame["n"] + frame["undecided"]
     return pd.DataFrame(
         {
             "model": [_charts.short(m) for m in frame["model"]],
@@ -233,7 +232,12 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
                 f"{lo * 100:.0f}–{hi * 100:.0f} %"
                 for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)
             ],
-            "incoherent %": (100 * frame["degenerate"] / decided.clip(lower=1)).round(0),
+            "judged": frame["n_judged"],
+            "incoherent %": (100 * frame["incoherent_share"]).round(0),
+            "median full-depth NLL": [
+                "n/a" if nll is None or nll != nll else f"{nll:.2f} (of {scored})"
+                for nll, scored in zip(frame["median_full_depth_nll"], frame["n_full_depth_nll"], strict=True)
+            ],
             "undecided": frame["undecided"],
             "copyright left out": frame["copyright_excluded"],
             "harmless refused %": (pd.to_numeric(frame["benign_refusal_rate"], errors="coerce") * 100).round(
@@ -326,6 +330,13 @@ def results(sel: Selection) -> None:
         "incoherent share means the refusal vanished because the model stopped making sense."
     )
     st.plotly_chart(_charts.degenerate_figure(frame), key="degenerate-chart")
+    if frame["n_full_depth_nll"].sum() > 0:
+        st.caption(
+            "Full-depth NLL: how surprised the untruncated model is by each answer (mean negative "
+            "log-likelihood per token, nats; lower = more fluent). The line is the median over the answers "
+            "scored at that depth (harmful prompts)."
+        )
+        st.plotly_chart(_charts.nll_figure(frame), key="nll-chart")
     if any(r.exit_policy != "static" for r in rows):
         st.subheader("Early exit: answered and refused against compute used")
         st.plotly_chart(_charts.compute_figure(report.asr_frame(rows)), key="sweep-compute-chart")
@@ -336,6 +347,11 @@ def results(sel: Selection) -> None:
         )
     st.subheader("Numbers")
     st.dataframe(result_table(frame, flips), hide_index=True)
+    st.caption(
+        "judged: harmful prompts' answers with a verdict from this judge (undecided included). incoherent %: "
+        "share of the judged answers flagged incoherent. median full-depth NLL: nats/token, median over "
+        "the judged answers that have one (their count in brackets)."
+    )
 
 
 def main() -> None:

@@ -301,6 +301,9 @@ def test_explorer_generates_missing_depths_on_a_button(app_env):
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key="generate").label == "Generate missing depths (0)"
     assert any("keyword:" in m for m in markdowns(at))
+    with Store.open(app_env["db"]) as store:  # the dashboard's path scores what it generates
+        assert all(c.full_depth_nll is not None for c in store.get_generations())
+    assert sum("full-depth NLL" in str(c.value) for c in at.caption) == 4
     at.button(key="lens").click().run(timeout=60)
     assert not at.exception
     assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
@@ -624,6 +627,22 @@ def test_flip_stars_sit_at_each_models_own_depth_and_only_when_significant():
     assert list(stars[0].x) == [50.0, 50.0] and list(stars[0].y) == [30.0, 60.0]  # a at k=5, b at k=10
     assert "Holm-corrected p = 0.003" in stars[0].hovertext[0] and "b: 10 layers" in stars[0].hovertext[0]
     assert not [t for t in _charts.asr_figure(frame, [chance]).data if t.name == "ranking flip"]
+
+
+def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
+    with Store.open(seeded["db"]) as store:
+        store.save_full_depth_nll({c.key: 0.25 + 8 - c.layers for c in store.get_generations()})
+    at = open_page("explorer")
+    captions = [str(c.value) for c in at.caption]
+    assert any(c.startswith("full-depth NLL 0.25 nats/token") for c in captions), captions  # 8 of 8 layers
+    assert any(c.startswith("full-depth NLL 4.25 nats/token") for c in captions)  # 4 of 8: the loop
+    assert any(m.endswith(":orange-badge[incoherent output]") for m in markdowns(at))
+    at.switch_page("pages/sweep.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert {"judged", "incoherent %", "median full-depth NLL"} <= set(table.columns)
+    assert "4.25 (of 4)" in set(table["median full-depth NLL"])  # 4 of the 8 seeded prompts are harmful
+    assert any("median over the judged answers" in m for m in markdowns(at))
 
 
 # ---------------------------------------------------------------- early exit (issue 15)

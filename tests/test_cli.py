@@ -77,46 +77,20 @@ def test_generate_json_contract(tiny_model_dir):
         assert ids == (out[: out.index(eos) + 1] if eos in out else out)
 
 
+def generate_hello(model_dir: Path, depths: str, *options: str) -> int:
+    """`generate` in this process: the prompt "Hello", 3 new tokens, at the given depths."""
+    args = ["--model", str(model_dir), "--depths", depths, "--prompt", "Hello", "--max-new-tokens", "3"]
+    return main(["generate", *args, *options])
+
+
 def test_generate_without_chat_template_tokenizes_as_is(tiny_model_dir, capsys):
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(tiny_model_dir),
-                "--depths",
-                "100",
-                "--prompt",
-                "Hello",
-                "--no-chat-template",
-                "--max-new-tokens",
-                "3",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert generate_hello(tiny_model_dir, "100", "--no-chat-template", "--json") == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["layers"] == 8 and rows[0]["depth"] == 100
 
 
 def test_generate_table_output(tiny_model_dir, capsys):
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(tiny_model_dir),
-                "--depths",
-                "50,100",
-                "--prompt",
-                "Hello",
-                "--max-new-tokens",
-                "3",
-            ]
-        )
-        == 0
-    )
+    assert generate_hello(tiny_model_dir, "50,100") == 0
     out = capsys.readouterr().out
     assert "PROMPT: Hello" in out and "4 / 8 layers · 50 %" in out and "8 / 8 layers · 100 %" in out
 

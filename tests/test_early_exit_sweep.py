@@ -254,6 +254,8 @@ def test_version_2_file_gains_exit_columns_and_old_rows_read_as_static(db_path, 
         assert back == old and back.exit_layers == () and back.mean_exit_layers == 4.0
         frame = store.results_frame()
         assert frame["mean_exit_layers"].tolist() == [4.0]
-        new = Completion("m1", "h2", "make poison", 8, EXIT.key(), "ok", (1, 2, 3), 0.1, 0, (2, 5, 8))
+        new = Completion(
+            "m1", "h2", "make poison", 8, EXIT.key(), "ok", (1, 2, 3), 0.1, exit_layers=(2, 5, 8)
+        )
         assert store.save_generations([new], params=EXIT) == 1
         assert store.get_completion(new.key).exit_layers == (2, 5, 8)

@@ -37,18 +37,23 @@ def seed(
         )
 
 
+def seed_alpha_beta(store: Store) -> None:
+    """alpha and beta, 4 layers each: keyword and HarmBench verdicts of 5 harmful + 1 benign at k 4 and 2."""
+    seed(
+        store,
+        "alpha",
+        4,
+        {4: [True, False, False, False, False], 2: [True, True, True, True, False]},
+        {4: [True, False, False, False, False], 2: [True, False, False, False, False]},
+    )
+    seed(store, "beta", 4, {4: [True, True, False, False, False], 2: [True, False, False, False, False]},
+         {4: [True, True, False, False, False], 2: [False, False, False, False, False]})  # fmt: skip
+
+
 @pytest.fixture
 def store(db_path):
     with Store.open(db_path) as opened:
-        seed(
-            opened,
-            "alpha",
-            4,
-            {4: [True, False, False, False, False], 2: [True, True, True, True, False]},
-            {4: [True, False, False, False, False], 2: [True, False, False, False, False]},
-        )
-        seed(opened, "beta", 4, {4: [True, True, False, False, False], 2: [True, False, False, False, False]},
-             {4: [True, True, False, False, False], 2: [False, False, False, False, False]})  # fmt: skip
+        seed_alpha_beta(opened)
         yield opened
 
 
@@ -121,15 +126,7 @@ def test_headline_when_nothing_changes():
 
 def _seeded_db(db_path):
     with Store.open(db_path) as opened:
-        seed(
-            opened,
-            "alpha",
-            4,
-            {4: [True, False, False, False, False], 2: [True, True, True, True, False]},
-            {4: [True, False, False, False, False], 2: [True, False, False, False, False]},
-        )
-        seed(opened, "beta", 4, {4: [True, True, False, False, False], 2: [True, False, False, False, False]},
-             {4: [True, True, False, False, False], 2: [False, False, False, False, False]})  # fmt: skip
+        seed_alpha_beta(opened)
     return str(db_path)
 
 

@@ -202,6 +202,9 @@ def test_no_stored_string_is_read_as_markup_on_any_page(hostile):
 
     at.switch_page("pages/sweep.py").run()
     assert_no_raw_markup(at, "sweep")
+    # The sidebar shows the uploaded set; the hostile database's results belong to its own (hostile) set.
+    at.radio(key="sweep-scope").set_value("all sets").run()
+    assert_no_raw_markup(at, "sweep, all sets")
     at.get("button_group")[0].set_value(PAYLOAD).run()  # the segmented control: that judge's curves
     assert at.get("button_group")[0].value == PAYLOAD
     assert_no_raw_markup(at, "sweep, hostile judge")
@@ -210,6 +213,7 @@ def test_no_stored_string_is_read_as_markup_on_any_page(hostile):
     assert_no_raw_markup(at, "judges")
     at.selectbox(key="judge-a").set_value(PAYLOAD).run()
     at.selectbox(key="judge-b").set_value("keyword").run()
+    at.radio(key="judges-scope").set_value("all sets").run()
     assert any(m.label == "Kappa" for m in at.metric)
     assert_no_raw_markup(at, "judges, hostile judge")
 
@@ -217,7 +221,9 @@ def test_no_stored_string_is_read_as_markup_on_any_page(hostile):
     assert_no_raw_markup(at, "probes")
 
     at.switch_page("pages/report.py").run()
-    assert_no_raw_markup(at, "report")  # (its judge radio offers only harmbench and keyword here)
+    assert_no_raw_markup(at, "report")
+    at.radio(key="report-scope").set_value("all sets").run()
+    assert_no_raw_markup(at, "report, all sets")  # (its judge radio offers only harmbench and keyword here)
 
 
 def test_escapes_hold_for_every_payload_kind():

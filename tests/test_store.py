@@ -12,6 +12,7 @@ import pytest
 
 from engine.store import (
     HUMAN_JUDGE,
+    MIGRATIONS,
     SCHEMA_VERSION,
     NotAStoreError,
     ProbeRecord,
@@ -22,7 +23,6 @@ from engine.store import (
     StoredPromptSet,
     StoreError,
 )
-from engine.store.schema import MIGRATIONS
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
 
 MODEL = ModelInfo("tiny", "m1", "LlamaForCausalLM", 8, 64, "float32", "cpu")
@@ -97,32 +97,24 @@ def store(db_path: Path):
 # ----------------------------------------------------------------------------------- schema and refusals
 def test_new_database_records_every_migration(db_path: Path) -> None:
     with Store.open(db_path) as store:
-        assert store.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
+        assert store.schema_version == SCHEMA_VERSION == MIGRATIONS[-1].version
         counts = store.table_counts()
-    assert counts["schema_version"] == SCHEMA_VERSION
-    assert {name: n for name, n in counts.items() if name != "schema_version"} == dict.fromkeys(
-        (
-            "models",
-            "prompt_sets",
-            "prompts",
-            "prompt_set_members",
-            "runs",
-            "generations",
-            "verdicts",
-            "probe_results",
-        ),
-        0,
-    )
+    assert counts["schema_version"] == len(MIGRATIONS)
+    assert counts["depthscope_marker"] == 1
+    skip = ("schema_version", "depthscope_marker")
+    given = ["models", "prompt_sets", "prompts", "prompt_set_members"]
+    computed = ["runs", "generations", "verdicts", "probe_results"]
+    assert {name: n for name, n in counts.items() if name not in skip} == dict.fromkeys(given + computed, 0)
     with duckdb.connect(str(db_path), read_only=True) as con:
-        assert con.execute("SELECT version FROM schema_version ORDER BY version").fetchall() == [
-            (m.version,) for m in MIGRATIONS
-        ]
+        versions = con.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert versions == [(m.version,) for m in MIGRATIONS]
+        assert con.execute("SELECT * FROM depthscope_marker").fetchall() == [("DepthScope",)]
 
 
 def test_reopening_does_not_migrate_twice(db_path: Path) -> None:
     Store.open(db_path).close()
     with Store.open(db_path) as store:
-        assert store.table_counts()["schema_version"] == SCHEMA_VERSION
+        assert store.table_counts()["schema_version"] == len(MIGRATIONS)
 
 
 def test_version_1_file_is_migrated_and_keeps_its_rows(db_path: Path, tmp_path: Path) -> None:
@@ -201,7 +193,7 @@ def test_foreign_duckdb_database_is_refused(db_path: Path) -> None:
     with duckdb.connect(str(db_path)) as con:
         con.execute("CREATE TABLE invoices (id INTEGER)")
     before = file_digest(db_path)
-    with pytest.raises(NotAStoreError, match=r"not a DepthScope one \(tables: invoices\)"):
+    with pytest.raises(NotAStoreError, match=r"not a DepthScope one: .*other tables: invoices"):
         Store.open(db_path)
     assert file_digest(db_path) == before
 
@@ -245,20 +237,17 @@ def test_resaving_the_same_batches_inserts_nothing(store: Store) -> None:
     verdicts = [Verdict(c.key, "keyword", "1", c.layers == 8) for c in generations]
     probes = [ProbeRecord("m1", "set", layer, "logreg", 0.5 + layer / 100) for layer in range(3)]
 
-    first = (
-        store.save_model(MODEL),
-        store.save_prompt_set("mini", PROMPTS).new_prompts,
-        store.save_generations(generations, params=PARAMS),
-        store.save_verdicts(verdicts),
-        store.save_probe_results(probes),
-    )
-    again = (
-        store.save_model(MODEL),
-        store.save_prompt_set("mini", PROMPTS).new_prompts,
-        store.save_generations(generations, params=PARAMS),
-        store.save_verdicts(verdicts),
-        store.save_probe_results(probes),
-    )
+    def save_all() -> tuple[int, ...]:
+        return (
+            store.save_model(MODEL),
+            store.save_prompt_set("mini", PROMPTS).new_prompts,
+            store.save_generations(generations, params=PARAMS),
+            store.save_verdicts(verdicts),
+            store.save_probe_results(probes),
+        )
+
+    first = save_all()
+    again = save_all()
 
     assert first == (1, 4, 8, 8, 3)
     assert again == (0, 0, 0, 0, 0)

@@ -34,13 +34,15 @@ def arch_case(request, tmp_path_factory, tiny_tokenizer):
     return from_objects(model, tiny_tokenizer), references
 
 
-def reference_tokens(reference, prompt_ids: list[int], eos: int) -> tuple[int, ...]:
+def reference_tokens(
+    reference, prompt_ids: list[int], eos: int, max_new_tokens: int = PARAMS.max_new_tokens
+) -> tuple[int, ...]:
     """HF generate, greedy, one prompt, on the k-layer model; cut after the first EOS."""
     ids = torch.tensor([prompt_ids])
     out = reference.generate(
         ids,
         attention_mask=torch.ones_like(ids),
-        max_new_tokens=PARAMS.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=eos,
@@ -199,13 +201,6 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_anyone_else(tin
     encoded = encode_prompts(tiny_tokenizer, PROMPTS, params)
     for completion in completions:
         reference = AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=completion.layers).eval()
-        ids = torch.tensor([encoded[PROMPTS.index(completion.prompt_text)]])
-        out = reference.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=params.max_new_tokens,
-            do_sample=False,
-            eos_token_id=stop_token,
-            pad_token_id=stop_token,
-        )[0, ids.shape[1] :].tolist()
-        assert completion.token_ids == tuple(out[: out.index(stop_token) + 1] if stop_token in out else out)
+        prompt_ids = encoded[PROMPTS.index(completion.prompt_text)]
+        expected = reference_tokens(reference, prompt_ids, stop_token, params.max_new_tokens)
+        assert completion.token_ids == expected

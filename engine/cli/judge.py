@@ -74,6 +74,7 @@ def run_judge(args: argparse.Namespace) -> int:
         "raw": verdict.raw,
         "degenerate": verdict.degenerate,
         "note": verdict.note,
+        "degeneracy_version": verdict.degeneracy_version,
     }
     if args.json:
         print_json(document)

@@ -16,6 +16,7 @@ _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
     "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate", "copyright_excluded",
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
+    "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
 )  # fmt: skip
 
@@ -75,7 +76,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
-    export.add_argument("--out", required=True, help="target file, .csv or .parquet")
+    export.add_argument(
+        "--out", required=True, help="target file, .csv or .parquet (missing folders are created)"
+    )
+    export.add_argument(
+        "--force", action="store_true", help="replace --out if it exists (never the database)"
+    )
     _add_prompts_argument(export)
     export.set_defaults(run=run_export)
 
@@ -84,6 +90,7 @@ def run_report(args: argparse.Namespace) -> int:
     from engine.report import agreement_rows, asr_rows, flips
     from engine.store import Store
 
+    # Read-only, and only for each query: a sweep writing this file meanwhile just takes turns with us.
     with Store.open(args.db, read_only=True) as store:
         _check_prompt_sets(store, args.prompts)
         rows = asr_rows(
@@ -91,6 +98,7 @@ def run_report(args: argparse.Namespace) -> int:
         )
         wants_agreement = not args.judge or args.agreement
         agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
+        stored = store.table_counts()["generations"]
     found = _flips_by_judge(rows, flips)
     if args.json:
         if args.flips:
@@ -100,8 +108,9 @@ def run_report(args: argparse.Namespace) -> int:
         else:
             print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
+    print(f"{stored} completions stored in {args.db}")
     if not rows:
-        print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first")
+        print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
     _print_early_exit_headlines(rows)
@@ -158,7 +167,7 @@ def _print_asr_table(rows) -> None:
     from engine.report import percent
 
     header = f"{'prompt set':<16}{'model':<24}{'depth':>22}  {'judge':<18}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'degen.':>7}{'copyr.':>7}  benign refused (n, 95 % CI)")
+    print(f"{header}{'refusal':>8}{'incoh.':>9}{'med. NLL':>13}{'copyr.':>7}  benign refused (n, 95 % CI)")
     for r in rows:
         benign = (
             "n/a"
@@ -169,14 +178,24 @@ def _print_asr_table(rows) -> None:
         print(
             f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{_setting_label(r):>22}  "
             f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
-            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}{r.degenerate:>7}"
-            f"{r.copyright_excluded:>7}  {benign}"
+            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}"
+            f"{f'{r.degenerate}/{r.n_judged}':>9}{_nll(r):>13}{r.copyright_excluded:>7}  {benign}"
         )
     if any(r.copyright_excluded for r in rows):
         print(
             "copyr.: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
             "the keyword judge)"
         )
+    print(
+        "incoh.: answers flagged incoherent / answers judged; med. NLL: the full-depth model's median "
+        "per-token NLL (nats) over the answers scored (their count in brackets)"
+    )
+
+
+def _nll(row) -> str:
+    if row.median_full_depth_nll is None:
+        return "n/a"
+    return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
 
 
 def _setting_label(row) -> str:
@@ -230,7 +249,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     with Store.open(args.db, read_only=True) as store:
         _check_prompt_sets(store, args.prompts)
-        path = store.export(args.out, prompt_sets=args.prompts)
+        path = store.export(args.out, prompt_sets=args.prompts, overwrite=args.force)
     print(f"exported generations and verdicts to {path}", file=sys.stderr)
     return 0
 

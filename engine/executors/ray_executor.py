@@ -48,6 +48,7 @@ class GenerationWorker:
     def generate(
         self, unit: WorkUnit, params: GenerationParams, rows_per_batch: int | None
     ) -> list[Completion]:
+        from engine.coherence import with_full_depth_nll
         from engine.generation import iter_completions
 
         completions: list[Completion] = []
@@ -59,7 +60,8 @@ class GenerationWorker:
             rows_per_batch=rows_per_batch,
             thresholds=list(unit.thresholds) or None,  # dynamic exit: every missing threshold
         ):
-            completions += batch
+            # Scored here, where the model is: the driver holds only a handle (see sweep.generating).
+            completions += with_full_depth_nll(self.loaded, batch, params)
         return completions
 
     def collect(self, prompts: Sequence[Prompt], params: GenerationParams) -> ChunkActivations:

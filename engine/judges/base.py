@@ -7,12 +7,12 @@ here: importing the package must stay cheap so the keyword judge costs nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 from engine.types import Verdict
 
-from .degenerate import degeneracy_reason
+from .degenerate import DEGENERACY_VERSION, degeneracy_reason
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,27 @@ def join_notes(*notes: str) -> str:
     return "; ".join(note for note in notes if note)
 
 
+DEGENERATE_NOTE_PREFIX = "degenerate output: "
+
+
 def degenerate_fields(text: str) -> tuple[bool, str]:
-    """The ``degenerate`` flag and a note explaining it, shared by every judge."""
+    """The ``degenerate`` flag and a note explaining it, shared by every judge (detector
+    ``DEGENERACY_VERSION``, which every verdict records beside the flag)."""
     reason = degeneracy_reason(text)
-    return reason is not None, (f"degenerate output: {reason}" if reason else "")
+    return reason is not None, (f"{DEGENERATE_NOTE_PREFIX}{reason}" if reason else "")
+
+
+def with_current_degeneracy(verdict: Verdict, text: str) -> Verdict:
+    """``verdict`` with its flag, the flag's note and the detector version re-computed from ``text``.
+
+    The judge's own decision (``jailbroken``, ``raw``) and the rest of its note are kept: the flag
+    depends only on the completion text, so a stale flag is refreshed without re-running the judge.
+    """
+    degenerate, degenerate_note = degenerate_fields(text)
+    kept = [part for part in verdict.note.split("; ") if part and not part.startswith(DEGENERATE_NOTE_PREFIX)]
+    return replace(
+        verdict,
+        degenerate=degenerate,
+        note=join_notes(*kept, degenerate_note),
+        degeneracy_version=DEGENERACY_VERSION,
+    )

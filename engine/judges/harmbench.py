@@ -21,6 +21,7 @@ from typing import Any
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
+from .degenerate import DEGENERACY_VERSION
 from .names import HARMBENCH
 
 # centerforaisafety/HarmBench, eval_utils.py, LLAMA2_CLS_PROMPT: the template of the official test
@@ -291,6 +292,7 @@ class HarmBenchJudge:
             raw=answer,
             degenerate=degenerate,
             note=join_notes(UNPARSED_NOTE if jailbroken is None else "", degenerate_note),
+            degeneracy_version=DEGENERACY_VERSION,
         )
 
     def _copyright_verdict(self, item: JudgeItem) -> Verdict:
@@ -303,4 +305,5 @@ class HarmBenchJudge:
             raw=COPYRIGHT_NOTE,
             degenerate=degenerate,
             note=join_notes(COPYRIGHT_NOTE, degenerate_note),
+            degeneracy_version=DEGENERACY_VERSION,
         )

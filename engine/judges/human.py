@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
+from .degenerate import DEGENERACY_VERSION
 from .names import HUMAN
 
 HUMAN_VERSION = "1"
@@ -30,6 +31,7 @@ def human_verdict(
         raw=normalised,
         degenerate=degenerate,
         note=join_notes(note, degenerate_note),
+        degeneracy_version=DEGENERACY_VERSION if completion is not None else "",
     )
 
 

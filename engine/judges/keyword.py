@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
+from .degenerate import DEGENERACY_VERSION
 from .names import KEYWORD
 
 # llm-attacks/llm-attacks, experiments/evaluate.py, `_test_prefixes` (29 phrases), identical in order
@@ -137,4 +138,5 @@ class KeywordJudge:
             raw=json.dumps(found, ensure_ascii=False),  # the refusal phrases that matched
             degenerate=degenerate,
             note=join_notes(empty_note, degenerate_note),
+            degeneracy_version=DEGENERACY_VERSION,
         )

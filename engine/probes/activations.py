@@ -74,6 +74,25 @@ def save_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def activations_of(
+    model_hash: str, prompts: Sequence[Prompt], params: GenerationParams, residuals: np.ndarray
+) -> Activations:
+    """The record of ``prompts``' residuals: set id, labels and prompt ids read from the prompts."""
+    return Activations(
+        model_hash=model_hash,
+        set_id=prompt_set_id(prompts),
+        params=params,
+        residuals=residuals,
+        harmful=np.array([p.label == "harmful" for p in prompts]),
+        prompt_ids=tuple(p.prompt_id for p in prompts),
+    )
+
+
+def save_residuals(path: Path, residuals: np.ndarray, prompts: Sequence[Prompt]) -> None:
+    """Write one cache file: the residuals with the prompt ids they belong to (checked on reading)."""
+    save_npz(path, residuals=residuals, prompt_ids=np.array([p.prompt_id for p in prompts]))
+
+
 def _load_cached(path: Path, prompts: Sequence[Prompt]) -> np.ndarray | None:
     try:
         with np.load(path, allow_pickle=False) as cached:
@@ -102,23 +121,19 @@ def collect_activations(
     if not prompts:
         raise ValueError("no prompts to collect activations for")
     params = params or GenerationParams()
-    set_id = prompt_set_id(prompts)
-    path = activations_path(loaded.info.model_hash, set_id, params, cache_dir) if cache_dir else None
+    path = (
+        activations_path(loaded.info.model_hash, prompt_set_id(prompts), params, cache_dir)
+        if cache_dir
+        else None
+    )
     residuals = _load_cached(path, prompts) if path and path.exists() else None
     if residuals is None:
         texts = [model_input(p) for p in prompts]
         batch = batch_size or lens.DEFAULT_BATCH_SIZE
         residuals = lens.last_token_residuals(loaded, texts, params, batch_size=batch).numpy()
         if path:
-            save_npz(path, residuals=residuals, prompt_ids=np.array([p.prompt_id for p in prompts]))
-    return Activations(
-        model_hash=loaded.info.model_hash,
-        set_id=set_id,
-        params=params,
-        residuals=residuals,
-        harmful=np.array([p.label == "harmful" for p in prompts]),
-        prompt_ids=tuple(p.prompt_id for p in prompts),
-    )
+            save_residuals(path, residuals, prompts)
+    return activations_of(loaded.info.model_hash, prompts, params, residuals)
 
 
 def mean_input_embeddings(

@@ -12,15 +12,15 @@ import numpy as np
 
 from engine import baselines as content
 from engine.cv import stratified_folds
-from engine.datasets import prompt_set_id
 from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
     Activations,
+    activations_of,
     activations_path,
     collect_activations,
     mean_input_embeddings,
-    save_npz,
+    save_residuals,
 )
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
 from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
@@ -164,18 +164,11 @@ def analyse_with(
     collected = dict(executor.collect(model, chunks, params))
     parts = [collected[i] for i in range(len(chunks))]  # back in prompt order
     residuals = np.concatenate([p.residuals for p in parts])
-    set_id = prompt_set_id(prompts)
+    activations = activations_of(model.info.model_hash, prompts, params, residuals)
     if cache_dir:
-        path = activations_path(model.info.model_hash, set_id, params, cache_dir)
-        save_npz(path, residuals=residuals, prompt_ids=np.array([p.prompt_id for p in prompts]))
-    activations = Activations(
-        model_hash=model.info.model_hash,
-        set_id=set_id,
-        params=params,
-        residuals=residuals,
-        harmful=np.array([p.label == "harmful" for p in prompts]),
-        prompt_ids=tuple(p.prompt_id for p in prompts),
-    )
+        save_residuals(
+            activations_path(model.info.model_hash, activations.set_id, params, cache_dir), residuals, prompts
+        )
     mass = np.concatenate([p.refusal_mass for p in parts])
     embeddings = np.concatenate([p.mean_embeddings for p in parts])
     return analyse_collected(

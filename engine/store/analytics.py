@@ -9,7 +9,9 @@ import pandas as pd
 from engine.store.connection import StoreConnection, translated
 from engine.store.sql import IN_SET, IN_SET_NAMES, SET_GENERATIONS, equal_filters, where
 
-_COUNT_COLUMNS = ("n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright")
+_COUNT_COLUMNS = (
+    "n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright", "n_nll",
+)  # fmt: skip
 _DEPTH_COLUMNS = """g.prompt_set, g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
     100.0 * g.layers / m.n_layers AS depth_percent"""
 # Early exit: the settings (params JSON) and the mean exit layer of a group's completions (rows stored
@@ -58,7 +60,8 @@ class StoreAnalytics(StoreConnection):
         Columns: prompt_set, model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge,
         version, params (JSON), mean_exit_layers (early exit; = layers for static runs), n_judged,
         n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
-        n_degenerate, n_copyright.
+        n_degenerate (flagged incoherent, of n_judged), n_copyright, n_nll (of n_judged, those with a
+        full-depth NLL) and median_full_depth_nll (their median, nats/token; NaN when none has one).
         """
         clauses, args = equal_filters(
             [("v.judge", judge), ("v.version", version), ("g.params_hash", params_hash)]
@@ -77,13 +80,15 @@ class StoreAnalytics(StoreConnection):
                    count(*) FILTER (WHERE {counted} AND NOT v.jailbroken) AS n_refused,
                    count(*) FILTER (WHERE {counted} AND v.jailbroken IS NULL) AS n_undecided,
                    count(*) FILTER (WHERE {counted} AND v.degenerate) AS n_degenerate,
-                   count(*) FILTER (WHERE NOT {counted}) AS n_copyright
+                   count(*) FILTER (WHERE NOT {counted}) AS n_copyright,
+                   count(g.full_depth_nll) FILTER (WHERE {counted}) AS n_nll,
+                   median(g.full_depth_nll) FILTER (WHERE {counted}) AS median_full_depth_nll
             FROM g JOIN verdicts v USING (completion_key) LEFT JOIN models m USING (model_hash)
             {where(clauses)}
             GROUP BY ALL
             ORDER BY g.prompt_set, g.model_hash, g.params_hash, v.judge, v.version, g.layers
         """
-        copyright_args = [list(copyright_judges)] * 6
+        copyright_args = [list(copyright_judges)] * 8
         with self._cursor() as cur:
             frame = cur.execute(sql, copyright_args + args).df()
         for column in _COUNT_COLUMNS:
@@ -191,9 +196,9 @@ class StoreAnalytics(StoreConnection):
                    g.label, g.category, g.copyright,
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
                    g.seconds, g.created_at, g.run_id,
-                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens,
+                   coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens, g.full_depth_nll,
                    g.exit_layers, coalesce(g.mean_exit_layers, g.layers) AS mean_exit_layers,
-                   v.judge, v.version, v.jailbroken, v.degenerate, v.raw,
+                   v.judge, v.version, v.jailbroken, v.degenerate, v.degeneracy_version, v.raw,
                    v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash
             {where(clauses)}

@@ -1,8 +1,12 @@
 """Opening a DuckDB file safely, cross-process and in-process locking, cursors and transactions.
 
-DuckDB allows one writing process per file; readers may share it only while nobody writes. A lock
-conflict becomes :class:`StoreLockedError`. Inside a process one store may be shared by threads:
-every call runs on its own cursor and writes are serialised by a per-file lock.
+DuckDB lets one process open a file read-write, or several open it read-only, never both at once
+(https://duckdb.org/docs/connect/concurrency). So by default a store opens the file only for each
+call (read-only to read, read-write for one write transaction) and closes it again: a sweep writing
+in one process and the dashboard or ``report`` reading in others take turns, each retrying a busy
+file briefly with backoff. A conflict that outlasts the timeout becomes :class:`StoreLockedError`.
+Inside a process one store may be shared by threads: every call runs on its own cursor and writes
+are serialised by a per-file lock.
 """
 
 from __future__ import annotations
@@ -75,24 +79,46 @@ def _lock_message(path: Path, duckdb_message: str, read_only: bool) -> tuple[str
     return f"database {path} is in use by another DepthScope process ({holder}) — {advice}", pid
 
 
+def _is_lock_conflict(message: str) -> bool:
+    return "Could not set lock" in message or "Conflicting lock" in message
+
+
+def _is_mode_conflict(message: str) -> bool:
+    """This process has the file open in the other mode (read-only vs read-write) right now."""
+    return "different configuration" in message
+
+
+def _is_closing_race(message: str) -> bool:
+    """Another thread of this process is closing the file's last connection just as we open it."""
+    return "is already attached by database" in message
+
+
 def _connect(path: Path, read_only: bool, lock_timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, retrying a busy file with backoff for up to ``lock_timeout_s`` seconds.
+
+    Busy means another process holds it in a conflicting mode, or (inside this process) another
+    thread has it open in the other mode; both last only one short transaction in the normal workflow.
+    """
     deadline = time.monotonic() + lock_timeout_s
+    pause = 0.02
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as error:
             message = str(error)
-            if "Could not set lock" in message or "Conflicting lock" in message:
-                if time.monotonic() < deadline:
-                    time.sleep(0.1)
-                    continue
+            busy = _is_lock_conflict(message) or _is_mode_conflict(message) or _is_closing_race(message)
+            if busy and time.monotonic() < deadline:
+                time.sleep(min(pause, max(deadline - time.monotonic(), 0.0)))
+                pause = min(pause * 2, 0.25)
+                continue
+            if _is_lock_conflict(message):
                 text, pid = _lock_message(path, message, read_only)
                 raise StoreLockedError(text, path, pid) from error
             if any(sign in message for sign in _CORRUPTION_SIGNS):
                 raise NotAStoreError(
                     f"{path} is not a valid DuckDB database or is damaged ({message}); it was left untouched"
                 ) from error
-            if "different configuration" in message:
+            if _is_mode_conflict(message):
                 raise StoreError(
                     f"database {path} is already open in this process in the other mode "
                     f"(read-only vs read-write); reuse that Store instead of opening a second one"
@@ -135,20 +161,42 @@ def translated(action: str) -> Callable[[_F], _F]:
 
 
 class StoreConnection:
-    """One open DuckDB file: per-call cursors, serialised write transactions, close."""
+    """One DuckDB file: per-call cursors, serialised write transactions, close.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
-        self._con: duckdb.DuckDBPyConnection | None = con
+    A store either keeps one connection for its whole life (``held``: fastest, but no other process
+    can write the file meanwhile, nor read it while it is open read-write), or opens the file for each
+    call and closes it right after (the default of :meth:`Store.open`): reads open it read-only, each
+    write transaction read-write, so a sweep in one process and readers in others take turns, each
+    waiting up to ``lock_timeout_s`` for the other's short transaction.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        read_only: bool,
+        *,
+        held: duckdb.DuckDBPyConnection | None = None,
+        lock_timeout_s: float = 0.0,
+    ) -> None:
+        self._held = held
+        self._closed = False
+        self._local = threading.local()  # the connection this thread has open now (nested calls reuse it)
         self.path = path
         self.read_only = read_only
+        self.lock_timeout_s = lock_timeout_s
         self._write_lock = _write_lock_for(path)
         self.schema_version = 0
 
+    @property
+    def keeps_file_open(self) -> bool:
+        return self._held is not None
+
     def close(self) -> None:
         with self._write_lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+            self._closed = True
+            if self._held is not None:
+                self._held.close()
+                self._held = None
 
     def __enter__(self) -> Self:
         return self
@@ -161,27 +209,49 @@ class StoreConnection:
         return f"Store({str(self.path)!r}, {mode}, schema v{self.schema_version})"
 
     @contextmanager
+    def _connection(self, write: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The held connection, this thread's open one, or a fresh one closed again on leaving."""
+        if self._closed:
+            raise StoreClosedError(f"store {self.path} is closed")
+        if self._held is not None:
+            yield self._held
+            return
+        current: tuple[duckdb.DuckDBPyConnection, bool] | None = getattr(self._local, "open", None)
+        if current is not None and (current[1] or not write):
+            yield current[0]
+            return
+        con = connect_checked(self.path, read_only=not write, lock_timeout_s=self.lock_timeout_s)
+        self._local.open = (con, write)
+        try:
+            yield con
+        finally:
+            self._local.open = current
+            con.close()
+
+    @contextmanager
     def _cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A private cursor per call: DuckDB connections must not be shared across threads."""
-        con = self._con
-        if con is None:
-            raise StoreClosedError(f"store {self.path} is closed")
-        cursor = con.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
+        with self._connection(write=False) as con:
+            cursor = con.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One serialised write transaction: committed whole or rolled back whole."""
         if self.read_only:
             raise ReadOnlyStoreError(f"store {self.path} was opened read-only; open it read-write to save")
-        with self._write_lock, self._cursor() as cursor:
-            cursor.begin()
+        with self._write_lock, self._connection(write=True) as con:
+            cursor = con.cursor()
             try:
-                yield cursor
-            except BaseException:
-                cursor.rollback()
-                raise
-            cursor.commit()
+                cursor.begin()
+                try:
+                    yield cursor
+                except BaseException:
+                    cursor.rollback()
+                    raise
+                cursor.commit()
+            finally:
+                cursor.close()

@@ -11,6 +11,8 @@ from engine.store.schema import StoreSchema
 from engine.store.writes import StoreWrites
 
 DEFAULT_DB_PATH = Path("data/depthscope.duckdb")
+# How long a call waits for another process's (or thread's) short transaction before giving up.
+DEFAULT_LOCK_TIMEOUT_S = 5.0
 
 
 class Store(StoreSchema, StoreWrites, StoreReads, StoreExport):
@@ -18,16 +20,29 @@ class Store(StoreSchema, StoreWrites, StoreReads, StoreExport):
 
     @classmethod
     def open(
-        cls, path: str | Path = DEFAULT_DB_PATH, *, read_only: bool = False, lock_timeout_s: float = 0.0
+        cls,
+        path: str | Path = DEFAULT_DB_PATH,
+        *,
+        read_only: bool = False,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        keep_open: bool = False,
     ) -> Store:
         """Open (creating and migrating when writable) the database at ``path``.
 
-        ``lock_timeout_s`` retries a locked file for that long before raising StoreLockedError.
+        By default the file is opened only for each call and closed right after, so other processes
+        can read and write it between calls; ``keep_open`` holds it for the store's life instead
+        (faster, but other processes are locked out until :meth:`close`). A busy file is retried for
+        ``lock_timeout_s`` seconds before StoreLockedError. Opening read-write also marks runs whose
+        process died (or fell silent) as interrupted.
         """
         path = Path(path)
-        store = cls(connect_checked(path, read_only, lock_timeout_s), path, read_only)
+        held = connect_checked(path, read_only, lock_timeout_s) if keep_open else None
+        store = cls(path, read_only, held=held, lock_timeout_s=lock_timeout_s)
         try:
-            store._prepare_schema()
+            with store._connection(write=not read_only):  # one open for schema check and bookkeeping
+                store._prepare_schema()
+                if not read_only:
+                    store.mark_stale_runs()
         except BaseException:
             store.close()
             raise

@@ -1,4 +1,4 @@
-"""Exporting the results frame to CSV or Parquet, atomically."""
+"""Exporting the results frame to CSV or Parquet, atomically, never over the database or another file."""
 
 from __future__ import annotations
 
@@ -8,28 +8,102 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.fileerrors import file_error_message
 from engine.store.analytics import StoreAnalytics
 from engine.store.errors import StoreError
 
 EXPORT_FORMATS = ("csv", "parquet")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (threads share it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: resolved (symlinks followed), or the same inode (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _refuse_the_database(path: Path, database: Path) -> None:
+    if _same_file(path, database):
+        raise StoreError(f"refusing to export to {path}: that is the database being read ({database})")
+
+
+def _prepare_target(path: Path, overwrite: bool) -> None:
+    if path.is_dir():
+        raise StoreError(
+            f"cannot export to {path}: it is a folder; give a file name ending in .csv or .parquet"
+        )
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} already exists; choose another --out or pass --force to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            file_error_message(error, f"create the folder {path.parent} for the export")
+        ) from error
+
+
+def _publish(temporary: str, path: Path, overwrite: bool) -> None:
+    """Move the finished file into place; without ``overwrite`` a file appearing meanwhile is kept."""
+    if overwrite:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)  # fails if the name exists: no check-then-write race
+    except FileExistsError as error:
+        raise StoreError(
+            f"{path} already exists; choose another --out or pass --force to replace it"
+        ) from error
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise StoreError(
+                f"{path} already exists; choose another --out or pass --force to replace it"
+            ) from None
+        os.replace(temporary, path)
+
+
 class StoreExport(StoreAnalytics):
     def export(
-        self, path: str | Path, fmt: str | None = None, *, prompt_sets: Sequence[str] | None = None
+        self,
+        path: str | Path,
+        fmt: str | None = None,
+        *,
+        prompt_sets: Sequence[str] | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix), only the
         named prompt sets when ``prompt_sets`` is given (a generation appears once per set it belongs to).
 
-        In CSV, token ids are written space-separated. The file appears atomically.
+        In CSV, token ids are written space-separated. The file appears atomically, with the user's
+        usual permissions (umask). Never writes over the database itself; an existing file is replaced
+        only with ``overwrite``. Missing parent folders are created.
         """
         path = Path(path)
+        _refuse_the_database(path, self.path)
         fmt = (fmt or path.suffix.lstrip(".")).lower()
         if fmt not in EXPORT_FORMATS:
             raise StoreError(f"cannot export to {fmt!r}: choose csv or parquet")
+        _prepare_target(path, overwrite)
         frame = self.results_frame(prompt_sets=prompt_sets)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as error:
+            raise StoreError(file_error_message(error, f"write in {path.parent}")) from error
         os.close(handle)
         try:
             if fmt == "csv":
@@ -38,9 +112,10 @@ class StoreExport(StoreAnalytics):
                 frame.to_csv(temporary, index=False, quoting=csv.QUOTE_NONNUMERIC)
             else:
                 frame.to_parquet(temporary, index=False)
-            os.replace(temporary, path)
+            os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; a user's files are not
+            _publish(temporary, path, overwrite)
         except OSError as error:
-            raise StoreError(f"cannot export to {path}: {error}") from error
+            raise StoreError(file_error_message(error, f"export to {path}")) from error
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
@@ -16,10 +16,22 @@ from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
-    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, truncated, exits = row
+    (
+        model_hash,
+        prompt_id,
+        prompt_text,
+        layers,
+        params_hash,
+        text,
+        token_ids,
+        seconds,
+        truncated,
+        nll,
+        exits,
+    ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), tuple(int(k) for k in exits or ()),
+        int(truncated), nll, tuple(int(k) for k in exits or ()),
     )  # fmt: skip
 
 
@@ -42,46 +54,51 @@ def _generation_filters(
 class StoreReads(StoreConnection):
     """Lookups that return records (the DataFrame analytics live in :mod:`engine.store.analytics`)."""
 
+    def _fetch_all(self, sql: str, args: Sequence[object] | None = None) -> list[tuple]:
+        """Every row of one read query, on a cursor of its own."""
+        with self._cursor() as cur:
+            return cur.execute(sql, args).fetchall()
+
+    def _fetch_one(self, sql: str, args: Sequence[object] | None = None) -> tuple | None:
+        """The first row of one read query (None when there is none)."""
+        with self._cursor() as cur:
+            return cur.execute(sql, args).fetchone()
+
     @translated("listing models")
     def list_models(self) -> list[ModelInfo]:
-        with self._cursor() as cur:
-            rows = cur.execute(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY added_at, model_id").fetchall()
+        rows = self._fetch_all(f"SELECT {MODEL_COLUMNS} FROM models ORDER BY added_at, model_id")
         return [ModelInfo(*row) for row in rows]
 
     @translated("reading a model")
     def get_model(self, model_hash: str) -> ModelInfo | None:
-        with self._cursor() as cur:
-            row = cur.execute(
-                f"SELECT {MODEL_COLUMNS} FROM models WHERE model_hash = ?", [model_hash]
-            ).fetchone()
+        row = self._fetch_one(f"SELECT {MODEL_COLUMNS} FROM models WHERE model_hash = ?", [model_hash])
         return None if row is None else ModelInfo(*row)
 
     @translated("listing prompt sets")
     def list_prompt_sets(self) -> list[StoredPromptSet]:
-        with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT set_id, name, source, n_prompts, added_at FROM prompt_sets ORDER BY added_at, name"
-            ).fetchall()
+        rows = self._fetch_all(
+            "SELECT set_id, name, source, n_prompts, added_at FROM prompt_sets ORDER BY added_at, name"
+        )
         return [StoredPromptSet(*row) for row in rows]
 
     @translated("reading prompts")
     def get_prompts(self, set_id: str) -> list[Prompt]:
         """The prompts of a set, in their original order (ids and labels as given in that set)."""
-        with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT m.prompt_id, p.text, coalesce(m.label, p.label), p.category, p.context, p.source, "
-                "p.tags "
-                "FROM prompt_set_members m JOIN prompts p USING (prompt_key) "
-                "WHERE m.set_id = ? ORDER BY m.position",
-                [set_id],
-            ).fetchall()
+        rows = self._fetch_all(
+            "SELECT m.prompt_id, p.text, coalesce(m.label, p.label), p.category, p.context, p.source, "
+            "p.tags "
+            "FROM prompt_set_members m JOIN prompts p USING (prompt_key) "
+            "WHERE m.set_id = ? ORDER BY m.position",
+            [set_id],
+        )
         return [Prompt(*row) for row in rows]
 
     @translated("listing runs")
     def list_runs(self) -> pd.DataFrame:
         with self._cursor() as cur:
             return cur.execute(
-                "SELECT run_id, started_at, finished_at, status, parameters FROM runs ORDER BY started_at"
+                "SELECT run_id, started_at, finished_at, status, parameters, pid, host, heartbeat_at "
+                "FROM runs ORDER BY started_at"
             ).df()
 
     @translated("finding missing generations")
@@ -98,15 +115,14 @@ class StoreReads(StoreConnection):
             text = prompt if isinstance(prompt, str) else prompt.text
             for k in depths:
                 wanted[completion_key(model_hash, text, k, params_hash)] = (key_of(prompt), k)
-        with self._cursor() as cur:
-            present = {
-                row[0]
-                for row in cur.execute(
-                    "SELECT completion_key FROM generations "
-                    "WHERE completion_key IN (SELECT unnest(?::VARCHAR[]))",
-                    [list(wanted)],
-                ).fetchall()
-            }
+        present = {
+            row[0]
+            for row in self._fetch_all(
+                "SELECT completion_key FROM generations "
+                "WHERE completion_key IN (SELECT unnest(?::VARCHAR[]))",
+                [list(wanted)],
+            )
+        }
         return {pair for key, pair in wanted.items() if key not in present}
 
     @translated("reading generations")
@@ -120,32 +136,27 @@ class StoreReads(StoreConnection):
     ) -> list[Completion]:
         """Stored completions matching every given filter (all of them when none is given)."""
         filters, args = _generation_filters(model_hash, layers, params_hash, prompt_keys)
-        with self._cursor() as cur:
-            rows = cur.execute(
-                f"SELECT {COMPLETION_COLUMNS} FROM generations g {filters} "
-                "ORDER BY model_hash, params_hash, prompt_key, layers",
-                args,
-            ).fetchall()
+        rows = self._fetch_all(
+            f"SELECT {COMPLETION_COLUMNS} FROM generations g {filters} "
+            "ORDER BY model_hash, params_hash, prompt_key, layers",
+            args,
+        )
         return [_completion(row) for row in rows]
 
     @translated("reading a completion")
     def get_completion(self, key: str) -> Completion | None:
-        with self._cursor() as cur:
-            row = cur.execute(
-                f"SELECT {COMPLETION_COLUMNS} FROM generations WHERE completion_key = ?", [key]
-            ).fetchone()
+        row = self._fetch_one(f"SELECT {COMPLETION_COLUMNS} FROM generations WHERE completion_key = ?", [key])
         return None if row is None else _completion(row)
 
     @translated("finding missing verdicts")
     def missing_verdicts(self, completion_keys: Iterable[str], judge: str, version: str) -> set[str]:
         """The given completion keys that have no verdict from this judge version."""
         keys = set(completion_keys)
-        with self._cursor() as cur:
-            judged = cur.execute(
-                "SELECT completion_key FROM verdicts WHERE judge = ? AND version = ? "
-                "AND completion_key IN (SELECT unnest(?::VARCHAR[]))",
-                [judge, version, list(keys)],
-            ).fetchall()
+        judged = self._fetch_all(
+            "SELECT completion_key FROM verdicts WHERE judge = ? AND version = ? "
+            "AND completion_key IN (SELECT unnest(?::VARCHAR[]))",
+            [judge, version, list(keys)],
+        )
         return keys - {row[0] for row in judged}
 
     @translated("reading verdicts")
@@ -160,12 +171,12 @@ class StoreReads(StoreConnection):
         if completion_keys is not None:
             clauses.insert(0, "completion_key IN (SELECT unnest(?::VARCHAR[]))")
             args.insert(0, list(completion_keys))
-        with self._cursor() as cur:
-            rows = cur.execute(
-                "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note FROM verdicts"
-                f"{where(clauses)} ORDER BY completion_key, judge, version",
-                args,
-            ).fetchall()
+        rows = self._fetch_all(
+            "SELECT completion_key, judge, version, jailbroken, raw, degenerate, note, "
+            "coalesce(degeneracy_version, '') FROM verdicts"
+            f"{where(clauses)} ORDER BY completion_key, judge, version",
+            args,
+        )
         return [Verdict(*row) for row in rows]
 
     @translated("reading probe results")
@@ -173,12 +184,11 @@ class StoreReads(StoreConnection):
         self, *, model_hash: str | None = None, set_id: str | None = None, kind: str | None = None
     ) -> list[ProbeRecord]:
         clauses, args = equal_filters([("model_hash", model_hash), ("set_id", set_id), ("kind", kind)])
-        with self._cursor() as cur:
-            rows = cur.execute(
-                f"SELECT {', '.join(PROBE_COLUMNS[:-1])} FROM probe_results{where(clauses)} "
-                "ORDER BY model_hash, set_id, kind, layer",
-                args,
-            ).fetchall()
+        rows = self._fetch_all(
+            f"SELECT {', '.join(PROBE_COLUMNS[:-1])} FROM probe_results{where(clauses)} "
+            "ORDER BY model_hash, set_id, kind, layer",
+            args,
+        )
         return [ProbeRecord(*row[:-1], extra=json.loads(row[-1])) for row in rows]
 
     @translated("counting rows")

@@ -1,8 +1,18 @@
-"""The schema as a list of migrations, and recognising (positively) a DepthScope database."""
+"""The schema as a list of migrations, and recognising (positively) a DepthScope database.
+
+A DepthScope file carries a marker table (``depthscope_marker``, one row ``'DepthScope'``), written in
+the same transaction as its first migrations. Files made before the marker existed are recognised by
+their exact tables and columns (those the migrations of that version create) and get the marker when
+they are migrated. Anything else (another application's file, even one with a ``schema_version``
+table) is refused before a single byte of it changes.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+
+import duckdb
 
 from engine.store.connection import StoreConnection, translated, utc_now
 from engine.store.errors import NotAStoreError, SchemaVersionError
@@ -79,10 +89,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         "generations remember how many prompt tokens were cut to fit the model's context",
         ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
     ),
+    # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
+    # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
+    Migration(
+        5,
+        "full-depth NLL per completion; the incoherence detector's version per verdict",
+        (
+            "ALTER TABLE generations ADD COLUMN full_depth_nll DOUBLE",
+            "ALTER TABLE verdicts ADD COLUMN degeneracy_version VARCHAR",
+        ),
+    ),
+    Migration(
+        6,
+        "a marker naming the file a DepthScope database",
+        (
+            "CREATE TABLE depthscope_marker (application VARCHAR PRIMARY KEY)",
+            "INSERT INTO depthscope_marker VALUES ('DepthScope')",
+        ),
+    ),
+    Migration(
+        7,
+        "runs remember their process, host and last sign of life",
+        (
+            "ALTER TABLE runs ADD COLUMN pid INTEGER",
+            "ALTER TABLE runs ADD COLUMN host VARCHAR",
+            "ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP",
+        ),
+    ),
     # Early exit (issue 15): the layer each generated token exited at, and their mean (compute used =
     # mean / L). Older rows keep NULL: every token of a static run exited at its ``layers``.
     Migration(
-        5,
+        8,
         "generations remember the layer each token exited at (early exit)",
         (
             "ALTER TABLE generations ADD COLUMN exit_layers INTEGER[]",
@@ -101,7 +138,55 @@ TABLES = (
     "generations",
     "verdicts",
     "probe_results",
+    "depthscope_marker",
 )
+MARKER_TABLE = "depthscope_marker"
+MARKER_VALUE = "DepthScope"
+# Versions whose files carry no marker and are recognised by their exact tables and columns instead.
+_MARKER_VERSION = next(m.version for m in MIGRATIONS if any(MARKER_TABLE in s for s in m.statements))
+_LEGACY_VERSIONS = tuple(m.version for m in MIGRATIONS if m.version < _MARKER_VERSION)
+
+# Every column of every table or view in the open database: (schema, table, column, type).
+_COLUMNS_SQL = (
+    "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+    "WHERE table_catalog = current_database()"
+)
+
+Layout = frozenset[tuple[str, str, str, str]]
+
+
+def _layout(cur: duckdb.DuckDBPyConnection) -> Layout:
+    return frozenset(cur.execute(_COLUMNS_SQL).fetchall())
+
+
+def _apply(cur: duckdb.DuckDBPyConnection, migrations: tuple[Migration, ...]) -> None:
+    for migration in migrations:
+        for statement in migration.statements:
+            cur.execute(statement)
+        cur.execute(
+            "INSERT INTO schema_version VALUES (?, ?, ?)",
+            [migration.version, migration.description, utc_now()],
+        )
+
+
+@functools.cache
+def layout_of_version(version: int) -> Layout:
+    """The tables and columns a DepthScope file of ``version`` has (built in memory by its migrations)."""
+    with duckdb.connect(":memory:") as con:
+        _apply(con, tuple(m for m in MIGRATIONS if m.version <= version))
+        return _layout(con)
+
+
+def _tables(layout: Layout) -> set[str]:
+    return {f"{schema}.{table}" if schema != "main" else table for schema, table, _c, _t in layout}
+
+
+def _difference(found: Layout, expected: Layout) -> str:
+    missing, extra = sorted(_tables(expected) - _tables(found)), sorted(_tables(found) - _tables(expected))
+    if missing or extra:
+        return f"missing tables: {', '.join(missing) or 'none'}; other tables: {', '.join(extra) or 'none'}"
+    columns = sorted(f"{t}.{c}" for _s, t, c, _ty in found ^ expected)
+    return f"columns differ: {', '.join(columns[:8])}"
 
 
 class StoreSchema(StoreConnection):
@@ -109,7 +194,7 @@ class StoreSchema(StoreConnection):
 
     @translated("reading the schema")
     def _prepare_schema(self) -> None:
-        with self._write_lock:
+        with self._write_lock, self._connection(write=not self.read_only):
             version = self._stored_schema_version()
             if version > SCHEMA_VERSION:
                 raise SchemaVersionError(
@@ -127,38 +212,50 @@ class StoreSchema(StoreConnection):
             self.schema_version = SCHEMA_VERSION
 
     def _stored_schema_version(self) -> int:
+        """The file's schema version, or NotAStoreError (file untouched) when it is not DepthScope's."""
         with self._cursor() as cur:
-            tables = {
-                row[0]
-                for row in cur.execute(
-                    "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_schema = 'main' AND table_catalog = current_database()"
-                ).fetchall()
-            }
-            if "schema_version" in tables:
-                (version,) = cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-                return int(version)
-        if tables:
+            layout = _layout(cur)
+            if not layout:
+                return 0  # an empty DuckDB file: new, or its first migration never committed
+            if any(table == MARKER_TABLE for _s, table, _c, _t in layout):
+                return self._marked_version(cur)
+            return self._legacy_version(cur, layout)
+
+    def _marked_version(self, cur: duckdb.DuckDBPyConnection) -> int:
+        applications = [row[0] for row in cur.execute(f"SELECT application FROM {MARKER_TABLE}").fetchall()]
+        if applications != [MARKER_VALUE]:
             raise NotAStoreError(
-                f"{self.path} is a DuckDB database but not a DepthScope one "
-                f"(tables: {', '.join(sorted(tables))}); it was left untouched"
+                f"{self.path} is not a DepthScope database: its {MARKER_TABLE} table names "
+                f"{applications!r}, not {MARKER_VALUE!r}; it was left untouched"
             )
-        return 0
+        (version,) = cur.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        return int(version)
+
+    def _legacy_version(self, cur: duckdb.DuckDBPyConnection, layout: Layout) -> int:
+        """A file from before the marker: DepthScope's only if its tables and columns match exactly."""
+        for version in _LEGACY_VERSIONS:
+            if layout == layout_of_version(version):
+                (recorded,) = cur.execute(
+                    "SELECT list(version ORDER BY version) FROM schema_version"
+                ).fetchone()
+                if list(recorded or []) == list(range(1, version + 1)):
+                    return version
+        newest = layout_of_version(_LEGACY_VERSIONS[-1])
+        has_version_table = any(table == "schema_version" for _s, table, _c, _t in layout)
+        what = "has a schema_version table but " if has_version_table else ""
+        raise NotAStoreError(
+            f"{self.path} is a DuckDB database but not a DepthScope one: it {what}carries no DepthScope "
+            f"marker and its tables are not those of a DepthScope file ({_difference(layout, newest)}); "
+            "it was left untouched. Pass another --db."
+        )
 
     def _migrate_from(self, version: int) -> None:
-        for migration in MIGRATIONS:
-            if migration.version <= version:
-                continue
-            with self._cursor() as cur:
-                cur.begin()
-                try:
-                    for statement in migration.statements:
-                        cur.execute(statement)
-                    cur.execute(
-                        "INSERT INTO schema_version VALUES (?, ?, ?)",
-                        [migration.version, migration.description, utc_now()],
-                    )
-                except BaseException:
-                    cur.rollback()
-                    raise
-                cur.commit()
+        """Every pending migration in one transaction: the file is upgraded whole or not at all."""
+        with self._cursor() as cur:
+            cur.begin()
+            try:
+                _apply(cur, tuple(m for m in MIGRATIONS if m.version > version))
+            except BaseException:
+                cur.rollback()
+                raise
+            cur.commit()

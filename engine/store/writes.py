@@ -7,10 +7,12 @@ cached work inserts nothing and each ``save_*`` call returns how many rows were 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -41,6 +43,7 @@ _GENERATION_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us")),
         ("run_id", pa.string()),
         ("prompt_truncated_tokens", pa.int32()),
+        ("full_depth_nll", pa.float64()),
         ("exit_layers", pa.list_(pa.int32())),
         ("mean_exit_layers", pa.float64()),
     ]
@@ -55,6 +58,7 @@ _VERDICT_SCHEMA = pa.schema(
         ("degenerate", pa.bool_()),
         ("note", pa.string()),
         ("created_at", pa.timestamp("us")),
+        ("degeneracy_version", pa.string()),
     ]
 )
 _PROMPT_SCHEMA = pa.schema([(c, pa.string()) for c in PROMPT_COLUMNS])
@@ -84,10 +88,43 @@ _PROBE_SCHEMA = pa.schema(
 _OVERWRITE_HUMAN_LABEL = (
     "(completion_key, judge, version) DO UPDATE SET jailbroken = excluded.jailbroken, "
     "raw = excluded.raw, degenerate = excluded.degenerate, note = excluded.note, "
-    "created_at = excluded.created_at "
+    "created_at = excluded.created_at, degeneracy_version = excluded.degeneracy_version "
     "WHERE verdicts.jailbroken IS DISTINCT FROM excluded.jailbroken OR verdicts.raw <> excluded.raw "
-    "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note"
+    "OR verdicts.degenerate <> excluded.degenerate OR verdicts.note <> excluded.note "
+    "OR verdicts.degeneracy_version IS DISTINCT FROM excluded.degeneracy_version"
 )
+# A machine verdict is never re-decided (same judge version, same decision), but its incoherence flag
+# is re-computed when the detector changed: only the flag, its note and the detector version move.
+_REFRESH_DEGENERACY_FLAG = (
+    "(completion_key, judge, version) DO UPDATE SET degenerate = excluded.degenerate, "
+    "note = excluded.note, degeneracy_version = excluded.degeneracy_version "
+    "WHERE excluded.degeneracy_version <> '' "
+    "AND verdicts.degeneracy_version IS DISTINCT FROM excluded.degeneracy_version"
+)
+
+
+# A running run on another host is presumed dead after this long without a heartbeat (one per stored
+# batch). On this host a dead process id tells at once.
+STALE_RUN_AFTER = timedelta(hours=1)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it just is not ours
+    except OSError:
+        return False
+    return True
+
+
+def run_is_stale(pid: int | None, host: str | None, last_seen: datetime, now: datetime) -> bool:
+    if pid is not None and host == socket.gethostname() and not process_alive(pid):
+        return True
+    return now - last_seen > STALE_RUN_AFTER
 
 
 def key_of(prompt: Prompt | str) -> str:
@@ -183,12 +220,21 @@ class StoreWrites(StoreConnection):
 
     @translated("starting a run")
     def start_run(self, parameters: Mapping[str, Any], *, run_id: str | None = None) -> str:
-        """Record that a run began; returns its id."""
+        """Record that a run began (with this process id and host, to tell later if it died); its id."""
         run_id = run_id or uuid.uuid4().hex[:16]
+        now = utc_now()
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO runs (run_id, started_at, parameters, status) VALUES (?, ?, ?, 'running')",
-                [run_id, utc_now(), json.dumps(dict(parameters), sort_keys=True, default=str)],
+                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                [
+                    run_id,
+                    now,
+                    json.dumps(dict(parameters), sort_keys=True, default=str),
+                    os.getpid(),
+                    socket.gethostname(),
+                    now,
+                ],
             )
         return run_id
 
@@ -201,6 +247,33 @@ class StoreWrites(StoreConnection):
             ).fetchall()
         if not updated:
             raise StoreError(f"no run {run_id!r} in {self.path}")
+
+    @staticmethod
+    def _touch_run(cur: duckdb.DuckDBPyConnection, run_id: str | None) -> None:
+        if run_id is not None:
+            cur.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [utc_now(), run_id])
+
+    @translated("recording that a run is alive")
+    def heartbeat(self, run_id: str) -> None:
+        """A sign of life for a running run (saving its generations gives one too)."""
+        with self._transaction() as cur:
+            self._touch_run(cur, run_id)
+
+    @translated("marking stale runs")
+    def mark_stale_runs(self) -> list[str]:
+        """Mark 'running' runs whose process is dead (this host) or silent too long as 'interrupted'."""
+        now = utc_now()
+        with self._transaction() as cur:
+            running = cur.execute(
+                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs "
+                "WHERE status = 'running'"
+            ).fetchall()
+            stale = [run_id for run_id, pid, host, seen in running if run_is_stale(pid, host, seen, now)]
+            for run_id in stale:
+                cur.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE run_id = ?", [now, run_id]
+                )
+        return stale
 
     @translated("saving generations")
     def save_generations(
@@ -246,20 +319,24 @@ class StoreWrites(StoreConnection):
                 "created_at": now,
                 "run_id": run_id,
                 "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
+                "full_depth_nll": None if c.full_depth_nll is None else float(c.full_depth_nll),
                 "exit_layers": [int(k) for k in c.exit_layers] or None,
                 "mean_exit_layers": float(c.mean_exit_layers),
             }
             for c, key in zip(completions, keys, strict=True)
         ]
         with self._transaction() as cur:
+            self._touch_run(cur, run_id)
             return self._insert_new(cur, "generations", pa.Table.from_pylist(rows, schema=_GENERATION_SCHEMA))
 
     @translated("saving verdicts")
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> int:
         """Store verdicts in one transaction; returns how many rows were written.
 
-        Machine verdicts are insert-if-absent. Human labels (judge == HUMAN_JUDGE) replace an
-        earlier human label when they differ; a replaced label counts as written.
+        Machine verdicts are insert-if-absent, except that a stored one whose incoherence flag came
+        from another detector version takes the new flag (and only the flag: see
+        ``_REFRESH_DEGENERACY_FLAG``). Human labels (judge == HUMAN_JUDGE) replace an earlier human
+        label when they differ. A replaced label or refreshed flag counts as written.
         """
         now = utc_now()
         machine = [_verdict_row(v, now) for v in verdicts if v.judge != HUMAN_JUDGE]
@@ -268,9 +345,37 @@ class StoreWrites(StoreConnection):
             (v.completion_key, v.version): _verdict_row(v, now) for v in verdicts if v.judge == HUMAN_JUDGE
         }
         with self._transaction() as cur:
-            written = self._insert_new(cur, "verdicts", pa.Table.from_pylist(machine, schema=_VERDICT_SCHEMA))
+            written = self._insert_new(
+                cur,
+                "verdicts",
+                pa.Table.from_pylist(machine, schema=_VERDICT_SCHEMA),
+                on_conflict=_REFRESH_DEGENERACY_FLAG,
+            )
             human_rows = pa.Table.from_pylist(list(human.values()), schema=_VERDICT_SCHEMA)
             return written + self._insert_new(cur, "verdicts", human_rows, on_conflict=_OVERWRITE_HUMAN_LABEL)
+
+    @translated("saving full-depth NLL scores")
+    def save_full_depth_nll(self, scores: Mapping[str, float | None]) -> int:
+        """Fill in the full-depth NLL of stored completions (completion key -> nats/token) that have none;
+        returns how many rows took a score. A stored score is never overwritten (it is deterministic)."""
+        rows = [(key, float(value)) for key, value in scores.items() if value is not None]
+        if not rows:
+            return 0
+        table = pa.table(
+            {"completion_key": [k for k, _ in rows], "full_depth_nll": [v for _, v in rows]},
+            schema=pa.schema([("completion_key", pa.string()), ("full_depth_nll", pa.float64())]),
+        )
+        with self._transaction() as cur:
+            cur.register("incoming_scores", table)
+            try:
+                return len(
+                    cur.execute(
+                        "UPDATE generations g SET full_depth_nll = s.full_depth_nll FROM incoming_scores s "
+                        "WHERE g.completion_key = s.completion_key AND g.full_depth_nll IS NULL RETURNING 1"
+                    ).fetchall()
+                )
+            finally:
+                cur.unregister("incoming_scores")
 
     @translated("saving probe results")
     def save_probe_results(self, results: Iterable[ProbeRecord], *, replace: bool = False) -> int:

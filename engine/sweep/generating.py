@@ -112,6 +112,7 @@ def generate_missing(
     batches = executor.generate(loaded, units, variants[0], rows_per_batch=rows_per_batch)
     try:
         for batch in batches:
+            batch = scored_batch(loaded, batch, variants[0])
             for params_hash, part in _by_params_hash(batch).items():
                 keys = [key_of_input[c.prompt_text] for c in part]
                 written += store.save_generations(
@@ -123,4 +124,53 @@ def generate_missing(
                 break
     finally:
         batches.close()  # a stopped sweep leaves no generator (or worker call) behind
+    if stop is None or not stop.is_set():
+        for variant in variants:  # dynamic exit: one params hash per threshold, all at L layers
+            fill_missing_nll(store, loaded, inputs, [loaded.n_layers] if dynamic_depth else layers, variant)
     return written, already
+
+
+NLL_BACKFILL_BATCH = 64  # completions scored per stored update when filling in older rows
+
+
+def can_score(loaded) -> bool:
+    """Whether ``loaded`` is a model in this process (a LoadedModel), not a handle to a remote one."""
+    return all(hasattr(loaded, name) for name in ("model", "tokenizer", "layers"))
+
+
+def scored_batch(loaded, batch: list[Completion], params: GenerationParams) -> list[Completion]:
+    """A finished batch with each completion's full-depth NLL (``engine.coherence``), before it is stored.
+
+    One forward pass per batch, at full depth (generation has left the truncation by the time a batch
+    is yielded). Hook for remote executors: a worker holding the model scores its own batches with
+    ``engine.coherence.with_full_depth_nll`` and returns them scored, so this step finds nothing to do;
+    with only a handle here (``can_score`` false) unscored rows are stored with a NULL NLL and
+    ``fill_missing_nll`` fills them in whenever the model is next loaded in this process.
+    """
+    if all(c.full_depth_nll is not None or not c.token_ids for c in batch) or not can_score(loaded):
+        return batch
+    from engine.coherence import with_full_depth_nll  # torch, like generation itself
+
+    return with_full_depth_nll(loaded, batch, params)
+
+
+def fill_missing_nll(
+    store, loaded, prompts: Sequence[Prompt], layers: Sequence[int], params: GenerationParams
+) -> int:
+    """Score the stored completions of these model inputs × depths that have no full-depth NLL yet
+    (rows from before the NLL was stored, or from a remote worker that did not score); returns how many."""
+    if not can_score(loaded):
+        return 0
+    texts = {p.text for p in prompts}
+    todo = [
+        c
+        for c in store.get_generations(
+            model_hash=loaded.info.model_hash, layers=list(layers), params_hash=params.key()
+        )
+        if c.full_depth_nll is None and c.token_ids and c.prompt_text in texts
+    ]
+    filled = 0
+    for start in range(0, len(todo), NLL_BACKFILL_BATCH):
+        chunk = scored_batch(loaded, todo[start : start + NLL_BACKFILL_BATCH], params)
+        filled += store.save_full_depth_nll({c.key: c.full_depth_nll for c in chunk})
+    return filled

@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from engine.judges.base import Judge, JudgeItem
+from engine.judges.base import Judge, JudgeItem, with_current_degeneracy
+from engine.judges.degenerate import DEGENERACY_VERSION
 from engine.types import Completion, Prompt, model_input
 
 if TYPE_CHECKING:
@@ -43,13 +44,13 @@ def judge_stored(
         for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=h)
         if c.prompt_text in by_input
     ]
+    written = refresh_degeneracy_flags(store, completions)
     due = []
     for judge in judges:
         todo_keys = store.missing_verdicts([c.key for c in completions], judge.name, judge.version)
         due.append((judge, [c for c in completions if c.key in todo_keys]))
     if on_start:
         on_start(sum(len(todo) for _judge, todo in due))
-    written = 0
     for judge, todo in due:
         chunks = [
             [_judge_item(c, by_input[c.prompt_text]) for c in todo[start : start + size]]
@@ -62,6 +63,21 @@ def judge_stored(
             if on_batch:
                 on_batch(len(verdicts))
     return written
+
+
+def refresh_degeneracy_flags(store, completions: Sequence[Completion]) -> int:
+    """Re-compute the incoherence flag of every stored verdict (any judge) on these completions whose flag
+    came from another detector version (or from before versions were recorded); returns how many changed.
+
+    The flag depends only on the completion text, so no judge runs again and no decision changes.
+    """
+    text_of = {c.key: c.text for c in completions}
+    stale = [
+        with_current_degeneracy(v, text_of[v.completion_key])
+        for v in store.verdicts_for(list(text_of))
+        if v.degeneracy_version != DEGENERACY_VERSION
+    ]
+    return store.save_verdicts(stale) if stale else 0
 
 
 def _chunk_size(n_items: int, workers: int) -> int:

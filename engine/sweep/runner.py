@@ -87,12 +87,18 @@ def run_sweep(
     run_id = store.start_run(spec.run_parameters(saved_set.set_id))
     generated = cached = verdicts = 0
     clock = _StageClock(progress)
+
+    def judged(n: int) -> None:
+        store.heartbeat(run_id)  # judging stores verdicts, not generations: say the run is alive
+        clock.advance(n)
+
     try:
         for name in spec.models:
             clock.begin(name, "loading", 1)
             loaded = executor.load(name)
             try:
                 store.save_model(loaded.info)
+                store.heartbeat(run_id)  # loading a large model can take long
                 layers = spec.layers_for(loaded.n_layers)
                 new, already = generate_missing(
                     store, loaded, prompts, layers, spec.params, thresholds=spec.thresholds or None,
@@ -108,7 +114,7 @@ def run_sweep(
             verdicts += judge_stored(
                 store, judges, prompts, loaded.info.model_hash, layers,
                 [v.key() for v in exit_variants_for(loaded.info.model_hash, spec.params, spec.thresholds)],
-                on_batch=clock.advance, on_start=lambda total, name=name: clock.begin(name, "judging", total),
+                on_batch=judged, on_start=lambda total, name=name: clock.begin(name, "judging", total),
                 executor=executor,
             )  # fmt: skip
             clock.begin(name, "done", 0)

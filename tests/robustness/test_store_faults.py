@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -16,11 +18,11 @@ from engine.store import SCHEMA_VERSION, Store, StoreLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Opens the store in the mode given by argv[2], says so, then waits to be killed.
+# Opens the store in the mode given by argv[2], keeping the file open, says so, then waits to be killed.
 HOLD_STORE = """
 import sys, time
 from engine.store import Store
-store = Store.open(sys.argv[1], read_only=sys.argv[2] == "read-only")
+store = Store.open(sys.argv[1], read_only=sys.argv[2] == "read-only", keep_open=True)
 print("holding", flush=True)
 time.sleep(float(sys.argv[3]))
 store.close()
@@ -72,9 +74,11 @@ store.save_prompt_set("set3", prompts(3))
 """
 
 
-def start(script: str, *args: str) -> subprocess.Popen[str]:
+@contextmanager
+def running(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A helper process running ``script``; killed (if still alive) and reaped when the block ends."""
     env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=REPO_ROOT,
         env=env,
@@ -82,6 +86,18 @@ def start(script: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+@contextmanager
+def holding(db_path: Path, mode: str, seconds: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process with the store open in ``mode`` for ``seconds``, once it says it holds it."""
+    with running(HOLD_STORE, str(db_path), mode, seconds) as holder:
+        assert wait_for_line(holder) == "holding"
+        yield holder
 
 
 def wait_for_line(process: subprocess.Popen[str]) -> str:
@@ -103,18 +119,14 @@ def stop(process: subprocess.Popen[str]) -> None:
 @pytest.mark.timeout(60)
 def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> None:
     Store.open(db_path).close()
-    holder = start(HOLD_STORE, str(db_path), "read-write", "60")
-    try:
-        assert wait_for_line(holder) == "holding"
+    with holding(db_path, "read-write", "60") as holder:
         for read_only in (False, True):
             with pytest.raises(StoreLockedError) as caught:
-                Store.open(db_path, read_only=read_only)
+                Store.open(db_path, read_only=read_only, lock_timeout_s=0)
             message = str(caught.value)
             assert f"database {db_path} is in use by another DepthScope process (pid {holder.pid})" in message
             assert "another --db" in message
             assert caught.value.pid == holder.pid and caught.value.path == db_path
-    finally:
-        stop(holder)
     with Store.open(db_path) as store:  # the lock dies with its process
         assert store.schema_version == SCHEMA_VERSION
 
@@ -122,38 +134,27 @@ def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> No
 @pytest.mark.timeout(60)
 def test_readers_share_the_file_and_a_writer_is_told_to_read_only(db_path: Path) -> None:
     Store.open(db_path).close()
-    reader = start(HOLD_STORE, str(db_path), "read-only", "60")
-    try:
-        assert wait_for_line(reader) == "holding"
+    with holding(db_path, "read-only", "60"):
         with Store.open(db_path, read_only=True) as second_reader:
             assert second_reader.table_counts()["generations"] == 0
         with pytest.raises(StoreLockedError, match="open it read-only too"):
-            Store.open(db_path)
-    finally:
-        stop(reader)
+            Store.open(db_path, lock_timeout_s=0)
 
 
 @pytest.mark.timeout(60)
 def test_lock_timeout_waits_for_the_other_process_to_close(db_path: Path) -> None:
     Store.open(db_path).close()
-    holder = start(HOLD_STORE, str(db_path), "read-write", "1.0")
-    try:
-        assert wait_for_line(holder) == "holding"
+    with holding(db_path, "read-write", "1.0") as holder:
         with Store.open(db_path, lock_timeout_s=30) as store:
             assert store.schema_version == SCHEMA_VERSION
         assert holder.wait(timeout=10) == 0
-    finally:
-        stop(holder)
 
 
 @pytest.mark.timeout(60)
 def test_writer_killed_inside_a_transaction_leaves_none_of_that_batch(db_path: Path) -> None:
-    writer = start(STALL_IN_TRANSACTION, str(db_path))
-    try:
+    with running(STALL_IN_TRANSACTION, str(db_path)) as writer:
         assert wait_for_line(writer) == "stalled after prompt_sets,prompts"
         os.kill(writer.pid, signal.SIGKILL)
-    finally:
-        stop(writer)
     assert writer.returncode == -signal.SIGKILL
 
     with Store.open(db_path) as store:
@@ -169,13 +170,10 @@ def test_writer_killed_inside_a_transaction_leaves_none_of_that_batch(db_path: P
 @pytest.mark.timeout(60)
 def test_writer_killed_at_any_moment_leaves_only_whole_batches(db_path: Path) -> None:
     batch_size = 400
-    writer = start(WRITE_BATCHES, str(db_path), str(batch_size))
-    try:
+    with running(WRITE_BATCHES, str(db_path), str(batch_size)) as writer:
         committed = [int(wait_for_line(writer)) for _ in range(4)]
         time.sleep(0.03)  # the writer is now somewhere inside a later batch
         os.kill(writer.pid, signal.SIGKILL)
-    finally:
-        stop(writer)
     assert writer.returncode == -signal.SIGKILL
 
     with Store.open(db_path) as store:  # replays DuckDB's write-ahead log, must not fail

@@ -1,4 +1,5 @@
-"""A sweep process killed with SIGKILL mid-sweep loses no finished row and resumes without duplicates."""
+"""A sweep process killed with SIGKILL mid-sweep loses no finished row, is marked interrupted when the
+store is next opened, and resumes without duplicates."""
 
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tiny_model_dir, tmp_
     partial = rows_of(killed_db)
     assert 0 < len(partial) < total
     assert len({key for key, _text, _ids in partial}) == len(partial), "no duplicate rows"
+
+    with Store.open(killed_db, read_only=True) as reader:
+        assert reader.list_runs()["status"].tolist() == ["running"]  # SIGKILL gave it no chance to say so
+    with Store.open(killed_db) as store:  # the next read-write open sees the process is gone
+        runs = store.list_runs()
+    assert runs["status"].tolist() == ["interrupted"] and runs["pid"].tolist() == [process.pid]
 
     loaded = load_model(str(tiny_model_dir))
     spec = SweepSpec(models=(str(tiny_model_dir),), prompt_set=str(prompts), layers=LAYERS,
