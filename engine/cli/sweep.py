@@ -40,12 +40,21 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises Terminated. When it lands inside DuckDB, DuckDB turns it into its own
+    interrupt (which the store re-raises as KeyboardInterrupt), so that case is recognised by the flag."""
+    received: list[int] = []
+
     def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
+    except KeyboardInterrupt as exc:
+        if received and not isinstance(exc, Terminated):
+            raise Terminated from exc
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
 

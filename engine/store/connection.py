@@ -152,6 +152,10 @@ def translated(action: str) -> Callable[[_F], _F]:
                 return method(self, *args, **kwargs)
             except StoreError:
                 raise
+            except duckdb.InterruptException as error:
+                # A signal (Ctrl-C, or SIGTERM turned into an interrupt) landed inside DuckDB: it is the
+                # user stopping the run, not a database fault; the transaction was rolled back.
+                raise KeyboardInterrupt(f"{action} interrupted on {self.path}") from error
             except duckdb.Error as error:
                 raise StoreError(f"{action} failed on {self.path}: {error}") from error
 

@@ -109,7 +109,9 @@ def test_report_and_dashboard_read_while_a_sweep_writes_then_sigterm(seeded, tin
 
         assert sweep.process.poll() is None, "the sweep finished before the readers ran: make it longer"
         sweep.process.send_signal(signal.SIGTERM)
-        assert sweep.process.wait(timeout=60) == 128 + signal.SIGTERM
+        code = sweep.process.wait(timeout=60)
+        sweep.reader.join(timeout=10)
+        assert code == 128 + signal.SIGTERM, sweep.stderr.decode(errors="replace")[-3000:]
     finally:
         sweep.stop()
     assert "terminated: finished batches are kept" in sweep.stderr.decode(errors="replace")
