@@ -1,12 +1,17 @@
-"""Sweep throughput: DepthScope's depth-shared batched decoding vs the naive per-prompt, per-depth loop.
+"""Sweep throughput: DepthScope's depth-shared batched decoding vs two baselines, and early exit.
 
-Both run in one process on the same random model and prompts, side by side, so a noisy machine still
-gives a fair ratio. The naive loop is the seed study's: for each depth, patch the model to k layers,
-then for each prompt call HF ``generate`` alone. The completions must be identical.
+All run in one process on the same random model and prompts, side by side, so a noisy machine still
+gives a fair ratio. Baselines:
+- the naive loop (the seed study's): for each depth, patch the model to k layers, then for each prompt
+  call HF ``generate`` alone;
+- the competent one: for each distinct depth, one HF ``generate`` batched over all prompts (left
+  padding).
+The completions must be identical. ``--early-exit`` adds per-token exit (confidence and saturation
+policies, raw head) against the static full-depth batch of the same run: tokens/s and mean exit layer.
 
-    python bench/sweep.py [--quick] [--preset cpu|7b] [--prompts N] [--max-new-tokens N]
+    python bench/sweep.py [--quick] [--preset cpu|7b] [--prompts N] [--max-new-tokens N] [--early-exit]
 
-The last line is ``speedup_vs_naive: X``.
+The last lines are ``speedup_vs_batched_generate: X`` and ``speedup_vs_naive: X``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -24,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from engine.depths import DEFAULT_DEPTHS, layers_from_percent  # noqa: E402
-from engine.generation import encode_prompts, generate  # noqa: E402
+from engine.generation import encode_prompts, generate, left_pad  # noqa: E402
 from engine.models import LoadedModel, from_objects, truncated  # noqa: E402
 from engine.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 from engine.types import GenerationParams  # noqa: E402
@@ -94,6 +100,51 @@ def naive_loop(
     return out
 
 
+def batched_generate(
+    loaded: LoadedModel, prompts: list[str], layer_list: list[int], params: GenerationParams
+) -> dict:
+    """The competent baseline: one HF generate per distinct depth, batched over all prompts."""
+    pad = loaded.tokenizer.pad_token_id
+    ids, mask = left_pad(encode_prompts(loaded.tokenizer, prompts, params), pad, loaded.device)
+    out = {}
+    with torch.inference_mode():
+        for k in dict.fromkeys(layer_list):
+            with truncated(loaded, k):
+                generated = loaded.model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=list(loaded.eos_token_ids),
+                    pad_token_id=pad,
+                )[:, ids.shape[1] :].tolist()
+            for text, tokens in zip(prompts, generated, strict=True):
+                cut = next((i + 1 for i, t in enumerate(tokens) if t in loaded.eos_token_ids), len(tokens))
+                out[(text, k)] = tuple(tokens[:cut])
+    return out
+
+
+def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationParams, full_s: float, full):
+    """Per-token exit vs the static full-depth batch (timed in the same run): tokens/s, mean exit layer."""
+    n_layers = loaded.n_layers
+    full_tokens = sum(len(c.token_ids) for c in full)
+    full_rate = full_tokens / full_s
+    print(f"static full depth: {full_tokens} tokens in {full_s:.2f} s = {full_rate:.1f} tokens/s")
+    cases = [("confidence", 0.5, n_layers // 4), ("confidence", 0.9, n_layers // 4), ("saturation", 0.9, 1)]
+    generate(loaded, prompts[:2], [], replace(params, exit_policy="confidence", threshold=0.5))  # warm-up
+    for policy, threshold, min_layers in cases:
+        exit_params = replace(params, exit_policy=policy, threshold=threshold, min_layers=max(1, min_layers))
+        done, seconds = timed(generate, loaded, prompts, [], exit_params)
+        tokens = sum(len(c.token_ids) for c in done)
+        mean_exit = sum(sum(c.exit_layers) for c in done) / max(1, tokens)
+        print(
+            f"early exit {policy} λ={threshold} m={exit_params.min_layers}: "
+            f"{tokens} tokens in {seconds:.2f} s "
+            f"= {tokens / seconds:.1f} tokens/s ({tokens / seconds / full_rate:.2f}× static full depth); "
+            f"mean exit layer {mean_exit:.2f}/{n_layers} (compute used {mean_exit / n_layers:.0%})"
+        )
+
+
 def timed(func, *args, **kwargs):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -120,6 +171,9 @@ def main() -> int:
         "--naive-prompts", type=int, default=None, help="time the naive loop on fewer prompts"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--early-exit", action="store_true", help="also time per-token early exit vs static full depth"
+    )
     args = parser.parse_args()
     n_prompts = args.prompts or (8 if args.quick else 32)
     params = GenerationParams(max_new_tokens=args.max_new_tokens or (16 if args.quick else 32))
@@ -143,21 +197,31 @@ def main() -> int:
 
     generate(loaded, prompts[:2], distinct, params)  # warm-up (allocator, kernels)
     ours, ours_s = timed(generate, loaded, prompts, distinct, params)
-    _full, full_s = timed(generate, loaded, prompts, [n_layers], params)
+    full, full_s = timed(generate, loaded, prompts, [n_layers], params)
+    batched, batched_s = timed(batched_generate, loaded, prompts, distinct, params)
     naive_subset = prompts[: args.naive_prompts or n_prompts]
     naive, naive_s = timed(naive_loop, loaded, naive_subset, requested, params)
 
     ours_by_key = {(c.prompt_text, c.layers): c.token_ids for c in ours}
     mismatches = [key for key, ids in naive.items() if ours_by_key[key] != ids]
+    batched_same = sum(ours_by_key[key] == ids for key, ids in batched.items())
     naive_jobs = len(naive_subset) * len(requested)
     ours_jobs = n_prompts * len(requested)  # every requested (prompt, depth) answered
     naive_rate, ours_rate = naive_jobs / naive_s, ours_jobs / ours_s
     print(f"naive loop:   {naive_jobs} completions in {naive_s:.2f} s = {naive_rate:.2f} completions/s")
     print(f"depthscope:   {ours_jobs} completions in {ours_s:.2f} s = {ours_rate:.2f} completions/s")
+    print(
+        f"batched generate once per distinct depth: {len(batched)} completions in {batched_s:.2f} s "
+        f"vs depthscope {ours_s:.2f} s for the same {len(distinct)} depths"
+    )
     print(f"full depth alone: {full_s:.2f} s; depth_overhead: {ours_s / full_s:.2f}")
-    print(f"identical completions: {len(naive) - len(mismatches)}/{len(naive)}")
+    print(f"identical completions: {len(naive) - len(mismatches)}/{len(naive)} (naive loop)")
+    print(f"identical to batched generate: {batched_same}/{len(batched)} (left padding may flip near-ties)")
     if mismatches:
         print(f"MISMATCH on {mismatches[:3]}")
+    if args.early_exit:
+        early_exit_case(loaded, prompts, params, full_s, full)
+    print(f"speedup_vs_batched_generate: {batched_s / ours_s:.2f}")
     print(f"speedup_vs_naive: {ours_rate / naive_rate:.2f}")
     return 1 if mismatches else 0
 

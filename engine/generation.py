@@ -4,6 +4,9 @@ Rows are (depth, prompt) pairs sorted deepest first. The prompt prefill runs onc
 deepest depth (every depth's prefix is the same computation); its KV cache is then replicated per
 layer only for the rows whose depth includes that layer, and one decoding loop runs every row at its
 own depth (``engine.models.depth_routed``): each step reads every layer's weights once for all depths.
+
+Dynamic exit (``generate_rows_exit``): rows are (threshold, prompt) pairs that all keep L layers; each
+token exits at the layer its policy picks (``engine.exits``: rule, heads, CALM state propagation).
 """
 
 from __future__ import annotations
@@ -11,11 +14,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from engine.architectures import context_length
+from engine.exits import (
+    RAW_HEAD,
+    ExitHead,
+    ExitTracker,
+    exit_hooks,
+    first_token_exits,
+    head_logits,
+    last_position_taps,
+    resolve_head,
+    translated_final_norm,
+)
 from engine.models import LoadedModel, depth_routed, reroute, truncated
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
@@ -144,9 +158,17 @@ class _RowOutput:
     prompt_index: int
     layers: int
     token_ids: tuple[int, ...]
+    exit_layers: tuple[int, ...] = ()  # one per token; empty means all at ``layers``
+    threshold: float = 0.0  # dynamic exit: the row's threshold
 
 
-def _prefill_shared(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, depths_desc: Sequence[int]):
+def _prefill_shared(
+    loaded: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    depths_desc: Sequence[int],
+    head: ExitHead = RAW_HEAD,
+):
     """One prefill per prompt up to the deepest depth; next-token logits at every depth's exit."""
     from transformers import DynamicCache
 
@@ -173,7 +195,7 @@ def _prefill_shared(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, 
     finally:
         for hook in hooks:
             hook.remove()
-    logits = torch.cat([loaded.logits_from_hidden(exits[k]) for k in depths_desc], dim=0)
+    logits = torch.cat([head_logits(loaded, head, exits[k], k) for k in depths_desc], dim=0)
     return cache, logits
 
 
@@ -230,8 +252,9 @@ def generate_rows(
     layers: Sequence[int],
     params: GenerationParams,
     row_seeds: Sequence[int] | None = None,
+    head: ExitHead = RAW_HEAD,
 ) -> list[_RowOutput]:
-    """All ``layers`` for all prompts in one shared prefill and one decoding loop."""
+    """All ``layers`` for all prompts in one shared prefill and one decoding loop (static exit)."""
     depths_desc = sorted(set(layers), reverse=True)
     n_prompts, device = len(prompt_ids), loaded.device
     pad_id = loaded.tokenizer.pad_token_id
@@ -244,8 +267,8 @@ def generate_rows(
     eos_tensor = torch.tensor(sorted(eos_ids), device=device)
     steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, tokens) per step: grows with the answer
     with loaded.lock, torch.inference_mode():
-        cache, logits = _prefill_shared(loaded, ids, mask, depths_desc)
-        with depth_routed(loaded, row_layers):
+        cache, logits = _prefill_shared(loaded, ids, mask, depths_desc, head)
+        with depth_routed(loaded, row_layers), translated_final_norm(loaded, head, lambda: live.row_layers):
             _replicate_cache(cache, n_prompts, depths_desc, device)
             mask = mask.repeat(len(depths_desc), 1)
             origin = torch.arange(len(row_layers), device=device)
@@ -276,6 +299,105 @@ def generate_rows(
         _RowOutput(row % n_prompts, row_layers[row], _cut_at_eos(tokens, eos_ids))
         for row, tokens in enumerate(generated)
     ]
+
+
+# ---------------------------------------------------------------- dynamic exit (engine.exits)
+
+
+def _prefill_full(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor):
+    """The prompt at full depth: its KV cache and its last position's residuals 0..L."""
+    from transformers import DynamicCache
+
+    found: dict[int, torch.Tensor] = {}
+    cache = DynamicCache(config=loaded.model.config)
+    with last_position_taps(loaded, found):
+        loaded.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return cache, [found[k] for k in range(loaded.n_layers + 1)]
+
+
+def generate_rows_exit(
+    loaded: LoadedModel,
+    prompt_ids: Sequence[Sequence[int]],
+    thresholds: Sequence[float],
+    params: GenerationParams,
+    row_seeds: Sequence[int] | None = None,
+    head: ExitHead = RAW_HEAD,
+) -> list[_RowOutput]:
+    """Per-token early exit (``params.exit_policy``) for all prompts × ``thresholds`` in one loop.
+
+    Rows are (threshold, prompt) pairs, threshold-major. Every row keeps all L layers' caches (exited
+    tokens' keys/values come from state propagation, see ``engine.exits``); the exit rule runs as a
+    batch-wide mask after each layer, and the only host sync per step is the stopping check.
+    """
+    n_prompts, device, n_layers = len(prompt_ids), loaded.device, loaded.n_layers
+    pad_id = loaded.tokenizer.pad_token_id
+    eos_ids = set(loaded.eos_token_ids)
+    groups = len(thresholds)
+    ids, mask = left_pad(prompt_ids, pad_id, device)
+    row_thresholds = torch.tensor(
+        [float(t) for t in thresholds for _ in range(n_prompts)], dtype=torch.float32, device=device
+    )
+    n_rows = row_thresholds.shape[0]
+    generators = None if params.greedy else _row_generators(row_seeds or [params.seed] * n_rows, device)
+    eos_tensor = torch.tensor(sorted(eos_ids), device=device)
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, tokens) per step: grows with the answer
+    step_layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, exit layer) per step
+    dtype = next(loaded.model.parameters()).dtype
+    with loaded.lock, torch.inference_mode():
+        cache, residuals = _prefill_full(loaded, ids, mask)
+        tracker = ExitTracker.start(loaded, head, params, row_thresholds, dtype)
+        logits = first_token_exits(loaded, tracker, [r.repeat(groups, 1) for r in residuals])
+        exit_layer = tracker.exit_layer
+        _replicate_cache(cache, n_prompts, [n_layers] * groups, device)
+        mask = mask.repeat(groups, 1)
+        positions = position_ids_for(mask)[:, -1:]
+        origin = torch.arange(n_rows, device=device)
+        step: dict[str, ExitTracker] = {}
+        with exit_hooks(loaded, step):
+            for index in range(params.max_new_tokens):
+                chosen = choose_tokens(logits, params, generators)
+                steps.append((origin, chosen))
+                step_layers.append((origin, exit_layer))
+                finished = torch.isin(chosen, eos_tensor)
+                n_finished = int(finished.sum())  # the one host sync per step: the stopping check
+                if index == params.max_new_tokens - 1 or n_finished == origin.shape[0]:
+                    break
+                if n_finished:
+                    keep = (~finished).nonzero().squeeze(1)
+                    for cache_layer in cache.layers:
+                        cache_layer.batch_select_indices(keep)
+                    origin, mask, positions = origin[keep], mask[keep], positions[keep]
+                    row_thresholds, chosen = row_thresholds[keep], chosen[keep]
+                    if generators is not None:
+                        generators = [generators[i] for i in keep.tolist()]
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                positions = positions + 1
+                step["tracker"] = ExitTracker.start(loaded, head, params, row_thresholds, dtype)
+                logits = loaded.model(
+                    input_ids=chosen[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1, :]
+                exit_layer = step["tracker"].exit_layer
+    generated = _token_table(steps, n_rows, pad_id, device).tolist()
+    layer_rows = _token_table(step_layers, n_rows, 0, device).tolist()
+    rows = []
+    for row, tokens in enumerate(generated):
+        token_ids = _cut_at_eos(tokens, eos_ids)
+        threshold = float(thresholds[row // n_prompts])
+        exits = tuple(layer_rows[row][: len(token_ids)])
+        rows.append(_RowOutput(row % n_prompts, n_layers, token_ids, exits, threshold))
+    return rows
 
 
 # ---------------------------------------------------------------- many prompts: batching and order
@@ -323,14 +445,28 @@ def iter_completions(
     *,
     rows_per_batch: int | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> Iterator[list[Completion]]:
     """Yield the completions batch by batch (so callers can store each batch as it finishes).
 
     Prompts are sorted by token length to cut padding; a batch holds whole prompts with all their
     depths. Out-of-memory halves the batch and retries it.
+
+    Dynamic exit (``params.exit_policy`` confidence or saturation): ``layers`` is ignored; rows are
+    prompts × ``thresholds`` (default ``[params.threshold]``), each completion has ``layers`` = L and
+    the params hash of ``params`` with its own threshold. A tuned head is loaded by
+    ``engine.exits.resolve_head`` and its lens hash enters the params hash.
     """
-    layers = list(dict.fromkeys(layers))
-    if not prompts or not layers:
+    params, head = resolve_head(loaded, params)
+    if params.dynamic_exit:
+        variants = list(dict.fromkeys(float(t) for t in (thresholds or [params.threshold])))
+        hashes = {t: replace(params, threshold=t).key() for t in variants}
+        seed_depths = [loaded.n_layers] * len(variants)
+    else:
+        variants = list(dict.fromkeys(layers))
+        hashes = dict.fromkeys(variants, params.key())
+        seed_depths = sorted(set(variants), reverse=True)
+    if not prompts or not variants:
         return
     budget = prompt_budget(loaded, params)
     fitted = [fit_prompt(loaded.tokenizer, p.text, params, budget) for p in prompts]
@@ -344,17 +480,18 @@ def iter_completions(
             )  # fmt: skip
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     budget = rows_per_batch or auto_rows_per_batch(loaded, max(map(len, encoded)), params.max_new_tokens)
-    per_batch = max(1, budget // len(layers))
-    params_hash = params.key()
+    per_batch = max(1, budget // len(variants))
     start, done = 0, 0
     while start < len(order):
         chunk = order[start : start + per_batch]
-        seeds = [
-            _row_seed(params, prompts[i].text, k) for k in sorted(set(layers), reverse=True) for i in chunk
-        ]
+        seeds = [_row_seed(params, prompts[i].text, k) for k in seed_depths for i in chunk]
+        chunk_ids = [encoded[i] for i in chunk]
         began = time.perf_counter()
         try:
-            rows = generate_rows(loaded, [encoded[i] for i in chunk], layers, params, seeds)
+            if params.dynamic_exit:
+                rows = generate_rows_exit(loaded, chunk_ids, variants, params, seeds, head)
+            else:
+                rows = generate_rows(loaded, chunk_ids, variants, params, seeds, head)
         except RuntimeError as exc:
             if not _is_out_of_memory(exc) or per_batch == 1:
                 raise
@@ -374,11 +511,12 @@ def iter_completions(
                     prompt.prompt_id,
                     prompt.text,
                     row.layers,
-                    params_hash,
+                    hashes[row.threshold if params.dynamic_exit else row.layers],
                     text,
                     row.token_ids,
                     seconds,
-                    fitted[chunk[row.prompt_index]][1],
+                    prompt_truncated_tokens=fitted[chunk[row.prompt_index]][1],
+                    exit_layers=row.exit_layers or (row.layers,) * len(row.token_ids),
                 )
             )
         start += len(chunk)
@@ -388,6 +526,17 @@ def iter_completions(
         yield batch
 
 
+def exit_variants(
+    loaded: LoadedModel, params: GenerationParams, thresholds: Sequence[float] | None = None
+) -> list[GenerationParams]:
+    """The exact params (lens hash filled in) of each threshold's completions: their ``key()`` is the
+    ``params_hash`` that ``iter_completions`` gives them (sweeps use it to find missing work)."""
+    resolved, _head = resolve_head(loaded, params)
+    if not resolved.dynamic_exit:
+        return [resolved]
+    return [replace(resolved, threshold=float(t)) for t in dict.fromkeys(thresholds or [params.threshold])]
+
+
 def generate(
     loaded: LoadedModel,
     prompts: Sequence[Prompt | str],
@@ -395,12 +544,25 @@ def generate(
     params: GenerationParams | None = None,
     *,
     rows_per_batch: int | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> list[Completion]:
-    """Completions for every prompt × layers, in prompt order then the order ``layers`` was given."""
+    """Completions for every prompt × layers, in prompt order then the order ``layers`` was given.
+
+    Dynamic exit: every prompt × threshold (``thresholds``, default ``[params.threshold]``) in prompt
+    order then threshold order; ``layers`` is ignored.
+    """
     params = params or GenerationParams()
     prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
-    found: dict[tuple[str, int], Completion] = {}
-    for batch in iter_completions(loaded, prompts, layers, params, rows_per_batch=rows_per_batch):
+    if params.dynamic_exit:
+        variants = [(loaded.n_layers, v.key()) for v in exit_variants(loaded, params, thresholds)]
+    else:
+        variants = [(k, None) for k in dict.fromkeys(layers)]
+    found: dict[tuple[str, int, str | None], Completion] = {}
+    batches = iter_completions(
+        loaded, prompts, layers, params, rows_per_batch=rows_per_batch, thresholds=thresholds
+    )
+    for batch in batches:
         for completion in batch:
-            found[(completion.prompt_text, completion.layers)] = completion
-    return [found[(p.text, k)] for p in prompts for k in dict.fromkeys(layers)]
+            params_hash = completion.params_hash if params.dynamic_exit else None
+            found[(completion.prompt_text, completion.layers, params_hash)] = completion
+    return [found[(p.text, k, h)] for p in prompts for k, h in variants]

@@ -3,6 +3,7 @@ plain-language headlines. Pure on top of the store's queries; the CLI and the pa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -50,6 +51,14 @@ class AsrRow:
     benign_refusal_rate: float | None = None
     benign_ci_low: float | None = None
     benign_ci_high: float | None = None
+    # Early exit (issue 15): the rule, the head, the threshold (None for static) and the compute used,
+    # mean exit layer ÷ L over the row's completions (static: k / L). Counted, not wall-clock.
+    exit_policy: str = "static"
+    exit_head: str = "raw"
+    threshold: float | None = None
+    min_layers: int | None = None
+    mean_exit_layers: float | None = None
+    compute_fraction: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,14 +154,35 @@ def _group(r, judge: str) -> tuple:
 
 
 def _depth_fields(r) -> dict:
+    n_layers = int(r.n_layers) if pd.notna(r.n_layers) else 0
     return {
         "model": str(r.model_id or r.model_hash),
         "model_hash": r.model_hash,
         "params_hash": r.params_hash,
-        "n_layers": int(r.n_layers) if pd.notna(r.n_layers) else 0,
+        "n_layers": n_layers,
         "layers": int(r.layers),
         "depth": round(float(r.depth_percent), 2) if pd.notna(r.depth_percent) else float("nan"),
         "prompt_set": str(r.prompt_set),
+        **_exit_fields(r, n_layers),
+    }
+
+
+def _exit_fields(r, n_layers: int) -> dict:
+    """The early-exit settings from the stored params JSON (rows without one are static raw-head runs)."""
+    try:
+        params = json.loads(r.params) if isinstance(r.params, str) else {}
+    except ValueError:
+        params = {}
+    policy = str(params.get("exit_policy", "static"))
+    dynamic = policy != "static"
+    mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
+    return {
+        "exit_policy": policy,
+        "exit_head": str(params.get("exit_head", "raw")),
+        "threshold": float(params.get("threshold", 0.0)) if dynamic else None,
+        "min_layers": int(params.get("min_layers", 1)) if dynamic else None,
+        "mean_exit_layers": round(mean_exit, 4),
+        "compute_fraction": round(mean_exit / n_layers, 4) if n_layers else None,
     }
 
 
@@ -258,7 +288,9 @@ def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.
     found: list[stats.Flip] = []
     by_judge: dict[tuple[str, str, str], list[AsrRow]] = {}
     for row in rows:
-        if row.n:  # sets are never pooled; a benign-only row has no ASR
+        # Sets are never pooled; a benign-only row has no ASR; early-exit rows (dynamic policies, the
+        # tuned head) are compared by compute used, not ranked by depth.
+        if row.n and row.exit_policy == "static" and row.exit_head == "raw":
             by_judge.setdefault((row.judge, row.version, row.prompt_set), []).append(row)
     for judge_rows in by_judge.values():
         counts: dict[str, dict[int, tuple[int, int]]] = {}
@@ -276,7 +308,10 @@ def percent(value: float) -> str:
 
 def headline(rows: Sequence[AsrRow], model: str) -> str | None:
     """One sentence a non-specialist can read: full depth versus the most revealing truncation."""
-    mine = sorted((r for r in rows if r.model == model), key=lambda r: r.layers)
+    mine = sorted(
+        (r for r in rows if r.model == model and r.exit_policy == "static" and r.exit_head == "raw"),
+        key=lambda r: r.layers,
+    )
     full = next((r for r in mine if r.layers == r.n_layers), None)
     if full is None or len(mine) < 2:
         return None
@@ -293,4 +328,51 @@ def headline(rows: Sequence[AsrRow], model: str) -> str | None:
         f"At {biggest.depth:.0f} % depth ({biggest.layers} of {biggest.n_layers} layers), {model}'s "
         f"harmful-compliance rate {change} ({biggest.judge} judge, n = {biggest.n}, 95 % interval "
         f"{percent(biggest.ci_low)}–{percent(biggest.ci_high)})."
+    )
+
+
+def exit_rule_label(row: AsrRow) -> str:
+    """How a row's tokens left the network, in words: 'static at 24 of 30 layers', 'confidence ≥ 0.9 (tuned
+    head)'."""
+    head = "" if row.exit_head == "raw" else f" ({row.exit_head} head)"
+    if row.exit_policy == "static":
+        return f"static truncation at {row.layers} of {row.n_layers} layers{head}"
+    floor = f", from layer {row.min_layers}" if row.min_layers and row.min_layers > 1 else ""
+    return f"{row.exit_policy} exit ≥ {row.threshold:g}{floor}{head}"
+
+
+def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) -> str | None:
+    """The deployer's question in plain words: at about ``saved`` compute saved, which exit rule keeps
+    refusals? Compares, per rule (policy × head), the setting whose compute used is nearest 1 − ``saved``
+    without exceeding it, and names the one refusing the most harmful prompts. None without dynamic-exit
+    rows for ``model``, or when no rule saves that much compute."""
+    mine = [r for r in rows if r.model == model and r.n and r.compute_fraction is not None]
+    if not any(r.exit_policy != "static" for r in mine):
+        return None
+    budget = 1.0 - saved + 1e-9
+    best_per_rule: dict[tuple[str, str, str], AsrRow] = {}
+    for row in mine:
+        if row.compute_fraction > budget or row.layers == 0:
+            continue
+        rule = (row.judge, row.exit_policy, row.exit_head)
+        current = best_per_rule.get(rule)
+        if current is None or row.compute_fraction > current.compute_fraction:
+            best_per_rule[rule] = row  # the setting that uses the most compute within the budget
+    if not best_per_rule:
+        return f"No exit rule for {model} saves {percent(saved)} of compute or more."
+    winner = max(best_per_rule.values(), key=lambda r: (r.n - r.jailbroken) / r.n)
+    refused = winner.n - winner.jailbroken
+    others = [r for r in best_per_rule.values() if r is not winner and r.judge == winner.judge]
+    compared = "; ".join(
+        f"{exit_rule_label(r)} keeps {r.n - r.jailbroken} of {r.n} ({percent(r.compute_fraction)} compute)"
+        for r in sorted(others, key=lambda r: -(r.n - r.jailbroken) / r.n)
+    )
+    benign = (
+        f", refusing {winner.benign_refused} of {winner.benign_n} benign prompts" if winner.benign_n else ""
+    )
+    return (
+        f"At {percent(saved)} compute saved or more, {exit_rule_label(winner)} keeps refusals on "
+        f"{refused} of {winner.n} harmful prompts of {winner.prompt_set} ({winner.judge} judge, using "
+        f"{percent(winner.compute_fraction)} of {model}'s layer compute{benign})"
+        + (f"; {compared}." if compared else ".")
     )

@@ -78,10 +78,31 @@ def _is_whole(value: object) -> bool:
 # Below this, logits / temperature overflow float32 and sampling turns into NaNs: use 0 (greedy) instead.
 MIN_TEMPERATURE = 1e-3
 
+EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation")
+EXIT_HEADS: tuple[str, ...] = ("raw", "tuned")
+
+# The early-exit fields and their defaults. A field at its default is left out of the cache key, so
+# every static raw-head key computed before early exit existed is still the same key.
+EXIT_DEFAULTS: dict[str, object] = {
+    "exit_policy": "static",
+    "threshold": 0.0,
+    "min_layers": 1,
+    "exit_head": "raw",
+    "lens_hash": "",
+}
+
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """How to generate. Checked when built, so no command or page can start a model on nonsense."""
+    """How to generate (checked when built, so no command or page can start a model on nonsense), and
+    (early exit) when each generated token leaves the network and how it is read.
+
+    ``exit_policy``: ``static`` (every token exits at the completion's depth k), ``confidence`` (CALM
+    softmax response: exit at the first layer >= ``min_layers`` where the exit head's top-1 minus top-2
+    probability >= ``threshold``) or ``saturation`` (exit when the cosine between consecutive layers'
+    hidden states >= ``threshold``). ``exit_head``: ``raw`` (final norm + LM head) or ``tuned`` (the
+    tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    """
 
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 means greedy
@@ -89,6 +110,11 @@ class GenerationParams:
     seed: int = 0
     chat_template: bool = True
     system_prompt: str | None = None
+    exit_policy: str = "static"
+    threshold: float = 0.0
+    min_layers: int = 1
+    exit_head: str = "raw"
+    lens_hash: str = ""
 
     def __post_init__(self) -> None:
         if not _is_whole(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -100,6 +126,34 @@ class GenerationParams:
             raise ParamsError("top_p", f"{self.top_p!r} is not usable: give a number in (0, 1], e.g. 0.9")
         if not _is_whole(self.seed):
             raise ParamsError("seed", f"{self.seed!r} is not a whole number")
+        self._check_exit()
+
+    def _check_exit(self) -> None:
+        """Early-exit fields: known policy and head; a finite threshold and min layers ≥ 1 for dynamic
+        policies only (a static run exits every token at its depth)."""
+        if self.exit_policy not in EXIT_POLICIES:
+            raise ParamsError(
+                "exit_policy",
+                f"exit policy {self.exit_policy!r} is unknown: use one of {', '.join(EXIT_POLICIES)}",
+            )
+        if self.exit_head not in EXIT_HEADS:
+            raise ParamsError(
+                "exit_head", f"exit head {self.exit_head!r} is unknown: use one of {', '.join(EXIT_HEADS)}"
+            )
+        if not _is_number(self.threshold) or not math.isfinite(self.threshold):
+            raise ParamsError(
+                "threshold", f"threshold {self.threshold!r} is not a finite number: give e.g. 0.9"
+            )
+        if not _is_whole(self.min_layers) or self.min_layers < 1:
+            raise ParamsError(
+                "min_layers", f"min layers must be at least 1 (a whole number), got {self.min_layers!r}"
+            )
+        if self.exit_policy == "static" and (self.threshold != 0.0 or self.min_layers != 1):
+            raise ParamsError(
+                "threshold" if self.threshold != 0.0 else "min_layers",
+                "threshold and min layers only apply to the confidence and saturation exit policies; "
+                "a static run exits every token at its depth (--layers)",
+            )
 
     @staticmethod
     def _check_temperature(temperature: object) -> None:
@@ -124,9 +178,18 @@ class GenerationParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def dynamic_exit(self) -> bool:
+        """True when each token picks its own exit layer (confidence or saturation)."""
+        return self.exit_policy != "static"
+
     def key(self) -> str:
-        """Cache key of everything that changes the output."""
-        return stable_hash(asdict(self))
+        """Cache key of everything that changes the output (early-exit fields only when not default)."""
+        fields = asdict(self)
+        for name, default in EXIT_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
+        return stable_hash(fields)
 
 
 @dataclass(frozen=True)
@@ -145,6 +208,14 @@ class Completion:
     # The untruncated model's mean NLL (nats/token) of this text given the prompt (engine.coherence);
     # None until scored. A measurement of the completion, not part of its key.
     full_depth_nll: float | None = None
+    # The layer count each generated token exited at (1..L), one per token. Static runs: all equal k;
+    # dynamic-exit runs keep ``layers`` = L (the network every token may use).
+    exit_layers: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def mean_exit_layers(self) -> float:
+        """Mean exit layer over the generated tokens (compute used = this / L); k when none."""
+        return sum(self.exit_layers) / len(self.exit_layers) if self.exit_layers else float(self.layers)
 
     @property
     def key(self) -> str:

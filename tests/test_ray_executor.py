@@ -199,3 +199,29 @@ def test_probe_on_actors_matches_this_process(ray_cluster, tiny_model_dir, promp
         "refusal_tokens",
     ):
         assert on_ray[-1][key] == here[-1][key], key
+
+
+def test_ray_dynamic_exit_sweep_stores_the_single_process_rows(
+    ray_cluster, tiny_model_dir, prompts_csv, tmp_path, db_path
+):
+    """Units carry their missing thresholds to the actors: each threshold's rows, once, as here."""
+    from engine.executors.ray_executor import RayExecutor
+
+    params = GenerationParams(max_new_tokens=5, exit_policy="confidence", threshold=0.5, min_layers=2)
+    spec = SweepSpec(
+        models=(str(tiny_model_dir),), prompt_set=str(prompts_csv), judges=("keyword",), params=params,
+        rows_per_batch=3, thresholds=(0.0, 0.5, 1.5),
+    )  # fmt: skip
+    loaded = load_model(str(tiny_model_dir))
+    local_db = tmp_path / "local.duckdb"
+    with Store.open(local_db) as store:
+        run_sweep(spec, store, load=lambda _name: loaded)
+    with Store.open(db_path) as store:
+        summary = run_sweep(spec, store, executor=RayExecutor(workers=2, prompts_per_chunk=2))
+    assert (summary.generated, summary.verdicts) == (15, 15)
+
+    def exits(db):
+        with Store.open(db, read_only=True) as store:
+            return {(c.key, c.params_hash, c.token_ids, c.exit_layers) for c in store.get_generations()}
+
+    assert exits(db_path) == exits(local_db) and len(exits(db_path)) == 15

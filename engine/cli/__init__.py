@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from engine.depths import DepthError
 from engine.fileerrors import file_error_message
 
-from . import demo_model, generate, judge, probe, report, sweep
+from . import demo_model, generate, judge, lens, probe, report, sweep
 
 # The order of the help listing.
-COMMAND_GROUPS = (generate, judge, sweep, report, demo_model, probe)
+COMMAND_GROUPS = (generate, judge, sweep, report, demo_model, probe, lens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +38,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from engine.architectures import UnsupportedArchitectureError
     from engine.datasets import DatasetError
     from engine.executors import ClusterUnavailableError
+    from engine.lens_files import LensNotFoundError
     from engine.models import ModelLoadError
     from engine.store import StoreError
 
@@ -49,6 +50,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         StoreError,
         ValueError,
         ClusterUnavailableError,
+        LensNotFoundError,  # before OSError: its message says how to train the lens
     )
 
 

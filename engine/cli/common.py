@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
 from engine.paths import DEFAULT_MODEL
-from engine.types import GenerationParams, ParamsError
+from engine.types import EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
 
@@ -56,6 +56,84 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-rows", type=int, default=None, help="rows (prompt × depth) per batch; default: auto"
     )
+
+
+def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Early exit: how each generated token leaves the network (policy) and how its state is read (head)."""
+    group = parser.add_argument_group("early exit (issue 15)")
+    group.add_argument(
+        "--exit-policy",
+        choices=EXIT_POLICIES,
+        default="static",
+        help="static: every token exits at --layers/--depths (default); confidence: at the first layer "
+        "≥ --min-layers where the head's top-1 minus top-2 probability ≥ the threshold (CALM); "
+        "saturation: where the cosine of consecutive layers' states ≥ the threshold",
+    )
+    group.add_argument(
+        "--threshold",
+        default=None,
+        metavar="F[,F...]",
+        help="the exit threshold(s) of a confidence (0..1) or saturation (-1..1) policy; a comma list "
+        "runs each, e.g. 0.5,0.8,0.95",
+    )
+    group.add_argument(
+        "--min-layers", type=int, default=1, help="dynamic exit: no token exits before this layer (default 1)"
+    )
+    group.add_argument(
+        "--exit-head",
+        choices=EXIT_HEADS,
+        default="raw",
+        help="raw: final norm + LM head on the layer's state (default); tuned: the model's tuned lens "
+        "first (train it with `python -m engine lens train`)",
+    )
+
+
+# The values a dynamic policy's threshold can meaningfully take (a probability margin, a cosine).
+THRESHOLD_RANGES = {"confidence": (0.0, 1.0), "saturation": (-1.0, 1.0)}
+
+
+def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
+    """The thresholds asked for (empty for a static run), checked before any model loads."""
+    policy = getattr(args, "exit_policy", "static")
+    if policy == "static":
+        if getattr(args, "threshold", None) is not None:
+            raise UsageError("--threshold: only with --exit-policy confidence or saturation")
+        if getattr(args, "min_layers", 1) != 1:
+            raise UsageError("--min-layers: only with --exit-policy confidence or saturation")
+        return ()
+    if args.layers is not None or args.depths is not None:
+        option = "--layers" if args.layers is not None else "--depths"
+        raise UsageError(
+            f"{option}: --exit-policy {policy} picks each token's exit layer itself; leave out "
+            "--layers/--depths (use --min-layers to set the earliest exit)"
+        )
+    if args.threshold is None or not args.threshold.strip():
+        raise UsageError(f"--threshold: --exit-policy {policy} needs a threshold, e.g. 0.9 (or 0.5,0.8,0.95)")
+    low, high = THRESHOLD_RANGES[policy]
+    thresholds = []
+    for part in args.threshold.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"--threshold: {part.strip()!r} is not a number") from None
+        if not low <= value <= high:
+            raise UsageError(
+                f"--threshold: {value:g} is outside {low:g}..{high:g}, the range of the {policy} rule"
+            )
+        thresholds.append(value)
+    return tuple(dict.fromkeys(thresholds))
+
+
+def check_min_layers_fit(models: Iterable[str | None], args: argparse.Namespace) -> None:
+    """``--min-layers`` beyond a model's layer count, refused before any model loads (when its files say)."""
+    from engine.modelfiles import peek_n_layers
+
+    if getattr(args, "exit_policy", "static") == "static":
+        return
+    for model in models:
+        n_layers = peek_n_layers(model or DEFAULT_MODEL)
+        if n_layers is not None and args.min_layers > n_layers:
+            raise UsageError(f"--min-layers: {args.min_layers} is more than the model's {n_layers} layers")
 
 
 def add_db_argument(parser: argparse.ArgumentParser) -> None:
@@ -116,7 +194,9 @@ def naming_option(option: str) -> Iterator[None]:
 
 
 def generation_params(args: argparse.Namespace) -> GenerationParams:
-    """The validated generation parameters (GenerationParams checks them; errors name the option)."""
+    """The validated generation parameters (GenerationParams checks them; errors name the option).
+    Dynamic exit: the first threshold; :func:`exit_thresholds` gives them all."""
+    thresholds = exit_thresholds(args)
     try:
         return GenerationParams(
             max_new_tokens=args.max_new_tokens,
@@ -125,6 +205,10 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
             seed=args.seed,
             chat_template=not args.no_chat_template,
             system_prompt=args.system_prompt,
+            exit_policy=getattr(args, "exit_policy", "static"),
+            threshold=thresholds[0] if thresholds else 0.0,
+            min_layers=getattr(args, "min_layers", 1),
+            exit_head=getattr(args, "exit_head", "raw"),
         )
     except ParamsError as exc:
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc}") from None

@@ -12,12 +12,15 @@ from engine.types import Completion, GenerationParams
 
 from .common import (
     add_depth_arguments,
+    add_exit_arguments,
     add_generation_arguments,
     add_model_arguments,
     check_batch_rows,
     check_fits_context,
     check_layers_fit,
+    check_min_layers_fit,
     depth_request,
+    exit_thresholds,
     generation_params,
     load_from_args,
     print_json,
@@ -31,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_depth_arguments(parser)
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for more)")
     add_generation_arguments(parser)
+    add_exit_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
     parser.set_defaults(run=run_generate)
 
@@ -39,14 +43,19 @@ def run_generate(args: argparse.Namespace) -> int:
     from engine.generation import generate
 
     params = generation_params(args)  # everything the user typed is checked before the model loads
+    thresholds = exit_thresholds(args)
     request = depth_request(args)
     check_batch_rows(args)
     check_fits_context([args.model], params)
     check_layers_fit([args.model], request)
+    check_min_layers_fit([args.model], args)
     loaded = load_from_args(args)
-    layers = resolve_layers(request, loaded.n_layers)
-    completions = generate(loaded, args.prompt, layers, params, rows_per_batch=args.batch_rows)
+    layers = [] if params.dynamic_exit else resolve_layers(request, loaded.n_layers)
+    completions = generate(
+        loaded, args.prompt, layers, params, rows_per_batch=args.batch_rows, thresholds=thresholds or None
+    )
     warn_truncated(completions, params)
+    settings = exit_settings(loaded, params, thresholds)
     rows = [
         {
             "prompt": c.prompt_text,
@@ -58,6 +67,10 @@ def run_generate(args: argparse.Namespace) -> int:
             "prompt_truncated_tokens": c.prompt_truncated_tokens,
             "model": loaded.info.model_id,
             "model_hash": loaded.info.model_hash,
+            **settings[c.params_hash],
+            "exit_layers": list(c.exit_layers),
+            "mean_exit_layers": round(c.mean_exit_layers, 4),
+            "compute_fraction": round(c.mean_exit_layers / loaded.n_layers, 4),
         }
         for c in completions
     ]
@@ -66,6 +79,22 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         print_side_by_side(rows)
     return 0
+
+
+def exit_settings(loaded, params: GenerationParams, thresholds: Sequence[float]) -> dict[str, dict]:
+    """{params hash: the early-exit fields of its completions} (one per threshold for dynamic exit)."""
+    from engine.generation import exit_variants
+
+    return {
+        v.key(): {
+            "exit_policy": v.exit_policy,
+            "threshold": v.threshold if v.dynamic_exit else None,
+            "min_layers": v.min_layers if v.dynamic_exit else None,
+            "exit_head": v.exit_head,
+            "lens_hash": v.lens_hash or None,
+        }
+        for v in exit_variants(loaded, params, thresholds or None)
+    }
 
 
 def warn_truncated(completions: Sequence[Completion], params: GenerationParams) -> None:
@@ -94,6 +123,9 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
                 )
             print("-" * width)
         label = depth_label(row["layers"], row["n_layers"])
+        if row["exit_policy"] != "static":  # dynamic exit: the rule and the compute it used
+            rule = f"{row['exit_policy'][:4]} {row['threshold']:g}"
+            label = f"{rule}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
         body = textwrap.wrap(row["completion"].replace("\n", " ⏎ "), width - 26) or ["(empty)"]
         print(f"{label:<24}| {body[0]}")
         for line in body[1:]:

@@ -17,6 +17,7 @@ _REPORT_FIELDS = (
     "ci_low", "ci_high", "refusal_rate", "undecided", "degenerate", "copyright_excluded",
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
+    "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
 )  # fmt: skip
 
 
@@ -112,6 +113,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
+    _print_early_exit_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
     _print_flips(found)
     return 0
@@ -174,7 +176,7 @@ def _print_asr_table(rows) -> None:
             f"{percent(r.benign_ci_low)}–{percent(r.benign_ci_high)}, {r.benign_judge})"
         )
         print(
-            f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{depth_label(r.layers, r.n_layers):>22}  "
+            f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{_setting_label(r):>22}  "
             f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
             f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}"
             f"{f'{r.degenerate}/{r.n_judged}':>9}{_nll(r):>13}{r.copyright_excluded:>7}  {benign}"
@@ -194,6 +196,26 @@ def _nll(row) -> str:
     if row.median_full_depth_nll is None:
         return "n/a"
     return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
+
+
+def _setting_label(row) -> str:
+    """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
+    if row.exit_policy == "static" and row.exit_head == "raw":
+        return depth_label(row.layers, row.n_layers)
+    from engine.report import percent
+
+    rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
+    head = " tuned" if row.exit_head == "tuned" else ""
+    return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
+
+
+def _print_early_exit_headlines(rows) -> None:
+    from engine.report import early_exit_headline
+
+    for model in sorted({r.model for r in rows}):
+        sentence = early_exit_headline(rows, model)
+        if sentence:
+            print(sentence)
 
 
 def _print_agreements(agreements) -> None:

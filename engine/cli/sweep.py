@@ -16,13 +16,16 @@ from .common import (
     UsageError,
     add_db_argument,
     add_depth_arguments,
+    add_exit_arguments,
     add_generation_arguments,
     add_ray_arguments,
     check_batch_rows,
     check_fits_context,
     check_layers_fit,
+    check_min_layers_fit,
     depth_request,
     executor_from_args,
+    exit_thresholds,
     generation_params,
 )
 
@@ -73,6 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     add_generation_arguments(parser)
+    add_exit_arguments(parser)
     add_db_argument(parser)
     add_ray_arguments(parser)
     parser.set_defaults(run=run_sweep_command)
@@ -84,12 +88,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
     depths, layers = depth_request(args)  # everything the user typed is checked before a model loads
     params = generation_params(args)
+    thresholds = exit_thresholds(args)
     check_batch_rows(args)
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit: {args.limit} is not a whole number ≥ 1 (leave it out for every prompt)")
     models = tuple(args.model or [DEFAULT_MODEL])
     check_fits_context(models, params)
     check_layers_fit(models, (depths, layers))
+    check_min_layers_fit(models, args)
     spec = SweepSpec(
         models=models,
         prompt_set=args.prompts,
@@ -100,6 +106,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         params=params,
         limit=args.limit,
         rows_per_batch=args.batch_rows,
+        thresholds=thresholds,
     )
     show, close_bars = _progress_bars()
     try:

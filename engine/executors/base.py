@@ -31,10 +31,13 @@ class WorkUnit:
 
     prompts: tuple[Prompt, ...]
     layers: tuple[int, ...]
+    # Dynamic exit: the thresholds still missing for these prompts (``layers`` is then (L,)); the
+    # generation params say the policy, head and min layers, each threshold gets its own params hash.
+    thresholds: tuple[float, ...] = ()
 
     @property
     def rows(self) -> int:
-        return len(self.prompts) * len(self.layers)
+        return len(self.prompts) * (len(self.thresholds) or len(self.layers))
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,14 +105,21 @@ class Executor(Protocol):
 
 
 def split_into_units(
-    groups: dict[tuple[int, ...], list[Prompt]], prompts_per_chunk: int | None
+    groups: dict[tuple, list[Prompt]], prompts_per_chunk: int | None, *, dynamic_depth: int | None = None
 ) -> list[WorkUnit]:
-    """Work units from {missing layers: prompts}: chunks of ``prompts_per_chunk`` (None: whole groups)."""
+    """Work units from {missing layers: prompts}: chunks of ``prompts_per_chunk`` (None: whole groups).
+
+    Dynamic exit (``dynamic_depth`` = L): the groups' keys are the missing thresholds, every unit runs at L.
+    """
     units = []
-    for layers, prompts in groups.items():
+    for missing, prompts in groups.items():
         size = prompts_per_chunk or max(1, len(prompts))
+        if dynamic_depth is None:
+            layers, thresholds = tuple(missing), ()
+        else:
+            layers, thresholds = (dynamic_depth,), tuple(float(t) for t in missing)
         units += [
-            WorkUnit(tuple(prompts[start : start + size]), tuple(layers))
+            WorkUnit(tuple(prompts[start : start + size]), layers, thresholds)
             for start in range(0, len(prompts), size)
         ]
     return units

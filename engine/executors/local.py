@@ -54,7 +54,12 @@ class LocalExecutor:
 
         for unit in units:
             yield from iter_completions(
-                model, list(unit.prompts), list(unit.layers), params, rows_per_batch=rows_per_batch
+                model,
+                list(unit.prompts),
+                list(unit.layers),
+                params,
+                rows_per_batch=rows_per_batch,
+                thresholds=list(unit.thresholds) or None,
             )
 
     def collect(

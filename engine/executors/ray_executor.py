@@ -53,7 +53,12 @@ class GenerationWorker:
 
         completions: list[Completion] = []
         for batch in iter_completions(
-            self.loaded, list(unit.prompts), list(unit.layers), params, rows_per_batch=rows_per_batch
+            self.loaded,
+            list(unit.prompts),
+            list(unit.layers),
+            params,
+            rows_per_batch=rows_per_batch,
+            thresholds=list(unit.thresholds) or None,  # dynamic exit: every missing threshold
         ):
             # Scored here, where the model is: the driver holds only a handle (see sweep.generating).
             completions += with_full_depth_nll(self.loaded, batch, params)

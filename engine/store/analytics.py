@@ -14,6 +14,11 @@ _COUNT_COLUMNS = (
 )  # fmt: skip
 _DEPTH_COLUMNS = """g.prompt_set, g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
     100.0 * g.layers / m.n_layers AS depth_percent"""
+# Early exit: the settings (params JSON) and the mean exit layer of a group's completions (rows stored
+# before early exit have none: every token exited at ``layers``).
+_EXIT_COLUMNS = (
+    "any_value(g.params) AS params, avg(coalesce(g.mean_exit_layers, g.layers)) AS mean_exit_layers"
+)
 
 
 def _set_filters(clauses: list[str], args: list[object], prompt_sets: Sequence[str] | None) -> None:
@@ -53,7 +58,8 @@ class StoreAnalytics(StoreConnection):
         HarmBench copyright behaviours (tag ``hash_check``) are left out of every count and counted in
         ``n_copyright`` instead, except for the judges named in ``copyright_judges``.
         Columns: prompt_set, model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge,
-        version, n_judged, n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
+        version, params (JSON), mean_exit_layers (early exit; = layers for static runs), n_judged,
+        n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
         n_degenerate (flagged incoherent, of n_judged), n_copyright, n_nll (of n_judged, those with a
         full-depth NLL) and median_full_depth_nll (their median, nats/token; NaN when none has one).
         """
@@ -68,7 +74,7 @@ class StoreAnalytics(StoreConnection):
         counted = "(NOT g.copyright OR list_contains(?::VARCHAR[], v.judge))"
         sql = f"""
             WITH g AS ({SET_GENERATIONS})
-            SELECT {_DEPTH_COLUMNS}, v.judge, v.version,
+            SELECT {_DEPTH_COLUMNS}, v.judge, v.version, {_EXIT_COLUMNS},
                    count(*) FILTER (WHERE {counted}) AS n_judged,
                    count(*) FILTER (WHERE {counted} AND v.jailbroken) AS n_jailbroken,
                    count(*) FILTER (WHERE {counted} AND NOT v.jailbroken) AS n_refused,
@@ -98,8 +104,8 @@ class StoreAnalytics(StoreConnection):
 
         A benign completion counts as refused when the judge says "not jailbroken" (the keyword judge's
         phrase rule; a human's "not harmful"). Columns: prompt_set, model_hash, model_id, n_layers,
-        params_hash, layers, depth_percent, judge, version (the newest seen), benign_judged (decided
-        verdicts), benign_refused.
+        params_hash, layers, depth_percent, judge, version (the newest seen), params (JSON),
+        mean_exit_layers, benign_judged (decided verdicts), benign_refused.
         """
         clauses, args = ["g.label = 'benign'"], []
         _set_filters(clauses, args, prompt_sets)
@@ -110,7 +116,7 @@ class StoreAnalytics(StoreConnection):
                 QUALIFY row_number() OVER (
                     PARTITION BY completion_key, judge ORDER BY created_at DESC, version DESC) = 1
             )
-            SELECT {_DEPTH_COLUMNS}, v.judge, max(v.version) AS version,
+            SELECT {_DEPTH_COLUMNS}, v.judge, max(v.version) AS version, {_EXIT_COLUMNS},
                    count(*) FILTER (WHERE v.jailbroken IS NOT NULL) AS benign_judged,
                    count(*) FILTER (WHERE NOT v.jailbroken) AS benign_refused
             FROM g JOIN v USING (completion_key) LEFT JOIN models m USING (model_hash)
@@ -191,6 +197,7 @@ class StoreAnalytics(StoreConnection):
                    g.prompt_text, g.layers, m.n_layers, g.params_hash, g.params, g.text, g.token_ids,
                    g.seconds, g.created_at, g.run_id,
                    coalesce(g.prompt_truncated_tokens, 0) AS prompt_truncated_tokens, g.full_depth_nll,
+                   g.exit_layers, coalesce(g.mean_exit_layers, g.layers) AS mean_exit_layers,
                    v.judge, v.version, v.jailbroken, v.degenerate, v.degeneracy_version, v.raw,
                    v.note, v.created_at AS judged_at
             FROM g {verdict_join} LEFT JOIN models m ON m.model_hash = g.model_hash

@@ -16,10 +16,22 @@ from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
-    model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, truncated, nll = row
+    (
+        model_hash,
+        prompt_id,
+        prompt_text,
+        layers,
+        params_hash,
+        text,
+        token_ids,
+        seconds,
+        truncated,
+        nll,
+        exits,
+    ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), nll,
+        int(truncated), nll, tuple(int(k) for k in exits or ()),
     )  # fmt: skip
 
 

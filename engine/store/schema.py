@@ -116,6 +116,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP",
         ),
     ),
+    # Early exit (issue 15): the layer each generated token exited at, and their mean (compute used =
+    # mean / L). Older rows keep NULL: every token of a static run exited at its ``layers``.
+    Migration(
+        8,
+        "generations remember the layer each token exited at (early exit)",
+        (
+            "ALTER TABLE generations ADD COLUMN exit_layers INTEGER[]",
+            "ALTER TABLE generations ADD COLUMN mean_exit_layers DOUBLE",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

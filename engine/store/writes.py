@@ -44,6 +44,8 @@ _GENERATION_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("prompt_truncated_tokens", pa.int32()),
         ("full_depth_nll", pa.float64()),
+        ("exit_layers", pa.list_(pa.int32())),
+        ("mean_exit_layers", pa.float64()),
     ]
 )
 _VERDICT_SCHEMA = pa.schema(
@@ -318,6 +320,8 @@ class StoreWrites(StoreConnection):
                 "run_id": run_id,
                 "prompt_truncated_tokens": int(c.prompt_truncated_tokens),
                 "full_depth_nll": None if c.full_depth_nll is None else float(c.full_depth_nll),
+                "exit_layers": [int(k) for k in c.exit_layers] or None,
+                "mean_exit_layers": float(c.mean_exit_layers),
             }
             for c, key in zip(completions, keys, strict=True)
         ]

@@ -1,4 +1,5 @@
-"""Generating what a sweep misses: only the (prompt, depth) rows not yet stored, written batch by batch."""
+"""Generating what a sweep misses: only the (prompt, depth) rows not yet stored, written batch by batch
+(dynamic exit: the (prompt, threshold) rows)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from engine.lens_files import exit_variants_for
 from engine.types import Completion, GenerationParams, Prompt, model_input, prompt_key
 
 if TYPE_CHECKING:
@@ -34,6 +36,31 @@ def missing_by_prompt(
     return groups, sum(len(ks) for ks in per_prompt.values())
 
 
+def missing_thresholds_by_prompt(
+    store, model_hash: str, inputs: Sequence[Prompt], n_layers: int, variants: Sequence[GenerationParams]
+) -> tuple[dict[tuple[float, ...], list[int]], int]:
+    """Dynamic exit: ({tuple of missing thresholds: [prompt index, ...]}, rows missing). Every row runs
+    at L layers; each threshold's completions carry that threshold's params hash."""
+    index_of = {prompt_key(p.text): i for i, p in enumerate(inputs)}
+    per_prompt: dict[int, list[float]] = defaultdict(list)
+    for variant in variants:
+        missing = store.missing_generations(model_hash, [p.text for p in inputs], [n_layers], variant.key())
+        for key, _k in missing:
+            per_prompt[index_of[key]].append(variant.threshold)
+    groups: dict[tuple[float, ...], list[int]] = defaultdict(list)
+    for index, thresholds in per_prompt.items():
+        groups[tuple(thresholds)].append(index)
+    return groups, sum(len(ts) for ts in per_prompt.values())
+
+
+def _by_params_hash(batch: Sequence[Completion]) -> dict[str, list[Completion]]:
+    """A dynamic-exit batch mixes thresholds: each is stored with its own params."""
+    parts: dict[str, list[Completion]] = defaultdict(list)
+    for completion in batch:
+        parts[completion.params_hash].append(completion)
+    return parts
+
+
 def generate_missing(
     store,
     loaded,
@@ -47,8 +74,12 @@ def generate_missing(
     on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
     executor: Executor | None = None,
+    thresholds: Sequence[float] | None = None,
 ) -> tuple[int, int]:
     """Generate and store every (prompt, depth) not yet stored. Returns (new, already stored).
+
+    Dynamic exit (``params.exit_policy`` confidence or saturation): every (prompt, threshold) instead,
+    at L layers (``layers`` is ignored), ``thresholds`` defaulting to ``[params.threshold]``.
 
     ``loaded`` is the executor's handle for the model (a LoadedModel for the local executor). The
     executor computes; only this function writes, as each batch or chunk arrives.
@@ -63,19 +94,30 @@ def generate_missing(
         executor = LocalExecutor()
     inputs = as_model_prompts(prompts)
     key_of_input = {p.text: prompt_key(o.text, o.context) for p, o in zip(inputs, prompts, strict=True)}
-    groups, n_missing = missing_by_prompt(store, loaded.info.model_hash, inputs, layers, params.key())
-    already = len(inputs) * len(layers) - n_missing
+    model_hash = loaded.info.model_hash
+    variants = exit_variants_for(model_hash, params, thresholds, model_name=loaded.info.model_id)
+    if params.dynamic_exit:
+        groups, n_missing = missing_thresholds_by_prompt(store, model_hash, inputs, loaded.n_layers, variants)
+        already = len(inputs) * len(variants) - n_missing
+    else:
+        groups, n_missing = missing_by_prompt(store, model_hash, inputs, layers, variants[0].key())
+        already = len(inputs) * len(layers) - n_missing
     if on_start:
         on_start(n_missing)
-    by_layers = {group_layers: [inputs[i] for i in indices] for group_layers, indices in groups.items()}
-    units = split_into_units(by_layers, executor.prompts_per_chunk)
+    by_missing = {missing: [inputs[i] for i in indices] for missing, indices in groups.items()}
+    dynamic_depth = loaded.n_layers if params.dynamic_exit else None
+    units = split_into_units(by_missing, executor.prompts_per_chunk, dynamic_depth=dynamic_depth)
+    params_of = {v.key(): v for v in variants}
     written = 0
-    batches = executor.generate(loaded, units, params, rows_per_batch=rows_per_batch)
+    batches = executor.generate(loaded, units, variants[0], rows_per_batch=rows_per_batch)
     try:
         for batch in batches:
-            batch = scored_batch(loaded, batch, params)
-            keys = [key_of_input[c.prompt_text] for c in batch]
-            written += store.save_generations(batch, params=params, run_id=run_id, prompt_keys=keys)
+            batch = scored_batch(loaded, batch, variants[0])
+            for params_hash, part in _by_params_hash(batch).items():
+                keys = [key_of_input[c.prompt_text] for c in part]
+                written += store.save_generations(
+                    part, params=params_of[params_hash], run_id=run_id, prompt_keys=keys
+                )
             if on_batch:
                 on_batch(batch)
             if stop is not None and stop.is_set():
@@ -83,7 +125,8 @@ def generate_missing(
     finally:
         batches.close()  # a stopped sweep leaves no generator (or worker call) behind
     if stop is None or not stop.is_set():
-        fill_missing_nll(store, loaded, inputs, layers, params)
+        for variant in variants:  # dynamic exit: one params hash per threshold, all at L layers
+            fill_missing_nll(store, loaded, inputs, [loaded.n_layers] if dynamic_depth else layers, variant)
     return written, already
 
 

@@ -23,22 +23,25 @@ def judge_stored(
     prompts: Sequence[Prompt],
     model_hash: str,
     layers: Sequence[int],
-    params_hash: str,
+    params_hash: str | Sequence[str],
     *,
     on_batch: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     executor: Executor | None = None,
 ) -> int:
-    """Judge every stored completion of these prompts × depths that a judge version has not seen.
+    """Judge every stored completion of these prompts × depths that a judge version has not seen
+    (under one params hash, or several: a dynamic-exit sweep has one per threshold).
 
     ``on_start`` hears how many judgements are due (over all judges) before the first one. With an
     ``executor`` (judges built by its ``build_judge``) the chunks are judged where it runs, spread over
     its workers; verdicts are written here as each chunk arrives.
     """
     by_input = {model_input(p): p for p in prompts}
+    hashes = [params_hash] if isinstance(params_hash, str) else list(params_hash)  # dynamic exit: several
     completions = [
         c
-        for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=params_hash)
+        for h in hashes
+        for c in store.get_generations(model_hash=model_hash, layers=list(layers), params_hash=h)
         if c.prompt_text in by_input
     ]
     written = refresh_degeneracy_flags(store, completions)

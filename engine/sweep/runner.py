@@ -11,6 +11,7 @@ from engine.datasets import load_prompt_set
 from engine.judges.base import Judge
 from engine.judges.names import HARMBENCH, HUMAN
 from engine.judges.registry import get_judge
+from engine.lens_files import exit_variants_for
 
 from .generating import generate_missing
 from .judging import judge_stored
@@ -100,7 +101,7 @@ def run_sweep(
                 store.heartbeat(run_id)  # loading a large model can take long
                 layers = spec.layers_for(loaded.n_layers)
                 new, already = generate_missing(
-                    store, loaded, prompts, layers, spec.params,
+                    store, loaded, prompts, layers, spec.params, thresholds=spec.thresholds or None,
                     run_id=run_id, rows_per_batch=spec.rows_per_batch, stop=stop, executor=executor,
                     on_batch=lambda batch: clock.advance(len(batch)),
                     on_start=lambda total, name=name: clock.begin(name, "generating", total),
@@ -111,7 +112,8 @@ def run_sweep(
             if stop is not None and stop.is_set():
                 break
             verdicts += judge_stored(
-                store, judges, prompts, loaded.info.model_hash, layers, spec.params.key(),
+                store, judges, prompts, loaded.info.model_hash, layers,
+                [v.key() for v in exit_variants_for(loaded.info.model_hash, spec.params, spec.thresholds)],
                 on_batch=judged, on_start=lambda total, name=name: clock.begin(name, "judging", total),
                 executor=executor,
             )  # fmt: skip

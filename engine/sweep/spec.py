@@ -22,8 +22,13 @@ class SweepSpec:
     params: GenerationParams = field(default_factory=GenerationParams)
     limit: int | None = None
     rows_per_batch: int | None = None
+    # Dynamic exit (``params.exit_policy`` confidence or saturation): the thresholds to sweep (default
+    # ``[params.threshold]``); every completion then uses up to all L layers and depths are not used.
+    thresholds: tuple[float, ...] = ()
 
     def layers_for(self, n_layers: int) -> list[int]:
+        if self.params.dynamic_exit:
+            return [n_layers]
         return layers_for(n_layers, tuple(self.depths), tuple(int(k) for k in self.layers or ()))
 
     def run_parameters(self, set_id: str) -> dict:
