@@ -6,13 +6,13 @@ import shlex
 
 import pandas as pd
 import streamlit as st
-from engine.lens_files import read_lens_report
 
 from engine import queries
 from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
+from engine.lens_files import read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
