@@ -5,6 +5,7 @@ page leaves a screenshot in test-artifacts/screenshots/ for a human to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,20 +54,9 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    from engine.models import load_model
-
-    folder = tmp_path_factory.mktemp("browser")
-    db = folder / "app.duckdb"
-    model_hash = load_model(str(tiny_model_dir)).info.model_hash
-    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
-    env = os.environ | {
-        "DEPTHSCOPE_DB": str(db),
-        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
-        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
-        "HF_HUB_OFFLINE": "1",
-    }
+@contextlib.contextmanager
+def serve_app(folder: Path, env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run app.py` on a free port with ``env``, logging to ``folder``; yields its URL."""
     port = free_port()
     log = (folder / "streamlit.log").open("w")
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
@@ -83,6 +74,24 @@ def server(tmp_path_factory, tiny_model_dir):
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    from engine.models import load_model
+
+    folder = tmp_path_factory.mktemp("browser")
+    db = folder / "app.duckdb"
+    model_hash = load_model(str(tiny_model_dir)).info.model_hash
+    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
+    env = os.environ | {
+        "DEPTHSCOPE_DB": str(db),
+        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
+        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    with serve_app(folder, env) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -216,23 +225,8 @@ def hostile_server(tmp_path_factory):
     model_id = seed_hostile(db)
     env = os.environ | {"DEPTHSCOPE_DB": str(db), "DEPTHSCOPE_MODEL": model_id, "HF_HUB_OFFLINE": "1"}
     env["DEPTHSCOPE_ACTIVATIONS"] = str(folder / "activations")
-    port = free_port()
-    log = (folder / "streamlit.log").open("w")
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        wait_healthy(url, proc)
+    with serve_app(folder, env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.parametrize("name", list(PAGES))
