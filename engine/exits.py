@@ -171,6 +171,20 @@ def _with_hidden(output: object, hidden: torch.Tensor) -> object:
 
 
 @contextmanager
+def _after_every_layer(loaded: LoadedModel, hook_for) -> Iterator[None]:
+    """``hook_for(k)`` as a forward hook on layer k (1-based) of every layer, removed on exit."""
+    handles = [
+        layer.register_forward_hook(hook_for(index + 1), with_kwargs=True)
+        for index, layer in enumerate(loaded.layers)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def exit_hooks(loaded: LoadedModel, step: dict[str, ExitTracker]) -> Iterator[None]:
     """During one-token decode forwards: apply ``step["tracker"]``'s rule after every layer.
 
@@ -194,15 +208,8 @@ def exit_hooks(loaded: LoadedModel, step: dict[str, ExitTracker]) -> Iterator[No
 
         return after_layer
 
-    handles = [
-        layer.register_forward_hook(hook_for(index + 1), with_kwargs=True)
-        for index, layer in enumerate(loaded.layers)
-    ]
-    try:
+    with _after_every_layer(loaded, hook_for):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
@@ -217,15 +224,8 @@ def last_position_taps(loaded: LoadedModel, found: dict[int, torch.Tensor]) -> I
 
         return after_layer
 
-    handles = [
-        layer.register_forward_hook(hook_for(index + 1), with_kwargs=True)
-        for index, layer in enumerate(loaded.layers)
-    ]
-    try:
+    with _after_every_layer(loaded, hook_for):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager

@@ -272,23 +272,8 @@ def exit_server(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
         "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
         "HF_HUB_OFFLINE": "1",
     }
-    port = free_port()
-    log = (folder / "streamlit.log").open("w")
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        wait_healthy(url, proc)
+    with serve_app(folder, env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_exit_chart_and_token_colouring_render(exit_server, browser):
