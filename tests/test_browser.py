@@ -54,6 +54,22 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise TimeoutError(f"streamlit did not answer at {url} within {timeout} s")
 
 
+def seeded_app(folder: Path, model_dir: Path) -> tuple[Path, Path, str, dict[str, str]]:
+    """A seeded database for the tiny model in ``folder`` and the server environment pointing at it."""
+    from engine.models import load_model
+
+    db = folder / "app.duckdb"
+    model_hash = load_model(str(model_dir)).info.model_hash
+    seed_store(db, str(model_dir), model_hash, folder / "activations")
+    env = os.environ | {
+        "DEPTHSCOPE_DB": str(db),
+        "DEPTHSCOPE_MODEL": str(model_dir),
+        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return folder, db, model_hash, env
+
+
 @contextlib.contextmanager
 def serve_app(folder: Path, env: dict[str, str]) -> Iterator[str]:
     """`streamlit run app.py` on a free port with ``env``, logging to ``folder``; yields its URL."""
@@ -78,18 +94,7 @@ def serve_app(folder: Path, env: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
-    from engine.models import load_model
-
-    folder = tmp_path_factory.mktemp("browser")
-    db = folder / "app.duckdb"
-    model_hash = load_model(str(tiny_model_dir)).info.model_hash
-    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
-    env = os.environ | {
-        "DEPTHSCOPE_DB": str(db),
-        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
-        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
-        "HF_HUB_OFFLINE": "1",
-    }
+    folder, _db, _model_hash, env = seeded_app(tmp_path_factory.mktemp("browser"), tiny_model_dir)
     with serve_app(folder, env) as url:
         yield url
 
@@ -259,19 +264,8 @@ def exit_server(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
     """A server on a database with static and dynamic-exit completions (see test_app_pages.seed_exits)."""
     from test_app_pages import seed_exits
 
-    from engine.models import load_model
-
-    folder = tmp_path_factory.mktemp("browser-exits")
-    db = folder / "exits.duckdb"
-    model_hash = load_model(str(tiny_model_dir)).info.model_hash
-    seed_store(db, str(tiny_model_dir), model_hash, folder / "activations")
+    folder, db, model_hash, env = seeded_app(tmp_path_factory.mktemp("browser-exits"), tiny_model_dir)
     seed_exits(db, model_hash, tiny_tokenizer, folder / "lenses")
-    env = os.environ | {
-        "DEPTHSCOPE_DB": str(db),
-        "DEPTHSCOPE_MODEL": str(tiny_model_dir),
-        "DEPTHSCOPE_ACTIVATIONS": str(folder / "activations"),
-        "HF_HUB_OFFLINE": "1",
-    }
     with serve_app(folder, env) as url:
         yield url
 
