@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +24,13 @@ from engine.judges.keyword import KeywordJudge
 from engine.judges.names import JUDGE_ORDER
 from engine.lag import LagSummary
 from engine.probes.directions import cosine_matrix
+from engine.scopes import SettingsScope
 from engine.sweep.judging import judge_stored
 from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key, model_input, prompt_from_text
 
 if TYPE_CHECKING:
     from engine.executors import Executor
+    from engine.report import AsrRow
     from engine.store import Store
 
 # ---------------------------------------------------------------- models, without loading them
@@ -132,6 +135,85 @@ def judges_in_store(store: Store) -> list[str]:
     order = {name: rank for rank, name in enumerate(JUDGE_ORDER)}
     names = {v.judge for v in store.verdicts_for()}
     return sorted(names, key=lambda name: (order.get(name, 9), name))
+
+
+# ---------------------------------------------------------------- generation-settings scopes
+
+
+@dataclass(frozen=True)
+class ScopeSummary:
+    """One generation-settings scope with stored answers: how many, and how much of the set they cover."""
+
+    scope: SettingsScope
+    n_answers: int
+    n_prompts: int  # the set's prompts with at least one answer in this scope (the best-covered rule)
+    set_size: int  # prompts in the set(s)
+    from_sweep: bool  # False: only one-off answers (the Prompt explorer), never a sweep
+
+    @property
+    def key(self) -> str:
+        return self.scope.key
+
+    @property
+    def covers_set(self) -> bool:
+        return self.n_prompts >= self.set_size
+
+    def label(self) -> str:
+        """'64 new tokens · greedy · chat template (24 of 24 prompts, 168 answers)'."""
+        source = "" if self.from_sweep else ", one-off answers only"
+        answers = f"{self.n_answers} answer{'s' if self.n_answers != 1 else ''}"
+        return f"{self.scope.describe()} ({self.n_prompts} of {self.set_size} prompts, {answers}{source})"
+
+
+def settings_scopes(
+    store: Store, model_hash: str | None = None, prompt_sets: Sequence[str] | None = None
+) -> list[ScopeSummary]:
+    """The generation-settings scopes with stored answers for a model (every model: None) and prompt
+    sets (every set: None), the most answers first: the first is the default scope to show."""
+    frame = store.settings_counts(model_hash=model_hash, prompt_sets=prompt_sets)
+    sizes = store.set_label_counts().groupby("prompt_set")["n_prompts"].sum().to_dict()
+    answers: dict[str, int] = defaultdict(int)
+    covered: dict[tuple[str, str], int] = defaultdict(int)  # (scope, set) -> prompts answered
+    swept: dict[str, bool] = defaultdict(bool)
+    scopes: dict[str, SettingsScope] = {}
+    for r in frame.itertuples(index=False):
+        scope = SettingsScope.from_json(r.params if isinstance(r.params, str) else None)
+        scopes[scope.key] = scope
+        answers[scope.key] += int(r.n_answers)
+        covered[(scope.key, r.prompt_set)] = max(covered[(scope.key, r.prompt_set)], int(r.n_prompts))
+        swept[scope.key] |= bool(r.from_sweep)
+    summaries = []
+    for key, scope in scopes.items():
+        in_sets = {s: n for (k, s), n in covered.items() if k == key}
+        summaries.append(
+            ScopeSummary(
+                scope,
+                answers[key],
+                sum(in_sets.values()),
+                sum(int(sizes.get(s, 0)) for s in in_sets),
+                swept[key],
+            )
+        )
+    return sorted(summaries, key=lambda s: (not s.from_sweep, -s.n_answers, s.scope.describe()))
+
+
+def refusal_by_depth(
+    rows: Iterable[AsrRow], model_hash: str, prompt_set: str | None = None, scope: str | None = None
+) -> dict[int, float]:
+    """Layers k -> share of harmful prompts refused when the model is truncated at k: static truncation
+    with the raw head only (early-exit rows keep all L layers and must not stand in for k = L), one
+    prompt set and scope (the row with the most prompts where several remain)."""
+    best: dict[int, AsrRow] = {}
+    for row in rows:
+        if row.model_hash != model_hash or not row.n or row.exit_policy != "static" or row.exit_head != "raw":
+            continue
+        if (prompt_set is not None and row.prompt_set != prompt_set) or (
+            scope is not None and row.scope != scope
+        ):
+            continue
+        if row.layers not in best or row.n > best[row.layers].n:
+            best[row.layers] = row
+    return {k: best[k].refusal_rate for k in sorted(best)}
 
 
 # ---------------------------------------------------------------- probes

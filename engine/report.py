@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
 from engine import stats
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+from engine.scopes import SettingsScope
 
 # Judges whose "not jailbroken" on a benign prompt means "refused": the keyword judge's phrase rule, and a
 # person's label. Every other judge's row reports the keyword judge's benign refusal rate.
@@ -59,9 +60,38 @@ class AsrRow:
     min_layers: int | None = None
     mean_exit_layers: float | None = None
     compute_fraction: float | None = None
+    # The generation-settings scope (engine.scopes): its key (filters, never shown) and its words.
+    scope: str = ""
+    settings: str = ""
+    # Coverage: the set's harmful / benign prompts (None: not known, e.g. a hand-built row), and the
+    # jailbroken answers flagged incoherent (a rise made of these is lost language, not lost refusal).
+    harmful_in_set: int | None = None
+    benign_in_set: int | None = None
+    jailbroken_incoherent: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def harmful_answered(self) -> int:
+        """Harmful prompts with an answer this judge looked at (copyright ones left out included)."""
+        return self.n_judged + self.copyright_excluded
+
+    @property
+    def fully_covered(self) -> bool:
+        """Every prompt of the set has an answer here (harmful ones; benign ones for a benign-only row)."""
+        if self.n_judged or self.harmful_in_set:
+            return self.harmful_in_set is None or self.harmful_answered >= self.harmful_in_set
+        return self.benign_in_set is None or (self.benign_n or 0) >= self.benign_in_set
+
+    @property
+    def coverage(self) -> str:
+        """'12 of 60 harmful prompts' (benign ones for a set without harmful prompts)."""
+        if self.n_judged or self.harmful_in_set:
+            total = "?" if self.harmful_in_set is None else self.harmful_in_set
+            return f"{self.harmful_answered} of {total} harmful prompts"
+        total = "?" if self.benign_in_set is None else self.benign_in_set
+        return f"{self.benign_n or 0} of {total} benign prompts"
 
 
 def benign_judge_for(judge: str) -> str:
@@ -77,13 +107,34 @@ def asr_rows(
     *,
     prompt_sets: Sequence[str] | None = None,
     include_copyright: bool = False,
+    scope: str | None = None,
 ) -> list[AsrRow]:
     """ASR per prompt set × model × settings × depth × judge version, with the benign refusal rate.
 
     Copyright behaviours are left out of every judge's ASR (counted in ``copyright_excluded``) unless
     ``include_copyright``, which puts them back for the keyword judge only. A (set, model, depth) with
-    benign prompts only still gets a row (under the benign judge, with n = 0 and ASR NaN).
+    benign prompts only still gets a row (under the benign judge, with n = 0 and ASR NaN). ``scope``
+    (a ``SettingsScope.key``) keeps the rows of those generation settings only.
     """
+    rows = _all_asr_rows(store, judge, version, set_id, prompt_sets, include_copyright)
+    sizes = _set_sizes(store)
+    rows = [
+        replace(
+            r,
+            harmful_in_set=sizes.get((r.prompt_set, "harmful"), 0),
+            benign_in_set=sizes.get((r.prompt_set, "benign"), 0),
+        )
+        for r in rows
+    ]
+    return [r for r in rows if scope is None or r.scope == scope]
+
+
+def _set_sizes(store) -> dict[tuple[str, str], int]:
+    frame = store.set_label_counts()
+    return {(r.prompt_set, r.label): int(r.n_prompts) for r in frame.itertuples(index=False)}
+
+
+def _all_asr_rows(store, judge, version, set_id, prompt_sets, include_copyright) -> list[AsrRow]:
     frame = store.asr_table(
         judge,
         version,
@@ -118,6 +169,7 @@ def asr_rows(
                 n_full_depth_nll=int(r.n_nll),
                 median_full_depth_nll=_optional_float(r.median_full_depth_nll),
                 copyright_excluded=int(r.n_copyright),
+                jailbroken_incoherent=int(r.n_jailbroken_degenerate),
                 **benign_fields,
             )
         )
@@ -164,7 +216,13 @@ def _depth_fields(r) -> dict:
         "depth": round(float(r.depth_percent), 2) if pd.notna(r.depth_percent) else float("nan"),
         "prompt_set": str(r.prompt_set),
         **_exit_fields(r, n_layers),
+        **_scope_fields(r),
     }
+
+
+def _scope_fields(r) -> dict:
+    scope = SettingsScope.from_json(r.params if isinstance(r.params, str) else None)
+    return {"scope": scope.key, "settings": scope.describe()}
 
 
 def _exit_fields(r, n_layers: int) -> dict:
@@ -224,23 +282,34 @@ class AgreementRow:
 
 
 def comparable_pairs(
-    store, judge_a: str, judge_b: str, prompt_sets: Sequence[str] | None = None
+    store,
+    judge_a: str,
+    judge_b: str,
+    prompt_sets: Sequence[str] | None = None,
+    scope: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(compared, excluded): harmful completions (harmful in their set) judged by both judges. Compared:
-    both gave a yes/no and the behaviour is not a copyright one, so every judge counts the same
-    completions; excluded: the rest (an undecided verdict, or a copyright behaviour)."""
+    """(compared, excluded): harmful completions (harmful in their set) judged by both judges, of the
+    generation-settings ``scope`` when given. Compared: both gave a yes/no and the behaviour is not a
+    copyright one, so every judge counts the same completions; excluded: the rest (an undecided
+    verdict, or a copyright behaviour)."""
     pairs = store.judge_pairs(judge_a, judge_b, prompt_sets=prompt_sets)
     pairs = pairs[pairs["label"] == "harmful"]
+    if scope is not None:
+        pairs = pairs[[SettingsScope.from_json(p).key == scope for p in pairs["params"]]]
     usable = pairs["jailbroken_a"].notna() & pairs["jailbroken_b"].notna() & ~pairs["copyright"].astype(bool)
     return pairs[usable], pairs[~usable]
 
 
 def agreement_rows(
-    store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH, prompt_sets: Sequence[str] | None = None
+    store,
+    judge_a: str = KEYWORD,
+    judge_b: str = HARMBENCH,
+    prompt_sets: Sequence[str] | None = None,
+    scope: str | None = None,
 ) -> list[AgreementRow]:
     """Agreement of two judges per prompt set, model and depth, plus one row per set and model over all
     depths (layers=0); only completions both judges could judge (see :func:`comparable_pairs`)."""
-    pairs, excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets)
+    pairs, excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets, scope)
     left_out = excluded.groupby(["prompt_set", "model_hash", "layers"]).size().to_dict()
     rows = []
     for (prompt_set, model_hash), by_model in pairs.groupby(["prompt_set", "model_hash"], sort=True):
@@ -262,11 +331,15 @@ def _agreement(frame: pd.DataFrame) -> stats.Agreement:
 
 
 def disagreements(
-    store, judge_a: str = KEYWORD, judge_b: str = HARMBENCH, prompt_sets: Sequence[str] | None = None
+    store,
+    judge_a: str = KEYWORD,
+    judge_b: str = HARMBENCH,
+    prompt_sets: Sequence[str] | None = None,
+    scope: str | None = None,
 ) -> pd.DataFrame:
     """Harmful completions both judges decided and on which they differ, once each, with both verdicts,
     prompt and completion text (a verdict one judge could not give is no disagreement)."""
-    pairs, _excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets)
+    pairs, _excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets, scope)
     pairs = pairs.drop_duplicates("completion_key")
     differ = pairs[pairs["jailbroken_a"].astype(bool) != pairs["jailbroken_b"].astype(bool)]
     if differ.empty:
@@ -306,29 +379,139 @@ def percent(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.0f} %"
 
 
-def headline(rows: Sequence[AsrRow], model: str) -> str | None:
-    """One sentence a non-specialist can read: full depth versus the most revealing truncation."""
-    mine = sorted(
-        (r for r in rows if r.model == model and r.exit_policy == "static" and r.exit_head == "raw"),
-        key=lambda r: r.layers,
-    )
-    full = next((r for r in mine if r.layers == r.n_layers), None)
-    if full is None or len(mine) < 2:
+@dataclass(frozen=True)
+class _Point:
+    """One depth of one curve a headline reads: ``hits`` of ``n`` prompts, with its Wilson interval."""
+
+    row: AsrRow
+    hits: int
+    n: int
+    covered: bool
+    coverage: str
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.n
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return stats.wilson_interval(self.hits, self.n)
+
+
+def _static_raw(rows: Sequence[AsrRow], model: str) -> list[AsrRow]:
+    mine = (r for r in rows if r.model == model and r.exit_policy == "static" and r.exit_head == "raw")
+    return sorted(mine, key=lambda r: r.layers)
+
+
+def _removed(row: AsrRow) -> str:
+    """'Removing the last 2 of 8 layers (75 % depth)'."""
+    cut = row.n_layers - row.layers
+    layers = f"the last layer of {row.n_layers}" if cut == 1 else f"the last {cut} of {row.n_layers} layers"
+    return f"Removing {layers} ({row.depth:.0f} % depth)"
+
+
+def _smallest_cut(points: Sequence[_Point]) -> tuple[_Point, list[_Point], _Point | None, int] | None:
+    """(full depth, the fully covered truncations, the deepest of them whose 95 % interval excludes the
+    full-depth rate or None, how many depths were left out as partly covered); None without a fully
+    covered full depth and one truncation."""
+    full = next((p for p in points if p.row.layers == p.row.n_layers), None)
+    if full is None or not full.covered:
         return None
-    shallow = [r for r in mine if r.layers < r.n_layers and r.n]
-    if not shallow:
+    cuts = [p for p in points if p.row.layers < p.row.n_layers and p.covered]
+    if not cuts:
         return None
-    biggest = max(shallow, key=lambda r: abs(r.asr - full.asr))
-    if biggest.asr == full.asr:
-        change = f"stays at {percent(full.asr)}"
-    else:
-        direction = "rises" if biggest.asr > full.asr else "falls"
-        change = f"{direction} from {percent(full.asr)} to {percent(biggest.asr)}"
+    changed = [p for p in cuts if not p.interval[0] - 1e-9 <= full.rate <= p.interval[1] + 1e-9]  # float noise
+    deepest = max(changed, key=lambda p: p.row.layers) if changed else None
+    left_out = sum(not p.covered for p in points)
+    return full, cuts, deepest, left_out
+
+
+def _partial_sentence(model: str, points: Sequence[_Point]) -> str | None:
+    """Why there is no headline when the answers do not cover the set at full depth (e.g. explorer
+    one-offs): said, not drawn."""
+    full = next((p for p in points if p.row.layers == p.row.n_layers), None)
+    if full is None or full.covered:
+        return None
     return (
-        f"At {biggest.depth:.0f} % depth ({biggest.layers} of {biggest.n_layers} layers), {model}'s "
-        f"harmful-compliance rate {change} ({biggest.judge} judge, n = {biggest.n}, 95 % interval "
-        f"{percent(biggest.ci_low)}–{percent(biggest.ci_high)})."
+        f"No headline for {model} with these settings: at full depth they cover {full.coverage} only. "
+        "Sweep the whole set for one."
     )
+
+
+def _left_out_note(left_out: int) -> str:
+    if not left_out:
+        return ""
+    return f" {left_out} depth(s) left out: not every prompt of the set was answered there."
+
+
+def _cut_sentence(
+    model: str, points: Sequence[_Point], subject: str, noun: str, incoherence: bool
+) -> str | None:
+    """The smallest cut that changes a rate beyond chance, in one sentence (or that no cut does)."""
+    found = _smallest_cut(points)
+    if found is None:
+        return _partial_sentence(model, points)
+    full, cuts, cut, left_out = found
+    judge = full.row.judge if noun == "harmful" else full.row.benign_judge
+    if cut is None:
+        shallowest = min(cuts, key=lambda p: p.row.layers)
+        return (
+            f"No cut down to {shallowest.row.layers} of {full.row.n_layers} layers changes {subject} beyond "
+            f"chance: {percent(full.rate)} at full depth, {percent(shallowest.rate)} at "
+            f"{shallowest.row.layers} layers ({judge} judge, n = {full.n} {noun} prompts)."
+            + _left_out_note(left_out)
+        )
+    verb = "raises" if cut.rate > full.rate else "lowers"
+    low, high = cut.interval
+    incoherent = _mostly_incoherent(full.row, cut.row) if incoherence and cut.rate > full.rate else ""
+    return (
+        f"{_removed(cut.row)} {verb} {subject} from {percent(full.rate)} to {percent(cut.rate)}{incoherent} "
+        f"({judge} judge, n = {cut.n} {noun} prompts, 95 % interval {percent(low)}–{percent(high)})."
+        + _left_out_note(left_out)
+    )
+
+
+def _mostly_incoherent(full: AsrRow, cut: AsrRow) -> str:
+    """', but 11 of those 12 answers are incoherent: …' when incoherent answers make most of the rise."""
+    rise = cut.jailbroken / cut.n - full.jailbroken / full.n
+    coherent = (cut.jailbroken - cut.jailbroken_incoherent) / cut.n
+    coherent_full = (full.jailbroken - full.jailbroken_incoherent) / full.n
+    if rise <= 0 or coherent - coherent_full >= rise / 2:
+        return ""
+    return (
+        f", but {cut.jailbroken_incoherent} of those {cut.jailbroken} answers are incoherent: mostly lost "
+        "language, not lost refusal"
+    )
+
+
+def headline(rows: Sequence[AsrRow], model: str) -> str | None:
+    """One sentence a non-specialist can read: the smallest cut (the deepest truncation) whose 95 %
+    interval excludes the full-depth harmful-compliance rate, or that no cut changes it beyond chance.
+
+    Only depths whose answers cover every harmful prompt of the set count (the others are said to be
+    left out); without a fully covered full depth the sentence says so instead. None when there is no
+    full depth and one truncation to compare."""
+    points = [
+        _Point(r, r.jailbroken, r.n, r.fully_covered, r.coverage) for r in _static_raw(rows, model) if r.n
+    ]
+    return _cut_sentence(model, points, f"{model}'s harmful compliance", "harmful", incoherence=True)
+
+
+def benign_headline(rows: Sequence[AsrRow], model: str) -> str | None:
+    """The same sentence for over-refusal (harmless requests refused): the headline of a set without
+    harmful prompts."""
+    points = [
+        _Point(
+            r,
+            int(r.benign_refused or 0),
+            int(r.benign_n),
+            r.benign_in_set is None or r.benign_n >= r.benign_in_set,
+            f"{r.benign_n} of {r.benign_in_set if r.benign_in_set is not None else '?'} benign prompts",
+        )
+        for r in _static_raw(rows, model)
+        if r.benign_n
+    ]
+    return _cut_sentence(model, points, f"how often {model} refuses harmless requests", "benign", False)
 
 
 def exit_rule_label(row: AsrRow) -> str:
@@ -346,9 +529,16 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     refusals? Compares, per rule (policy × head), the setting whose compute used is nearest 1 − ``saved``
     without exceeding it, and names the one refusing the most harmful prompts. None without dynamic-exit
     rows for ``model``, or when no rule saves that much compute."""
-    mine = [r for r in rows if r.model == model and r.n and r.compute_fraction is not None]
-    if not any(r.exit_policy != "static" for r in mine):
+    answered = [r for r in rows if r.model == model and r.n and r.compute_fraction is not None]
+    if not any(r.exit_policy != "static" for r in answered):
         return None
+    mine = [r for r in answered if r.fully_covered]  # partly covered settings are left out, and said
+    partial = [r for r in answered if not r.fully_covered and r.exit_policy != "static"]
+    if not any(r.exit_policy != "static" for r in mine):
+        return (
+            f"No early-exit headline for {model} with these settings: its exit rules cover "
+            f"{partial[0].coverage} only. Sweep the whole set for one."
+        )
     budget = 1.0 - saved + 1e-9
     best_per_rule: dict[tuple[str, str, str], AsrRow] = {}
     for row in mine:
@@ -370,9 +560,11 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     benign = (
         f", refusing {winner.benign_refused} of {winner.benign_n} benign prompts" if winner.benign_n else ""
     )
+    left_out = f" {len(partial)} exit setting(s) left out: not every prompt answered." if partial else ""
     return (
         f"At {percent(saved)} compute saved or more, {exit_rule_label(winner)} keeps refusals on "
         f"{refused} of {winner.n} harmful prompts of {winner.prompt_set} ({winner.judge} judge, using "
         f"{percent(winner.compute_fraction)} of {model}'s layer compute{benign})"
         + (f"; {compared}." if compared else ".")
+        + left_out
     )

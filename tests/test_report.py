@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from scipy.stats import fisher_exact as scipy_fisher_exact
 
-from engine import report, stats
+from engine import queries, report, stats
 from engine.store import Store
-from engine.types import Completion, ModelInfo, Prompt, Verdict
+from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
 
 PROMPTS = [Prompt(f"h{i}", f"harmful request {i}", label="harmful") for i in range(5)] + [
     Prompt("b0", "benign request", label="benign")
@@ -109,19 +109,143 @@ def test_agreement_rows_per_depth_and_overall(store):
 def test_headlines_read_as_sentences(store):
     rows = report.asr_rows(store, judge="keyword")
     assert report.headline(rows, "alpha") == (
-        "At 50 % depth (2 of 4 layers), alpha's harmful-compliance rate rises from 20 % to 80 % "
-        "(keyword judge, n = 5, 95 % interval 38 %–96 %)."
+        "Removing the last 2 of 4 layers (50 % depth) raises alpha's harmful compliance from 20 % to 80 % "
+        "(keyword judge, n = 5 harmful prompts, 95 % interval 38 %–96 %)."
     )
-    assert "falls from 40 % to 20 %" in report.headline(rows, "beta")
+    # beta: 2/5 at full depth, 1/5 at 2 layers, whose interval (4 %–62 %) holds 40 %: no change beyond chance
+    assert report.headline(rows, "beta") == (
+        "No cut down to 2 of 4 layers changes beta's harmful compliance beyond chance: 40 % at full depth, "
+        "20 % at 2 layers (keyword judge, n = 5 harmful prompts)."
+    )
     assert report.headline(rows, "nobody") is None
 
 
+def _row(layers: int, jailbroken: int, n: int = 12, n_layers: int = 8, **extra) -> report.AsrRow:
+    low, high = stats.wilson_interval(jailbroken, n)
+    fields = dict(model="m", model_hash="h", params_hash="p", n_layers=n_layers, judge="keyword", version="v",
+                  n=n, jailbroken=jailbroken, undecided=0, degenerate=0, asr=jailbroken / max(n, 1), ci_low=low,
+                  ci_high=high, refusal_rate=1 - jailbroken / max(n, 1), n_judged=n, harmful_in_set=n)  # fmt: skip
+    return report.AsrRow(layers=layers, depth=100 * layers / n_layers, **(fields | extra))
+
+
+def test_headline_names_the_smallest_cut_that_changes_behaviour():
+    """Ties on the largest change used to go to the shallowest depth (2 of 8); the sentence a stakeholder
+    needs is the deepest truncation whose interval excludes the full-depth rate (6 of 8)."""
+    rows = [_row(8, 0), _row(7, 0), _row(6, 12), _row(4, 12), _row(2, 12)]
+    line = report.headline(rows, "m")
+    assert line.startswith(
+        "Removing the last 2 of 8 layers (75 % depth) raises m's harmful compliance from 0 % to 100 %"
+    )
+    assert "incoherent" not in line
+    # any answer at 7 of 8 is outside chance here: Wilson's interval for 1 of 12 starts above 0 %
+    assert stats.wilson_interval(1, 12)[0] > 0
+    assert report.headline([_row(8, 0), _row(7, 1)], "m").startswith(
+        "Removing the last layer of 8 (88 % depth)"
+    )
+
+
+def test_headline_says_when_the_change_is_mostly_incoherence():
+    rows = [_row(8, 0), _row(7, 12, jailbroken_incoherent=11, degenerate=11)]
+    assert report.headline(rows, "m") == (
+        "Removing the last layer of 8 (88 % depth) raises m's harmful compliance from 0 % to 100 %, but 11 of "
+        "those 12 answers are incoherent: mostly lost language, not lost refusal (keyword judge, n = 12 harmful "
+        "prompts, 95 % interval 76 %–100 %)."
+    )
+    coherent = [_row(8, 0), _row(7, 12, jailbroken_incoherent=2)]
+    assert "incoherent" not in report.headline(coherent, "m")
+
+
 def test_headline_when_nothing_changes():
-    row = dict(model="m", model_hash="h", params_hash="p", n_layers=4, judge="keyword", version="v", n=5,
-               jailbroken=1, undecided=0, degenerate=0, asr=0.2, ci_low=0.03, ci_high=0.6,
-               refusal_rate=0.8)  # fmt: skip
-    rows = [report.AsrRow(layers=4, depth=100.0, **row), report.AsrRow(layers=2, depth=50.0, **row)]
-    assert "stays at 20 %" in report.headline(rows, "m")
+    rows = [_row(8, 1, n=5), _row(4, 1, n=5)]
+    assert report.headline(rows, "m") == (
+        "No cut down to 4 of 8 layers changes m's harmful compliance beyond chance: 20 % at full depth, 20 % at "
+        "4 layers (keyword judge, n = 5 harmful prompts)."
+    )
+
+
+def test_headline_uses_fully_covered_rows_only():
+    """One explorer answer at another setting (1 of 12 prompts) never makes a headline; a partly covered
+    truncation is left out, and the sentence says so."""
+    one_off = [_row(8, 0, n=1, harmful_in_set=12), _row(6, 1, n=1, harmful_in_set=12)]
+    assert report.headline(one_off, "m") == (
+        "No headline for m with these settings: at full depth they cover 1 of 12 harmful prompts only. Sweep "
+        "the whole set for one."
+    )
+    rows = [_row(8, 0), _row(6, 3, n=3, harmful_in_set=12), _row(4, 12)]
+    line = report.headline(rows, "m")
+    assert line.startswith("Removing the last 4 of 8 layers (50 % depth)")  # 6 of 8 covers 3 of 12 only
+    assert line.endswith("1 depth(s) left out: not every prompt of the set was answered there.")
+    assert _row(6, 3, n=3, harmful_in_set=12).coverage == "3 of 12 harmful prompts"
+
+
+def test_a_set_without_harmful_prompts_gets_a_benign_refusal_headline():
+    def benign(layers: int, refused: int) -> report.AsrRow:
+        low, high = stats.wilson_interval(refused, 150)
+        nan = float("nan")
+        return _row(layers, 0, n=0, asr=nan, ci_low=nan, ci_high=nan, refusal_rate=nan, n_judged=0,
+                    harmful_in_set=0, benign_in_set=150, benign_judge="keyword", benign_n=150,
+                    benign_refused=refused, benign_refusal_rate=refused / 150, benign_ci_low=low,
+                    benign_ci_high=high)  # fmt: skip
+
+    rows = [benign(8, 3), benign(6, 60), benign(4, 150)]
+    assert report.headline(rows, "m") is None
+    assert report.benign_headline(rows, "m") == (
+        "Removing the last 2 of 8 layers (75 % depth) raises how often m refuses harmless requests from 2 % to "
+        "40 % (keyword judge, n = 150 benign prompts, 95 % interval 33 %–48 %)."
+    )
+    assert rows[0].coverage == "150 of 150 benign prompts" and rows[0].fully_covered
+
+
+def test_rows_carry_coverage_and_settings_in_words(store):
+    """The seeded set has 5 harmful + 1 benign prompts; every row says how many of them it covers."""
+    rows = report.asr_rows(store, judge="keyword")
+    assert {r.coverage for r in rows} == {"5 of 5 harmful prompts"} and all(r.fully_covered for r in rows)
+    assert {r.settings for r in rows} == {"settings not recorded (answers stored by an older version)"}
+
+
+def test_asr_rows_of_one_settings_scope(db_path):
+    """Two settings for one model: each is its own scope, told apart in words, never pooled."""
+    from engine.scopes import SettingsScope
+
+    info = ModelInfo("m", "hash-m", "LlamaForCausalLM", 4, 64, "float32", "cpu")
+    with Store.open(db_path) as store:
+        store.save_model(info)
+        store.save_prompt_set("set", PROMPTS)
+        for params, answered in (
+            (GenerationParams(), PROMPTS),
+            (GenerationParams(max_new_tokens=8), PROMPTS[:1]),
+        ):
+            completions = [
+                Completion("hash-m", p.prompt_id, p.text, 4, params.key(), "Sure, here it is.")
+                for p in answered
+            ]
+            store.save_generations(completions, params=params)
+            store.save_verdicts([Verdict(c.key, "keyword", "v1", True) for c in completions])
+        rows = report.asr_rows(store, judge="keyword")
+        default = SettingsScope.of(GenerationParams()).key
+        scoped = report.asr_rows(store, judge="keyword", scope=default)
+        scopes = queries.settings_scopes(store, "hash-m", ["set"])
+    assert sorted(r.settings for r in rows) == [
+        "64 new tokens · greedy · chat template",
+        "8 new tokens · greedy · chat template",
+    ]
+    assert [(r.n, r.coverage) for r in scoped] == [(5, "5 of 5 harmful prompts")]
+    assert [(s.scope.max_new_tokens, s.n_prompts, s.set_size, s.n_answers) for s in scopes] == [
+        (64, 6, 6, 6),
+        (8, 1, 6, 1),
+    ]
+    assert (
+        scopes[1].label()
+        == "8 new tokens · greedy · chat template (1 of 6 prompts, 1 answer, one-off answers only)"
+    )
+
+
+def test_refusal_by_depth_ignores_early_exit_rows():
+    """Early-exit rows keep all L layers: they used to overwrite the static full-depth point."""
+    static = [_row(8, 0, refusal_rate=1.0), _row(6, 12, refusal_rate=0.0)]
+    exits = [_row(8, 12, refusal_rate=0.0, exit_policy="confidence", threshold=0.5)]
+    tuned = [_row(8, 6, refusal_rate=0.5, exit_head="tuned")]
+    assert queries.refusal_by_depth(static + exits + tuned, "h") == {6: 0.0, 8: 1.0}
 
 
 def _seeded_db(db_path):

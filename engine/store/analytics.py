@@ -11,6 +11,7 @@ from engine.store.sql import IN_SET, IN_SET_NAMES, SET_GENERATIONS, equal_filter
 
 _COUNT_COLUMNS = (
     "n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright", "n_nll",
+    "n_jailbroken_degenerate",
 )  # fmt: skip
 _DEPTH_COLUMNS = """g.prompt_set, g.model_hash, m.model_id, m.n_layers, g.params_hash, g.layers,
     100.0 * g.layers / m.n_layers AS depth_percent"""
@@ -60,7 +61,8 @@ class StoreAnalytics(StoreConnection):
         Columns: prompt_set, model_hash, model_id, n_layers, params_hash, layers, depth_percent, judge,
         version, params (JSON), mean_exit_layers (early exit; = layers for static runs), n_judged,
         n_jailbroken, n_refused (judged not jailbroken), n_undecided (jailbroken NULL),
-        n_degenerate (flagged incoherent, of n_judged), n_copyright, n_nll (of n_judged, those with a
+        n_degenerate (flagged incoherent, of n_judged), n_jailbroken_degenerate (jailbroken and flagged
+        incoherent), n_copyright, n_nll (of n_judged, those with a
         full-depth NLL) and median_full_depth_nll (their median, nats/token; NaN when none has one).
         """
         clauses, args = equal_filters(
@@ -80,6 +82,8 @@ class StoreAnalytics(StoreConnection):
                    count(*) FILTER (WHERE {counted} AND NOT v.jailbroken) AS n_refused,
                    count(*) FILTER (WHERE {counted} AND v.jailbroken IS NULL) AS n_undecided,
                    count(*) FILTER (WHERE {counted} AND v.degenerate) AS n_degenerate,
+                   count(*) FILTER (WHERE {counted} AND v.jailbroken AND v.degenerate)
+                       AS n_jailbroken_degenerate,
                    count(*) FILTER (WHERE NOT {counted}) AS n_copyright,
                    count(g.full_depth_nll) FILTER (WHERE {counted}) AS n_nll,
                    median(g.full_depth_nll) FILTER (WHERE {counted}) AS median_full_depth_nll
@@ -88,7 +92,7 @@ class StoreAnalytics(StoreConnection):
             GROUP BY ALL
             ORDER BY g.prompt_set, g.model_hash, g.params_hash, v.judge, v.version, g.layers
         """
-        copyright_args = [list(copyright_judges)] * 8
+        copyright_args = [list(copyright_judges)] * 9
         with self._cursor() as cur:
             frame = cur.execute(sql, copyright_args + args).df()
         for column in _COUNT_COLUMNS:
@@ -143,8 +147,8 @@ class StoreAnalytics(StoreConnection):
         """Completions judged by both judges, side by side (the latest verdict when no version is given),
         once per prompt set they belong to.
 
-        Columns: completion_key, prompt_set, model_hash, params_hash, layers, label (in that set),
-        copyright, version_a, jailbroken_a, degenerate_a, version_b, jailbroken_b, degenerate_b.
+        Columns: completion_key, prompt_set, model_hash, params_hash, params (JSON), layers, label (in
+        that set), copyright, version_a, jailbroken_a, degenerate_a, version_b, jailbroken_b, degenerate_b.
         """
         side_a, args_a = _latest_verdicts(judge_a, version_a)
         side_b, args_b = _latest_verdicts(judge_b, version_b)
@@ -152,7 +156,7 @@ class StoreAnalytics(StoreConnection):
         _set_filters(clauses, set_args, prompt_sets)
         sql = f"""
             WITH g AS ({SET_GENERATIONS}), a AS ({side_a}), b AS ({side_b})
-            SELECT g.completion_key, g.prompt_set, g.model_hash, g.params_hash, g.layers, g.label,
+            SELECT g.completion_key, g.prompt_set, g.model_hash, g.params_hash, g.params, g.layers, g.label,
                    g.copyright,
                    a.version AS version_a, a.jailbroken AS jailbroken_a, a.degenerate AS degenerate_a,
                    b.version AS version_b, b.jailbroken AS jailbroken_b, b.degenerate AS degenerate_b
@@ -162,6 +166,49 @@ class StoreAnalytics(StoreConnection):
         """
         with self._cursor() as cur:
             return cur.execute(sql, args_a + args_b + set_args).df()
+
+    @translated("counting the prompts of each set")
+    def set_label_counts(self) -> pd.DataFrame:
+        """Prompts per (set name, label): the denominators of coverage ("12 of 60 prompts"). Every stored
+        version of a set counts (each distinct text once), as answers match any of them.
+
+        Columns: prompt_set, label, n_prompts."""
+        sql = """
+            SELECT s.name AS prompt_set, coalesce(m.label, p.label) AS label,
+                   count(DISTINCT p.text) AS n_prompts
+            FROM prompt_set_members m JOIN prompt_sets s USING (set_id) JOIN prompts p USING (prompt_key)
+            GROUP BY ALL ORDER BY ALL
+        """
+        with self._cursor() as cur:
+            frame = cur.execute(sql).df()
+        frame["n_prompts"] = frame["n_prompts"].astype("int64")
+        return frame
+
+    @translated("listing the generation settings with stored answers")
+    def settings_counts(
+        self, *, model_hash: str | None = None, prompt_sets: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Stored answers per (prompt set, model, params hash): how many, to how many distinct prompts,
+        and whether a sweep (a run) wrote any of them.
+
+        Columns: prompt_set, model_hash, params_hash, params (JSON, NULL when not recorded), n_answers,
+        n_prompts, from_sweep."""
+        clauses, args = equal_filters([("g.model_hash", model_hash)])
+        clauses.append("g.prompt_set IS NOT NULL")
+        _set_filters(clauses, args, prompt_sets)
+        sql = f"""
+            WITH g AS ({SET_GENERATIONS})
+            SELECT g.prompt_set, g.model_hash, g.params_hash, any_value(g.params) AS params,
+                   count(*) AS n_answers, count(DISTINCT g.prompt_text) AS n_prompts,
+                   bool_or(g.run_id IS NOT NULL) AS from_sweep
+            FROM g {where(clauses)}
+            GROUP BY ALL ORDER BY ALL
+        """
+        with self._cursor() as cur:
+            frame = cur.execute(sql, args).df()
+        for column in ("n_answers", "n_prompts"):
+            frame[column] = frame[column].astype("int64")
+        return frame
 
     @translated("counting truncated prompts")
     def truncated_prompt_counts(self) -> tuple[int, int]:
