@@ -176,7 +176,7 @@ def _all_asr_rows(store, judge, version, set_id, prompt_sets, include_copyright)
     # Sets (or depths) with benign prompts only: the benign refusal rate is all there is to report.
     for group, r in benign.items():
         benign_judge = group[-1]
-        if group not in attached and judge in (None, benign_judge):
+        if group not in attached and (judge is None or benign_judge_for(judge) == benign_judge):
             nan = float("nan")
             rows.append(
                 AsrRow(
@@ -266,8 +266,11 @@ def _benign_fields(r) -> dict:
 
 
 def asr_frame(rows: Sequence[AsrRow]) -> pd.DataFrame:
-    columns = list(AsrRow.__dataclass_fields__)
-    return pd.DataFrame([r.as_dict() for r in rows], columns=columns)
+    """The rows as a frame: every field, plus ``coverage`` in words ("12 of 60 harmful prompts") and
+    ``fully_covered``."""
+    columns = [*AsrRow.__dataclass_fields__, "coverage", "fully_covered"]
+    records = [r.as_dict() | {"coverage": r.coverage, "fully_covered": r.fully_covered} for r in rows]
+    return pd.DataFrame(records, columns=columns)
 
 
 @dataclass(frozen=True)
@@ -420,7 +423,8 @@ def _smallest_cut(points: Sequence[_Point]) -> tuple[_Point, list[_Point], _Poin
     cuts = [p for p in points if p.row.layers < p.row.n_layers and p.covered]
     if not cuts:
         return None
-    changed = [p for p in cuts if not p.interval[0] - 1e-9 <= full.rate <= p.interval[1] + 1e-9]  # float noise
+    tolerance = 1e-9  # Wilson's bound at 0 of n is 3e-17, not 0
+    changed = [p for p in cuts if not p.interval[0] - tolerance <= full.rate <= p.interval[1] + tolerance]
     deepest = max(changed, key=lambda p: p.row.layers) if changed else None
     left_out = sum(not p.covered for p in points)
     return full, cuts, deepest, left_out

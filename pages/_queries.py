@@ -42,10 +42,18 @@ def asr_rows(
     judge: str | None = None,
     prompt_sets: tuple[str, ...] | None = None,
     include_copyright: bool = False,
+    scope: str | None = None,
 ) -> list[report.AsrRow]:
     return report.asr_rows(
-        open_store(db), judge, prompt_sets=prompt_sets, include_copyright=include_copyright
+        open_store(db), judge, prompt_sets=prompt_sets, include_copyright=include_copyright, scope=scope
     )
+
+
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=32)
+def settings_scopes(
+    db: str, model_hash: str | None, prompt_sets: tuple[str, ...] | None
+) -> list[queries.ScopeSummary]:
+    return queries.settings_scopes(open_store(db), model_hash, prompt_sets)
 
 
 @dataclass(frozen=True)
@@ -92,16 +100,16 @@ def judges_in_store(db: str) -> list[str]:
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def agreement_rows(
-    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None, scope: str | None = None
 ) -> list[report.AgreementRow]:
-    return report.agreement_rows(open_store(db), judge_a, judge_b, prompt_sets)
+    return report.agreement_rows(open_store(db), judge_a, judge_b, prompt_sets, scope)
 
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
 def disagreements(
-    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
+    db: str, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None, scope: str | None = None
 ) -> pd.DataFrame:
-    return report.disagreements(open_store(db), judge_a, judge_b, prompt_sets)
+    return report.disagreements(open_store(db), judge_a, judge_b, prompt_sets, scope)
 
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)

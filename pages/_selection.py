@@ -1,4 +1,5 @@
-"""What the sidebar picked (model, prompt set, database, generation settings), read from session state."""
+"""What the sidebar picked (model, prompt set, database, generation-settings scope), read from session
+state."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ from dataclasses import dataclass, replace
 import streamlit as st
 
 from engine.lens_files import read_lens_report
+from engine.scopes import SettingsScope
 from engine.types import EXIT_DEFAULTS, GenerationParams
 from pages._paths import checked_source, default_db, default_model, resolve_db
 
 OTHER_MODEL = "__other__"  # the model picker's "type a path" choice
 DEFAULT_PROMPT_SET = "demo"
+SCOPE_STATE = "settings_scope"  # the sidebar's generation-settings scope (a SettingsScope key)
+NEW_SETTINGS = "__new__"  # the scope picker's "other settings" choice: the inputs below it decide
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,9 @@ class Selection:
     model: str  # a name, a hub id, or a checked absolute path
     prompt_set: str
     db: str  # resolved path, as a string (a cache key)
-    params: GenerationParams  # static exit (the depth pages); the exit head is the sidebar's
+    params: GenerationParams  # the scope's settings with static exit through the raw head (the depth pages)
     exit: ExitSettings = ExitSettings()
+    scope: SettingsScope = SettingsScope()  # whose stored results pages show, and new answers use
 
     def lens_hash(self, model_hash: str | None) -> str:
         """The tuned lens of this model (its sidecar's hash), "" for the raw head or when none exists."""
@@ -46,14 +51,16 @@ class Selection:
         report = read_lens_report(model_hash)
         return str(report.get("lens_hash", "")) if report else ""
 
-    def static_params(self, model_hash: str | None) -> GenerationParams:
-        """The depth pages' settings, with the lens hash the completions are keyed by."""
-        return replace(self.params, lens_hash=self.lens_hash(model_hash))
+    def static_params(self, model_hash: str | None = None) -> GenerationParams:
+        """The depth pages' settings: static truncation read through the model's own final norm and head
+        (the exit head applies to the dynamic exit policies), so choosing the tuned head keeps them."""
+        return self.params
 
     def exit_params(self, model_hash: str | None, threshold: float) -> GenerationParams:
         """One threshold of the sidebar's dynamic exit policy (its key = the stored completions' key)."""
         return replace(
             self.params,
+            exit_head=self.exit.head,
             exit_policy=self.exit.policy,
             threshold=float(threshold),
             min_layers=self.exit.min_layers,
@@ -70,18 +77,27 @@ def selection() -> Selection:
         # resolve against the server's working folder)
         source, _problem = checked_source(state.get("model_path") or "", "model path")
         model = source or default_model()
-    exit_settings = exit_settings_from(state)
+    scope = scope_from(state)
     return Selection(
         model=model,
         prompt_set=state.get("prompt_set", DEFAULT_PROMPT_SET),
         db=str(resolve_db(state.get("db", default_db()))),
-        params=GenerationParams(
-            max_new_tokens=int(state.get("max_new_tokens", GenerationParams.max_new_tokens)),
-            chat_template=bool(state.get("chat_template", True)),
-            system_prompt=(state.get("system_prompt") or "").strip() or None,
-            exit_head=exit_settings.head,
-        ),
-        exit=exit_settings,
+        params=scope.params(),
+        exit=exit_settings_from(state),
+        scope=scope,
+    )
+
+
+def scope_from(state) -> SettingsScope:
+    """The chosen stored scope, or (nothing stored, or "other settings") the settings inputs'."""
+    chosen = state.get(SCOPE_STATE)
+    stored = SettingsScope.from_key(chosen) if isinstance(chosen, str) and chosen != NEW_SETTINGS else None
+    if stored is not None:
+        return stored
+    return SettingsScope(
+        max_new_tokens=int(state.get("max_new_tokens", GenerationParams.max_new_tokens)),
+        chat_template=bool(state.get("chat_template", True)),
+        system_prompt=(state.get("system_prompt") or "").strip() or None,
     )
 
 
@@ -106,9 +122,9 @@ def exit_settings_from(state) -> ExitSettings:
     """The early-exit inputs of the sidebar; a threshold the engine would refuse comes back as ``problem``
     (with the static policy in its place, so pages keep working)."""
     policy = state.get("exit_policy", "static")
-    head = state.get("exit_head", "raw")
     if policy == "static":
-        return ExitSettings(head=head)
+        return ExitSettings()  # the exit head applies to the dynamic policies only
+    head = state.get("exit_head", "raw")
     min_layers = int(state.get("exit_min_layers", 1))
     try:
         thresholds = parse_thresholds(state.get("exit_thresholds", "0.9"))

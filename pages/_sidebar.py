@@ -17,8 +17,8 @@ from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
 from pages._paths import ENV_DB, checked_source, default_db, default_model, resolve_db, uploads_dir
-from pages._queries import available_sets, clear_data, stored_models
-from pages._selection import DEFAULT_PROMPT_SET, OTHER_MODEL, Selection, selection
+from pages._queries import available_sets, clear_data, settings_scopes, stored_models
+from pages._selection import DEFAULT_PROMPT_SET, NEW_SETTINGS, OTHER_MODEL, SCOPE_STATE, Selection, selection
 
 DEFAULT_MODEL_NOTE = (
     "The default model is **SmolLM2-135M-Instruct**: tiny (135 M parameters, 30 layers), it ships with "
@@ -46,12 +46,17 @@ def sidebar() -> Selection:
     """Model, prompt set, database and generation settings: one place for every page."""
     with st.sidebar:
         top, settings, demo, jobs = st.container(), st.container(), st.container(), st.container()
-    with settings.expander("Settings: database and generation"):
-        _settings_inputs()
+    expander = settings.expander("Settings: database and generation")
+    with expander:
+        _db_input()
     db = str(resolve_db(st.session_state.get("db", default_db())))
     with top:
         _model_picker(db)
         _prompt_set_picker()
+        stored = _scope_picker(db)
+    with expander:
+        _generation_inputs(stored)
+        _exit_inputs()
     with demo:
         _demo_model_box()
     with jobs:
@@ -59,7 +64,7 @@ def sidebar() -> Selection:
     return selection()
 
 
-def _settings_inputs() -> None:
+def _db_input() -> None:
     st.text_input(
         "Database file",
         value=default_db(),
@@ -67,11 +72,59 @@ def _settings_inputs() -> None:
         help=f"DuckDB file with every result (default {DEFAULT_DB_PATH}; env {ENV_DB} overrides). "
         "Created when missing; relative paths start at the project folder.",
     )
+
+
+def _generation_inputs(stored: bool) -> None:
+    """The decoding settings of new answers: the chosen stored scope's, or typed here ("other settings",
+    or nothing stored yet for this model and set)."""
+    if stored:
+        st.caption(
+            f"Generation settings: {md_escape(selection().scope.describe())}, as chosen under “Results "
+            "for settings”. Choose “Other settings” there to type your own."
+        )
+        return
     st.number_input("Max new tokens", min_value=1, max_value=2048, value=64, step=8, key="max_new_tokens")
     st.toggle("Use the chat template", value=True, key="chat_template")
     st.text_area("System prompt (optional)", value="", key="system_prompt", height=68)
-    _exit_inputs()
     st.caption("Completions are cached per model, prompt, depth and these settings.")
+
+
+# ---------------------------------------------------------------- the generation-settings scope
+
+
+def scope_options(db: str, model: str, prompt_set: str) -> tuple[list[str], dict[str, str]]:
+    """The scopes with stored answers to the set (this model's first, the most answers first; then other
+    models'), their labels in words, and "other settings" last."""
+    info = next((i for i in reversed(stored_models(db)) if i.model_id == model), None)
+    mine = settings_scopes(db, info.model_hash, (prompt_set,)) if info else []
+    others = [s for s in settings_scopes(db, None, (prompt_set,)) if s.key not in {m.key for m in mine}]
+    labels = {s.key: s.label() for s in mine} | {s.key: f"{s.label()}, other models" for s in others}
+    return [*labels, NEW_SETTINGS], labels
+
+
+def _scope_picker(db: str) -> bool:
+    """Results for one generation-settings scope at a time; True when a stored scope is chosen."""
+    sel = selection()
+    try:
+        options, labels = scope_options(db, sel.model, sel.prompt_set)
+    except StoreError:  # the page shows the store error
+        options, labels = [NEW_SETTINGS], {}
+    if st.session_state.get(SCOPE_STATE) not in options:
+        st.session_state.pop(SCOPE_STATE, None)
+    if len(options) == 1:
+        st.caption("Nothing stored yet for this model and prompt set: new answers use the settings below.")
+        return False
+    st.selectbox(
+        "Results for settings",
+        options,
+        index=0,
+        format_func=lambda key: labels.get(key, "Other settings (type them under Settings below)…"),
+        key=SCOPE_STATE,
+        help="Pages show the answers generated with one set of settings at a time (default: the settings "
+        "with the most stored answers for this model and set); new answers use them too. Depth rules and "
+        "exit thresholds vary inside them.",
+    )
+    return st.session_state.get(SCOPE_STATE) != NEW_SETTINGS
 
 
 EXIT_POLICY_LABELS = {
@@ -108,15 +161,16 @@ def _exit_inputs() -> None:
         problem = selection().exit.problem
         if problem:
             st.error(md_escape(f"Early exit: {problem} Until then every token exits at the chosen depth."))
-    st.radio(
-        "Exit head",
-        list(EXIT_HEAD_LABELS),
-        format_func=EXIT_HEAD_LABELS.get,
-        key="exit_head",
-        horizontal=False,
-        help="Tuned: a trained affine map per layer before the head (a tuned lens); train one with "
-        "`python -m engine lens train --model M`.",
-    )
+        st.radio(
+            "Exit head",
+            list(EXIT_HEAD_LABELS),
+            format_func=EXIT_HEAD_LABELS.get,
+            key="exit_head",
+            horizontal=False,
+            help="How an exiting token's state is read. Tuned: a trained affine map per layer before the "
+            "head (a tuned lens); train one with `python -m engine lens train --model M`. Static truncation "
+            "always reads the model's own final norm and head.",
+        )
 
 
 # ---------------------------------------------------------------- the model

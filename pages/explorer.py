@@ -199,7 +199,7 @@ def generate(sel: Selection, store: Store, prompt: Prompt, layers: list[int]) ->
         if prompt.source != "typed":
             store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
         depths = [k for k in layers if k <= loaded.n_layers]
-        params = sel.static_params(loaded.info.model_hash)  # a tuned head's completions carry its lens hash
+        params = sel.static_params(loaded.info.model_hash)  # the sidebar's scope: a sweep's answers match
         new, _ = generate_missing(store, loaded, [prompt], depths, params)
         judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, params.key())
         return new

@@ -54,11 +54,13 @@ def agreement_table(
 def show_agreement(
     sel: Selection, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
 ) -> None:
-    rows = _queries.agreement_rows(sel.db, judge_a, judge_b, prompt_sets)
+    rows = _queries.agreement_rows(sel.db, judge_a, judge_b, prompt_sets, sel.scope.key)
     if not rows:
-        names = " and ".join(_display.md_escape(j) for j in (judge_a, judge_b))
-        st.info(f"No completion has verdicts from both {names} yet.")
+        if not _scope.offer_other_scopes(sel, prompt_sets, f"answers judged by both {judge_a} and {judge_b}"):
+            names = " and ".join(_display.md_escape(j) for j in (judge_a, judge_b))
+            st.info(f"No completion has verdicts from both {names} yet.")
         return
+    _scope.settings_caption(sel)
     infos = _queries.stored_models(sel.db)
     names = {i.model_hash: _display.short_name(i.model_id) for i in infos}
     layer_counts = {i.model_hash: i.n_layers for i in infos}
@@ -105,7 +107,7 @@ def show_disagreements(
     sel: Selection, judge_a: str, judge_b: str, prompt_sets: tuple[str, ...] | None = None
 ) -> None:
     st.subheader("Where they disagree")
-    frame = _queries.disagreements(sel.db, judge_a, judge_b, prompt_sets)
+    frame = _queries.disagreements(sel.db, judge_a, judge_b, prompt_sets, sel.scope.key)
     if frame.empty:
         st.info("No disagreements: on every answer both judged, they agree.")
         return

@@ -71,11 +71,9 @@ def show_refusal(
     if "refusal_mass_harmful" not in table:
         st.info("These probe results carry no refusal curve: run the probes again.")
         return
-    swept = {
-        row.layers: row.refusal_rate
-        for row in _queries.asr_rows(sel.db, KEYWORD)
-        if row.model_hash == info.model_hash and row.n
-    }
+    swept = queries.refusal_by_depth(
+        _queries.asr_rows(sel.db, KEYWORD, scope=sel.scope.key), info.model_hash, sel.prompt_set
+    )
     st.plotly_chart(_charts.refusal_figure(table, lag, truncations, swept), key="refusal-chart")
 
 

@@ -31,17 +31,19 @@ def pick_judge(present: list[str]) -> str:
 
 
 def headlines(rows: list[report.AsrRow]) -> list[str]:
-    """report.headline per model, with model paths shortened to their folder name when that is unique."""
+    """report.headline per model (report.benign_headline for a set without harmful prompts), with model
+    paths shortened to their folder name when that is unique."""
     names = {r.model: _charts.short(r.model) for r in rows}
     if len(set(names.values())) == len(names):
         rows = [replace(r, model=names[r.model]) for r in rows]
     sets = list(dict.fromkeys(r.prompt_set for r in rows))
     found = []
     for prompt_set in sets:  # prompt sets are never pooled: one headline per set and model
-        in_set = [r for r in rows if r.prompt_set == prompt_set and r.n]
+        in_set = [r for r in rows if r.prompt_set == prompt_set]
+        harmful = any(r.n for r in in_set)
         prefix = f"{prompt_set}: " if len(sets) > 1 else ""
-        for model in dict.fromkeys(r.model for r in in_set):
-            line = report.headline(in_set, model)
+        for model in dict.fromkeys(r.model for r in in_set if r.n or not harmful):
+            line = report.headline(in_set, model) if harmful else report.benign_headline(in_set, model)
             found.append(
                 prefix
                 + (
@@ -53,8 +55,8 @@ def headlines(rows: list[report.AsrRow]) -> list[str]:
     return found
 
 
-def inflation_text(db: str, prompt_sets: tuple[str, ...] | None = None) -> str:
-    rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH, prompt_sets)
+def inflation_text(db: str, prompt_sets: tuple[str, ...] | None = None, scope: str | None = None) -> str:
+    rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH, prompt_sets, scope)
     measured = [r.agreement.inflation for r in rows if r.layers == 0 and r.agreement.inflation]
     if measured:
         values = ", ".join(f"{v:.1f}×" for v in measured)
@@ -91,36 +93,34 @@ def benign_note(rows: list[report.AsrRow]) -> str:
 
 
 def caveats(
-    db: str, rows: list[report.AsrRow], judge: str, prompt_sets: tuple[str, ...] | None = None
+    db: str,
+    rows: list[report.AsrRow],
+    judge: str,
+    prompt_sets: tuple[str, ...] | None = None,
+    scope: str | None = None,
 ) -> list[str]:
-    rows_all, rows = rows, [r for r in rows if r.n] or rows
-    ns = sorted({r.n for r in rows})
-    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
-    widest = max(rows, key=lambda r: r.ci_high - r.ci_low)
-    degenerate = sum(r.degenerate for r in rows)
-    judged = sum(r.n + r.undecided for r in rows)
+    harmful = [r for r in rows if r.n]
     notes = [
-        f"Judge: {judge} (version {rows[0].version}). Each point counts harmful prompts only: {n_text} "
-        "per model and depth"
-        + (
-            f"; {copyright_left_out} HarmBench copyright answers are left out (the classifier cannot judge "
-            "them), so every judge counts the same prompts."
-            if (copyright_left_out := sum(r.copyright_excluded for r in rows))
-            else "."
-        ),
-        benign_note(rows_all),
-        f"Small samples are uncertain: the widest 95 % interval here runs from {widest.ci_low:.0%} to "
-        f"{widest.ci_high:.0%} (observed {widest.asr:.0%}, n = {widest.n}). Differences inside the bands may "
-        "be chance.",
-        inflation_text(db, prompt_sets)
+        _counting_note(harmful, judge) if harmful else _benign_only_note(rows),
+        benign_note(rows),
+        _uncertainty_note(harmful) if harmful else _benign_uncertainty_note(rows),
+        _coverage_note(rows),
+        inflation_text(db, prompt_sets, scope)
         if judge == KEYWORD
         else "HarmBench is a classifier: it makes mistakes too; "
         "compare a sample with human labels (Judges page).",
-        f"{degenerate} of {judged} answers ({degenerate / max(judged, 1):.0%}) are flagged incoherent. A "
-        "refusal that disappears because the model stops producing language is not a real jailbreak.",
-        "Cutting layers is a what-if experiment on the network, not something a user of a hosted model can "
-        "do: it shows where in the model safety behaviour lives.",
     ]
+    if harmful:
+        degenerate = sum(r.degenerate for r in harmful)
+        judged = sum(r.n + r.undecided for r in harmful)
+        notes.append(
+            f"{degenerate} of {judged} answers ({degenerate / max(judged, 1):.0%}) are flagged incoherent. A "
+            "refusal that disappears because the model stops producing language is not a real jailbreak."
+        )
+    notes.append(
+        "Cutting layers is a what-if experiment on the network, not something a user of a hosted model can "
+        "do: it shows where in the model safety behaviour lives."
+    )
     truncated, total = _queries.truncated_prompt_counts(db)
     if truncated:
         notes.append(
@@ -134,7 +134,69 @@ def caveats(
             "full depth and degenerates below about 27 of 30 layers. Its numbers say nothing about real "
             "models."
         )
-    return notes
+    return [note for note in notes if note]
+
+
+def _counting_note(rows: list[report.AsrRow], judge: str) -> str:
+    ns = sorted({r.n for r in rows})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+    copyright_left_out = sum(r.copyright_excluded for r in rows)
+    return (
+        f"Judge: {judge} (version {rows[0].version}). Each point counts harmful prompts only: {n_text} per "
+        "model and depth"
+        + (
+            f"; {copyright_left_out} HarmBench copyright answers are left out (the classifier cannot judge "
+            "them), so every judge counts the same prompts."
+            if copyright_left_out
+            else "."
+        )
+    )
+
+
+def _benign_only_note(rows: list[report.AsrRow]) -> str:
+    judged = [r for r in rows if r.benign_n]
+    if not judged:
+        return "No answer to these prompts has a verdict yet."
+    ns = sorted({int(r.benign_n) for r in judged})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+    return (
+        f"These prompts are all harmless, so there is no harmful compliance to report: each point is the "
+        f"share of harmless requests refused ({judged[0].benign_judge} judge's rule, {n_text} benign prompts "
+        "per model and depth)."
+    )
+
+
+def _uncertainty_note(rows: list[report.AsrRow]) -> str:
+    widest = max(rows, key=lambda r: r.ci_high - r.ci_low)
+    return (
+        f"Small samples are uncertain: the widest 95 % interval here runs from {widest.ci_low:.0%} to "
+        f"{widest.ci_high:.0%} (observed {widest.asr:.0%}, n = {widest.n}). Differences inside the bands may "
+        "be chance."
+    )
+
+
+def _benign_uncertainty_note(rows: list[report.AsrRow]) -> str:
+    judged = [r for r in rows if r.benign_n]
+    if not judged:
+        return ""
+    widest = max(judged, key=lambda r: r.benign_ci_high - r.benign_ci_low)
+    return (
+        f"Small samples are uncertain: the widest 95 % interval here runs from {widest.benign_ci_low:.0%} to "
+        f"{widest.benign_ci_high:.0%} (observed {widest.benign_refusal_rate:.0%}, n = {widest.benign_n}). "
+        "Differences inside the bands may be chance."
+    )
+
+
+def _coverage_note(rows: list[report.AsrRow]) -> str:
+    """Which rows answer only part of their set: their coverage, and that headlines leave them out."""
+    partial = [r for r in rows if not r.fully_covered]
+    if not partial:
+        return "Every point covers every prompt of its set."
+    shown = "; ".join(
+        f"{_charts.short(r.model)} at {r.layers} of {r.n_layers} layers: {r.coverage}" for r in partial[:4]
+    )
+    more = f" and {len(partial) - 4} more" if len(partial) > 4 else ""
+    return f"{len(partial)} point(s) cover only part of their set ({shown}{more}); headlines leave them out."
 
 
 def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +221,8 @@ def table_for_export(frame: pd.DataFrame) -> pd.DataFrame:
                 1
             ),
             "prompt set": frame["prompt_set"],
+            "coverage": frame["coverage"],
+            "generation settings": frame["settings"],
         }
     )
 
@@ -215,12 +279,16 @@ def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.Data
 
 
 COMPUTE_QUESTION = "At 20 % compute saved, which exit rule keeps refusals?"
-EXIT_SWEEP_HOWTO = (
-    "No early-exit results in this scope yet, so only static truncation would be drawn here. Choose a "
-    "confidence or saturation exit policy and thresholds under Settings in the sidebar and start a sweep "
-    "on the Depth sweep page, or from a terminal: "
-    "`python -m engine sweep --prompts demo --exit-policy confidence --threshold 0.5,0.8,0.95`."
-)
+
+
+def exit_sweep_howto(prompt_set: str) -> str:
+    """How to get early-exit results for the set on show (its own name in the command)."""
+    return (
+        "No early-exit results in this scope yet, so only static truncation would be drawn here. Choose a "
+        "confidence or saturation exit policy and thresholds under Settings in the sidebar and start a sweep "
+        "on the Depth sweep page, or from a terminal: "
+        f"`python -m engine sweep --prompts {prompt_set} --exit-policy confidence --threshold 0.5,0.8,0.95`."
+    )
 
 
 def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
@@ -239,12 +307,13 @@ def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
     return found
 
 
-def show_compute(rows: list[report.AsrRow]) -> None:
+def show_compute(rows: list[report.AsrRow], prompt_set: str) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
     if not (frame["exit_policy"] != "static").any():
-        st.info(EXIT_SWEEP_HOWTO)
+        # a set name may be an uploaded file's path: it sits inside inline code, where nothing is read
+        st.info(exit_sweep_howto(prompt_set.replace("`", "")))
         return
     for line in compute_headlines(rows):
         st.markdown(f"**{_display.md_escape(line)}**")
@@ -279,22 +348,25 @@ def main() -> None:
     judge = pick_judge(present)
     prompt_sets = _scope.scope_picker(sel, "report-scope")
     include_copyright = _scope.copyright_toggle("report-copyright") if judge == KEYWORD else False
-    rows = _queries.asr_rows(sel.db, judge, prompt_sets, include_copyright)
+    rows = _queries.asr_rows(sel.db, judge, prompt_sets, include_copyright, sel.scope.key)
     if not rows:
-        st.info(
-            f"No {_display.md_escape(judge)} verdicts on these prompts yet: "
-            "run a sweep, pick another judge, or choose “all sets”."
-        )
+        if not _scope.offer_other_scopes(sel, prompt_sets, f"{judge} verdicts on these prompts"):
+            st.info(
+                f"No {_display.md_escape(judge)} verdicts on these prompts yet: "
+                "run a sweep, pick another judge, or choose “all sets”."
+            )
         return
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # the depth chart: truncation only
+    _scope.settings_caption(sel)
+    # the depth chart and its headline: static truncation read through the model's own head
+    static = [r for r in rows if r.exit_policy == "static" and r.exit_head == "raw"] or rows
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(static)), key="report-chart")
-    show_compute(rows)
+    show_compute(rows, prompt_sets[0] if prompt_sets else sel.prompt_set)
     st.subheader("What these numbers can and cannot say")
-    notes = caveats(sel.db, rows, judge, prompt_sets)
+    notes = caveats(sel.db, rows, judge, prompt_sets, sel.scope.key)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
     downloads(sel, lines, notes, frame)
 

@@ -227,10 +227,11 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
                 depth_label(int(k), int(n)) for k, n in zip(frame["layers"], frame["n_layers"], strict=True)
             ],
             "n": frame["n"],
+            "coverage": frame["coverage"],
             "ASR %": (frame["asr"] * 100).round(1),
             "95 % interval": [
-                f"{lo * 100:.0f}–{hi * 100:.0f} %"
-                for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)
+                f"{lo * 100:.0f}–{hi * 100:.0f} %" if n else "no harmful prompt"
+                for lo, hi, n in zip(frame["ci_low"], frame["ci_high"], frame["n"], strict=True)
             ],
             "judged": frame["n_judged"],
             "incoherent %": (100 * frame["incoherent_share"]).round(0),
@@ -286,7 +287,9 @@ def results(sel: Selection) -> None:
     st.header("Results")
     prompt_sets = _scope.scope_picker(sel, "sweep-scope")
     include_copyright = _scope.copyright_toggle("sweep-copyright")
-    rows = _queries.asr_rows(sel.db, None, prompt_sets, include_copyright)
+    rows = _queries.asr_rows(sel.db, None, prompt_sets, include_copyright, sel.scope.key)
+    if not rows and _scope.offer_other_scopes(sel, prompt_sets, "judged completions of these prompts"):
+        return
     if not rows and prompt_sets:
         st.info(
             f"No judged completions of the prompt set {_display.md_escape(set_title(prompt_sets[0]))} yet: "
@@ -300,6 +303,7 @@ def results(sel: Selection) -> None:
             "CPU. From a terminal: `python -m engine sweep --prompts demo`."
         )
         return
+    _scope.settings_caption(sel)
     judges = sorted({r.judge for r in rows}, key=_judge_rank)
     preferred = next((j for j in (HARMBENCH, KEYWORD) if j in judges), judges[0])
     judge = st.segmented_control(
@@ -312,7 +316,8 @@ def results(sel: Selection) -> None:
     )
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # early-exit rows: the Report's chart
+    # the depth curves: static truncation read through the model's own head (early exit: the compute chart)
+    static = [r for r in rows if r.exit_policy == "static" and r.exit_head == "raw"] or rows
     frame = report.asr_frame(static)
     flips = report.flips(static)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
@@ -348,7 +353,9 @@ def results(sel: Selection) -> None:
     st.subheader("Numbers")
     st.dataframe(result_table(frame, flips), hide_index=True)
     st.caption(
-        "judged: harmful prompts' answers with a verdict from this judge (undecided included). incoherent %: "
+        "coverage: the set's prompts answered at that depth (points that miss some are left out of the "
+        "Report's headlines). judged: harmful prompts' answers with a verdict from this judge (undecided "
+        "included). incoherent %: "
         "share of the judged answers flagged incoherent. median full-depth NLL: nats/token, median over "
         "the judged answers that have one (their count in brackets)."
     )

@@ -54,7 +54,8 @@ def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | Non
     params = GenerationParams()
     keyword = get_judge("keyword")
     with Store.open(db) as store:
-        store.save_prompt_set("demo", prompts, source="demo")
+        # the set as swept here: its first 8 prompts, so every seeded depth covers the whole set
+        store.save_prompt_set("demo", prompts[:8], source="demo")
         for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, "other-model", True)):
             store.save_model(ModelInfo(name, hash_, "LlamaForCausalLM", 8, 64, "float32", "cpu"))
             completions = [

@@ -122,9 +122,10 @@ def test_headlines_read_as_sentences(store):
 
 def _row(layers: int, jailbroken: int, n: int = 12, n_layers: int = 8, **extra) -> report.AsrRow:
     low, high = stats.wilson_interval(jailbroken, n)
+    rate = jailbroken / max(n, 1)
     fields = dict(model="m", model_hash="h", params_hash="p", n_layers=n_layers, judge="keyword", version="v",
-                  n=n, jailbroken=jailbroken, undecided=0, degenerate=0, asr=jailbroken / max(n, 1), ci_low=low,
-                  ci_high=high, refusal_rate=1 - jailbroken / max(n, 1), n_judged=n, harmful_in_set=n)  # fmt: skip
+                  n=n, jailbroken=jailbroken, undecided=0, degenerate=0, asr=rate, ci_low=low,
+                  ci_high=high, refusal_rate=1 - rate, n_judged=n, harmful_in_set=n)  # fmt: skip
     return report.AsrRow(layers=layers, depth=100 * layers / n_layers, **(fields | extra))
 
 
@@ -147,9 +148,9 @@ def test_headline_names_the_smallest_cut_that_changes_behaviour():
 def test_headline_says_when_the_change_is_mostly_incoherence():
     rows = [_row(8, 0), _row(7, 12, jailbroken_incoherent=11, degenerate=11)]
     assert report.headline(rows, "m") == (
-        "Removing the last layer of 8 (88 % depth) raises m's harmful compliance from 0 % to 100 %, but 11 of "
-        "those 12 answers are incoherent: mostly lost language, not lost refusal (keyword judge, n = 12 harmful "
-        "prompts, 95 % interval 76 %–100 %)."
+        "Removing the last layer of 8 (88 % depth) raises m's harmful compliance from 0 % to 100 %, "
+        "but 11 of those 12 answers are incoherent: mostly lost language, not lost refusal (keyword "
+        "judge, n = 12 harmful prompts, 95 % interval 76 %–100 %)."
     )
     coherent = [_row(8, 0), _row(7, 12, jailbroken_incoherent=2)]
     assert "incoherent" not in report.headline(coherent, "m")
@@ -158,8 +159,8 @@ def test_headline_says_when_the_change_is_mostly_incoherence():
 def test_headline_when_nothing_changes():
     rows = [_row(8, 1, n=5), _row(4, 1, n=5)]
     assert report.headline(rows, "m") == (
-        "No cut down to 4 of 8 layers changes m's harmful compliance beyond chance: 20 % at full depth, 20 % at "
-        "4 layers (keyword judge, n = 5 harmful prompts)."
+        "No cut down to 4 of 8 layers changes m's harmful compliance beyond chance: 20 % at full depth, "
+        "20 % at 4 layers (keyword judge, n = 5 harmful prompts)."
     )
 
 
@@ -190,8 +191,8 @@ def test_a_set_without_harmful_prompts_gets_a_benign_refusal_headline():
     rows = [benign(8, 3), benign(6, 60), benign(4, 150)]
     assert report.headline(rows, "m") is None
     assert report.benign_headline(rows, "m") == (
-        "Removing the last 2 of 8 layers (75 % depth) raises how often m refuses harmless requests from 2 % to "
-        "40 % (keyword judge, n = 150 benign prompts, 95 % interval 33 %–48 %)."
+        "Removing the last 2 of 8 layers (75 % depth) raises how often m refuses harmless requests from "
+        "2 % to 40 % (keyword judge, n = 150 benign prompts, 95 % interval 33 %–48 %)."
     )
     assert rows[0].coverage == "150 of 150 benign prompts" and rows[0].fully_covered
 
