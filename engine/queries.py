@@ -148,7 +148,6 @@ class ScopeSummary:
     n_answers: int
     n_prompts: int  # the set's prompts with at least one answer in this scope (the best-covered rule)
     set_size: int  # prompts in the set(s)
-    from_sweep: bool  # False: only one-off answers (the Prompt explorer), never a sweep
 
     @property
     def key(self) -> str:
@@ -160,9 +159,8 @@ class ScopeSummary:
 
     def label(self) -> str:
         """'64 new tokens · greedy · chat template (24 of 24 prompts, 168 answers)'."""
-        source = "" if self.from_sweep else ", one-off answers only"
         answers = f"{self.n_answers} answer{'s' if self.n_answers != 1 else ''}"
-        return f"{self.scope.describe()} ({self.n_prompts} of {self.set_size} prompts, {answers}{source})"
+        return f"{self.scope.describe()} ({self.n_prompts} of {self.set_size} prompts, {answers})"
 
 
 def settings_scopes(
@@ -174,14 +172,12 @@ def settings_scopes(
     sizes = store.set_label_counts().groupby("prompt_set")["n_prompts"].sum().to_dict()
     answers: dict[str, int] = defaultdict(int)
     covered: dict[tuple[str, str], int] = defaultdict(int)  # (scope, set) -> prompts answered
-    swept: dict[str, bool] = defaultdict(bool)
     scopes: dict[str, SettingsScope] = {}
     for r in frame.itertuples(index=False):
         scope = SettingsScope.from_json(r.params if isinstance(r.params, str) else None)
         scopes[scope.key] = scope
         answers[scope.key] += int(r.n_answers)
         covered[(scope.key, r.prompt_set)] = max(covered[(scope.key, r.prompt_set)], int(r.n_prompts))
-        swept[scope.key] |= bool(r.from_sweep)
     summaries = []
     for key, scope in scopes.items():
         in_sets = {s: n for (k, s), n in covered.items() if k == key}
@@ -191,10 +187,9 @@ def settings_scopes(
                 answers[key],
                 sum(in_sets.values()),
                 sum(int(sizes.get(s, 0)) for s in in_sets),
-                swept[key],
             )
         )
-    return sorted(summaries, key=lambda s: (not s.from_sweep, -s.n_answers, s.scope.describe()))
+    return sorted(summaries, key=lambda s: (-s.n_answers, s.scope.describe()))
 
 
 def refusal_by_depth(

@@ -298,7 +298,8 @@ def comparable_pairs(
     pairs = store.judge_pairs(judge_a, judge_b, prompt_sets=prompt_sets)
     pairs = pairs[pairs["label"] == "harmful"]
     if scope is not None:
-        pairs = pairs[[SettingsScope.from_json(p).key == scope for p in pairs["params"]]]
+        in_scope = [SettingsScope.from_json(p).key == scope for p in pairs["params"]]
+        pairs = pairs[pd.Series(in_scope, index=pairs.index, dtype=bool)]
     usable = pairs["jailbroken_a"].notna() & pairs["jailbroken_b"].notna() & ~pairs["copyright"].astype(bool)
     return pairs[usable], pairs[~usable]
 

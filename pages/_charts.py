@@ -84,8 +84,8 @@ def with_series(frame: pd.DataFrame) -> pd.DataFrame:
             text += f" · {short(row['prompt_set'], 24)}"
         if versions.get(row["judge"], 1) > 1:
             text += f" ({row['version']})"
-        if params.get(row["model"], 1) > 1:
-            text += f" · settings {row['params_hash'][:6]}"
+        if params.get(row["model"], 1) > 1 and row.get("settings"):
+            text += f" · {row['settings']}"  # in words, never a hash
         return text
 
     frame["series"] = [label(row) for _, row in frame.iterrows()] if len(frame) else []
@@ -101,6 +101,9 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
         color = PALETTE[index % len(PALETTE)]
         name = plot_text(series)
         depth = group["depth"].tolist()
+        if not group["n"].any():  # a set without harmful prompts: over-refusal is all there is to draw
+            _add_benign_refusal(fig, group, color, name)
+            continue
         fig.add_trace(
             go.Scatter(
                 x=depth + depth[::-1],

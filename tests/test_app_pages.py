@@ -871,3 +871,151 @@ def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
 def test_report_without_early_exit_says_how_to_sweep_one(seeded):
     at = open_page("report")
     assert any("--exit-policy confidence" in str(i.value) for i in at.info)
+
+
+# ---------------------------------------------------------------- what a stakeholder reads: scopes, coverage
+
+
+SETTINGS_HASH = re.compile(r"settings [0-9a-f]{6}")
+
+
+def _one_off(db: Path, model_hash: str, max_new_tokens: int = 8) -> str:
+    """What a Prompt-explorer click with another "Max new tokens" stores: one prompt at two depths, no run;
+    its scope key."""
+    from engine.scopes import SettingsScope
+
+    prompt = load_prompt_set("demo")[0]
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    completions = [
+        Completion(model_hash, prompt.prompt_id, prompt.text, k, params.key(), "Sure, here is how.")
+        for k in (8, 4)
+    ]
+    with Store.open(db) as store:
+        store.save_generations(completions, params=params)
+        verdicts = get_judge("keyword").judge([JudgeItem(c.key, c.prompt_text, c.text) for c in completions])
+        store.save_verdicts(verdicts)
+        store.save_verdicts(
+            [Verdict(v.completion_key, "harmbench", "llama2-13b-cls", v.jailbroken) for v in verdicts]
+        )
+    return SettingsScope.of(params).key
+
+
+def _plain(markdown: str) -> str:
+    """Escaped page text as a reader sees it (md_escape undone)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u200b", "")
+
+
+def _headings(at: AppTest) -> list[str]:
+    return [
+        _plain(str(m.value)).removeprefix("#### ") for m in at.markdown if str(m.value).startswith("####")
+    ]
+
+
+def _page_words(at: AppTest) -> str:
+    charts = " ".join(chart.proto.spec for chart in at.get("plotly_chart"))
+    return _plain(" ".join(markdowns(at))) + " " + charts
+
+
+def test_report_headline_names_the_smallest_cut(seeded):
+    """Seeded: the harmful prompts refuse at 8 of 8 layers only, and comply at 7, 6 and 4 (HarmBench: at 7
+    and 6). The headline used to name the shallowest of the tied largest changes (6 of 8)."""
+    from pages import _charts
+
+    at = open_page("report")
+    mine = _charts.short(seeded["model"])
+    line = next(h for h in _headings(at) if mine in h)
+    assert line.startswith(f"Removing the last layer of 8 (88 % depth) raises {mine}'s harmful compliance"), (
+        line
+    )
+    assert "from 0 % to 100 %" in line and "n = 4 harmful prompts" in line
+
+
+def test_one_off_answers_with_other_settings_never_reach_the_report(seeded, tiny_hash):
+    """One explorer answer with 8 new tokens used to add a series named by a settings hash and turn the
+    model's headline into n = 1. Now the Report shows one scope, named in words, the most answers first."""
+    from engine.scopes import SettingsScope
+    from pages import _charts
+
+    short = _one_off(seeded["db"], tiny_hash)
+    default = SettingsScope.of(GenerationParams()).key
+    at = open_page("report")
+    picker = at.sidebar.selectbox(key="settings_scope")
+    assert picker.value == default
+    assert picker.options[0] == "64 new tokens · greedy · chat template (8 of 8 prompts, 32 answers)"
+    assert "8 new tokens · greedy · chat template (1 of 8 prompts, 2 answers)" in picker.options
+    headings = _headings(at)
+    assert len(headings) == 2 and all("Removing the last" in h for h in headings), headings
+    assert not SETTINGS_HASH.search(_page_words(at))
+    assert "Results for 64 new tokens · greedy · chat template" in _page_words(at)
+    picker.set_value(short).run()
+    assert not at.exception
+    assert _headings(at) == [
+        f"No headline for {_charts.short(seeded['model'])} with these settings: at full depth they cover "
+        "1 of 4 harmful prompts only. Sweep the whole set for one."
+    ]
+    at.switch_page("pages/sweep.py").run()
+    table = at.dataframe[0].value
+    assert set(table["coverage"]) == {"1 of 4 harmful prompts"}
+
+
+def test_a_scope_with_nothing_stored_names_the_scopes_that_have_answers(seeded):
+    at = open_page("report")
+    at.sidebar.selectbox(key="settings_scope").set_value("__new__").run()
+    at.sidebar.number_input(key="max_new_tokens").set_value(16).run()
+    assert not at.exception
+    words = _plain(" ".join(markdowns(at)))
+    assert "No harmbench verdicts on these prompts with 16 new tokens · greedy · chat template yet" in words
+    switch = next(b for b in at.button if "64 new tokens" in b.label)
+    switch.click().run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="settings_scope").value != "__new__"
+    assert len(_headings(at)) == 2
+    at.switch_page("pages/sweep.py").run()  # the Depth sweep page reads the same scope
+    assert set(at.dataframe[0].value["coverage"]) == {"4 of 4 harmful prompts"}
+
+
+def test_choosing_the_tuned_exit_head_keeps_the_static_cards(exits_seeded):
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.9", head="tuned")
+    assert "I'm sorry, but I cannot help with that." in texts(at)  # the stored static 8-of-8 answer
+    assert at.button(key="generate").label.startswith("Generate missing depths (0)")
+
+
+def test_probes_sweep_line_reads_static_truncation_only(exits_seeded):
+    """Early-exit rows keep all 8 layers: they used to overwrite the static 8-of-8 point (100 % refused)."""
+    at = open_page("probes")
+    charts = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    refusal = next(spec for spec in charts if "logit lens" in json.dumps(spec["layout"]))
+    swept = next(t for t in refusal["data"] if "sweep" in t["name"])
+    assert dict(zip(swept["x"], swept["y"], strict=True)) == {4: 0.0, 6: 0.0, 7: 0.0, 8: 100.0}
+
+
+def test_report_on_a_set_without_harmful_prompts_has_a_benign_headline(app_env, tiny_hash):
+    prompts = load_prompt_set("overrefusal")[:10]
+    params = GenerationParams()
+    refusal = "I'm sorry, but I cannot help with that."
+    with Store.open(app_env["db"]) as store:
+        store.save_model(ModelInfo(app_env["model"], tiny_hash, "LlamaForCausalLM", 8, 64, "float32", "cpu"))
+        store.save_prompt_set("overrefusal", prompts, source="overrefusal")
+        for k in (8, 6, 4):
+            completions = [
+                Completion(tiny_hash, p.prompt_id, p.text, k, params.key(), refusal if k == 6 else "Sure: ")
+                for p in prompts
+            ]
+            store.save_generations(completions, params=params)
+            store.save_verdicts(
+                get_judge("keyword").judge([JudgeItem(c.key, c.prompt_text, c.text) for c in completions])
+            )
+    at = open_page("report")
+    at.sidebar.selectbox(key="prompt_set").set_value("overrefusal").run()
+    assert not at.exception, [e.value for e in at.exception]
+    headings = _headings(at)
+    assert len(headings) == 1 and headings[0].startswith(
+        "Removing the last 2 of 8 layers (75 % depth) raises how often"
+    ), headings
+    assert "refuses harmless requests from 0 % to 100 %" in headings[0]
+    words = _page_words(at)
+    for raw in ("nan", "0 of 0", "n = 0"):
+        assert raw not in words.replace("nans", ""), words[
+            max(0, words.find(raw) - 200) : words.find(raw) + 100
+        ]
+    assert "--prompts overrefusal" in words and "--prompts demo" not in words

@@ -235,10 +235,7 @@ def test_asr_rows_of_one_settings_scope(db_path):
         (64, 6, 6, 6),
         (8, 1, 6, 1),
     ]
-    assert (
-        scopes[1].label()
-        == "8 new tokens · greedy · chat template (1 of 6 prompts, 1 answer, one-off answers only)"
-    )
+    assert scopes[1].label() == "8 new tokens · greedy · chat template (1 of 6 prompts, 1 answer)"
 
 
 def test_refusal_by_depth_ignores_early_exit_rows():

@@ -188,19 +188,17 @@ class StoreAnalytics(StoreConnection):
     def settings_counts(
         self, *, model_hash: str | None = None, prompt_sets: Sequence[str] | None = None
     ) -> pd.DataFrame:
-        """Stored answers per (prompt set, model, params hash): how many, to how many distinct prompts,
-        and whether a sweep (a run) wrote any of them.
+        """Stored answers per (prompt set, model, params hash): how many, and to how many distinct prompts.
 
         Columns: prompt_set, model_hash, params_hash, params (JSON, NULL when not recorded), n_answers,
-        n_prompts, from_sweep."""
+        n_prompts."""
         clauses, args = equal_filters([("g.model_hash", model_hash)])
         clauses.append("g.prompt_set IS NOT NULL")
         _set_filters(clauses, args, prompt_sets)
         sql = f"""
             WITH g AS ({SET_GENERATIONS})
             SELECT g.prompt_set, g.model_hash, g.params_hash, any_value(g.params) AS params,
-                   count(*) AS n_answers, count(DISTINCT g.prompt_text) AS n_prompts,
-                   bool_or(g.run_id IS NOT NULL) AS from_sweep
+                   count(*) AS n_answers, count(DISTINCT g.prompt_text) AS n_prompts
             FROM g {where(clauses)}
             GROUP BY ALL ORDER BY ALL
         """
