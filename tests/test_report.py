@@ -274,3 +274,47 @@ def test_report_command_prints_flips_and_names_the_mcnemar_test(db_path, capsys)
     assert f"({stats.MCNEMAR_MID_P})" in printed  # beside every McNemar p
     assert "ranking flip at 50 % depth (set, keyword v1)" in printed and "Holm p=" in printed
     assert "not significant" in printed
+
+
+def _seed_two_settings_and_exits(db_path) -> None:
+    """alpha, 4 layers: static 4, 3, 2 and confidence 0.9, 0.5 with 64 new tokens, and 4 of 4 with 8 new
+    tokens; a judge version longer than the old fixed-width column."""
+    info = ModelInfo("alpha", "hash-alpha", "LlamaForCausalLM", 4, 64, "float32", "cpu")
+    variants = [(GenerationParams(exit_policy="confidence", threshold=t), 4, (2, 3)) for t in (0.9, 0.5)]
+    variants += [(GenerationParams(), k, ()) for k in (2, 4, 3)] + [
+        (GenerationParams(max_new_tokens=8), 4, ())
+    ]
+    with Store.open(db_path) as store:
+        store.save_model(info)
+        store.save_prompt_set("set", PROMPTS)
+        for params, k, exits in variants:  # written in no particular order
+            completions = [
+                Completion(info.model_hash, p.prompt_id, p.text, k, params.key(), "Sure", exit_layers=exits)
+                for p in PROMPTS
+            ]
+            store.save_generations(completions, params=params)
+            store.save_verdicts(
+                [
+                    Verdict(c.key, "keyword", "llm-attack-classifier-v1", i % 2 == 0 or k == 2)
+                    for i, c in enumerate(completions)
+                ]
+            )
+
+
+def test_report_command_prints_aligned_tables_by_set_model_and_settings(db_path, capsys):
+    from engine.cli import main
+
+    _seed_two_settings_and_exits(db_path)
+    assert main(["report", "--db", str(db_path)]) == 0
+    out = capsys.readouterr().out
+    lines = [line.rstrip() for line in out.splitlines()]  # a table's title is padded to its width
+    default = lines.index("set › alpha › 64 new tokens · greedy · chat template")
+    short = lines.index("set › alpha › 8 new tokens · greedy · chat template")
+    rows = [line for line in lines[default:short] if "keyword llm-attack-classifier-v1" in line]  # never cut
+    order = ["4 / 4 layers", "3 / 4 layers", "2 / 4 layers", "confidence ≥ 0.5", "confidence ≥ 0.9"]
+    assert [next(i for i, row in enumerate(rows) if label in row) for label in order] == [0, 1, 2, 3, 4]
+    assert len({row.index("keyword") for row in rows}) == 1  # aligned columns
+    assert len({row.index("5 of 5 harmful prompts") for row in rows}) == 1
+    assert len({len(row.rstrip()) for row in rows}) <= 2  # the benign column's text varies in length
+    assert "4 / 4 layers · 100 %" in lines[short + 4]
+    assert "set › 64 new tokens · greedy · chat template: No cut down to 2 of 4 layers" in out

@@ -18,6 +18,7 @@ _REPORT_FIELDS = (
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
+    "settings", "coverage", "fully_covered", "harmful_in_set", "benign_in_set",
 )  # fmt: skip
 
 
@@ -113,7 +114,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
-    _print_early_exit_headlines(rows)
+    _print_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
     _print_flips(found)
     return 0
@@ -164,58 +165,141 @@ def agreement_dict(row) -> dict:
 
 
 def _print_asr_table(rows) -> None:
-    from engine.report import percent
+    """One aligned table per prompt set › model › generation settings (settings named in words), rows
+    grouped by judge and depth rule: static truncation from full depth down, then each exit rule by
+    threshold. Nothing is cut: a pipe gets the table's full width."""
+    from rich.console import Console
 
-    header = f"{'prompt set':<16}{'model':<24}{'depth':>22}  {'judge':<18}{'n':>5}{'ASR':>7}  {'95 % CI':<13}"
-    print(f"{header}{'refusal':>8}{'incoh.':>9}{'med. NLL':>13}{'copyr.':>7}  benign refused (n, 95 % CI)")
-    for r in rows:
-        benign = (
-            "n/a"
-            if r.benign_refusal_rate is None
-            else f"{percent(r.benign_refusal_rate)} (n={r.benign_n}, "
-            f"{percent(r.benign_ci_low)}–{percent(r.benign_ci_high)}, {r.benign_judge})"
-        )
-        print(
-            f"{r.prompt_set[:15]:<16}{r.model[:23]:<24}{_setting_label(r):>22}  "
-            f"{r.judge + ' ' + r.version:<18.18}{r.n:>5}{percent(r.asr):>7}  "
-            f"{percent(r.ci_low) + '–' + percent(r.ci_high):<13}{percent(r.refusal_rate):>8}"
-            f"{f'{r.degenerate}/{r.n_judged}':>9}{_nll(r):>13}{r.copyright_excluded:>7}  {benign}"
-        )
+    tables = [_group_table(group) for group in _groups(rows)]
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped or captured: as wide as the widest table, never ellipsised
+        console = Console(highlight=False, width=10_000)  # tables keep their natural width
+    for table in tables:
+        console.print(table)
     if any(r.copyright_excluded for r in rows):
         print(
-            "copyr.: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
+            "copyright: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
             "the keyword judge)"
         )
     print(
-        "incoh.: answers flagged incoherent / answers judged; med. NLL: the full-depth model's median "
-        "per-token NLL (nats) over the answers scored (their count in brackets)"
+        "coverage: harmful prompts of the set answered and judged (benign ones for a set without harmful "
+        "prompts); incoherent: answers flagged incoherent / answers judged; median NLL: the full-depth "
+        "model's median per-token NLL (nats) over the answers scored (their count in brackets)"
     )
+
+
+def _groups(rows) -> list[list]:
+    """Rows by (prompt set, model, settings), each group ordered by judge, rule, then depth."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.prompt_set, r.model, r.settings), []).append(r)
+    return [sorted(groups[key], key=_row_order) for key in sorted(groups)]
+
+
+def _row_order(row) -> tuple:
+    """Judge and version; static raw truncation first (deepest first), static tuned next, then each exit
+    rule (policy, head) by threshold."""
+    static = row.exit_policy == "static"
+    rule = (not static, row.exit_policy, row.exit_head != "raw", row.exit_head, row.min_layers or 0)
+    return (row.judge, row.version, rule, -row.layers if static else (row.threshold or 0.0))
+
+
+def _group_table(group):
+    from rich import box
+    from rich.table import Table
+
+    first = group[0]
+    table = Table(
+        title=f"{first.prompt_set} › {first.model} › {first.settings}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    for header, justify in _COLUMNS:
+        table.add_column(header, justify=justify, no_wrap=True)
+    previous = None
+    for r in group:
+        rule = (r.judge, r.version, r.exit_policy, r.exit_head, r.min_layers)  # thresholds share a section
+        if previous is not None and rule != previous:
+            table.add_section()
+        previous = rule
+        table.add_row(*_cells(r))
+    return table
+
+
+_COLUMNS = (
+    ("rule", "left"), ("depth / compute", "right"), ("judge", "left"), ("coverage", "left"),
+    ("n", "right"), ("ASR", "right"), ("95 % CI", "right"), ("refused", "right"),
+    ("incoherent", "right"), ("median NLL", "right"), ("copyright", "right"), ("benign refused", "left"),
+)  # fmt: skip
+
+
+def _cells(r) -> list[str]:
+    from engine.report import percent
+
+    harmful = r.n > 0
+    benign = (
+        "not measured"
+        if r.benign_refusal_rate is None
+        else f"{percent(r.benign_refusal_rate)} of {r.benign_n} "
+        f"({percent(r.benign_ci_low)}–{percent(r.benign_ci_high)}, {r.benign_judge})"
+    )
+    return [
+        _rule_label(r),
+        _setting_label(r),
+        f"{r.judge} {r.version}",
+        r.coverage,
+        str(r.n),
+        percent(r.asr) if harmful else "no harmful",
+        f"{percent(r.ci_low)}–{percent(r.ci_high)}" if harmful else "",
+        percent(r.refusal_rate) if harmful else "",
+        f"{r.degenerate}/{r.n_judged}" if harmful else "",
+        _nll(r),
+        str(r.copyright_excluded),
+        benign,
+    ]
 
 
 def _nll(row) -> str:
     if row.median_full_depth_nll is None:
-        return "n/a"
+        return "not scored"
     return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
 
 
+def _rule_label(row) -> str:
+    """'static' / 'static, tuned head' / 'confidence ≥ 0.9' (', from layer 3', ', tuned head')."""
+    head = "" if row.exit_head == "raw" else f", {row.exit_head} head"
+    if row.exit_policy == "static":
+        return f"static{head}"
+    floor = f", from layer {row.min_layers}" if row.min_layers and row.min_layers > 1 else ""
+    return f"{row.exit_policy} ≥ {row.threshold:g}{floor}{head}"
+
+
 def _setting_label(row) -> str:
-    """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
-    if row.exit_policy == "static" and row.exit_head == "raw":
+    """The depth column: k of L for static truncation, the compute used for early exit."""
+    if row.exit_policy == "static":
         return depth_label(row.layers, row.n_layers)
     from engine.report import percent
 
-    rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
-    head = " tuned" if row.exit_head == "tuned" else ""
-    return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
+    return f"{percent(row.compute_fraction or float('nan'))} compute"
 
 
-def _print_early_exit_headlines(rows) -> None:
-    from engine.report import early_exit_headline
+def _print_headlines(rows) -> None:
+    """The Report page's sentences, per prompt set, generation settings and judge: the smallest cut that
+    changes behaviour (over-refusal for a set without harmful prompts), then the early-exit question."""
+    from engine.report import benign_headline, early_exit_headline, headline
 
-    for model in sorted({r.model for r in rows}):
-        sentence = early_exit_headline(rows, model)
-        if sentence:
-            print(sentence)
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.prompt_set, r.settings, r.judge, r.version), []).append(r)
+    for (prompt_set, settings, _judge, _version), group in sorted(groups.items()):
+        harmful = any(r.n for r in group)
+        for model in sorted({r.model for r in group if r.n or not harmful}):
+            sentences = [
+                headline(group, model) if harmful else benign_headline(group, model),
+                early_exit_headline(group, model),
+            ]
+            for sentence in filter(None, sentences):
+                print(f"{prompt_set} › {settings}: {sentence}")
 
 
 def _print_agreements(agreements) -> None:
