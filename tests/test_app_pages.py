@@ -1019,3 +1019,24 @@ def test_report_on_a_set_without_harmful_prompts_has_a_benign_headline(app_env, 
             max(0, words.find(raw) - 200) : words.find(raw) + 100
         ]
     assert "--prompts overrefusal" in words and "--prompts demo" not in words
+
+
+def test_judges_page_compares_the_judges_within_the_chosen_scope(seeded, tiny_hash):
+    """The one-off 8-token answers (one harmful prompt at 8 and 4 layers) used to join the seeded ones in
+    the agreement counts; now each scope is compared on its own."""
+    from pages import _charts
+
+    short = _one_off(seeded["db"], tiny_hash)
+    mine = _charts.short(seeded["model"]) + " · demo"
+
+    def n_by_depth(at: AppTest) -> dict[str, int]:
+        table = at.dataframe[0].value
+        return dict(
+            zip(table[table["model"] == mine]["depth"], table[table["model"] == mine]["n"], strict=True)
+        )
+
+    at = open_page("judges")
+    assert n_by_depth(at)["all depths"] == 16  # 4 harmful prompts × 4 depths
+    at.sidebar.selectbox(key="settings_scope").set_value(short).run()
+    assert not at.exception
+    assert n_by_depth(at) == {"all depths": 2, "4 / 8 layers · 50 %": 1, "8 / 8 layers · 100 %": 1}
