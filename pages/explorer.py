@@ -14,7 +14,7 @@ from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
 from engine.store import Store
 from engine.tokenpieces import token_pieces
 from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
-from pages import _charts, _display, _jobs, _models, _queries
+from pages import _charts, _display, _jobs, _models, _queries, _scope
 from pages._selection import Selection
 from pages._skeleton import start_page
 
@@ -375,6 +375,21 @@ def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_lay
 # ---------------------------------------------------------------- the page
 
 
+def nothing_stored(sel: Selection, prompt: Prompt) -> None:
+    """No answer to this prompt in the chosen settings: when the set has answers with other settings
+    only (e.g. a CLI sweep), name them and offer to switch; otherwise say how to generate."""
+    if prompt.source != "typed":
+        answered = {s.key for s in _queries.settings_scopes(sel.db, None, (sel.prompt_set,))}
+        if sel.scope.key not in answered and _scope.offer_other_scopes(
+            sel, (sel.prompt_set,), "answers to this prompt set"
+        ):
+            return
+    st.info(
+        "Nothing stored for this prompt with this model and settings yet. Press “Generate missing "
+        "depths”, or run a sweep (Depth sweep page)."
+    )
+
+
 def model_status(sel: Selection, n_layers: int | None) -> None:
     loaded = _models.model_hub().get(sel.model) is not None
     state = "loaded" if loaded else "not loaded yet: it loads on the first Generate (≈ 15 s for the default)"
@@ -437,10 +452,7 @@ def main() -> None:
     if auto and focus in missing and _models.model_hub().get(sel.model) is not None:
         generate(sel, store, prompt, [focus])
     if not found.completions:
-        st.info(
-            "Nothing stored for this prompt with this model and settings yet. Press “Generate missing "
-            "depths”, or run a sweep (Depth sweep page)."
-        )
+        nothing_stored(sel, prompt)
     show_cards(store, n_layers, focus, compare, found)
     show_lens(sel, prompt, n_layers)
     early_exit_section(sel, store, prompt, info, n_layers)

@@ -1040,3 +1040,14 @@ def test_judges_page_compares_the_judges_within_the_chosen_scope(seeded, tiny_ha
     at.sidebar.selectbox(key="settings_scope").set_value(short).run()
     assert not at.exception
     assert n_by_depth(at) == {"all depths": 2, "4 / 8 layers · 50 %": 1, "8 / 8 layers · 100 %": 1}
+
+
+def test_explorer_offers_the_settings_that_have_answers(seeded):
+    at = open_page("explorer")
+    at.sidebar.selectbox(key="settings_scope").set_value("__new__").run()
+    at.sidebar.number_input(key="max_new_tokens").set_value(16).run()
+    assert "I'm sorry, but I cannot help with that." not in texts(at)
+    assert "No answers to this prompt set with 16 new tokens · greedy · chat template yet" in _page_words(at)
+    next(b for b in at.button if "64 new tokens" in b.label).click().run()
+    assert not at.exception
+    assert "I'm sorry, but I cannot help with that." in texts(at)  # the swept answer, at once
