@@ -432,14 +432,23 @@ def _smallest_cut(points: Sequence[_Point]) -> tuple[_Point, list[_Point], _Poin
 
 
 def _partial_sentence(model: str, points: Sequence[_Point]) -> str | None:
-    """Why there is no headline when the answers do not cover the set at full depth (e.g. explorer
-    one-offs): said, not drawn."""
+    """Why there is no headline when the answers do not cover the set at full depth or at any shallower
+    depth (e.g. explorer one-offs, a stopped sweep): said, not drawn."""
     full = next((p for p in points if p.row.layers == p.row.n_layers), None)
-    if full is None or full.covered:
+    if full is None:
         return None
+    if not full.covered:
+        return (
+            f"No headline for {model} with these settings: at full depth they cover {full.coverage} only. "
+            "Sweep the whole set for one."
+        )
+    partial = [p for p in points if p.row.layers < p.row.n_layers]
+    if not partial:
+        return None
+    best = max(partial, key=lambda p: p.n)
     return (
-        f"No headline for {model} with these settings: at full depth they cover {full.coverage} only. "
-        "Sweep the whole set for one."
+        f"No headline for {model} with these settings yet: below full depth they cover at most "
+        f"{best.coverage} ({best.row.layers} of {best.row.n_layers} layers). Sweep the whole set for one."
     )
 
 

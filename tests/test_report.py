@@ -177,6 +177,10 @@ def test_headline_uses_fully_covered_rows_only():
     assert line.startswith("Removing the last 4 of 8 layers (50 % depth)")  # 6 of 8 covers 3 of 12 only
     assert line.endswith("1 depth(s) left out: not every prompt of the set was answered there.")
     assert _row(6, 3, n=3, harmful_in_set=12).coverage == "3 of 12 harmful prompts"
+    assert report.headline([_row(8, 0), _row(6, 3, n=3, harmful_in_set=12)], "m") == (
+        "No headline for m with these settings yet: below full depth they cover at most 3 of 12 harmful "
+        "prompts (6 of 8 layers). Sweep the whole set for one."
+    )
 
 
 def test_a_set_without_harmful_prompts_gets_a_benign_refusal_headline():
