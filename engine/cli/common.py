@@ -157,11 +157,34 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def check_load_options(args: argparse.Namespace) -> None:
+    """``--device`` and ``--dtype`` checked before any model loads, in this process: an unknown name, or
+    a device this machine lacks (``--device cuda`` without CUDA), is one sentence naming the option.
+    On Ray the workers' machines decide, so nothing is checked here."""
+    from engine import models  # torch: the model about to load needs it anyway
+
+    if getattr(args, "ray", None):
+        return
+    try:
+        models.check_load_options(getattr(args, "device", None), getattr(args, "dtype", None))
+    except models.ModelLoadError as exc:
+        option = "--dtype" if str(exc).startswith("dtype") else "--device"
+        raise UsageError(f"{option}: {exc}") from None
+
+
 @contextmanager
-def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[object | None]:
-    """A Ray executor for ``--ray`` (closed afterwards), or None: the command runs in this process."""
+def executor_from_args(
+    args: argparse.Namespace, *, local: bool = False, **load_kwargs
+) -> Iterator[object | None]:
+    """A Ray executor for ``--ray`` (closed afterwards); otherwise None, or with ``local`` an executor
+    for this process that loads models with ``load_kwargs`` (device, dtype)."""
     if not getattr(args, "ray", None):
-        yield None
+        if local:
+            from engine.executors import make_executor
+
+            yield make_executor(None, load_kwargs=load_kwargs)
+        else:
+            yield None
         return
     if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
         raise ValueError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
@@ -266,6 +289,7 @@ def load_from_args(args: argparse.Namespace):
     """The model named by ``--model/--device/--dtype/--trust-remote-code`` (a LoadedModel)."""
     from engine.models import load_model  # torch: only commands that run a model pay for it
 
+    check_load_options(args)
     return load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )

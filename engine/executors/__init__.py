@@ -30,13 +30,13 @@ def make_executor(
 ) -> Executor:
     """The local executor when ``ray`` is None, else a Ray executor on ``ray`` ("local", "auto", an address).
 
-    ``load`` (name -> LoadedModel) is used by the local executor only; Ray workers call
-    ``load_model(name, **load_kwargs)`` (device, dtype, trust_remote_code).
+    ``load`` (name -> LoadedModel), when given, replaces ``load_model(name, **load_kwargs)`` (device,
+    dtype, trust_remote_code), which the local executor and every Ray worker call otherwise.
     """
     if ray is None:
         from .local import LocalExecutor
 
-        return LocalExecutor(load=load)
+        return LocalExecutor(load=load, load_kwargs=load_kwargs)
     from .ray_executor import RayExecutor
 
     return RayExecutor(

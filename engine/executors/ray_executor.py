@@ -239,7 +239,13 @@ class RayExecutor:
 
     def build_judge(self, name: str, *, judge_model: str | None = None, version: str | None = None) -> Judge:
         """The keyword judge runs here (it needs no model); a classifier judge runs on actors."""
-        from engine.judges.harmbench import harmbench_templates, infer_version
+        from engine.judges.harmbench import (
+            DEFAULT_CLASSIFIERS,
+            classifier_hash,
+            harmbench_templates,
+            infer_version,
+            keyed_version,
+        )
         from engine.judges.names import HARMBENCH
         from engine.judges.registry import get_judge
 
@@ -247,7 +253,9 @@ class RayExecutor:
             return get_judge(name, judge_model=judge_model, version=version)
         version = version or infer_version(judge_model)
         harmbench_templates(version)  # a bad version fails here, before any actor loads 13B parameters
-        return RayJudge(name, version, _shared_path(judge_model) if judge_model else None)
+        path = _shared_path(judge_model) if judge_model else DEFAULT_CLASSIFIERS[version.partition("@")[0]]
+        # Keyed by the classifier's files as the driver sees them; each actor checks it reads the same.
+        return RayJudge(name, keyed_version(version, classifier_hash(path)), path)
 
     def judge(self, judge: Judge, chunks: Sequence[Sequence[JudgeItem]]) -> Iterator[list[Verdict]]:
         """Verdicts chunk by chunk as they finish; classifier actors live for this call only."""
