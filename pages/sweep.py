@@ -96,8 +96,10 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
 
     job.update(0.0, f"connecting to the Ray cluster at {cluster.address}")
     executor = make_executor(
-        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker
+        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker, stop=job.stop
     )
+    if executor.note:  # fewer workers than asked for fit on the cluster
+        job.update(0.0, executor.note)
     chunks = {"model": "", "stored": 0}
 
     def show(progress: SweepProgress) -> None:
@@ -116,7 +118,8 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
         ) from exc
     finally:
         executor.close()
-    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s)."
+    note = f" {executor.note}." if executor.note else ""
+    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s).{note}"
 
 
 def _summary_text(summary) -> str:
