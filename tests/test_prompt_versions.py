@@ -6,10 +6,12 @@ as ``name@vN``; uploads never overwrite each other. Old databases migrate with t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
 import pytest
+import test_app_pages
 
 from engine import queries
 from engine.cli import main
@@ -21,6 +23,12 @@ from engine.store.sql import MEMBERS_CONTENT_HASH
 from engine.store.writes import members_content_hash
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict, prompt_key
 
+# the page fixtures of test_app_pages (temp database, tiny model, navigation through app.py)
+app_env, navigation_only, tiny_hash = (
+    test_app_pages.app_env,
+    test_app_pages.navigation_only,
+    test_app_pages.tiny_hash,
+)
 PARAMS = GenerationParams(max_new_tokens=4)
 MODEL = "m" * 16
 
@@ -234,3 +242,27 @@ def test_uploads_under_one_name_get_their_own_files(name):
 def test_upload_display_name_of_other_files_is_their_name():
     assert upload_display_name("/x/data/uploads/my-set.csv") == "my-set.csv"
     assert upload_display_name("plain-notahash.csv") == "plain-notahash.csv"
+
+
+# ---------------------------------------------------------------- the pages' "Results from"
+
+
+def test_pages_offer_an_edited_sets_earlier_version(app_env, tiny_hash):
+    """The sidebar's set (demo) shows its current version; the earlier one is a choice of its own."""
+    test_app_pages.seed_store(app_env["db"], app_env["model"], tiny_hash)
+    demo = test_app_pages.load_prompt_set("demo")
+    relabelled = [replace(p, label="benign") if p.label == "harmful" else p for p in demo[:8]]
+    with Store.open(app_env["db"]) as store:
+        store.save_prompt_set("demo", relabelled, source="demo")  # a later version: no harmful prompt
+    at = test_app_pages.open_page("report")
+    scope = at.radio(key="report-scope")
+    shown = [option.replace("\\", "") for option in scope.options]  # options are markdown-escaped
+    assert shown == [
+        "Demo (12 harmful + 12 benign)",
+        "Demo (12 harmful + 12 benign), earlier version 1 of 2 (24 prompts)",
+        "all sets, each on its own",
+    ]
+    scope.set_value("demo@v1").run()
+    assert not at.exception
+    headings = [str(m.value) for m in at.markdown if str(m.value).startswith("####")]
+    assert headings  # the earlier version's results: harmful prompts judged
