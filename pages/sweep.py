@@ -98,8 +98,9 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
     executor = make_executor(
         cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker, stop=job.stop
     )
-    if executor.note:  # fewer workers than asked for fit on the cluster
-        job.update(0.0, executor.note)
+    note = getattr(executor, "note", "")  # fewer workers than asked for fit on the cluster
+    if note:
+        job.update(0.0, note)
     chunks = {"model": "", "stored": 0}
 
     def show(progress: SweepProgress) -> None:
@@ -118,8 +119,7 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
         ) from exc
     finally:
         executor.close()
-    note = f" {executor.note}." if executor.note else ""
-    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s).{note}"
+    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s).{f' {note}.' if note else ''}"
 
 
 def _summary_text(summary) -> str:
