@@ -407,6 +407,9 @@ def main() -> None:
     info = _models.model_info(sel.model, store)
     n_layers = _models.n_layers_of(sel.model, info)
     model_status(sel, n_layers)
+    lens_problem = sel.lens_problem(info.model_hash if info else None)
+    if lens_problem:
+        st.error(_display.md_escape(lens_problem), icon=":material/error:")
     if n_layers is None:
         offer_model_load(sel)
         return

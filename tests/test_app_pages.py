@@ -823,6 +823,38 @@ def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatc
     assert any(f"python -m engine lens train --model {seeded['model']}" in c.value for c in at.code)
 
 
+@pytest.mark.parametrize("sidecar", ['{"model_hash": ', "[1, 2]", "{}", '{"lens_hash": "x"}', "\u00ff\u00fe"])
+def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_path, sidecar):
+    path = tmp_path / "lenses" / f"{tiny_hash}.json"
+    path.write_text(sidecar, encoding="latin-1")
+    at = open_page("probes")
+    errors = [str(e.value) for e in at.error]
+    assert any("tuned lens file" in e and "lens train" in e for e in errors), errors
+    assert any("lens train --model" in c.value for c in at.code)
+    assert not at.get("plotly_chart") or all(
+        "Held-out KL" not in chart.proto.spec for chart in at.get("plotly_chart")
+    )
+
+
+def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
+    import torch
+
+    from engine.tuned_head import TunedLens
+
+    nan_lens = TunedLens(8, 64)
+    torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},
+               tmp_path / "lenses" / f"{tiny_hash}.pt")  # fmt: skip
+    at = _choose_exit(open_page("explorer"), "confidence", "0.3", head="tuned")
+    at.button(key="generate-exits").click().run(timeout=240)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [str(e.value) for e in at.error]
+    assert any("non\\-finite" in e and "lens train" in e for e in errors), errors
+    (tmp_path / "lenses" / f"{tiny_hash}.json").write_text("[]")  # the sidecar too: said before any button
+    at.run()
+    assert any("holds a JSON list" in str(e.value) for e in at.error)
+    assert not at.exception
+
+
 def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
     at = open_page("report")
     at.radio(key="report-judge").set_value("keyword").run()
