@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 
@@ -486,7 +487,7 @@ def test_export_round_trip(store: Store, tmp_path: Path, fmt: str) -> None:
     assert bool(back.loc[first.key, "jailbroken"]) is True and pd.isna(back.loc[second.key, "jailbroken"])
     assert back.loc[first.key, "raw"] == "Sure, here"
     tokens = back.loc[first.key, "token_ids"]
-    assert (tokens.split() if fmt == "csv" else [str(t) for t in tokens]) == ["8", "7", "9"]
+    assert (json.loads(tokens) if fmt == "csv" else [int(t) for t in tokens]) == [8, 7, 9]  # JSON in CSV
 
 
 def test_export_refuses_unknown_format(store: Store, tmp_path: Path) -> None:
