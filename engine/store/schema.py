@@ -126,6 +126,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN mean_exit_layers DOUBLE",
         ),
     ),
+    # With the pid, the process's start time tells a run's own process from a later one that was given
+    # the same pid (NULL for older runs and where the system does not say).
+    Migration(
+        9,
+        "runs remember when their process started (a reused pid is not the run's process)",
+        ("ALTER TABLE runs ADD COLUMN process_started VARCHAR",),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (
