@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -768,6 +769,46 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     assert [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)] == list(low)
     assert at.button(key="generate-exits").disabled  # both thresholds are stored
     assert not at.exception
+
+
+def _with_stored_exits(exits_seeded, exits: list | None) -> None:
+    """Overwrite the exit layers stored for the first prompt's answers (a damaged or hostile database)."""
+    with duckdb.connect(str(exits_seeded["db"])) as con:
+        con.execute(
+            "UPDATE generations SET exit_layers = ? WHERE prompt_text = ?",
+            [exits, exits_seeded["prompts"][0].text],
+        )
+
+
+@pytest.mark.parametrize(
+    "damage", ["fewer", "more", "empty", "null list", "out of range", "null entries", "huge"]
+)
+def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
+    n_tokens = len(exits_seeded["token_ids"])
+    good = list(_exit_layers(n_tokens, 0.9, "confidence"))
+    stored = {
+        "fewer": good[:3],
+        "more": good + [1, 2, 3],
+        "empty": [],
+        "null list": None,
+        "out of range": [0, -1, 99, *good[3:]],
+        "null entries": [None, *good[1:]],
+        "huge": [2**31 - 1, *good[1:]],
+    }[damage]
+    _with_stored_exits(exits_seeded, stored)
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.9")
+    assert not at.exception, [e.value for e in at.exception]
+    body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
+    valid = [k if k is not None and 1 <= k <= 8 else None for k in (stored or [])[:n_tokens]]
+    valid += [None] * (n_tokens - len(valid))
+    coloured = [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
+    assert coloured == [k for k in valid if k is not None]
+    assert body.count("no valid exit layer stored") == valid.count(None) > 0 or damage == "more"
+    pieces = re.findall(r'title="token \d+: [^"]*">([^<]*)</span>', body)
+    assert html.unescape("".join(pieces)) == EXIT_TEXT  # every token's text is still shown, once
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "inconsistent" in warnings, warnings
+    assert f"for {n_tokens} generated tokens" in warnings or "outside 1" in warnings
 
 
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
