@@ -61,10 +61,10 @@ def benign_sequences(
     loaded: LoadedModel, texts: Sequence[str], generate_tokens: int = DEFAULT_GENERATE_TOKENS
 ) -> list[list[int]]:
     """Each prompt rendered for generation, followed by the model's own greedy full-depth answer."""
-    from engine.generation import encode_prompts, generate
+    from engine.generation import fit_prompts, generate
 
     params = GenerationParams(max_new_tokens=max(1, generate_tokens))
-    encoded = encode_prompts(loaded.tokenizer, texts, params)
+    encoded = [ids for ids, _ in fit_prompts(loaded, texts, params)]  # as generate() feeds them
     if generate_tokens <= 0:
         return encoded
     answers = generate(loaded, list(texts), [loaded.n_layers], params)
