@@ -292,8 +292,8 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
     assert any("outside the folders" in str(e.value) for e in at.sidebar.error)
     at.sidebar.selectbox(key="model_choice").set_value(app_env["model"]).run()
     at.sidebar.number_input(key="max_new_tokens").set_value(4)
-    at.button(key="generate").click().run(timeout=120)
-    at.button(key="lens").click().run(timeout=60)
+    at.button(key="generate").click().run(timeout=test_app_pages.JOB_TIMEOUT)
+    at.button(key="lens").click().run(timeout=test_app_pages.JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
 
     at.switch_page("pages/judges.py").run()
@@ -309,7 +309,7 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
 
     at.switch_page("pages/probes.py").run()
     at.button(key="run-probes").click().run()
-    assert _jobs.job_board().wait(timeout=240)
+    assert _jobs.job_board().wait(timeout=test_app_pages.JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "done", _jobs.job_board().current.outcome
     at.switch_page("pages/report.py").run()
     assert not at.exception, [e.value for e in at.exception]

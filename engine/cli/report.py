@@ -278,7 +278,7 @@ def run_label(args: argparse.Namespace) -> int:
     from engine.judges import human_verdict
     from engine.store import Store
 
-    with Store.open(args.db) as store:
+    with Store.open(args.db, create=False) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
             raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")

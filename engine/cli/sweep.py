@@ -28,6 +28,7 @@ from .common import (
     executor_from_args,
     exit_thresholds,
     generation_params,
+    judge_names,
 )
 
 log = logging.getLogger("engine")
@@ -105,7 +106,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         prompt_set=args.prompts,
         depths=depths,
         layers=layers,
-        judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
+        judges=judge_names(args.judges, args.judge_model),
         judge_model=args.judge_model,
         params=params,
         limit=args.limit,

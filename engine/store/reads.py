@@ -23,6 +23,8 @@ from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
+    """A stored row as a record; a NULL inside ``exit_layers`` (only a damaged or foreign database has
+    one) reads as -1, a layer no token can exit at, which the pages show as not valid."""
     (
         model_hash,
         prompt_id,
@@ -38,7 +40,7 @@ def _completion(row: tuple) -> Completion:
     ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), nll, tuple(int(k) for k in exits or ()),
+        int(truncated), nll, tuple(-1 if k is None else int(k) for k in exits or ()),
     )  # fmt: skip
 
 

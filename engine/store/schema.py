@@ -146,6 +146,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE prompt_sets SET saved_at = added_at",
         ),
     ),
+    # With the pid, the process's start time tells a run's own process from a later one that was given
+    # the same pid (NULL for older runs and where the system does not say).
+    Migration(
+        10,
+        "runs remember when their process started (a reused pid is not the run's process)",
+        ("ALTER TABLE runs ADD COLUMN process_started VARCHAR",),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -107,8 +108,9 @@ _REFRESH_DEGENERACY_FLAG = (
 
 
 # A running run on another host is presumed dead after this long without a heartbeat (one per stored
-# batch). On this host a dead process id tells at once.
+# batch). On this host the process check decides, however long the run has been silent.
 STALE_RUN_AFTER = timedelta(hours=1)
+_PROC = Path("/proc")
 
 
 def process_alive(pid: int) -> bool:
@@ -124,9 +126,29 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def run_is_stale(pid: int | None, host: str | None, last_seen: datetime, now: datetime) -> bool:
-    if pid is not None and host == socket.gethostname() and not process_alive(pid):
-        return True
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as "boot id:clock ticks after boot" (Linux ``/proc``); None where
+    the system does not say or no such process exists. With the pid it names one process, even after
+    the pid is reused or the machine restarts."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and brackets
+        return f"{boot}:{int(fields[19])}"  # field 22 of stat, counting from the pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_is_stale(
+    pid: int | None, host: str | None, last_seen: datetime, now: datetime, started: str | None = None
+) -> bool:
+    """Whether a 'running' run's process is gone. On this host the process decides: dead, or its pid
+    now belongs to a process that started at another time; elsewhere, no heartbeat for an hour."""
+    if pid is not None and host == socket.gethostname():
+        if not process_alive(pid):
+            return True
+        now_started = process_started(pid) if started else None
+        return now_started is not None and now_started != started
     return now - last_seen > STALE_RUN_AFTER
 
 
@@ -266,8 +288,8 @@ class StoreWrites(StoreConnection):
         now = utc_now()
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at, "
+                "process_started) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
                 [
                     run_id,
                     now,
@@ -275,6 +297,7 @@ class StoreWrites(StoreConnection):
                     os.getpid(),
                     socket.gethostname(),
                     now,
+                    process_started(os.getpid()),
                 ],
             )
         return run_id
@@ -302,14 +325,19 @@ class StoreWrites(StoreConnection):
 
     @translated("marking stale runs")
     def mark_stale_runs(self) -> list[str]:
-        """Mark 'running' runs whose process is dead (this host) or silent too long as 'interrupted'."""
+        """Mark 'running' runs as 'interrupted' when their process is gone: on this host dead or its pid
+        reused (process start time), on another host silent for :data:`STALE_RUN_AFTER`."""
         now = utc_now()
         with self._transaction() as cur:
             running = cur.execute(
-                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs "
+                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at), process_started FROM runs "
                 "WHERE status = 'running'"
             ).fetchall()
-            stale = [run_id for run_id, pid, host, seen in running if run_is_stale(pid, host, seen, now)]
+            stale = [
+                run_id
+                for run_id, pid, host, seen, started in running
+                if run_is_stale(pid, host, seen, now, started)
+            ]
             for run_id in stale:
                 cur.execute(
                     "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE run_id = ?", [now, run_id]
