@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import pandas as pd
 
 from engine.store.connection import StoreConnection, translated
-from engine.store.sql import IN_SET, IN_SET_NAMES, SET_GENERATIONS, equal_filters, where
+from engine.store.sql import (
+    CURRENT_SETS,
+    IN_SET,
+    IN_SET_NAMES,
+    SET_GENERATIONS,
+    SET_VERSIONS,
+    equal_filters,
+    where,
+)
 
 _COUNT_COLUMNS = (
     "n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright", "n_nll",
@@ -23,9 +31,13 @@ _EXIT_COLUMNS = (
 
 
 def _set_filters(clauses: list[str], args: list[object], prompt_sets: Sequence[str] | None) -> None:
+    """The set versions named (``demo``: its current version, ``demo@v1``: an earlier one), or, when
+    none is named, every set's current version: an edited file's old version is never pooled with it."""
     if prompt_sets is not None:
         clauses.append(IN_SET_NAMES)
         args.append(list(prompt_sets))
+    else:
+        clauses.append(CURRENT_SETS)
 
 
 def _latest_verdicts(judge: str, version: str | None) -> tuple[str, list[object]]:
@@ -70,9 +82,10 @@ class StoreAnalytics(StoreConnection):
         )
         clauses.insert(0, "g.label = 'harmful'")
         if set_id is not None:
-            clauses += [IN_SET, "g.prompt_set = (SELECT name FROM prompt_sets WHERE set_id = ?)"]
+            clauses += [IN_SET, f"g.prompt_set = (SELECT shown_name FROM ({SET_VERSIONS}) WHERE set_id = ?)"]
             args += [set_id, set_id, set_id]
-        _set_filters(clauses, args, prompt_sets)
+        if set_id is None or prompt_sets is not None:  # a set id names its version, current or not
+            _set_filters(clauses, args, prompt_sets)
         counted = "(NOT g.copyright OR list_contains(?::VARCHAR[], v.judge))"
         sql = f"""
             WITH g AS ({SET_GENERATIONS})
@@ -169,14 +182,16 @@ class StoreAnalytics(StoreConnection):
 
     @translated("counting the prompts of each set")
     def set_label_counts(self) -> pd.DataFrame:
-        """Prompts per (set name, label): the denominators of coverage ("12 of 60 prompts"). Every stored
-        version of a set counts (each distinct text once), as answers match any of them.
+        """Prompts per (set version, label): the denominators of coverage ("12 of 60 prompts"). A version
+        is named as the reports name it (``demo``: the current one, ``demo@v1``: an earlier one); each
+        distinct text counts once, as answers match members by text too.
 
         Columns: prompt_set, label, n_prompts."""
-        sql = """
-            SELECT s.name AS prompt_set, coalesce(m.label, p.label) AS label,
+        sql = f"""
+            WITH sv AS ({SET_VERSIONS})
+            SELECT sv.shown_name AS prompt_set, coalesce(m.label, p.label) AS label,
                    count(DISTINCT p.text) AS n_prompts
-            FROM prompt_set_members m JOIN prompt_sets s USING (set_id) JOIN prompts p USING (prompt_key)
+            FROM prompt_set_members m JOIN sv USING (set_id) JOIN prompts p USING (prompt_key)
             GROUP BY ALL ORDER BY ALL
         """
         with self._cursor() as cur:
