@@ -277,15 +277,16 @@ def test_auroc_counts_ties_half():
 
 @pytest.mark.slow
 def test_full_depth_nll_ranks_truncated_gibberish_above_fluent_text_on_the_default_model(capsys):
-    """The default model scores the fixture. On its own completions (depth k vs full depth) the NLL must
-    rank incoherent above coherent; across models it is weaker (loops are cheap to predict, another
-    model's template is not), so the whole-fixture AUROC is printed, not asserted."""
+    """The default model scores the fixture's HarmBench, benign and demo rows (the StrongREJECT and
+    over-refusal rows would more than double a CPU run). On its own completions (depth k vs full depth)
+    the NLL must rank incoherent above coherent; across models it is weaker (loops are cheap to predict,
+    another model's template is not), so the AUROC over those rows is printed, not asserted."""
     from engine.coherence import full_depth_nll
     from engine.models import load_model
     from engine.types import GenerationParams
 
     loaded = load_model("smollm2-135m-instruct", device="cpu")
-    items = load_fixture()
+    items = [item for item in load_fixture() if item["prompt_set"] in ("harmbench-val", "benign", "demo")]
     # Demo-model text was made with another tokenizer: every text is re-tokenized with the scorer's.
     ids = [loaded.tokenizer(item["text"], add_special_tokens=False)["input_ids"] for item in items]
     prompts = [item["prompt"] for item in items]
@@ -303,6 +304,6 @@ def test_full_depth_nll_ranks_truncated_gibberish_above_fluent_text_on_the_defau
         print(
             f"\nfull-depth mean NLL AUROC: SmolLM2 items {auroc(own_coherent, own_incoherent):.3f} "
             f"({len(own_coherent)} + {len(own_incoherent)}), "
-            f"whole fixture {auroc(all_coherent, all_incoherent):.3f}"
+            f"with the demo rows {auroc(all_coherent, all_incoherent):.3f}"
         )
     assert auroc(own_coherent, own_incoherent) >= 0.85
