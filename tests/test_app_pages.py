@@ -391,6 +391,7 @@ def test_sweep_page_submits_to_the_ray_cluster_when_its_address_is_set(app_env, 
     at.number_input(key="ray-workers").set_value(3)
     at.number_input(key="ray-gpus").set_value(0.5)
     job = _start_sweep(at, prompts=2, depths="50, 100")
+    assert made[0][1].pop("stop") is job.stop  # the Stop button reaches the Ray executor's waits
     assert (job.state, made[0], made[-1]) == (
         "done",
         ("10.0.0.1:6379", {"workers": 3, "gpus_per_worker": 0.5}),

@@ -171,12 +171,35 @@ def check_ray_sizing(args: argparse.Namespace) -> None:
         raise UsageError(f"--chunk: {args.chunk} is not a whole number ≥ 1 (leave it out for 8)")
 
 
+def check_load_options(args: argparse.Namespace) -> None:
+    """``--device`` and ``--dtype`` checked before any model loads, in this process: an unknown name, or
+    a device this machine lacks (``--device cuda`` without CUDA), is one sentence naming the option.
+    On Ray the workers' machines decide, so nothing is checked here."""
+    from engine import models  # torch: the model about to load needs it anyway
+
+    if getattr(args, "ray", None):
+        return
+    try:
+        models.check_load_options(getattr(args, "device", None), getattr(args, "dtype", None))
+    except models.ModelLoadError as exc:
+        option = "--dtype" if str(exc).startswith("dtype") else "--device"
+        raise UsageError(f"{option}: {exc}") from None
+
+
 @contextmanager
-def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[object | None]:
-    """A Ray executor for ``--ray`` (closed afterwards), or None: the command runs in this process."""
+def executor_from_args(
+    args: argparse.Namespace, *, local: bool = False, **load_kwargs
+) -> Iterator[object | None]:
+    """A Ray executor for ``--ray`` (closed afterwards); otherwise None, or with ``local`` an executor
+    for this process that loads models with ``load_kwargs`` (device, dtype)."""
     check_ray_sizing(args)  # with or without --ray: a nonsensical value is never silently ignored
     if not getattr(args, "ray", None):
-        yield None
+        if local:
+            from engine.executors import make_executor
+
+            yield make_executor(None, load_kwargs=load_kwargs)
+        else:
+            yield None
         return
     from engine.executors import make_executor  # imports ray: only with --ray
 
@@ -306,6 +329,7 @@ def load_from_args(args: argparse.Namespace):
     """The model named by ``--model/--device/--dtype/--trust-remote-code`` (a LoadedModel)."""
     from engine.models import load_model  # torch: only commands that run a model pay for it
 
+    check_load_options(args)
     return load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )

@@ -62,7 +62,7 @@ def test_a_live_process_on_this_host_keeps_its_run_however_long_silent(db_path, 
     mine = process_started(os.getpid())
     for age in (timedelta(0), LONG_AGO, timedelta(days=3), timedelta(days=400)):
         add_running_run(db_path, f"me-{age}", os.getpid(), HERE, age, mine)
-        add_running_run(db_path, f"me-no-start-time-{age}", os.getpid(), HERE, age)  # a run from before v9
+        add_running_run(db_path, f"me-no-start-time-{age}", os.getpid(), HERE, age)  # a run from before v10
         add_running_run(db_path, f"child-{age}", sleeper.pid, HERE, age, process_started(sleeper.pid))
     assert set(statuses(db_path).values()) == {"running"}
 
