@@ -61,15 +61,32 @@ def show_plain_text(text: str, big: bool = False) -> None:
 
 # ---------------------------------------------------------------- tokens coloured by exit layer
 
-# Early exits warm (less of the network used), full depth cool; text stays dark on every shade.
-_EXIT_EARLY = (253, 186, 116)
-_EXIT_FULL = (191, 219, 254)
+# Early exits warm (less of the network used), full depth cool; text stays dark on every shade. The
+# light hue ramp runs red → orange → yellow → green → blue → violet, so neighbouring layers of a
+# model with up to about a dozen layers get clearly different colours (a two-colour blend made
+# layers 1 and 2 of 8 look alike).
+_EXIT_STOPS = (
+    (252, 165, 165),  # red
+    (253, 186, 116),  # orange
+    (253, 224, 71),  # yellow
+    (190, 242, 100),  # lime
+    (134, 239, 172),  # green
+    (94, 234, 212),  # teal
+    (125, 211, 252),  # sky
+    (165, 180, 252),  # indigo
+    (216, 180, 254),  # violet
+)
 
 
 def exit_colour(layer: int, n_layers: int) -> str:
     """Background for a token that exited after ``layer`` of ``n_layers`` layers."""
     share = 0.0 if n_layers <= 1 else min(max((layer - 1) / (n_layers - 1), 0.0), 1.0)
-    red, green, blue = (round(a + (b - a) * share) for a, b in zip(_EXIT_EARLY, _EXIT_FULL, strict=True))
+    position = share * (len(_EXIT_STOPS) - 1)
+    low = min(int(position), len(_EXIT_STOPS) - 2)
+    mix = position - low
+    red, green, blue = (
+        round(a + (b - a) * mix) for a, b in zip(_EXIT_STOPS[low], _EXIT_STOPS[low + 1], strict=True)
+    )
     return f"rgb({red},{green},{blue})"
 
 
@@ -107,7 +124,7 @@ def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int], n_layers:
 
 
 def _legend_layers(n_layers: int) -> list[int]:
-    """At most six legend swatches from 1 to L."""
-    if n_layers <= 6:
+    """Every layer up to ten layers; else ten swatches from 1 to L."""
+    if n_layers <= 10:
         return list(range(1, n_layers + 1))
-    return sorted({round(1 + i * (n_layers - 1) / 5) for i in range(6)})
+    return sorted({round(1 + i * (n_layers - 1) / 9) for i in range(10)})

@@ -303,7 +303,7 @@ def test_explorer_generates_missing_depths_on_a_button(app_env):
     assert any("keyword:" in m for m in markdowns(at))
     with Store.open(app_env["db"]) as store:  # the dashboard's path scores what it generates
         assert all(c.full_depth_nll is not None for c in store.get_generations())
-    assert sum("full-depth NLL" in str(c.value) for c in at.caption) == 4
+    assert sum("Full-depth NLL" in str(c.proto.help) for c in at.caption) == 4  # the number, in a tooltip
     at.button(key="lens").click().run(timeout=60)
     assert not at.exception
     assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
@@ -633,9 +633,12 @@ def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
     with Store.open(seeded["db"]) as store:
         store.save_full_depth_nll({c.key: 0.25 + 8 - c.layers for c in store.get_generations()})
     at = open_page("explorer")
-    captions = [str(c.value) for c in at.caption]
-    assert any(c.startswith("full-depth NLL 0.25 nats/token") for c in captions), captions  # 8 of 8 layers
-    assert any(c.startswith("full-depth NLL 4.25 nats/token") for c in captions)  # 4 of 8: the loop
+    helps = [str(c.proto.help) for c in at.caption]  # the numbers, for specialists, behind the tooltip
+    assert any(h.startswith("Full-depth NLL 0.25 nats/token") for h in helps), helps  # 8 of 8 layers
+    assert any(h.startswith("Full-depth NLL 4.25 nats/token") for h in helps)  # 4 of 8: the loop
+    words = {str(c.value) for c in at.caption if c.proto.help}  # the cards themselves speak words
+    assert "Reads far less naturally to the untruncated model than its own answer." in words  # 4.25 vs 0.25
+    assert not any("nats" in w or "NLL" in w for w in words)
     assert any(m.endswith(":orange-badge[incoherent output]") for m in markdowns(at))
     at.switch_page("pages/sweep.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -762,7 +765,7 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     mean = sum(exits) / len(exits)
     captions = " ".join(str(c.value) for c in at.caption)
     assert f"mean exit layer {mean:.1f} of 8 over {len(exits)} generated tokens" in captions
-    at.select_slider(key="exit-threshold").set_value(0.5).run()
+    at.segmented_control(key="exit-threshold").set_value(0.5).run()
     body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
     low = _exit_layers(len(ids), 0.5, "confidence")
     assert [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)] == list(low)
@@ -786,7 +789,7 @@ def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
 
     full = exits_shown()
     assert full and set(full) == {8}
-    at.select_slider(key="exit-threshold").set_value(0.0).run()
+    at.segmented_control(key="exit-threshold").set_value(0.0).run()
     early = exits_shown()
     assert early and set(early) == {1}
     captions = " ".join(str(c.value) for c in at.caption)
@@ -797,7 +800,7 @@ def test_explorer_offers_missing_thresholds_on_a_button(exits_seeded):
     at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7")
     button = at.button(key="generate-exits")
     assert not button.disabled and "(1)" in button.label
-    at.select_slider(key="exit-threshold").set_value(0.7).run()
+    at.segmented_control(key="exit-threshold").set_value(0.7).run()
     assert any("not generated for this prompt yet" in str(i.value) for i in at.info)
 
 
