@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+import pandas as pd
 import streamlit as st
 
 from pages import _charts
@@ -128,3 +129,42 @@ def _legend_layers(n_layers: int) -> list[int]:
     if n_layers <= 10:
         return list(range(1, n_layers + 1))
     return sorted({round(1 + i * (n_layers - 1) / 9) for i in range(10)})
+
+
+# ---------------------------------------------------------------- tables that fit the page
+
+TABLE_WIDTH_PX = 900  # the main column is about 940 pixels wide in a 1440-pixel window, sidebar open
+# Streamlit's grid, measured in Chromium: about 6.3 px a character plus 24 px a column (rounded up
+# here), and no column wider than about 40 characters.
+_CHAR_PX, _CELL_PADDING_PX, _LONGEST_CELL = 6.6, 24, 40
+
+
+def column_px(frame: pd.DataFrame, column: str) -> int:
+    """About how wide Streamlit's grid draws ``column``: its header or longest cell, whichever is wider."""
+    cells = frame[column].astype(str).str.len() if len(frame) else pd.Series([0])
+    longest = max(len(str(column)), int(cells.max()))
+    return round(_CELL_PADDING_PX + _CHAR_PX * min(longest, _LONGEST_CELL))
+
+
+def split_columns(frame: pd.DataFrame, keep: int = 1, width_px: int = TABLE_WIDTH_PX) -> tuple[list, list]:
+    """(the columns shown, the rest): columns in order while they fit ``width_px``; the first ``keep``
+    always, since they say what a row is."""
+    shown, used = [], 0
+    for index, column in enumerate(frame.columns):
+        width = column_px(frame, column)
+        if index >= keep and used + width > width_px:
+            break
+        shown.append(column)
+        used += width
+    return shown, [c for c in frame.columns if c not in shown]
+
+
+def fitting_table(frame: pd.DataFrame, *, keep: int = 1, key: str, **kwargs) -> None:
+    """A table that is never cut at the page's right edge: the columns that fit, then the others in an
+    expander, each row named again by its first ``keep`` columns."""
+    shown, rest = split_columns(frame, keep)
+    st.dataframe(frame[shown], hide_index=True, key=f"{key}-main", **kwargs)
+    if rest:
+        names = ", ".join(str(c) for c in rest)
+        with st.expander(md_escape(f"More columns: {names}")):
+            st.dataframe(frame[[*frame.columns[:keep], *rest]], hide_index=True, key=f"{key}-more", **kwargs)

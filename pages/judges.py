@@ -56,12 +56,12 @@ def agreement_table(
             "model · set": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
             "depth": [depth(r) for r in rows],
             "n": [r.agreement.n_decided for r in rows],
+            "kappa": [_kappa_text(r.agreement.kappa) for r in rows],
+            "inflation": [_inflation_text(r.agreement.inflation) for r in rows],
             f"both {HARMFUL}": [r.agreement.both_true for r in rows],
             f"only {rows[0].judge_a}": [r.agreement.a_only for r in rows],
             f"only {rows[0].judge_b}": [r.agreement.b_only for r in rows],
             f"both {NOT_HARMFUL}": [r.agreement.both_false for r in rows],
-            "kappa": [_kappa_text(r.agreement.kappa) for r in rows],
-            "inflation": [_inflation_text(r.agreement.inflation) for r in rows],
         }
     )
 
@@ -125,9 +125,10 @@ def show_agreement(
     with right:
         st.plotly_chart(_charts.confusion_figure(chosen, judge_a, judge_b), key="confusion-chart")
     st.subheader("Per model and depth")
-    st.dataframe(
+    _display.fitting_table(
         agreement_table(rows, names, layer_counts),
-        hide_index=True,
+        keep=2,
+        key="agreement",
         column_config={
             name: st.column_config.TextColumn(name, help=text) for name, text in AGREEMENT_HELP.items()
         },

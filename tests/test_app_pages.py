@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -644,7 +645,7 @@ def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
     assert any(m.endswith(":orange-badge[incoherent output]") for m in markdowns(at))
     at.switch_page("pages/sweep.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value
+    table = pd.concat([d.value for d in at.dataframe[:2]], axis=1)  # the columns that fit, then the rest
     assert {"judged", "incoherent %", "median full-depth NLL"} <= set(table.columns)
     assert "4.25 (of 4)" in set(table["median full-depth NLL"])  # 4 of the 8 seeded prompts are harmful
     assert any("median over the judged answers" in m for m in markdowns(at))
@@ -909,8 +910,8 @@ def test_judges_tables_have_no_empty_cells_and_fit(seeded):
         assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
     table = at.dataframe[0].value
     assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
-    assert len(table.columns) <= 9, list(table.columns)
-    assert {"McNemar p"} <= set(at.dataframe[1].value.columns)  # inside the specialists' expander
+    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
 
 
 def test_exit_colours_of_neighbouring_layers_differ():
@@ -1006,3 +1007,16 @@ def test_html_export_has_the_early_exit_section_and_a_table_that_fits(exits_seed
     assert "copyright_excluded" not in page  # all zero here: left out so the table fits
     assert ">nan<" not in page and ">None<" not in page and "<td>–</td>" in page  # not scored: a dash
     assert "overflow-x: auto" in page
+
+
+def test_wide_tables_keep_to_the_page_width(seeded):
+    """The Depth sweep's numbers: the columns that fit the page, the rest in an expander, each row named
+    again there by model, judge and depth (a 15-column table was cut at the right edge)."""
+    from pages import _display
+
+    at = open_page("sweep")
+    main, more = at.dataframe[0].value, at.dataframe[1].value
+    assert sum(_display.column_px(main, c) for c in main.columns) <= _display.TABLE_WIDTH_PX
+    assert list(more.columns[:3]) == ["model", "judge", "depth"]
+    assert set(main.columns) | set(more.columns) >= {"ASR %", "benign n", "prompt set", "ranking flip"}
+    assert any(e.label.startswith("More columns") for e in at.expander)
