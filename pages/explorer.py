@@ -117,7 +117,7 @@ FAR_NLL_GAP = 2.0
 def fluency_words(nll: float, reference: float | None) -> str:
     """The full-depth NLL in words, relative to the full-depth answer's when there is one."""
     if reference is None:
-        return "Fluency: scored by the untruncated model (number in the tooltip)."
+        return "Fluency: the other depths' answers are compared with this one's."
     gap = nll - reference
     if gap <= SIMILAR_NLL_GAP:
         return "Reads about as naturally to the untruncated model as its own answer."
@@ -192,7 +192,12 @@ def completion_card(
             st.markdown(line)
         if completion.full_depth_nll is not None:
             own = reference_nll if k != n_layers else None
-            st.caption(fluency_words(completion.full_depth_nll, own), help=nll_help(completion, own))
+            words = (
+                fluency_words(completion.full_depth_nll, own)
+                if own is not None or k == n_layers
+                else "Fluency: scored by the untruncated model; generate the full depth to compare."
+            )
+            st.caption(words, help=nll_help(completion, own))
         human_label_form(store, completion, verdicts.get(HUMAN))
 
 

@@ -160,7 +160,15 @@ def show_disagreements(
             "answer": frame["text"],
         }
     )
-    st.dataframe(listing, hide_index=True, height=260)
+    st.dataframe(  # long texts in narrow columns, so the table fits the page: read one in full below
+        listing,
+        hide_index=True,
+        height=260,
+        column_config={
+            "prompt": st.column_config.TextColumn("prompt", width="medium"),
+            "answer": st.column_config.TextColumn("answer", width="medium"),
+        },
+    )
     index = st.selectbox(
         f"Read one in full ({len(frame)} disagreements)",
         range(len(frame)),
