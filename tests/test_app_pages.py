@@ -1018,3 +1018,26 @@ def test_wide_tables_keep_to_the_page_width(seeded):
     assert list(more.columns[:3]) == ["model", "judge", "depth"]
     assert set(main.columns) | set(more.columns) >= {"ASR %", "benign n", "prompt set", "ranking flip"}
     assert any(e.label.startswith("More columns") for e in at.expander)
+
+
+RAW_VALUES = re.compile(r"(?i:\bnan\s?%)|\bNone\b|n/a\s?[–-]\s?n/a|\bsettings [0-9a-f]{6}\b")
+
+
+def raw_values_on(at: AppTest) -> list[str]:
+    """Texts and table cells that show a raw value (nan %, None, n/a–n/a, a settings hash) or an empty
+    cell, which Streamlit's grid draws as "None"."""
+    found = [m for m in markdowns(at) + texts(at) if RAW_VALUES.search(m)]
+    found += [f"metric {m.label}: {m.value}" for m in at.metric if RAW_VALUES.search(str(m.value))]
+    for frame in (d.value for d in at.dataframe):
+        empty = frame.columns[frame.isna().any()].tolist()
+        raw = frame.columns[frame.astype(str).apply(lambda c: c.str.contains(RAW_VALUES)).any()].tolist()
+        found += [f"table column {c!r}: empty or raw cells" for c in dict.fromkeys(empty + raw)]
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_raw_values(exits_seeded, page):
+    at = open_page(page)
+    if page == "explorer":
+        _choose_exit(at, "confidence", "0.5, 0.9")
+    assert not raw_values_on(at), raw_values_on(at)

@@ -529,6 +529,7 @@ STORY = [  # (screenshot name, path, sidebar choices): the report first (see PAG
     ("report", "report", ()),
     ("explorer", "", ()),
     ("explorer-early-exit", "", (("exit_policy", "confidence"),)),
+    ("explorer-overrefusal", "", (("prompt_set", "Over-refusal"),)),
     ("sweep", "sweep", ()),
     ("judges", "judges", ()),
     ("judges-human", "judges", (("judge-b", "human"),)),
