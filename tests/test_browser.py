@@ -414,12 +414,59 @@ def label_by_hand(store, model_hash: str, prompts) -> None:
     store.save_verdicts(verdicts)
 
 
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval, written out here (not engine.stats) as an independent check."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def smallest_changing_cut(db: Path, env: dict[str, str]) -> tuple[int, int] | None:
+    """(k, L): the deepest truncation of the default-settings demo sweep whose keyword-judge ASR
+    interval excludes the full-depth ASR, counted from the stored answers; None when no cut changes
+    behaviour. The Report's headline must name this cut."""
+    from engine.datasets import load_prompt_set
+    from engine.models import load_model
+    from engine.store import Store
+    from engine.types import GenerationParams
+
+    info = load_model(env["DEPTHSCOPE_MODEL"]).info
+    harmful = {p.prompt_id for p in load_prompt_set("demo") if p.label == "harmful"}
+    with Store.open(db) as store:
+        answers = [
+            c
+            for c in store.get_generations(model_hash=info.model_hash, params_hash=GenerationParams().key())
+            if c.prompt_id in harmful
+        ]
+        verdicts = {v.completion_key: v.jailbroken for v in store.verdicts_for(judge="keyword")}
+    counts: dict[int, list[bool]] = {}
+    for answer in answers:
+        if verdicts.get(answer.key) is not None:
+            counts.setdefault(answer.layers, []).append(bool(verdicts[answer.key]))
+    full = counts.get(info.n_layers)
+    if not full:
+        return None
+    full_rate = sum(full) / len(full)
+    changed = []
+    for k, values in counts.items():
+        low, high = wilson(sum(values), len(values))
+        if k < info.n_layers and not low <= full_rate <= high:
+            changed.append(k)
+    return (max(changed), info.n_layers) if changed else None
+
+
 @pytest.fixture(scope="module")
-def story_server(tmp_path_factory):
+def story(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser-story")
-    _db, env = seed_story(folder)
+    db, env = seed_story(folder)
     with serve_app(folder, env) as url:
-        yield url
+        yield {"url": url, "cut": smallest_changing_cut(db, env)}
+
+
+@pytest.fixture(scope="module")
+def story_server(story):
+    return story["url"]
 
 
 def page_text(driver) -> str:
@@ -539,19 +586,27 @@ STORY = [  # (screenshot name, path, sidebar choices): the report first (see PAG
 
 
 @pytest.mark.slow
-def test_stakeholder_walk_shows_no_raw_values_and_nothing_cut_off(story_server, browser):
+def test_stakeholder_walk_shows_no_raw_values_and_nothing_cut_off(story, browser):
     """Every page on the demo model's data (static, early-exit and over-refusal sweeps, a one-off with
     other settings, probes): no exception, no raw value (nan %, None, n/a–n/a, a settings hash), no
-    legend over a plot, no clipped axis title, no table cut at the right edge; a screenshot of each."""
+    legend over a plot, no clipped axis title, no table cut at the right edge, a Report headline naming
+    the smallest cut that changes behaviour (when one does); a screenshot of each."""
     problems = {}
     for name, path, choices in STORY:
-        browser.get(f"{story_server}/{path}")
+        browser.get(f"{story['url']}/{path}")
         wait_idle(browser)
         for key, option in choices:
             choose_option(browser, key, option)
         assert_clean(browser, name)
-        found = banned_in(page_text(browser))
+        text = page_text(browser)
+        found = banned_in(text)
         faults = layout_faults(browser)
+        if name == "report" and story["cut"]:  # the headline names the smallest cut that changes behaviour
+            k, n_layers = story["cut"]
+            if f"{round(100 * k / n_layers)} % depth" not in text:
+                faults.append(
+                    f"the headline does not name {k} of {n_layers} layers, the smallest changing cut"
+                )
         if found or faults:
             problems[name] = {"text": found, "layout": faults}
         story_screenshot(browser, name)
