@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePath
@@ -615,8 +616,26 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
     return table[keep]
 
 
+_COUNT_COLUMN = re.compile(r"^n$|\bn$|judged|left out|layers|^of$")
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts as whole numbers (a count column with an empty cell is stored as float: 12.0) and model
+    paths by their folder name, as the pages show them."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_float_dtype(values) and values.notna().any():
+            present = values.dropna()
+            if (present == present.round()).all() and _COUNT_COLUMN.search(str(column)):
+                table[column] = values.astype("Int64")
+    if "model" in table:
+        table["model"] = [short(str(m)) for m in table["model"]]
+    return table
+
+
 def _table_html(table: pd.DataFrame) -> str:
-    body = compact_table(table).to_html(index=False, escape=True, border=0, na_rep="–")
+    body = readable_table(compact_table(table)).to_html(index=False, escape=True, border=0, na_rep="–")
     return f"<div class='table-box'>{body}</div>"
 
 
@@ -722,7 +741,7 @@ def exit_table(frame: pd.DataFrame) -> pd.DataFrame:
                 f"{lo * 100:.0f}–{hi * 100:.0f} %"
                 for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)
             ],
-            "benign n": pd.to_numeric(frame.get("benign_n"), errors="coerce"),
+            "benign n": pd.to_numeric(frame.get("benign_n"), errors="coerce").astype("Int64"),
             "harmless refused %": (benign * 100).round(0),
         }
     )

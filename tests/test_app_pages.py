@@ -1005,6 +1005,10 @@ def test_html_export_has_the_early_exit_section_and_a_table_that_fits(exits_seed
     assert "copyright_excluded" not in page  # all zero here: left out so the table fits
     assert ">nan<" not in page and ">None<" not in page and "<td>–</td>" in page  # not scored: a dash
     assert "overflow-x: auto" in page
+    shown = _charts.readable_table(
+        pd.DataFrame({"model": ["/x/y/my-model"], "benign n": [12.0], "ASR %": [50.0]})
+    )
+    assert shown.to_dict("records") == [{"model": "my-model", "benign n": 12, "ASR %": 50.0}]
 
 
 def test_wide_tables_keep_to_the_page_width(seeded):
