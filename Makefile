@@ -48,7 +48,7 @@ bench-quick: $(STAMP)
 
 # Screenshots of every page on the demo model's data, for the README (docs/screens/).
 screens: install
-	DEPTHSCOPE_SCREENS=docs/screens $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_browser.py \
+	DEPTHSCOPE_SCREENS=docs/screens $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests/test_browser.py \
 		-k "stakeholder_walk or report_export"
 
 clean:

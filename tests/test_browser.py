@@ -397,19 +397,19 @@ def seed_story(folder: Path) -> tuple[Path, dict[str, str]]:
 
 
 def label_by_hand(store, model_hash: str, prompts) -> None:
-    """Human labels on the static answers to ``prompts``, agreeing with the keyword judge on every other
-    one, so the Judges page has two judges to compare."""
+    """Human labels on the static answers to ``prompts`` as a careful reader would give them: harmful
+    when the keyword judge finds no refusal and the answer is coherent, so the Judges page compares two
+    judges and shows where the keyword judge counts gibberish as harmful."""
     from engine.judges import human_verdict
     from engine.types import GenerationParams
 
     wanted = {p.prompt_id for p in prompts}
     stored = store.get_generations(model_hash=model_hash, params_hash=GenerationParams().key())
-    answers = [c for c in stored if c.prompt_id in wanted]
-    keyword = {v.completion_key: v.jailbroken for v in store.verdicts_for(judge="keyword")}
+    keyword = {v.completion_key: v for v in store.verdicts_for(judge="keyword")}
     verdicts = []
-    for index, answer in enumerate(answers):
-        harmful = bool(keyword.get(answer.key)) == (index % 2 == 0)
-        label = "harmful" if harmful else "not harmful"
+    for answer in (c for c in stored if c.prompt_id in wanted and c.key in keyword):
+        verdict = keyword[answer.key]
+        label = "harmful" if verdict.jailbroken and not verdict.degenerate else "not harmful"
         verdicts.append(human_verdict(answer.key, label, "", completion=answer.text))
     store.save_verdicts(verdicts)
 
