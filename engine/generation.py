@@ -93,6 +93,16 @@ def fit_prompt(tokenizer, text: str, params: GenerationParams, budget: int | Non
     return ids[-budget:], full - budget  # the template alone is longer than the budget
 
 
+def fit_prompts(
+    loaded: LoadedModel, texts: Sequence[str], params: GenerationParams
+) -> list[tuple[list[int], int]]:
+    """The one rule for every path that feeds prompts to a model (generation, probes, the logit lens,
+    the full-depth NLL, tuned-lens training): each prompt's ids cut by :func:`fit_prompt` to the budget
+    ``params`` leave in the model's context, with the count cut. Same prompt, model and params: same ids."""
+    budget = prompt_budget(loaded, params)
+    return [fit_prompt(loaded.tokenizer, text, params, budget) for text in texts]
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -468,8 +478,7 @@ def iter_completions(
         seed_depths = sorted(set(variants), reverse=True)
     if not prompts or not variants:
         return
-    budget = prompt_budget(loaded, params)
-    fitted = [fit_prompt(loaded.tokenizer, p.text, params, budget) for p in prompts]
+    fitted = fit_prompts(loaded, [p.text for p in prompts], params)
     encoded = [ids for ids, _ in fitted]
     for prompt, (_, cut) in zip(prompts, fitted, strict=True):
         if cut:
