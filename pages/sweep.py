@@ -354,7 +354,7 @@ def results(sel: Selection) -> None:
             "exit rule keeps the most refusals at 20 % compute saved."
         )
     st.subheader("Numbers")
-    st.dataframe(result_table(frame, flips), hide_index=True)
+    _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")
     st.caption(
         "coverage: the set's prompts answered at that depth (points that miss some are left out of the "
         "Report's headlines). judged: harmful prompts' answers with a verdict from this judge (undecided "
