@@ -1115,9 +1115,8 @@ def test_judges_page_compares_the_judges_within_the_chosen_scope(seeded, tiny_ha
 
     def n_by_depth(at: AppTest) -> dict[str, int]:
         table = at.dataframe[0].value
-        return dict(
-            zip(table[table["model"] == mine]["depth"], table[table["model"] == mine]["n"], strict=True)
-        )
+        rows = table[table["model · set"] == mine]
+        return dict(zip(rows["depth"], rows["n"], strict=True))
 
     at = open_page("judges")
     assert n_by_depth(at)["all depths"] == 16  # 4 harmful prompts × 4 depths
