@@ -468,6 +468,7 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     captions = " ".join(str(c.value) for c in at.caption)
     assert "beats the best baseline" in captions and "McNemar" in captions and "24 prompts" in captions
     assert "Training overlap: 3 of 24 prompts" in captions
+    assert not any("No layer can show harm detection" in str(i.value) for i in at.info)  # a layer does here
 
 
 def test_probe_run_button(app_env):
