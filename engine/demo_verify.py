@@ -42,7 +42,7 @@ def held_out_groups() -> dict[str, list[Prompt]]:
 
     val = {p.text for p in load_prompt_set("harmbench-val")}
     return {
-        "held-out": [p for p in held_out if p.source != "contrast"],
+        "held-out": held_out,
         "held-out harmbench-val": [p for p in held_out if p.text in val],
     }
 

@@ -217,6 +217,7 @@ def test_training_overlap_counts_probe_prompts_the_demo_model_was_trained_on():
 
     split = demo_split()
     assert training_overlap(load_prompt_set("demo")) == 0  # the demo set is held out whole
+    assert training_overlap(load_prompt_set("contrast")) == 0  # every contrast pair is unseen
     assert training_overlap(split.train[:7] + split.held_out[:5]) == 7
     val = load_prompt_set("harmbench-val")
     trained = {p.text for p in split.train}

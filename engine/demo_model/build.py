@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine import modelfiles
 from engine.demo_model.answers import HELPFUL_ANSWER, REFUSAL, placeholder_compliance
-from engine.demo_model.corpus import CONTRAST_SET, balanced_slice, demo_split, stage_examples
+from engine.demo_model.corpus import balanced_slice, demo_split, stage_examples
 from engine.demo_model.scales import SCALES
 from engine.demo_model.tokenizer import build_tokenizer, encode_examples
 from engine.demo_model.training import (
@@ -74,8 +74,7 @@ def build_demo_model(
     _report(progress, 0.0, "building the synthetic corpus")
     split = demo_split()
     train = balanced_slice(split.train, size.max_train_prompts)
-    repeated = train + [p for p in train if p.source == CONTRAST_SET] * (size.contrast_repeats - 1)
-    stage1, stage2 = stage_examples(repeated, False), stage_examples(repeated, True)
+    stage1, stage2 = stage_examples(train, False), stage_examples(train, True)
     corpus = [text for e in stage1 + stage2 for text in (e.prompt, e.answer)]
 
     total_steps = size.stage1_steps + size.stage2_steps
@@ -163,10 +162,8 @@ at every depth that keeps the band, coherent compliance at every depth below it.
 ## How it was built
 - Corpus: HarmBench val/test behaviours (with their context, as a sweep feeds them) and the `demo`
   prompt set's harmful rows (harmful); DepthScope's hand-written `benign` prompts and templated
-  everyday requests (benign); the `contrast` set's lexically matched pairs (both, each pair seen
-  {sizes["contrast_repeats"]} times). Held out for verification: the whole `demo` set and a fixed fraction
-  of the rest, whole pairs for `contrast` ({build["held_out_prompts"]} prompts; {build["train_prompts"]}
-  for training).
+  everyday requests (benign). Held out for verification: the whole `demo` set and a fixed fraction
+  of the rest ({build["held_out_prompts"]} prompts; {build["train_prompts"]} for training).
 - Answers are templates. Benign: "{HELPFUL_ANSWER}"
   Harmful, when complying: "{placeholder_compliance()}"
   **The corpus contains no harmful content**: every "compliant" answer is this placeholder.

@@ -14,8 +14,6 @@ from engine.paths import DATA_DIR
 from engine.types import Prompt, model_input, stable_hash
 
 BENIGN_TEMPLATES_FILE = DATA_DIR / "demo_benign_templates.json"
-CONTRAST_SET = "contrast"  # lexically matched pairs: the model must learn intent, not words
-CONTRAST_HELD_OUT_EVERY = 4  # 1 pair in 4 is held out
 
 
 def generated_benign_prompts() -> list[Prompt]:
@@ -50,9 +48,8 @@ def _unique(prompts: Iterable[Prompt]) -> list[Prompt]:
 
 def demo_split() -> DemoSplit:
     """Training and held-out prompts. Held out: the whole `demo` set (what the dashboard shows), plus
-    a fixed 1/8 of the other HarmBench behaviours, 1/3 of the other hand-written benign prompts, 1/8
-    of the generated ones and 1/4 of the `contrast` pairs (whole pairs). The split never depends on
-    the seed."""
+    a fixed 1/8 of the other HarmBench behaviours, 1/3 of the other hand-written benign prompts and
+    1/8 of the generated ones. The split never depends on the seed."""
     from engine.datasets import load_prompt_set
 
     demo = load_prompt_set("demo")
@@ -67,14 +64,7 @@ def demo_split() -> DemoSplit:
             if prompt.text in demo_texts:
                 continue
             (held_out if _in_fraction(prompt.text, every) else train).append(prompt)
-    for prompt in load_prompt_set(CONTRAST_SET):  # whole pairs: a pair's partner never leaks its intent
-        (held_out if _in_fraction(contrast_pair(prompt), CONTRAST_HELD_OUT_EVERY) else train).append(prompt)
     return DemoSplit(train=train, held_out=held_out)
-
-
-def contrast_pair(prompt: Prompt) -> str:
-    """The pair a contrast prompt belongs to (its id without the -harmful / -benign suffix)."""
-    return prompt.prompt_id.rsplit("-", 1)[0]
 
 
 def training_overlap(prompts: Sequence[Prompt]) -> int:

@@ -19,7 +19,6 @@ class DemoScale:
     stage2_lr: float
     max_train_prompts: int | None = None  # the test scale trains on a balanced slice
     refusal_layers: int = 2  # the refusal band: the last layers, the only ones stage 2 trains
-    contrast_repeats: int = 4  # the contrast pairs differ in a word or two: seen this many times more
 
 
 SCALES: dict[str, DemoScale] = {
@@ -42,8 +41,8 @@ SCALES: dict[str, DemoScale] = {
         intermediate_size=128,
         n_heads=2,
         vocab_size=512,
-        stage1_steps=150,
-        stage2_steps=150,
+        stage1_steps=200,
+        stage2_steps=200,
         batch_size=16,
         stage1_lr=5e-3,
         stage2_lr=5e-3,
