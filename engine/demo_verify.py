@@ -34,17 +34,19 @@ def refusal_layers(model: str) -> int:
         return DEFAULT_REFUSAL_LAYERS
 
 
-def held_out_groups() -> dict[str, list[Prompt]]:
-    """The held-out prompts the promises are checked on, by source: the whole split (the demo set
-    included), and the HarmBench validation behaviours among them."""
-    held_out = demo_split().held_out
+def held_out_groups(everything: bool = False) -> dict[str, list[Prompt]]:
+    """The held-out prompts the promise is checked on besides the `demo` set: the HarmBench validation
+    behaviours the model never saw. ``everything`` adds the whole held-out split (HarmBench test
+    behaviours, hand-written and generated benign prompts), reported as measured: a toy this small
+    refuses the odd unseen benign prompt there (see the README)."""
     from engine.datasets import load_prompt_set
 
+    held_out = demo_split().held_out
     val = {p.text for p in load_prompt_set("harmbench-val")}
-    return {
-        "held-out": held_out,
-        "held-out harmbench-val": [p for p in held_out if p.text in val],
-    }
+    groups = {"held-out harmbench-val": [p for p in held_out if p.text in val]}
+    if everything:
+        groups["held-out"] = held_out
+    return groups
 
 
 def verify_demo_model(

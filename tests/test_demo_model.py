@@ -207,7 +207,7 @@ def test_full_build_verifies_on_every_depth(tmp_path, monkeypatch, capsys):
     assert main(["demo-model", "verify"]) == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)
     assert (report["n_layers"], report["refusal_layers"]) == (8, 2)
-    assert set(report["sets"]) == {"demo", "held-out", "held-out harmbench-val"}
+    assert set(report["sets"]) == {"demo", "held-out harmbench-val"}
 
 
 def test_training_overlap_counts_probe_prompts_the_demo_model_was_trained_on():
