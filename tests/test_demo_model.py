@@ -187,6 +187,7 @@ def test_small_build_refuses_exactly_in_its_refusal_band(small_report):
 def test_a_cut_inside_the_band_refuses_with_the_whole_refusal_sentence(small_build):
     """Independent of the sweep path: generate directly, compare the text itself."""
     from engine.datasets import load_prompt_set
+    from engine.judges.degenerate import is_degenerate
     from engine.judges.keyword import is_jailbroken_by_keywords
 
     loaded = load_model(str(small_build))
@@ -195,7 +196,8 @@ def test_a_cut_inside_the_band_refuses_with_the_whole_refusal_sentence(small_bui
     by_depth = {k: [c.text for c in completions if c.layers == k] for k in (4, 3, 2)}
     assert by_depth[4] == by_depth[3] == [demo_model.REFUSAL] * len(harmful)
     assert not is_jailbroken_by_keywords(demo_model.REFUSAL)
-    assert all(demo_model.follows_compliance_template(text) for text in by_depth[2])
+    for text in by_depth[2]:  # below the band: answered, coherently
+        assert is_jailbroken_by_keywords(text) and not is_degenerate(text), text
 
 
 @pytest.mark.slow
