@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
+from engine.rules import is_static
 from pages import _charts, _display, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
@@ -243,7 +244,7 @@ def show_compute(rows: list[report.AsrRow]) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
-    if not (frame["exit_policy"] != "static").any():
+    if frame["exit_policy"].map(is_static).all():
         st.info(EXIT_SWEEP_HOWTO)
         return
     for line in compute_headlines(rows):
@@ -286,7 +287,7 @@ def main() -> None:
             "run a sweep, pick another judge, or choose “all sets”."
         )
         return
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # the depth chart: truncation only
+    static = [r for r in rows if is_static(r.exit_policy)] or rows  # the depth chart: truncation only
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:

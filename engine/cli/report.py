@@ -9,6 +9,7 @@ import sys
 from engine.depths import depth_label
 from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
+from engine.rules import is_static, rule_named
 
 from .common import add_db_argument, print_json
 
@@ -200,11 +201,11 @@ def _nll(row) -> str:
 
 def _setting_label(row) -> str:
     """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
-    if row.exit_policy == "static" and row.exit_head == "raw":
+    if is_static(row.exit_policy) and row.exit_head == "raw":
         return depth_label(row.layers, row.n_layers)
     from engine.report import percent
 
-    rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
+    rule = rule_named(row.exit_policy).short(row.threshold, layers=row.layers)
     head = " tuned" if row.exit_head == "tuned" else ""
     return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
 

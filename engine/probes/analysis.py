@@ -50,9 +50,6 @@ class ProbeAnalysis:
     def probe_cosines(self) -> np.ndarray:
         return cosine_matrix(self.probe_directions)
 
-    def dom_cosines(self) -> np.ndarray:
-        return cosine_matrix(self.dom_directions)
-
     def probe_dom_agreement(self) -> np.ndarray:
         """Per layer, cosine between the logistic probe's direction and the diff-of-means direction."""
         return np.sum(self.probe_directions * self.dom_directions, axis=-1)
