@@ -34,8 +34,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import UserInputError
 
-class UnknownRuleError(ValueError):
+
+class UnknownRuleError(UserInputError):
     """An exit rule name this engine does not know; the message lists the known ones."""
 
 
@@ -66,9 +68,9 @@ class ExitRule:
     def check_setting(self, value: float) -> None:
         """Refuse a setting outside the rule's range with one sentence (raises ValueError)."""
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"the {self.setting_name} {value!r} of the {self.name} rule is not a number")
+            raise UserInputError(f"the {self.setting_name} {value!r} of the {self.name} rule is not a number")
         if not self.low <= value <= self.high:
-            raise ValueError(
+            raise UserInputError(
                 f"{self.setting_name} {value:g} is outside {self.low:g}..{self.high:g}, the range of the "
                 f"{self.name} rule"
             )
@@ -101,7 +103,7 @@ class ExitRule:
 class StaticRule(ExitRule):
     def check_setting(self, value: float) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"depth {value!r} is not a whole number of layers ≥ 1")
+            raise UserInputError(f"depth {value!r} is not a whole number of layers ≥ 1")
 
 
 @dataclass(frozen=True)
@@ -191,11 +193,11 @@ def parse_settings(rule: ExitRule, text: str) -> tuple[float, ...]:
         try:
             value = float(part)
         except ValueError:
-            raise ValueError(f"{rule.setting_name} {part.strip()!r} is not a number") from None
+            raise UserInputError(f"{rule.setting_name} {part.strip()!r} is not a number") from None
         rule.check_setting(value)
         values.append(value)
     if not values:
-        raise ValueError(f"give at least one {rule.setting_name}, e.g. 0.9 (or several: 0.5, 0.8, 0.95)")
+        raise UserInputError(f"give at least one {rule.setting_name}, e.g. 0.9 (or several: 0.5, 0.8, 0.95)")
     return tuple(dict.fromkeys(values))
 
 

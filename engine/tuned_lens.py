@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.errors import UserInputError
 from engine.lens_files import LensNotFoundError, lens_sidecar_path, lens_weights_path
 from engine.models import LoadedModel
 from engine.tuned_head import TunedLens, load_lens
@@ -190,7 +191,7 @@ def _split(texts: Sequence[str], heldout_fraction: float, seed: int) -> tuple[li
     random.Random(seed).shuffle(order)
     n_heldout = max(1, round(len(texts) * heldout_fraction))
     if len(texts) < 2:
-        raise ValueError("a tuned lens needs at least 2 texts: some to train on, some held out")
+        raise UserInputError("a tuned lens needs at least 2 texts: some to train on, some held out")
     heldout = [texts[i] for i in order[:n_heldout]]
     return [texts[i] for i in order[n_heldout:]], heldout
 

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from engine.errors import DepthScopeError
 from engine.rules import DEFAULT_RULE, RULE_NAMES, dynamic_rules, rule_named
 
 
@@ -61,7 +62,7 @@ def prompt_from_text(text: str, label: str = "") -> Prompt:
     return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
 
 
-class ParamsError(ValueError):
+class ParamsError(DepthScopeError, ValueError):
     """A generation parameter that cannot be used; ``field`` names it (the CLI turns it into its option)."""
 
     def __init__(self, field_name: str, message: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
+from engine.errors import UserInputError
 from engine.paths import DEFAULT_MODEL
 from engine.rules import DEFAULT_RULE, RULES, dynamic_rules, is_dynamic, parse_settings, rule_named
 from engine.types import EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
@@ -169,7 +170,7 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         executor.close()
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """A command-line value that cannot be used; the message starts with the option's name."""
 
 
