@@ -154,7 +154,7 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         yield None
         return
     if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
-        raise ValueError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
+        raise UsageError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
     from engine.executors import make_executor  # imports ray: only with --ray
 
     executor = make_executor(

@@ -11,7 +11,7 @@ from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
 from engine.rules import is_static, rule_named
 
-from .common import add_db_argument, print_json
+from .common import UsageError, add_db_argument, print_json
 
 _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
@@ -38,7 +38,7 @@ def _check_prompt_sets(store, names: list[str] | None) -> None:
     known = {saved.name for saved in store.list_prompt_sets()}
     unknown = [name for name in names or [] if name not in known]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
             f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
         )
@@ -262,7 +262,7 @@ def run_label(args: argparse.Namespace) -> int:
     with Store.open(args.db) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
-            raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
+            raise UsageError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
         store.save_verdicts(
             [human_verdict(completion.key, args.label, args.note, completion=completion.text)]
         )
