@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-from engine.models import LoadedModel
+from engine.models import LoadedModel, innermost
 
 
 def hidden_of(output: object) -> torch.Tensor:
@@ -66,12 +66,18 @@ def captured_residuals(
             found[k] = picked.detach() if detach else picked
 
     def hook_for(k: int):
-        def after_layer(_module, args, kwargs, output):
-            if k == 1:
-                keep(0, layer_input(args, kwargs))
+        def after_layer(_module, _args, _kwargs, output):
             keep(k, hidden_of(output))
 
         return after_layer
 
-    with after_every_layer(loaded, hook_for):
-        yield found
+    def before_first_block(_module, args, kwargs):
+        keep(0, layer_input(args, kwargs))
+
+    # Residual 0 is what the first block itself reads (after any wrapper, e.g. an ablation, changed it).
+    first = innermost(loaded.layers[0]).register_forward_pre_hook(before_first_block, with_kwargs=True)
+    try:
+        with after_every_layer(loaded, hook_for):
+            yield found
+    finally:
+        first.remove()

@@ -21,8 +21,11 @@ compute for an exited token:
   tensor per layer above ``min_layers`` (a host sync per layer, the price of not computing what is not
   needed).
 
-A rule with a fixed set of kept layers per row or a draft-and-verify scheme plugs in through the rule's
-``exit_is_fixed`` / ``layers_kept`` (the router runs layer i on the rows whose set includes it).
+Extending: a rule whose rows keep a set of layers other than a prefix (a block removed) declares it
+with ``layers_kept``; the loop then needs a prefill per setting group (the prompt's states differ after
+the gap) and ``_Router._run_prefix`` generalised to host-known row sets (an index instead of a slice,
+still no sync). A draft-and-verify rule (self-speculative decoding) reuses ``_routed`` and the cache
+handling with its own step: draft with the first k layers, verify the drafted tokens at full depth.
 """
 
 from __future__ import annotations
@@ -268,9 +271,9 @@ def _run_rows(layer, hidden, args, kwargs, rows, cache, stand_in):
 class _Router:
     """Shared by every layer of one decoding loop: which rows run layer k this step and what is read."""
 
-    def __init__(self, climb: _Climb, cache) -> None:
+    def __init__(self, climb: _Climb) -> None:
         self.climb = climb
-        self.cache = cache
+        self.cache = None  # set once the model is cut
         self.decoding = False  # the prompt runs whole: every row through every kept layer
         self.row_deepest: list[int] = list(climb.fixed_exit)
 
@@ -402,7 +405,6 @@ class _Live:
     mask: torch.Tensor
     positions: torch.Tensor
     generators: list[torch.Generator] | None
-    climb: _Climb
     router: _Router
 
     def keep_only(self, keep: torch.Tensor, cache) -> None:
@@ -414,13 +416,27 @@ class _Live:
         keep_list = keep.tolist()
         self.origin, self.mask, self.positions = self.origin[keep], self.mask[keep], self.positions[keep]
         self.router.row_deepest = [self.router.row_deepest[i] for i in keep_list]
-        climb = self.climb
+        climb = self.router.climb
         climb.thresholds = climb.thresholds[keep]
         if climb.fixed_exit:
             climb.fixed_exit = [climb.fixed_exit[i] for i in keep_list]
         climb.exit_state = climb.exit_state[keep]
         if self.generators is not None:
             self.generators = [self.generators[i] for i in keep_list]
+
+
+def _check_settings(rule: ExitRule, groups: Sequence[float], deepest: Sequence[int], n_layers: int) -> None:
+    if not groups:
+        raise ValueError("no rows to decode")
+    for k in deepest:
+        if not 1 <= k <= n_layers:
+            raise ValueError(f"layers {k} is out of range 1..{n_layers}")
+    if rule.exit_is_fixed and any(
+        rule.layers_kept(g, n_layers) != tuple(range(k)) for g, k in zip(groups, deepest, strict=True)
+    ):
+        # A row that skips a block needs its own prefill (its prompt states differ after the gap) and
+        # a router over row sets instead of prefixes: the places to extend for such a rule.
+        raise NotImplementedError(f"the {rule.name} rule keeps layers other than a prefix: extend the loop")
 
 
 def decode_rows(
@@ -438,115 +454,109 @@ def decode_rows(
     """
     from engine.exits import RAW_HEAD
 
-    head = head or RAW_HEAD
     rule = rule_named(params.exit_policy)
     n_layers, device = loaded.n_layers, loaded.device
     groups = ordered_settings(rule, settings)
     group_deepest = [rule.deepest(s, n_layers) for s in groups]
-    if not groups:
-        raise ValueError("no rows to decode")
-    for k in group_deepest:
-        if not 1 <= k <= n_layers:
-            raise ValueError(f"layers {k} is out of range 1..{n_layers}")
-    deepest = max(group_deepest)
+    _check_settings(rule, groups, group_deepest, n_layers)
     n_prompts = len(prompt_ids)
     n_rows = n_prompts * len(groups)
-    pad_id = loaded.tokenizer.pad_token_id
-    eos_ids = set(loaded.eos_token_ids)
-    eos_tensor = torch.tensor(sorted(eos_ids), device=device)
-    ids, mask = left_pad(prompt_ids, pad_id, device)
-    dtype = next(loaded.model.parameters()).dtype
-    template = _Climb(
+    climb = _Climb(
         loaded,
         rule,
-        head,
+        head or RAW_HEAD,
         torch.tensor(
             [float(s) for s in groups for _ in range(n_prompts)], dtype=torch.float32, device=device
         ),
         [k for k in group_deepest for _ in range(n_prompts)] if rule.exit_is_fixed else [],
         params.min_layers,
-        deepest,
+        max(group_deepest),
         torch.zeros(n_rows, dtype=torch.bool, device=device),
         torch.zeros(n_rows, dtype=torch.long, device=device),
-        torch.zeros((n_rows, loaded.info.hidden_size), dtype=dtype, device=device),
+        torch.zeros(
+            (n_rows, loaded.info.hidden_size), dtype=next(loaded.model.parameters()).dtype, device=device
+        ),
     )
     generators = None if params.greedy else row_generators(row_seeds or [params.seed] * n_rows, device)
-    steps: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, tokens) per step: grows with the answer
-    step_layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows, exit layer) per step
+    ids, mask = left_pad(prompt_ids, loaded.tokenizer.pad_token_id, device)
     with loaded.lock, torch.inference_mode():
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=loaded.model.config)
-        climb = _Climb.start(template)
-        router = _Router(climb, cache)
-        if rule.exit_is_fixed:
-            router.row_deepest = list(template.fixed_exit)
-        else:
-            router.row_deepest = [n_layers] * n_rows
-        with _routed(loaded, deepest, router):
-            with captured_residuals(loaded, range(deepest + 1)) as residuals:
-                loaded.model(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=position_ids_for(mask),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            for k in range(1, deepest + 1):  # the first token's exit, replayed on the prompt's last position
-                climb.observe(
-                    k, None, residuals[k - 1].repeat(len(groups), 1), residuals[k].repeat(len(groups), 1)
-                )
-            logits = loaded.logits_from_hidden(climb.exit_state)
-            exit_layer = climb.exit_layer
+        router = _Router(climb)
+        router.row_deepest = list(climb.fixed_exit) if rule.exit_is_fixed else [n_layers] * n_rows
+        with _routed(loaded, climb.deepest, router):
+            # built for the cut model: one cache layer per layer that runs (and its config's layer types)
+            router.cache = cache = DynamicCache(config=loaded.model.config)
+            logits = _first_token(loaded, ids, mask, cache, climb, len(groups))
             _replicate_cache(cache, n_prompts, group_deepest, device)
             mask = mask.repeat(len(groups), 1)
-            live = _Live(
-                torch.arange(n_rows, device=device),
-                mask,
-                position_ids_for(mask)[:, -1:],
-                generators,
-                climb,
-                router,
-            )
-            router.decoding = True
-            for step in range(params.max_new_tokens):
-                chosen = choose_tokens(logits, params, live.generators)
-                steps.append((live.origin, chosen))
-                step_layers.append((live.origin, exit_layer))
-                finished = torch.isin(chosen, eos_tensor)
-                n_finished = int(finished.sum())  # the one host sync per step: the stopping check
-                if step == params.max_new_tokens - 1 or n_finished == live.origin.shape[0]:
-                    break
-                if n_finished:
-                    keep = (~finished).nonzero().squeeze(1)
-                    live.keep_only(keep, cache)
-                    chosen = chosen[keep]
-                live.mask = torch.cat([live.mask, live.mask.new_ones((live.mask.shape[0], 1))], dim=1)
-                live.positions = live.positions + 1
-                live.climb = router.climb = _Climb.start(live.climb)
-                logits = loaded.model(
-                    input_ids=chosen[:, None],
-                    attention_mask=live.mask,
-                    position_ids=live.positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                ).logits[:, -1, :]
-                exit_layer = live.climb.exit_layer
-    generated = _token_table(steps, n_rows, pad_id, device).tolist()
+            origin = torch.arange(n_rows, device=device)
+            live = _Live(origin, mask, position_ids_for(mask)[:, -1:], generators, router)
+            steps, step_layers = _decode(loaded, params, cache, live, logits)
+    return _row_outputs(loaded, steps, step_layers, n_prompts, groups, group_deepest)
+
+
+def _first_token(loaded: LoadedModel, ids, mask, cache, climb: _Climb, n_groups: int) -> torch.Tensor:
+    """The prompt's prefill (every layer up to the deepest, for every prompt once) and the first token's
+    logits: its exit replayed on the prompt's last position, per setting group."""
+    with captured_residuals(loaded, range(climb.deepest + 1)) as residuals:
+        loaded.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids_for(mask),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    for k in range(1, climb.deepest + 1):
+        climb.observe(k, None, residuals[k - 1].repeat(n_groups, 1), residuals[k].repeat(n_groups, 1))
+    return loaded.logits_from_hidden(climb.exit_state)
+
+
+def _decode(loaded: LoadedModel, params: GenerationParams, cache, live: _Live, logits: torch.Tensor):
+    """The decoding steps: (rows, tokens) and (rows, exit layers) per step, for the rows live then."""
+    eos = torch.tensor(sorted(set(loaded.eos_token_ids)), device=logits.device)
+    router = live.router
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    step_layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    router.decoding = True
+    for step in range(params.max_new_tokens):
+        chosen = choose_tokens(logits, params, live.generators)
+        steps.append((live.origin, chosen))
+        step_layers.append((live.origin, router.climb.exit_layer))
+        finished = torch.isin(chosen, eos)
+        n_finished = int(finished.sum())  # the one host sync per step: the stopping check
+        if step == params.max_new_tokens - 1 or n_finished == live.origin.shape[0]:
+            break
+        if n_finished:
+            keep = (~finished).nonzero().squeeze(1)
+            live.keep_only(keep, cache)
+            chosen = chosen[keep]
+        live.mask = torch.cat([live.mask, live.mask.new_ones((live.mask.shape[0], 1))], dim=1)
+        live.positions = live.positions + 1
+        router.climb = _Climb.start(router.climb)
+        logits = loaded.model(
+            input_ids=chosen[:, None],
+            attention_mask=live.mask,
+            position_ids=live.positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+    return steps, step_layers
+
+
+def _row_outputs(
+    loaded: LoadedModel, steps, step_layers, n_prompts: int, groups, group_deepest
+) -> list[RowOutput]:
+    n_rows, device = n_prompts * len(groups), loaded.device
+    eos_ids = set(loaded.eos_token_ids)
+    generated = _token_table(steps, n_rows, loaded.tokenizer.pad_token_id, device).tolist()
     layer_rows = _token_table(step_layers, n_rows, 0, device).tolist()
     rows = []
     for row, tokens in enumerate(generated):
         token_ids = _cut_at_eos(tokens, eos_ids)
         group = row // n_prompts
-        rows.append(
-            RowOutput(
-                row % n_prompts,
-                group_deepest[group],
-                token_ids,
-                tuple(layer_rows[row][: len(token_ids)]),
-                groups[group],
-            )
-        )
+        exits = tuple(layer_rows[row][: len(token_ids)])
+        rows.append(RowOutput(row % n_prompts, group_deepest[group], token_ids, exits, groups[group]))
     return rows
