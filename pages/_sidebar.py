@@ -85,10 +85,9 @@ def _exit_inputs() -> None:
         list(RULES),
         format_func=lambda name: RULES[name].menu_label,
         key="exit_policy",
-        help="Confidence: a token leaves at the first layer (from the minimum on) where the exit head's "
-        "top-1 minus top-2 probability reaches the threshold. Saturation: where the cosine between "
-        "consecutive layers' states reaches it. Skipped layers still compute keys and values "
-        "from the exited state (CALM's state propagation), so compute saved is counted, not timed.",
+        help=" ".join(f"{rule.menu_label.capitalize()}: {rule.help}." for rule in RULES.values())
+        + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
+        "state propagation).",
     )
     if is_dynamic(st.session_state.get("exit_policy")):
         st.text_input(
