@@ -60,6 +60,9 @@ class AsrRow:
     min_layers: int | None = None
     mean_exit_layers: float | None = None
     compute_fraction: float | None = None
+    # The tuned lens a tuned-head row was read with (its content hash; None for the raw head): rows of a
+    # retrained lens are other rows, and say so.
+    lens_hash: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -177,9 +180,11 @@ def _exit_fields(r, n_layers: int) -> dict:
     policy = rule_named(params.get("exit_policy")).name
     dynamic = is_dynamic(policy)
     mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
+    head = str(params.get("exit_head", "raw"))
     return {
         "exit_policy": policy,
-        "exit_head": str(params.get("exit_head", "raw")),
+        "exit_head": head,
+        "lens_hash": str(params.get("lens_hash") or "") or None if head == "tuned" else None,
         "threshold": float(params.get("threshold", 0.0)) if dynamic else None,
         "min_layers": int(params.get("min_layers", 1)) if dynamic else None,
         "mean_exit_layers": round(mean_exit, 4),
