@@ -12,7 +12,7 @@ from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
-from engine.lens_files import DamagedLensError, read_lens_report
+from engine.lenses.files import DamagedLensError, read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection

@@ -723,7 +723,7 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
 
 @pytest.fixture
 def exits_seeded(seeded, tiny_hash, tiny_tokenizer, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "lenses")
     return seeded | seed_exits(seeded["db"], tiny_hash, tiny_tokenizer, tmp_path / "lenses")
@@ -861,7 +861,7 @@ def test_probes_page_compares_raw_and_tuned_lens(exits_seeded):
 
 
 def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "no-lenses")
     at = open_page("probes")
@@ -885,7 +885,7 @@ def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_p
 def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
     import torch
 
-    from engine.tuned_head import TunedLens
+    from engine.lenses.tuned import TunedLens
 
     nan_lens = TunedLens(8, 64)
     torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},
