@@ -1,4 +1,4 @@
-"""Early exit (engine.lenses.heads): cache keys, exactness against static truncation, and an independent
+"""Early exit (engine.rules, engine.decoding.loop): cache keys, exactness against static truncation, and an independent
 no-cache reference for per-token exits with CALM state propagation, on every supported architecture."""
 
 from __future__ import annotations
