@@ -749,6 +749,8 @@ def test_sidebar_exit_settings_reach_the_selection(app_env):
     assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 1)
     at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
     assert any("is not a number" in str(e.value) for e in at.sidebar.error)
+    at.sidebar.text_input(key="exit_thresholds").input("0.5, 1.5").run()  # the CLI's range too
+    assert any("1.5 is outside 0..1" in str(e.value) for e in at.sidebar.error)
     assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile
     assert not at.exception
 
@@ -817,9 +819,10 @@ def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
 
 
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
-    """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
-    exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
-    at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
+    """Threshold 1 (the top of the confidence rule's range, which the sidebar accepts) is out of reach
+    on this model (every token uses all 8 layers); threshold 0 exits every token at the minimum, layer
+    1: the strip shows exactly that, per token."""
+    at = _choose_exit(open_page("explorer"), "confidence", "0, 1")
     button = at.button(key="generate-exits")
     assert "(2)" in button.label
     button.click().run(timeout=JOB_TIMEOUT)
