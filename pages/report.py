@@ -173,10 +173,27 @@ class Download:
     key: str
 
 
-def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> list[Download]:
+def download_list(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    rows: list[report.AsrRow] | None = None,
+) -> list[Download]:
     def html() -> str:
         figure = _charts.asr_figure(frame)
-        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame))
+        exits = _charts.with_exit_columns(report.asr_frame([r for r in rows or [] if r.n or r.benign_n]))
+        dynamic = bool((exits["exit_policy"] != "static").any())
+        return _charts.report_html(
+            TITLE,
+            lines,
+            notes,
+            figure,
+            table_for_export(frame),
+            exit_lines=compute_headlines(rows or []) if dynamic else (),
+            exit_fig=_charts.compute_figure(exits) if dynamic else None,
+            exit_table=_charts.exit_table(exits) if dynamic else None,
+        )
 
     return [
         Download("Report (HTML, works offline)", html, "depthscope-report.html", "text/html", "dl-html"),
@@ -200,10 +217,16 @@ def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.
     ]
 
 
-def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> None:
+def downloads(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    rows: list[report.AsrRow] | None = None,
+) -> None:
     st.subheader("Take it with you")
     row = st.container(horizontal=True)
-    for item in download_list(sel, lines, notes, frame):
+    for item in download_list(sel, lines, notes, frame, rows):
         row.download_button(
             item.label,
             data=item.data,
@@ -297,7 +320,7 @@ def main() -> None:
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
-    downloads(sel, lines, notes, frame)
+    downloads(sel, lines, notes, frame, rows)
 
 
 main()

@@ -350,7 +350,7 @@ def results(sel: Selection) -> None:
             "exit rule keeps the most refusals at 20 % compute saved."
         )
     st.subheader("Numbers")
-    st.dataframe(result_table(frame, flips), hide_index=True)
+    _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")
     st.caption(
         "judged: harmful prompts' answers with a verdict from this judge (undecided included). incoherent %: "
         "share of the judged answers flagged incoherent. median full-depth NLL: nats/token, median over "
