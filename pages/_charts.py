@@ -722,7 +722,7 @@ def exit_table(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "model": [short(m) for m in frame["model"]],
             "rule": [
-                f"{EXIT_POLICY_NAMES.get(p, p)}, {h} head"
+                f"{rule_named(p).label}, {h} head"
                 for p, h in zip(frame["exit_policy"], frame["exit_head"], strict=True)
             ],
             "at": [_exit_point_label(row) for _, row in frame.iterrows()],

@@ -183,7 +183,7 @@ def download_list(
     def html() -> str:
         figure = _charts.asr_figure(frame)
         exits = _charts.with_exit_columns(report.asr_frame([r for r in rows or [] if r.n or r.benign_n]))
-        dynamic = bool((exits["exit_policy"] != "static").any())
+        dynamic = not exits["exit_policy"].map(is_static).all()
         return _charts.report_html(
             TITLE,
             lines,
