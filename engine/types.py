@@ -10,6 +10,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from engine.errors import DepthScopeError
+from engine.rules import DEFAULT_RULE, RULE_NAMES, dynamic_rules, rule_named
+
 
 def stable_hash(obj: object, length: int = 16) -> str:
     """A short, stable hex digest of a JSON-serialisable object (cache keys)."""
@@ -31,6 +34,18 @@ class ModelInfo:
 
     def depth_percent(self, layers: int) -> float:
         return 100.0 * layers / self.n_layers
+
+
+# The numerics every key computed before dtype and device were keyed had: their keys stay unchanged.
+BASELINE_NUMERICS = ("float32", "cpu")
+
+
+def numerics_hash(weights_hash: str, dtype: str, device_type: str) -> str:
+    """The model hash cache keys use: the weights' hash, and the dtype and device type the model
+    computes in (other kernels, other numbers) unless they are float32 on CPU, whose keys predate this."""
+    if (dtype, device_type) == BASELINE_NUMERICS:
+        return weights_hash
+    return stable_hash(["numerics", weights_hash, dtype, device_type])
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ def prompt_from_text(text: str, label: str = "") -> Prompt:
     return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
 
 
-class ParamsError(ValueError):
+class ParamsError(DepthScopeError, ValueError):
     """A generation parameter that cannot be used; ``field`` names it (the CLI turns it into its option)."""
 
     def __init__(self, field_name: str, message: str) -> None:
@@ -78,13 +93,13 @@ def _is_whole(value: object) -> bool:
 # Below this, logits / temperature overflow float32 and sampling turns into NaNs: use 0 (greedy) instead.
 MIN_TEMPERATURE = 1e-3
 
-EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation")
+EXIT_POLICIES: tuple[str, ...] = RULE_NAMES  # engine.rules knows what each one does
 EXIT_HEADS: tuple[str, ...] = ("raw", "tuned")
 
 # The early-exit fields and their defaults. A field at its default is left out of the cache key, so
 # every static raw-head key computed before early exit existed is still the same key.
 EXIT_DEFAULTS: dict[str, object] = {
-    "exit_policy": "static",
+    "exit_policy": DEFAULT_RULE.name,
     "threshold": 0.0,
     "min_layers": 1,
     "exit_head": "raw",
@@ -110,13 +125,14 @@ class GenerationParams:
     seed: int = 0
     chat_template: bool = True
     system_prompt: str | None = None
-    exit_policy: str = "static"
+    exit_policy: str = DEFAULT_RULE.name
     threshold: float = 0.0
     min_layers: int = 1
     exit_head: str = "raw"
     lens_hash: str = ""
 
     def __post_init__(self) -> None:
+        self._normalise_numbers()
         if not _is_whole(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ParamsError(
                 "max_new_tokens", f"{self.max_new_tokens!r} is not a whole number ≥ 1: give e.g. 64"
@@ -127,6 +143,14 @@ class GenerationParams:
         if not _is_whole(self.seed):
             raise ParamsError("seed", f"{self.seed!r} is not a whole number")
         self._check_exit()
+
+    def _normalise_numbers(self) -> None:
+        """Equal settings, one key: -0.0 and 0 are 0.0, whole numbers given for floats become floats
+        (json writes 0 and -0.0 differently from 0.0). Values that are not numbers are left to the checks."""
+        for name in ("temperature", "top_p", "threshold"):
+            value = getattr(self, name)
+            if _is_number(value) and math.isfinite(value):
+                object.__setattr__(self, name, float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0
 
     def _check_exit(self) -> None:
         """Early-exit fields: known policy and head; a finite threshold and min layers ≥ 1 for dynamic
@@ -148,11 +172,12 @@ class GenerationParams:
             raise ParamsError(
                 "min_layers", f"min layers must be at least 1 (a whole number), got {self.min_layers!r}"
             )
-        if self.exit_policy == "static" and (self.threshold != 0.0 or self.min_layers != 1):
+        if not rule_named(self.exit_policy).dynamic and (self.threshold != 0.0 or self.min_layers != 1):
             raise ParamsError(
                 "threshold" if self.threshold != 0.0 else "min_layers",
-                "threshold and min layers only apply to the confidence and saturation exit policies; "
-                "a static run exits every token at its depth (--layers)",
+                "threshold and min layers only apply to the "
+                f"{' and '.join(r.name for r in dynamic_rules())} exit policies; "
+                f"a {self.exit_policy} run exits every token at its depth (--layers)",
             )
 
     @staticmethod
@@ -181,11 +206,18 @@ class GenerationParams:
     @property
     def dynamic_exit(self) -> bool:
         """True when each token picks its own exit layer (confidence or saturation)."""
-        return self.exit_policy != "static"
+        return rule_named(self.exit_policy).dynamic
 
     def key(self) -> str:
-        """Cache key of everything that changes the output (early-exit fields only when not default)."""
+        """Cache key of everything that changes the output (early-exit fields only when not default).
+
+        Settings that cannot change the output take their defaults: greedy decoding reads neither the
+        seed nor top-p, and only a tuned head reads a lens."""
         fields = asdict(self)
+        if self.greedy:
+            fields["seed"], fields["top_p"] = 0, 1.0
+        if self.exit_head != "tuned":
+            fields["lens_hash"] = ""
         for name, default in EXIT_DEFAULTS.items():
             if fields[name] == default:
                 del fields[name]

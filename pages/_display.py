@@ -16,8 +16,10 @@ import logging
 import re
 from collections.abc import Sequence
 
+import pandas as pd
 import streamlit as st
 
+from engine.errors import user_message
 from pages import _charts
 
 log = logging.getLogger("depthscope.app")
@@ -40,11 +42,24 @@ def page_header(title: str, explanation: str) -> None:
     st.caption(explanation)
 
 
+def error_sentence(exc: BaseException) -> str:
+    """One sentence for the page: a user-facing engine error's own message; anything else is a bug,
+    logged with its traceback and named as one."""
+    message = user_message(exc)
+    if message is not None:
+        log.info("engine error shown to the user", exc_info=exc)
+        return message
+    log.error("unexpected error (a bug)", exc_info=exc)
+    return (
+        f"Something went wrong inside DepthScope ({type(exc).__name__}). This is a bug, not your input: "
+        "the traceback is in the server log."
+    )
+
+
 def show_error(exc: BaseException) -> None:
     """An engine error as a message, never a traceback (the server log keeps the details). Messages
     may quote CSV cells or paths, so they are escaped: nothing in them is read as markdown."""
-    log.info("engine error shown to the user", exc_info=exc)
-    st.error(md_escape(str(exc) or type(exc).__name__), icon=":material/error:")
+    st.error(md_escape(error_sentence(exc)), icon=":material/error:")
 
 
 def short_name(model: str, width: int = 42) -> str:
@@ -61,15 +76,33 @@ def show_plain_text(text: str, big: bool = False) -> None:
 
 # ---------------------------------------------------------------- tokens coloured by exit layer
 
-# Early exits warm (less of the network used), full depth cool; text stays dark on every shade.
-_EXIT_EARLY = (253, 186, 116)
-_EXIT_FULL = (191, 219, 254)
+# Early exits warm (less of the network used), full depth cool; text stays dark on every shade. The
+# light hue ramp runs red → orange → yellow → green → blue → violet, so neighbouring layers of a
+# model with up to about a dozen layers get clearly different colours (a two-colour blend made
+# layers 1 and 2 of 8 look alike).
+_EXIT_STOPS = (
+    (252, 165, 165),  # red
+    (253, 186, 116),  # orange
+    (253, 224, 71),  # yellow
+    (190, 242, 100),  # lime
+    (134, 239, 172),  # green
+    (94, 234, 212),  # teal
+    (125, 211, 252),  # sky
+    (165, 180, 252),  # indigo
+    (216, 180, 254),  # violet
+)
+_NO_EXIT_STYLE = "border-bottom:1px dashed #9aa0a6"  # a token whose stored exit layer is missing or invalid
 
 
 def exit_colour(layer: int, n_layers: int) -> str:
     """Background for a token that exited after ``layer`` of ``n_layers`` layers."""
     share = 0.0 if n_layers <= 1 else min(max((layer - 1) / (n_layers - 1), 0.0), 1.0)
-    red, green, blue = (round(a + (b - a) * share) for a, b in zip(_EXIT_EARLY, _EXIT_FULL, strict=True))
+    position = share * (len(_EXIT_STOPS) - 1)
+    low = min(int(position), len(_EXIT_STOPS) - 2)
+    mix = position - low
+    red, green, blue = (
+        round(a + (b - a) * mix) for a, b in zip(_EXIT_STOPS[low], _EXIT_STOPS[low + 1], strict=True)
+    )
     return f"rgb({red},{green},{blue})"
 
 
@@ -78,15 +111,20 @@ def _span(text: str, style: str, title: str) -> str:
     return f'<span style="{style}" title="{title}">{text}</span>'
 
 
-def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int], n_layers: int) -> str:
-    """Model text as HTML spans, one per token, coloured by its exit layer. Every piece is HTML-escaped
-    (tags, quotes, ampersands) and sits in a plain span: it is rendered by ``st.html``, which reads no
-    markdown or LaTeX, so ``<img>``, ``![x](y)`` and ``$x$`` in a token stay visible characters."""
+def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int | None], n_layers: int) -> str:
+    """Model text as HTML spans, one per token, coloured by its exit layer (uncoloured where the stored
+    row gives none that is valid: None). Every piece is HTML-escaped (tags, quotes, ampersands) and sits
+    in a plain span: it is rendered by ``st.html``, which reads no markdown or LaTeX, so ``<img>``,
+    ``![x](y)`` and ``$x$`` in a token stay visible characters."""
     spans = [
         _span(
             piece,
             f"background:{exit_colour(int(layer), n_layers)};border-radius:3px;padding:1px 0",
             f"token {index + 1}: exited after {int(layer)} of {n_layers} layers",
+        )
+        if layer is not None
+        else _span(
+            piece, "border-bottom:1px dashed #9aa0a6", f"token {index + 1}: no valid exit layer stored"
         )
         for index, (piece, layer) in enumerate(zip(pieces, exit_layers, strict=True))
     ]
@@ -107,7 +145,46 @@ def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int], n_layers:
 
 
 def _legend_layers(n_layers: int) -> list[int]:
-    """At most six legend swatches from 1 to L."""
-    if n_layers <= 6:
+    """Every layer up to ten layers; else ten swatches from 1 to L."""
+    if n_layers <= 10:
         return list(range(1, n_layers + 1))
-    return sorted({round(1 + i * (n_layers - 1) / 5) for i in range(6)})
+    return sorted({round(1 + i * (n_layers - 1) / 9) for i in range(10)})
+
+
+# ---------------------------------------------------------------- tables that fit the page
+
+TABLE_WIDTH_PX = 900  # the main column is about 940 pixels wide in a 1440-pixel window, sidebar open
+# Streamlit's grid, measured in Chromium: about 6.3 px a character plus 24 px a column (rounded up
+# here), and no column wider than about 40 characters.
+_CHAR_PX, _CELL_PADDING_PX, _LONGEST_CELL = 6.6, 24, 40
+
+
+def column_px(frame: pd.DataFrame, column: str) -> int:
+    """About how wide Streamlit's grid draws ``column``: its header or longest cell, whichever is wider."""
+    cells = frame[column].astype(str).str.len() if len(frame) else pd.Series([0])
+    longest = max(len(str(column)), int(cells.max()))
+    return round(_CELL_PADDING_PX + _CHAR_PX * min(longest, _LONGEST_CELL))
+
+
+def split_columns(frame: pd.DataFrame, keep: int = 1, width_px: int = TABLE_WIDTH_PX) -> tuple[list, list]:
+    """(the columns shown, the rest): columns in order while they fit ``width_px``; the first ``keep``
+    always, since they say what a row is."""
+    shown, used = [], 0
+    for index, column in enumerate(frame.columns):
+        width = column_px(frame, column)
+        if index >= keep and used + width > width_px:
+            break
+        shown.append(column)
+        used += width
+    return shown, [c for c in frame.columns if c not in shown]
+
+
+def fitting_table(frame: pd.DataFrame, *, keep: int = 1, key: str, **kwargs) -> None:
+    """A table that is never cut at the page's right edge: the columns that fit, then the others in an
+    expander, each row named again by its first ``keep`` columns."""
+    shown, rest = split_columns(frame, keep)
+    st.dataframe(frame[shown], hide_index=True, key=f"{key}-main", **kwargs)
+    if rest:
+        names = ", ".join(str(c) for c in rest)
+        with st.expander(md_escape(f"More columns: {names}")):
+            st.dataframe(frame[[*frame.columns[:keep], *rest]], hide_index=True, key=f"{key}-more", **kwargs)

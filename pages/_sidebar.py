@@ -4,19 +4,35 @@ builder and the background job's progress."""
 from __future__ import annotations
 
 import contextlib
-import re
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import streamlit as st
 
 from engine import modelfiles
-from engine.datasets import BUILTIN_SETS, DatasetError, parse_csv, to_csv
+from engine.datasets import (
+    BUILTIN_SETS,
+    DatasetError,
+    parse_csv,
+    to_csv,
+    upload_display_name,
+    upload_file_name,
+)
 from engine.paths import PathNotAllowedError, check_allowed
+from engine.rules import RULES, is_dynamic
 from engine.store import DEFAULT_DB_PATH, StoreError
 from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
-from pages._paths import ENV_DB, checked_source, default_db, default_model, resolve_db, uploads_dir
+from pages._paths import (
+    ALLOW_OTHER_FOLDERS,
+    ENV_DB,
+    EXAMPLE_MODEL_DIR,
+    checked_source,
+    default_db,
+    default_model,
+    resolve_db,
+    uploads_dir,
+)
 from pages._queries import available_sets, clear_data, stored_models
 from pages._selection import DEFAULT_PROMPT_SET, OTHER_MODEL, Selection, selection
 
@@ -32,8 +48,8 @@ DEFAULT_MODEL_SHORT = (
 REAL_MODEL_HOWTO = (
     "To study a real chat model, choose **Other model** and give a local Hugging Face checkpoint folder "
     "(config.json, tokenizer files, \\*.safetensors) or a .gguf file, for example "
-    "`/models/Llama-2-7b-chat-hf`. Supported: Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi-3, GPT-2, "
-    "GPT-NeoX. A GPU is used automatically when there is one."
+    f"`{EXAMPLE_MODEL_DIR}`. {ALLOW_OTHER_FOLDERS} Supported: Llama, Mistral, Qwen2/3, Gemma/Gemma2, "
+    "Phi-3, GPT-2, GPT-NeoX. A GPU is used automatically when there is one."
 )
 MODEL_LABELS = {
     OTHER_MODEL: "Other model: a checkpoint folder or .gguf file…",
@@ -74,11 +90,6 @@ def _settings_inputs() -> None:
     st.caption("Completions are cached per model, prompt, depth and these settings.")
 
 
-EXIT_POLICY_LABELS = {
-    "static": "static (the chosen depth)",
-    "confidence": "confidence (CALM)",
-    "saturation": "saturation (CALM)",
-}
 EXIT_HEAD_LABELS = {"raw": "raw: final norm + head", "tuned": "tuned lens, then the head"}
 
 
@@ -86,15 +97,14 @@ def _exit_inputs() -> None:
     """Early exit: the policy, its thresholds and minimum depth, and how a layer's state is read."""
     st.selectbox(
         "Exit policy",
-        list(EXIT_POLICY_LABELS),
-        format_func=EXIT_POLICY_LABELS.get,
+        list(RULES),
+        format_func=lambda name: RULES[name].menu_label,
         key="exit_policy",
-        help="Confidence: a token leaves at the first layer (from the minimum on) where the exit head's "
-        "top-1 minus top-2 probability reaches the threshold. Saturation: where the cosine between "
-        "consecutive layers' states reaches it. Skipped layers still compute keys and values "
-        "from the exited state (CALM's state propagation), so compute saved is counted, not timed.",
+        help=" ".join(f"{rule.menu_label.capitalize()}: {rule.help}." for rule in RULES.values())
+        + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
+        "state propagation).",
     )
-    if st.session_state.get("exit_policy", "static") != "static":
+    if is_dynamic(st.session_state.get("exit_policy")):
         st.text_input(
             "Thresholds",
             value="0.9",
@@ -151,7 +161,7 @@ def _model_picker(db: str) -> None:
 
 def _model_path_box() -> None:
     path = st.text_input(
-        "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder="/models/Llama-2-7b-chat-hf"
+        "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder=EXAMPLE_MODEL_DIR
     )
     fallback = model_label(default_model())
     source, problem = checked_source(path, "model path")
@@ -168,7 +178,22 @@ def _model_path_box() -> None:
 
 def set_title(name: str) -> str:
     info = BUILTIN_SETS.get(name)
-    return info.title if info else f"CSV: {Path(name).name}"
+    if info:
+        return info.title
+    if Path(name).parent == uploads_dir():  # an upload: the name it came with, not its stored name
+        return f"CSV: {upload_display_name(name)}{_upload_number(Path(name))}"
+    return f"CSV: {Path(name).name}"
+
+
+def _upload_number(path: Path) -> str:
+    """ " (upload 2 of 3)" when several different files were uploaded under one name (oldest first)."""
+    shown = upload_display_name(path.name)
+    with contextlib.suppress(OSError):
+        same = [p for p in path.parent.glob("*.csv") if upload_display_name(p.name) == shown]
+        if len(same) > 1 and path in same:
+            same.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+            return f" (upload {same.index(path) + 1} of {len(same)})"
+    return ""
 
 
 def _prompt_set_picker() -> None:
@@ -198,11 +223,11 @@ def _prompt_set_picker() -> None:
             st.error(md_escape(st.session_state["upload_error"]))
 
 
-def upload_target(filename: str) -> Path:
-    """Where an uploaded CSV is saved: data/uploads/<its name, reduced to safe characters>.csv, never
-    next to the database (whose folder may be one the dashboard refused) nor where the name points."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", PurePath(filename.replace("\\", "/")).stem).strip("-")
-    return check_allowed(uploads_dir() / f"{stem[:80] or 'upload'}.csv", "upload folder")
+def upload_target(filename: str, prompts: list) -> Path:
+    """Where an uploaded CSV is saved: data/uploads/<its name, reduced to safe characters>-<content>.csv,
+    never next to the database (whose folder may be one the dashboard refused) nor where the name points;
+    another file under the same name gets another path, so no upload overwrites another."""
+    return check_allowed(uploads_dir() / upload_file_name(filename, prompts), "upload folder")
 
 
 def _on_upload() -> None:
@@ -212,7 +237,7 @@ def _on_upload() -> None:
         return
     try:
         prompts = parse_csv(upload.getvalue(), filename=upload.name)
-        path = upload_target(upload.name)
+        path = upload_target(upload.name, prompts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_csv(prompts), encoding="utf-8")
     except (DatasetError, OSError, PathNotAllowedError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import pandas as pd
@@ -10,7 +11,7 @@ import streamlit as st
 from engine.datasets import DatasetError
 from engine.depths import default_layers, depth_label
 from engine.judges import HUMAN_LABELS, human_verdict
-from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
+from engine.judges.names import HUMAN, INCOHERENT, JUDGE_ORDER, verdict_word
 from engine.store import Store
 from engine.tokenpieces import token_pieces
 from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
@@ -18,14 +19,11 @@ from pages import _charts, _display, _jobs, _models, _queries
 from pages._selection import Selection
 from pages._skeleton import start_page
 
+log = logging.getLogger("depthscope.app")
+
 GRID_COLUMNS = 4
 TYPED = "Type your own"
 FROM_SET = "From the prompt set"
-VERDICT_WORDS = {
-    KEYWORD: {True: "no refusal", False: "refused", None: "undecided"},
-    HUMAN: {True: "harmful", False: "not harmful", None: "unclear"},
-}
-DEFAULT_VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
 VERDICT_COLOURS = {True: "red", False: "green", None: "gray"}
 
 
@@ -100,28 +98,50 @@ def pick_depths(n_layers: int) -> tuple[int, list[int]]:
 def _badge(judge: str, verdict: Verdict | None) -> str:
     if verdict is None:
         return ""
-    words = VERDICT_WORDS.get(judge, DEFAULT_VERDICT_WORDS)
     colour = VERDICT_COLOURS[verdict.jailbroken]
-    return f":{colour}-badge[{_display.md_escape(judge)}: {words[verdict.jailbroken]}]"
+    return f":{colour}-badge[{_display.md_escape(judge)}: {verdict_word(verdict.jailbroken)}]"
 
 
 def verdict_line(verdicts: dict[str, Verdict]) -> str:
     judges = [*JUDGE_ORDER, *(j for j in verdicts if j not in JUDGE_ORDER)]
     badges = [_badge(judge, verdicts.get(judge)) for judge in judges]
     if any(v.degenerate for v in verdicts.values()):
-        badges.append(":orange-badge[incoherent output]")
+        badges.append(f":orange-badge[{INCOHERENT} output]")
     return " ".join(b for b in badges if b)
 
 
-def nll_caption(completion: Completion) -> str:
-    """The full-depth NLL beside the incoherence flag, with what it is a mean over."""
-    if completion.full_depth_nll is None:
-        return ""
+# How much more surprised (nats per token, mean) the untruncated model may be by an answer than by its
+# own full-depth answer to the same prompt before the card calls it less natural: e^0.5 ≈ 1.6× and
+# e^2 ≈ 7.4× the per-token perplexity.
+SIMILAR_NLL_GAP = 0.5
+FAR_NLL_GAP = 2.0
+
+
+def fluency_words(nll: float, reference: float | None) -> str:
+    """The full-depth NLL in words, relative to the full-depth answer's when there is one."""
+    if reference is None:
+        return "Fluency: the other depths' answers are compared with this one's."
+    gap = nll - reference
+    if gap <= SIMILAR_NLL_GAP:
+        return "Reads about as naturally to the untruncated model as its own answer."
+    if gap <= FAR_NLL_GAP:
+        return "Reads less naturally to the untruncated model than its own answer."
+    return "Reads far less naturally to the untruncated model than its own answer."
+
+
+def nll_help(completion: Completion, reference: float | None) -> str:
+    """The number behind the words, for specialists (a help tooltip)."""
     n = len(completion.token_ids)
-    return (
-        f"full-depth NLL {completion.full_depth_nll:.2f} nats/token: the untruncated model's mean "
-        f"negative log-likelihood over this answer's {n} token{'s' if n != 1 else ''} (lower = more fluent)"
+    text = (
+        f"Full-depth NLL {completion.full_depth_nll:.2f} nats/token: the untruncated model's mean negative "
+        f"log-likelihood over this answer's {n} token{'s' if n != 1 else ''} (lower = more fluent)."
     )
+    if reference is not None:
+        text += (
+            f" Its own full-depth answer scores {reference:.2f}; more than {SIMILAR_NLL_GAP:g} above that "
+            f"reads “less naturally”, more than {FAR_NLL_GAP:g} above “far less naturally”."
+        )
+    return text
 
 
 def human_label_form(store: Store, completion: Completion, current: Verdict | None) -> None:
@@ -151,7 +171,10 @@ def completion_card(
     completion: Completion | None,
     verdicts: dict[str, Verdict],
     big: bool,
+    reference_nll: float | None = None,
 ) -> None:
+    """One depth's answer; ``reference_nll``: the full-depth answer's NLL, which the fluency words compare
+    with."""
     with st.container(border=True):
         label = depth_label(k, n_layers)
         st.markdown(f"#### {label}" if big else f"**{label}**")
@@ -170,41 +193,62 @@ def completion_card(
         line = verdict_line(verdicts)
         if line:
             st.markdown(line)
-        nll = nll_caption(completion)
-        if nll:
-            st.caption(nll)
+        if completion.full_depth_nll is not None:
+            own = reference_nll if k != n_layers else None
+            words = (
+                fluency_words(completion.full_depth_nll, own)
+                if own is not None or k == n_layers
+                else "Fluency: scored by the untruncated model; generate the full depth to compare."
+            )
+            st.caption(words, help=nll_help(completion, own))
         human_label_form(store, completion, verdicts.get(HUMAN))
 
 
 def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], found: _queries.Answers) -> None:
     """The slider's depth large, then the compared depths in a grid."""
-    completion_card(store, focus, n_layers, found.completions.get(focus), found.verdicts_at(focus), big=True)
+    full = found.completions.get(n_layers)
+    reference = full.full_depth_nll if full is not None else None
+
+    def card(k: int, big: bool) -> None:
+        completion = found.completions.get(k)
+        completion_card(store, k, n_layers, completion, found.verdicts_at(k), big, reference)
+
+    card(focus, big=True)
     for start in range(0, len(compare), GRID_COLUMNS):
         row = compare[start : start + GRID_COLUMNS]
         for column, k in zip(st.columns(GRID_COLUMNS), row, strict=False):
             with column:
-                completion_card(store, k, n_layers, found.completions.get(k), found.verdicts_at(k), big=False)
+                card(k, big=False)
 
 
 # ---------------------------------------------------------------- heavy work (buttons only)
 
 
-def generate(sel: Selection, store: Store, prompt: Prompt, layers: list[int]) -> None:
+def answer(sel: Selection, store: Store, prompt: Prompt, settings: list[float], exit_rule: bool) -> None:
+    """Generate and keyword-judge the prompt's missing depths (or, ``exit_rule``, thresholds of the
+    sidebar's exit rule) in one batched run."""
+
     def work() -> int:
-        from engine.judges import get_judge
-        from engine.sweep import generate_missing, judge_stored
+        from engine.usecases import answer_prompt
 
         loaded = _models.model_hub().load(sel.model)
-        store.save_model(loaded.info)
-        if prompt.source != "typed":
-            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
-        depths = [k for k in layers if k <= loaded.n_layers]
-        params = sel.static_params(loaded.info.model_hash)  # a tuned head's completions carry its lens hash
-        new, _ = generate_missing(store, loaded, [prompt], depths, params)
-        judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, params.key())
-        return new
+        # the engine fills in a tuned head's lens hash
+        params = (
+            sel.exit_params(None, settings[0]) if exit_rule else sel.static_params(loaded.info.model_hash)
+        )
+        typed = prompt.source == "typed"
+        return answer_prompt(
+            store,
+            loaded,
+            prompt,
+            settings,
+            params,
+            prompt_set=None if typed else sel.prompt_set,
+            set_prompts=None if typed else _queries.prompts_of(sel.prompt_set),
+        )
 
-    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
+    what = "threshold(s)" if exit_rule else "depth(s)"
+    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(settings)} {what}…"
     if _jobs.run_now(label, work) is not None:
         _queries.clear_data()
         st.rerun()
@@ -239,12 +283,27 @@ def show_lens(sel: Selection, prompt: Prompt, n_layers: int) -> None:
         "refusal forms."
     )
     st.plotly_chart(_charts.lens_figure(frame), key="lens-chart")
-    table = frame.assign(
-        depth=[depth_label(int(k), n_layers) if k else "embeddings" for k in frame["layer"]],
-        token=[repr(t)[1:-1] for t in frame["token"]],  # "\n" and spaces stay visible
+    with st.expander("The numbers behind the strip"):
+        st.dataframe(lens_table(frame, n_layers), hide_index=True)
+
+
+def _share(value: object) -> str:
+    number = pd.to_numeric(value, errors="coerce")
+    return "not measured" if pd.isna(number) else f"{100 * float(number):.1f} %"
+
+
+def lens_table(frame: pd.DataFrame, n_layers: int) -> pd.DataFrame:
+    """The logit-lens cells with column names in words and every cell filled."""
+    return pd.DataFrame(
+        {
+            "depth": [depth_label(int(k), n_layers) if k else "embeddings" for k in frame["layer"]],
+            "first word": [repr(t)[1:-1] for t in frame["token"]],  # "\n" and spaces stay visible
+            "its probability": [_share(p) for p in frame["probability"]],
+            "chance of a refusal opening": [
+                _share(p) for p in frame.get("refusal_mass", [None] * len(frame))
+            ],
+        }
     )
-    columns = [c for c in ("layer", "depth", "token", "probability", "refusal_mass") if c in table]
-    st.dataframe(table[columns].round(4), hide_index=True)
 
 
 # ---------------------------------------------------------------- early exit: tokens by exit layer
@@ -263,32 +322,6 @@ def exit_answers(sel: Selection, info, prompt: Prompt, n_layers: int) -> dict[fl
     return found
 
 
-def generate_exits(sel: Selection, store: Store, prompt: Prompt, thresholds: list[float]) -> None:
-    """Every missing threshold in one batched run (rows = thresholds), stored and keyword-judged."""
-
-    def work() -> int:
-        from engine.judges import get_judge
-        from engine.sweep import generate_missing, judge_stored
-
-        loaded = _models.model_hub().load(sel.model)
-        store.save_model(loaded.info)
-        if prompt.source != "typed":
-            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
-        params = sel.exit_params(None, thresholds[0])  # the engine fills in the tuned lens's hash
-        new, _ = generate_missing(store, loaded, [prompt], [], params, thresholds=thresholds)
-        for threshold in thresholds:
-            params_hash = sel.exit_params(loaded.info.model_hash, threshold).key()
-            judge_stored(
-                store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, [loaded.n_layers], params_hash
-            )
-        return new
-
-    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(thresholds)} threshold(s)…"
-    if _jobs.run_now(label, work) is not None:
-        _queries.clear_data()
-        st.rerun()
-
-
 def exit_caption(sel: Selection, threshold: float, completion: Completion, n_layers: int) -> str:
     exits = completion.exit_layers
     mean = completion.mean_exit_layers
@@ -302,19 +335,57 @@ def exit_caption(sel: Selection, threshold: float, completion: Completion, n_lay
     )
 
 
+def checked_exit_layers(completion: Completion, n_layers: int) -> tuple[list[int | None], str]:
+    """One exit layer per generated token, None where the stored row has no valid one (1..L), and a
+    sentence saying what did not fit ("" when all did): a damaged or hostile database is shown as far
+    as it is consistent, never raised on."""
+    tokens, exits = len(completion.token_ids), list(completion.exit_layers)
+    layers = [k if 1 <= k <= n_layers else None for k in exits[:tokens]]
+    layers += [None] * (tokens - len(layers))
+    problems = []
+    if len(exits) != tokens:
+        problems.append(f"{len(exits)} exit layers are stored for {tokens} generated tokens")
+    outside = sum(not 1 <= k <= n_layers for k in exits[:tokens])
+    if outside:
+        problems.append(f"{outside} stored exit layer(s) lie outside 1–{n_layers}")
+    if not problems:
+        return layers, ""
+    return layers, (
+        f"This stored answer is inconsistent ({'; '.join(problems)}): tokens without a valid exit layer are "
+        "shown uncoloured, and extra exit layers are left out."
+    )
+
+
+NO_TOKENIZER = (
+    "This model's tokenizer is read only when the model is loaded: press Generate (or Load model) to see "
+    "each token coloured by its exit layer."
+)
+UNDECODABLE = "This model's tokenizer cannot decode the stored token ids, so the answer is shown as text."
+
+
+def _pieces(sel: Selection, completion: Completion) -> tuple[list[str] | None, str]:
+    """Each token's text, or None and why not (tokenizer not loaded, or stored ids it cannot decode)."""
+    decode = _models.token_decoder(sel.model)
+    if decode is None:
+        return None, NO_TOKENIZER
+    try:
+        return token_pieces(decode, completion.token_ids), ""
+    except Exception:  # ids this tokenizer cannot decode: a damaged or foreign row
+        log.info("cannot decode stored token ids", exc_info=True)
+        return None, UNDECODABLE
+
+
 def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> None:
     """The completion's tokens coloured by exit layer (escaped spans), and the numbers in a table."""
-    exits = list(completion.exit_layers)
-    decode = _models.token_decoder(sel.model)
-    if decode is None or not exits:
+    exits, problem = checked_exit_layers(completion, n_layers)
+    if problem:
+        st.warning(_display.md_escape(problem))
+    pieces, why_not = _pieces(sel, completion) if exits else (None, NO_TOKENIZER)
+    if pieces is None:
         _display.show_plain_text(completion.text)
-        st.caption(
-            "This model's tokenizer is read only when the model is loaded: press Generate (or Load model) "
-            "to see each token coloured by its exit layer."
-        )
+        st.caption(why_not)
         pieces = [f"#{i + 1}" for i in range(len(exits))]
     else:
-        pieces = token_pieces(decode, completion.token_ids)
         with st.container(key="exit-strip"):
             st.html(_display.exit_strip_html(pieces, exits, n_layers))
     with st.expander("Exit layer of every token"):
@@ -323,12 +394,34 @@ def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> N
                 {
                     "token": list(range(1, len(exits) + 1)),
                     "text": [repr(p)[1:-1] for p in pieces],
-                    "exit layer": exits,
+                    "exit layer": pd.array(exits, dtype="Int64"),
                     "of": n_layers,
                 }
             ),
             hide_index=True,
         )
+
+
+STORED_MARK = "✓"
+
+
+def threshold_label(threshold: float, stored: bool) -> str:
+    return f"{threshold:g} {STORED_MARK}" if stored else f"{threshold:g} (not generated)"
+
+
+def pick_threshold(thresholds: list[float], found: dict[float, _queries.Answers]) -> float:
+    """Every threshold of the sidebar as a button, the stored ones marked, so which answers exist is
+    visible before choosing (a slider shows only the value under its thumb)."""
+    stored = [t for t in thresholds if t in found]
+    choice = st.segmented_control(
+        f"Threshold ({STORED_MARK} = stored for this prompt)",
+        thresholds,
+        default=(stored or thresholds)[-1],
+        format_func=lambda t: threshold_label(t, t in found),
+        key="exit-threshold",
+        help="The thresholds chosen under Settings in the sidebar; higher exits later.",
+    )
+    return thresholds[-1] if choice is None else choice
 
 
 def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_layers: int) -> None:
@@ -344,19 +437,8 @@ def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_lay
     thresholds = list(sel.exit.thresholds)
     missing = [t for t in thresholds if t not in found]
     if st.button(f"Generate missing thresholds ({len(missing)})", disabled=not missing, key="generate-exits"):
-        generate_exits(sel, store, prompt, missing)
-    threshold = (
-        st.select_slider(
-            "Threshold",
-            options=thresholds,
-            value=thresholds[-1],
-            format_func=lambda t: f"{t:g}" + ("" if t in found else " (not generated)"),
-            key="exit-threshold",
-            help="The thresholds chosen under Settings in the sidebar; higher exits later.",
-        )
-        if len(thresholds) > 1
-        else thresholds[0]
-    )
+        answer(sel, store, prompt, missing, exit_rule=True)
+    threshold = pick_threshold(thresholds, found)
     answers = found.get(threshold)
     if answers is None:
         st.info(
@@ -407,6 +489,9 @@ def main() -> None:
     info = _models.model_info(sel.model, store)
     n_layers = _models.n_layers_of(sel.model, info)
     model_status(sel, n_layers)
+    lens_problem = sel.lens_problem(info.model_hash if info else None)
+    if lens_problem:
+        st.error(_display.md_escape(lens_problem), icon=":material/error:")
     if n_layers is None:
         offer_model_load(sel)
         return
@@ -424,7 +509,7 @@ def main() -> None:
     if buttons[0].button(
         f"Generate missing depths ({len(missing)})", type="primary", disabled=not missing, key="generate"
     ):
-        generate(sel, store, prompt, missing)
+        answer(sel, store, prompt, missing, exit_rule=False)
     if buttons[1].button("Logit lens for this prompt", key="lens"):
         logit_lens(sel, prompt)
     auto = buttons[2].toggle(
@@ -435,7 +520,7 @@ def main() -> None:
         "model has been loaded by a first Generate).",
     )
     if auto and focus in missing and _models.model_hub().get(sel.model) is not None:
-        generate(sel, store, prompt, [focus])
+        answer(sel, store, prompt, [focus], exit_rule=False)
     if not found.completions:
         st.info(
             "Nothing stored for this prompt with this model and settings yet. Press “Generate missing "

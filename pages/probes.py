@@ -18,7 +18,7 @@ from engine.lag import (
     LagSummary,
     no_detection_reason,
 )
-from engine.lens_files import read_lens_report
+from engine.lenses.files import DamagedLensError, read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
@@ -31,18 +31,13 @@ def start_probe(sel: Selection, prompts: list[Prompt]) -> None:
     cache_dir = _paths.activations_dir()
 
     def work(job: _jobs.Job) -> str:
-        from engine import probes  # torch and scikit-learn: only inside the job
+        from engine.usecases import run_probe  # torch and scikit-learn: only inside the job
 
         job.update(0.05, "loading the model")
         loaded = hub.load(sel.model)
-        job.update(0.2, f"reading {len(prompts)} prompts' activations and fitting a probe per layer")
-        analysis = probes.analyse(loaded, prompts, sel.params, cache_dir=cache_dir)
-        job.update(0.9, "saving")
-        records = probes.probe_records(analysis, probes.save_directions(analysis, cache_dir))
+        job.update(0.2, f"reading {len(prompts)} prompts' activations, fitting a probe per layer, saving")
         with _store.open_job_store(sel.db) as store:
-            store.save_model(loaded.info)
-            store.save_prompt_set(sel.prompt_set, prompts, source=sel.prompt_set, set_id=records[0].set_id)
-            store.save_probe_results(records, replace=True)
+            analysis = run_probe(store, loaded, prompts, sel.prompt_set, sel.params, cache_dir=cache_dir)
         lag = analysis.lag
         return (
             f"Harm detected at layer {lag.harm_detection_layer}, refusal emerges at layer "
@@ -170,7 +165,12 @@ def lens_summary(report: dict) -> str:
 def show_lenses(sel: Selection, info: ModelInfo | None) -> None:
     """The logit lens is one of two lenses: raw (final norm + head) and tuned (a trained map first)."""
     st.subheader("Two lenses: how well does each layer's state predict the final answer?")
-    report = read_lens_report(info.model_hash) if info is not None else None
+    try:
+        report = read_lens_report(info.model_hash, model_name=sel.model) if info is not None else None
+    except DamagedLensError as exc:
+        _display.show_error(exc)
+        st.code(lens_train_command(sel.model), language="bash")
+        return
     if not report or not report.get("kl_raw") or not report.get("kl_tuned"):
         st.info(
             "No tuned lens for this model yet. The raw head (the logit lens above) reads each layer with "

@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
+from engine.rules import is_static
 from pages import _charts, _display, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
@@ -172,10 +173,27 @@ class Download:
     key: str
 
 
-def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> list[Download]:
+def download_list(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    rows: list[report.AsrRow] | None = None,
+) -> list[Download]:
     def html() -> str:
         figure = _charts.asr_figure(frame)
-        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame))
+        exits = _charts.with_exit_columns(report.asr_frame([r for r in rows or [] if r.n or r.benign_n]))
+        dynamic = not exits["exit_policy"].map(is_static).all()
+        return _charts.report_html(
+            TITLE,
+            lines,
+            notes,
+            figure,
+            table_for_export(frame),
+            exit_lines=compute_headlines(rows or []) if dynamic else (),
+            exit_fig=_charts.compute_figure(exits) if dynamic else None,
+            exit_table=_charts.exit_table(exits) if dynamic else None,
+        )
 
     return [
         Download("Report (HTML, works offline)", html, "depthscope-report.html", "text/html", "dl-html"),
@@ -199,10 +217,16 @@ def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.
     ]
 
 
-def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> None:
+def downloads(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    rows: list[report.AsrRow] | None = None,
+) -> None:
     st.subheader("Take it with you")
     row = st.container(horizontal=True)
-    for item in download_list(sel, lines, notes, frame):
+    for item in download_list(sel, lines, notes, frame, rows):
         row.download_button(
             item.label,
             data=item.data,
@@ -243,7 +267,7 @@ def show_compute(rows: list[report.AsrRow]) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
-    if not (frame["exit_policy"] != "static").any():
+    if frame["exit_policy"].map(is_static).all():
         st.info(EXIT_SWEEP_HOWTO)
         return
     for line in compute_headlines(rows):
@@ -286,7 +310,7 @@ def main() -> None:
             "run a sweep, pick another judge, or choose “all sets”."
         )
         return
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # the depth chart: truncation only
+    static = [r for r in rows if is_static(r.exit_policy)] or rows  # the depth chart: truncation only
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:
@@ -296,7 +320,7 @@ def main() -> None:
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
-    downloads(sel, lines, notes, frame)
+    downloads(sel, lines, notes, frame, rows)
 
 
 main()

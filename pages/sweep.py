@@ -11,6 +11,7 @@ import streamlit as st
 from engine import report
 from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths, parse_percentages
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+from engine.rules import is_dynamic, is_static
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
@@ -96,8 +97,11 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
 
     job.update(0.0, f"connecting to the Ray cluster at {cluster.address}")
     executor = make_executor(
-        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker
+        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker, stop=job.stop
     )
+    note = getattr(executor, "note", "")  # fewer workers than asked for fit on the cluster
+    if note:
+        job.update(0.0, note)
     chunks = {"model": "", "stored": 0}
 
     def show(progress: SweepProgress) -> None:
@@ -116,7 +120,7 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
         ) from exc
     finally:
         executor.close()
-    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s)."
+    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s).{f' {note}.' if note else ''}"
 
 
 def _summary_text(summary) -> str:
@@ -312,7 +316,7 @@ def results(sel: Selection) -> None:
     )
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # early-exit rows: the Report's chart
+    static = [r for r in rows if is_static(r.exit_policy)] or rows  # early-exit rows: the Report's chart
     frame = report.asr_frame(static)
     flips = report.flips(static)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
@@ -337,7 +341,7 @@ def results(sel: Selection) -> None:
             "scored at that depth (harmful prompts)."
         )
         st.plotly_chart(_charts.nll_figure(frame), key="nll-chart")
-    if any(r.exit_policy != "static" for r in rows):
+    if any(is_dynamic(r.exit_policy) for r in rows):
         st.subheader("Early exit: answered and refused against compute used")
         st.plotly_chart(_charts.compute_figure(report.asr_frame(rows)), key="sweep-compute-chart")
         st.caption(
@@ -346,7 +350,7 @@ def results(sel: Selection) -> None:
             "exit rule keeps the most refusals at 20 % compute saved."
         )
     st.subheader("Numbers")
-    st.dataframe(result_table(frame, flips), hide_index=True)
+    _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")
     st.caption(
         "judged: harmful prompts' answers with a verdict from this judge (undecided included). incoherent %: "
         "share of the judged answers flagged incoherent. median full-depth NLL: nats/token, median over "

@@ -15,7 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -32,7 +34,9 @@ PAGES = ("explorer", "sweep", "judges", "probes", "report")
 XSS = "<script>alert(1)</script><b>bold</b>"
 OTHER_HASH = "othermodelhash01"
 SEED_LAYERS = (4, 6, 7, 8)  # default_layers(8)
-TIMEOUT = 30
+# Upper bounds only (a passing run never waits for them): generous enough for a loaded 2-core machine.
+TIMEOUT = 180  # one script run of a page
+JOB_TIMEOUT = 480  # a background job (sweep, probes, a model load)
 
 
 def _text_at(prompt_index: int, k: int, harmful: bool, flip: bool) -> str:
@@ -297,16 +301,18 @@ def test_explorer_generates_missing_depths_on_a_button(app_env):
     assert at.button(key="generate").label == "Generate missing depths (4)"
     with Store.open(app_env["db"]) as store:
         assert store.table_counts()["generations"] == 0  # nothing heavy on a mere page load
-    at.button(key="generate").click().run(timeout=120)
+    at.button(key="generate").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key="generate").label == "Generate missing depths (0)"
     assert any("keyword:" in m for m in markdowns(at))
     with Store.open(app_env["db"]) as store:  # the dashboard's path scores what it generates
         assert all(c.full_depth_nll is not None for c in store.get_generations())
-    assert sum("full-depth NLL" in str(c.value) for c in at.caption) == 4
-    at.button(key="lens").click().run(timeout=60)
+    assert sum("Full-depth NLL" in str(c.proto.help) for c in at.caption) == 4  # the number, in a tooltip
+    at.button(key="lens").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception
-    assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
+    lens = next(frame.value for frame in at.dataframe if len(frame.value) == 9)  # 8 layers + embeddings
+    assert list(lens.columns) == ["depth", "first word", "its probability", "chance of a refusal opening"]
+    assert not lens.isna().any().any() and lens["its probability"].str.endswith(" %").all()
 
 
 # ---------------------------------------------------------------- sweep
@@ -324,9 +330,9 @@ def _start_sweep(at: AppTest, prompts: int, depths: str) -> _jobs.Job:
     by_label = {w.label: w for w in [*at.number_input, *at.text_input]}
     by_label["Only the first N prompts (0 = all)"].set_value(prompts)
     by_label["Depths, in % of each model's layers"].input(depths)
-    next(b for b in at.button if b.label == "Start sweep").click().run(timeout=60)
+    next(b for b in at.button if b.label == "Start sweep").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
-    assert _jobs.job_board().wait(timeout=180)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     at.run()  # the finished job refreshes the page
     assert not at.exception
     return _jobs.job_board().current
@@ -336,14 +342,16 @@ def test_job_board_refuses_a_second_job_while_one_runs():
     """The worker side runs outside any Streamlit script: it reports "busy" by returning None."""
     board = _jobs.JobBoard(_models.ModelHub())
     release = threading.Event()
-    first = board.start("a", "first job", lambda job: "done here" if release.wait(10) else "timed out")
+    first = board.start(
+        "a", "first job", lambda job: "done here" if release.wait(JOB_TIMEOUT) else "timed out"
+    )
     assert first is not None and first.running
     assert board.start("b", "second job", lambda job: "never") is None
     release.set()
-    assert board.wait(timeout=10)
+    assert board.wait(timeout=JOB_TIMEOUT)
     assert (first.state, first.outcome, first.fraction) == ("done", "done here", 1.0)
     assert board.start("c", "third job", lambda job: "") is not None  # the lock was released
-    assert board.wait(timeout=10)
+    assert board.wait(timeout=JOB_TIMEOUT)
 
 
 def test_sweep_runs_in_the_background_and_resumes(app_env):
@@ -386,6 +394,7 @@ def test_sweep_page_submits_to_the_ray_cluster_when_its_address_is_set(app_env, 
     at.number_input(key="ray-workers").set_value(3)
     at.number_input(key="ray-gpus").set_value(0.5)
     job = _start_sweep(at, prompts=2, depths="50, 100")
+    assert made[0][1].pop("stop") is job.stop  # the Stop button reaches the Ray executor's waits
     assert (job.state, made[0], made[-1]) == (
         "done",
         ("10.0.0.1:6379", {"workers": 3, "gpus_per_worker": 0.5}),
@@ -436,7 +445,7 @@ def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
     assert any("outside the folders" in str(e.value) for e in at.error)
     monkeypatch.setenv("DEPTHSCOPE_ALLOWED_PATHS", "/no")
     at.button(key="harmbench-run").click().run()  # allowed but missing: the job fails with a message
-    assert _jobs.job_board().wait(timeout=60)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "failed"
     at.run()
     assert not at.exception
@@ -474,7 +483,7 @@ def test_probes_page_shows_lag_and_cosines(seeded):
 def test_probe_run_button(app_env):
     at = open_page("probes")
     at.button(key="run-probes").click().run()
-    assert _jobs.job_board().wait(timeout=240)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "done", _jobs.job_board().current.outcome
     at.run()
     assert not at.exception
@@ -566,7 +575,7 @@ def patched(self, *a, **k):
     PagesManager.uses_pages_directory = False
 PagesManager.__init__ = patched
 from streamlit.testing.v1 import AppTest
-at = AppTest.from_file(sys.argv[1], default_timeout=60)
+at = AppTest.from_file(sys.argv[1], default_timeout=180)
 at.run()
 for page in ("sweep", "judges", "probes", "report"):
     at.switch_page(f"pages/{page}.py").run()
@@ -600,7 +609,7 @@ def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, mon
     monkeypatch.setattr(engine.demo_model, "build_demo_model", fake_build)
     at = open_page("explorer")
     at.sidebar.button(key="build-demo").click().run()
-    assert _jobs.job_board().wait(timeout=30)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     job = _jobs.job_board().current
     assert (job.kind, job.state, calls) == ("demo-model", "done", ["full"])
     at.run()
@@ -634,13 +643,16 @@ def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
     with Store.open(seeded["db"]) as store:
         store.save_full_depth_nll({c.key: 0.25 + 8 - c.layers for c in store.get_generations()})
     at = open_page("explorer")
-    captions = [str(c.value) for c in at.caption]
-    assert any(c.startswith("full-depth NLL 0.25 nats/token") for c in captions), captions  # 8 of 8 layers
-    assert any(c.startswith("full-depth NLL 4.25 nats/token") for c in captions)  # 4 of 8: the loop
+    helps = [str(c.proto.help) for c in at.caption]  # the numbers, for specialists, behind the tooltip
+    assert any(h.startswith("Full-depth NLL 0.25 nats/token") for h in helps), helps  # 8 of 8 layers
+    assert any(h.startswith("Full-depth NLL 4.25 nats/token") for h in helps)  # 4 of 8: the loop
+    words = {str(c.value) for c in at.caption if c.proto.help}  # the cards themselves speak words
+    assert "Reads far less naturally to the untruncated model than its own answer." in words  # 4.25 vs 0.25
+    assert not any("nats" in w or "NLL" in w for w in words)
     assert any(m.endswith(":orange-badge[incoherent output]") for m in markdowns(at))
     at.switch_page("pages/sweep.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value
+    table = pd.concat([d.value for d in at.dataframe[:2]], axis=1)  # the columns that fit, then the rest
     assert {"judged", "incoherent %", "median full-depth NLL"} <= set(table.columns)
     assert "4.25 (of 4)" in set(table["median full-depth NLL"])  # 4 of the 8 seeded prompts are harmful
     assert any("median over the judged answers" in m for m in markdowns(at))
@@ -718,7 +730,7 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
 
 @pytest.fixture
 def exits_seeded(seeded, tiny_hash, tiny_tokenizer, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "lenses")
     return seeded | seed_exits(seeded["db"], tiny_hash, tiny_tokenizer, tmp_path / "lenses")
@@ -744,6 +756,8 @@ def test_sidebar_exit_settings_reach_the_selection(app_env):
     assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 1)
     at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
     assert any("is not a number" in str(e.value) for e in at.sidebar.error)
+    at.sidebar.text_input(key="exit_thresholds").input("0.5, 1.5").run()  # the CLI's range too
+    assert any("the range of the confidence rule" in str(e.value) for e in at.sidebar.error)
     assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile
     assert not at.exception
 
@@ -763,7 +777,7 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     mean = sum(exits) / len(exits)
     captions = " ".join(str(c.value) for c in at.caption)
     assert f"mean exit layer {mean:.1f} of 8 over {len(exits)} generated tokens" in captions
-    at.select_slider(key="exit-threshold").set_value(0.5).run()
+    at.segmented_control(key="exit-threshold").set_value(0.5).run()
     body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
     low = _exit_layers(len(ids), 0.5, "confidence")
     assert [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)] == list(low)
@@ -771,13 +785,54 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     assert not at.exception
 
 
+def _with_stored_exits(exits_seeded, exits: list | None) -> None:
+    """Overwrite the exit layers stored for the first prompt's answers (a damaged or hostile database)."""
+    with duckdb.connect(str(exits_seeded["db"])) as con:
+        con.execute(
+            "UPDATE generations SET exit_layers = ? WHERE prompt_text = ?",
+            [exits, exits_seeded["prompts"][0].text],
+        )
+
+
+@pytest.mark.parametrize(
+    "damage", ["fewer", "more", "empty", "null list", "out of range", "null entries", "huge"]
+)
+def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
+    n_tokens = len(exits_seeded["token_ids"])
+    good = list(_exit_layers(n_tokens, 0.9, "confidence"))
+    stored = {
+        "fewer": good[:3],
+        "more": good + [1, 2, 3],
+        "empty": [],
+        "null list": None,
+        "out of range": [0, -1, 99, *good[3:]],
+        "null entries": [None, *good[1:]],
+        "huge": [2**31 - 1, *good[1:]],
+    }[damage]
+    _with_stored_exits(exits_seeded, stored)
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.9")
+    assert not at.exception, [e.value for e in at.exception]
+    body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
+    valid = [k if k is not None and 1 <= k <= 8 else None for k in (stored or [])[:n_tokens]]
+    valid += [None] * (n_tokens - len(valid))
+    coloured = [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
+    assert coloured == [k for k in valid if k is not None]
+    assert body.count("no valid exit layer stored") == valid.count(None) > 0 or damage == "more"
+    pieces = re.findall(r'title="token \d+: [^"]*">([^<]*)</span>', body)
+    assert html.unescape("".join(pieces)) == EXIT_TEXT  # every token's text is still shown, once
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "inconsistent" in warnings, warnings
+    assert f"for {n_tokens} generated tokens" in warnings or "outside 1" in warnings
+
+
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
-    """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
-    exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
-    at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
+    """Threshold 1 (the top of the confidence rule's range, which the sidebar accepts) is out of reach
+    on this model (every token uses all 8 layers); threshold 0 exits every token at the minimum, layer
+    1: the strip shows exactly that, per token."""
+    at = _choose_exit(open_page("explorer"), "confidence", "0, 1")
     button = at.button(key="generate-exits")
     assert "(2)" in button.label
-    button.click().run(timeout=240)
+    button.click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key="generate-exits").disabled
 
@@ -787,7 +842,7 @@ def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
 
     full = exits_shown()
     assert full and set(full) == {8}
-    at.select_slider(key="exit-threshold").set_value(0.0).run()
+    at.segmented_control(key="exit-threshold").set_value(0.0).run()
     early = exits_shown()
     assert early and set(early) == {1}
     captions = " ".join(str(c.value) for c in at.caption)
@@ -798,7 +853,7 @@ def test_explorer_offers_missing_thresholds_on_a_button(exits_seeded):
     at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7")
     button = at.button(key="generate-exits")
     assert not button.disabled and "(1)" in button.label
-    at.select_slider(key="exit-threshold").set_value(0.7).run()
+    at.segmented_control(key="exit-threshold").set_value(0.7).run()
     assert any("not generated for this prompt yet" in str(i.value) for i in at.info)
 
 
@@ -816,12 +871,44 @@ def test_probes_page_compares_raw_and_tuned_lens(exits_seeded):
 
 
 def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "no-lenses")
     at = open_page("probes")
     assert any("No tuned lens" in str(i.value) for i in at.info)
     assert any(f"python -m engine lens train --model {seeded['model']}" in c.value for c in at.code)
+
+
+@pytest.mark.parametrize("sidecar", ['{"model_hash": ', "[1, 2]", "{}", '{"lens_hash": "x"}', "\u00ff\u00fe"])
+def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_path, sidecar):
+    path = tmp_path / "lenses" / f"{tiny_hash}.json"
+    path.write_text(sidecar, encoding="latin-1")
+    at = open_page("probes")
+    errors = [str(e.value) for e in at.error]
+    assert any("tuned lens file" in e and "lens train" in e for e in errors), errors
+    assert any("lens train --model" in c.value for c in at.code)
+    assert not at.get("plotly_chart") or all(
+        "Held-out KL" not in chart.proto.spec for chart in at.get("plotly_chart")
+    )
+
+
+def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
+    import torch
+
+    from engine.lenses.tuned import TunedLens
+
+    nan_lens = TunedLens(8, 64)
+    torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},
+               tmp_path / "lenses" / f"{tiny_hash}.pt")  # fmt: skip
+    at = _choose_exit(open_page("explorer"), "confidence", "0.3", head="tuned")
+    at.button(key="generate-exits").click().run(timeout=JOB_TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [str(e.value) for e in at.error]
+    assert any("non\\-finite" in e and "lens train" in e for e in errors), errors
+    (tmp_path / "lenses" / f"{tiny_hash}.json").write_text("[]")  # the sidecar too: said before any button
+    at.run()
+    assert any("holds a JSON list" in str(e.value) for e in at.error)
+    assert not at.exception
 
 
 def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
@@ -871,3 +958,172 @@ def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
 def test_report_without_early_exit_says_how_to_sweep_one(seeded):
     at = open_page("report")
     assert any("--exit-policy confidence" in str(i.value) for i in at.info)
+
+
+# ---------------------------------------------------------------- what a stakeholder reads
+
+
+def test_one_verdict_vocabulary_on_every_page(seeded):
+    """The keyword judge's verdict on the looping 4-layer answer reads the same in the explorer's badge,
+    the Judges page's listing and the confusion matrix: the words of engine.judges.names."""
+    words = {"harmful", "not harmful", "undecided"}  # engine.judges.names.VERDICT_WORDS
+    at = open_page("explorer")
+    at.select_slider(key="depth-8").set_value(4).run()
+    badges = [m for m in markdowns(at) if "-badge[" in m]
+    said = set(re.findall(r"-badge\[(?:keyword|harmbench|human): ([^\]]+)\]", " ".join(badges)))
+    assert said and said <= words, said
+    assert ":red-badge[keyword: harmful]" in " ".join(badges)  # no answer-specific synonym ("no refusal")
+    at.switch_page("pages/judges.py").run()
+    listing = next(d.value for d in at.dataframe if "prompt label" in d.value.columns)
+    assert set(listing["keyword"]) | set(listing["harmbench"]) <= words
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    confusion = next(spec for spec in charts if spec["data"][0]["type"] == "heatmap")
+    assert confusion["data"][0]["x"] == ["harmbench: harmful", "harmbench: not harmful"]
+
+
+def test_judges_tables_have_no_empty_cells_and_fit(seeded):
+    """Kappa is undefined when a judge says one thing throughout: the table says so in words instead of
+    an empty (None) cell, and the specialist test sits in an expander so the table fits the page."""
+    at = open_page("judges")
+    for frame in (d.value for d in at.dataframe):
+        assert not frame.isna().any().any(), frame
+        assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
+    table = at.dataframe[0].value
+    assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
+    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
+
+
+def test_exit_colours_of_neighbouring_layers_differ():
+    from pages._display import exit_colour
+
+    def rgb(k: int, n: int) -> np.ndarray:
+        return np.array([int(v) for v in re.findall(r"\d+", exit_colour(k, n))])
+
+    for n_layers in (4, 8, 9):
+        gaps = [np.linalg.norm(rgb(k, n_layers) - rgb(k + 1, n_layers)) for k in range(1, n_layers)]
+        assert min(gaps) >= 40, (n_layers, gaps)  # layers 1 and 2 of 8 were 22 apart: one colour to the eye
+    assert all(min(rgb(k, 8)) >= 70 for k in range(1, 9))  # light enough for dark text
+
+
+def test_threshold_buttons_mark_the_stored_thresholds(exits_seeded):
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7, 0.9")
+    control = at.segmented_control(key="exit-threshold")
+    assert control.options == ["0.5 ✓", "0.7 (not generated)", "0.9 ✓"]
+    assert control.value == 0.9  # the highest stored threshold
+
+
+def test_example_paths_shown_are_accepted_by_the_default_allow_list(app_env, monkeypatch):
+    from engine.paths import ENV_ALLOWED, check_allowed
+
+    monkeypatch.delenv(ENV_ALLOWED, raising=False)
+    at = open_page("explorer")
+    at.sidebar.selectbox(key="model_choice").set_value("__other__").run()
+    examples = [at.sidebar.text_input(key="model_path").placeholder]
+    howto = " ".join(str(m.value) for m in at.sidebar.markdown)
+    examples += re.findall(r"`(/[^`\s]+)`", howto)
+    at.switch_page("pages/judges.py").run()
+    examples.append(at.text_input(key="harmbench-path").placeholder)
+    help_text = " ".join(markdowns(at))
+    examples += re.findall(r"--local-dir (/\S+?)`", help_text)
+    assert len(examples) >= 4, examples
+    for example in examples:
+        check_allowed(example)  # raises PathNotAllowedError for /models/…
+    assert ENV_ALLOWED in howto and ENV_ALLOWED in help_text  # and how to open a folder elsewhere
+
+
+def _many_series_frame(exits_seeded):
+    from engine import report
+
+    with Store.open(exits_seeded["db"]) as store:
+        return report.asr_frame(report.asr_rows(store, "keyword"))
+
+
+def test_chart_legends_sit_below_the_plot_and_axis_titles_fit(exits_seeded):
+    """Eight curves (two models, four exit rules) with dashed companions: one legend entry per solid
+    curve plus a solid/dashed key, placed under the plot; every y-axis title fits beside its plot."""
+    from pages import _charts
+
+    frame = _many_series_frame(exits_seeded)
+    static = frame[frame["exit_policy"] == "static"]
+    figures = {
+        "asr": _charts.asr_figure(static),
+        "compute": _charts.compute_figure(frame),
+        "degenerate": _charts.degenerate_figure(static),
+        "nll": _charts.nll_figure(static),
+    }
+    for name, fig in figures.items():
+        layout = fig.layout
+        assert layout.legend.y < 0 and layout.legend.yanchor == "top", name  # below, not over, the plot
+        plot_height = layout.height - layout.margin.t - layout.margin.b
+        title = layout.yaxis.title.text or ""
+        assert len(title) * 0.6 * _charts.FONT["size"] <= plot_height, (name, title, plot_height)
+    entries = [t.name for t in figures["compute"].data if t.showlegend is not False]
+    solid = {t.name for t in figures["compute"].data if t.showlegend is not False and "head" in t.name}
+    assert len(solid) == 5  # 4 rules of this model + the other model's static curve
+    assert len(entries) == len(solid) + 2  # + "solid: …" and "dashed: …", not one entry per dashed curve
+
+
+def test_html_export_has_the_early_exit_section_and_a_table_that_fits(exits_seeded):
+    from pages import _charts
+
+    frame = _many_series_frame(exits_seeded)
+    static = frame[frame["exit_policy"] == "static"]
+    table = static[["model", "judge", "layers", "n", "asr", "copyright_excluded", "median_full_depth_nll"]]
+    table = table.assign(median_full_depth_nll=[1.5] + [None] * (len(table) - 1))  # one answer scored
+    page = _charts.report_html(
+        "T",
+        ["h"],
+        ["c"],
+        _charts.asr_figure(static),
+        table,
+        exit_lines=["At 20 % compute saved …"],
+        exit_fig=_charts.compute_figure(frame),
+        exit_table=_charts.exit_table(frame),
+    )
+    assert "<h2>Early exit: answered and refused against compute used</h2>" in page
+    assert page.count("<script") >= 2 and page.count("plotly.js") >= 1  # two charts, one library
+    assert "threshold 0.9" in page and "confidence exit, tuned head" in page  # the exit table
+    assert "copyright_excluded" not in page  # all zero here: left out so the table fits
+    assert ">nan<" not in page and ">None<" not in page and "<td>–</td>" in page  # not scored: a dash
+    assert "overflow-x: auto" in page
+    shown = _charts.readable_table(
+        pd.DataFrame({"model": ["/x/y/my-model"], "benign n": [12.0], "ASR %": [50.0]})
+    )
+    assert shown.to_dict("records") == [{"model": "my-model", "benign n": 12, "ASR %": 50.0}]
+
+
+def test_wide_tables_keep_to_the_page_width(seeded):
+    """The Depth sweep's numbers: the columns that fit the page, the rest in an expander, each row named
+    again there by model, judge and depth (a 15-column table was cut at the right edge)."""
+    from pages import _display
+
+    at = open_page("sweep")
+    main, more = at.dataframe[0].value, at.dataframe[1].value
+    assert sum(_display.column_px(main, c) for c in main.columns) <= _display.TABLE_WIDTH_PX
+    assert list(more.columns[:3]) == ["model", "judge", "depth"]
+    assert set(main.columns) | set(more.columns) >= {"ASR %", "benign n", "prompt set", "ranking flip"}
+    assert any(e.label.startswith("More columns") for e in at.expander)
+
+
+RAW_VALUES = re.compile(r"(?i:\bnan\s?%)|\bNone\b|n/a\s?[–-]\s?n/a|\bsettings [0-9a-f]{6}\b")
+
+
+def raw_values_on(at: AppTest) -> list[str]:
+    """Texts and table cells that show a raw value (nan %, None, n/a–n/a, a settings hash) or an empty
+    cell, which Streamlit's grid draws as "None"."""
+    found = [m for m in markdowns(at) + texts(at) if RAW_VALUES.search(m)]
+    found += [f"metric {m.label}: {m.value}" for m in at.metric if RAW_VALUES.search(str(m.value))]
+    for frame in (d.value for d in at.dataframe):
+        empty = frame.columns[frame.isna().any()].tolist()
+        raw = frame.columns[frame.astype(str).apply(lambda c: c.str.contains(RAW_VALUES)).any()].tolist()
+        found += [f"table column {c!r}: empty or raw cells" for c in dict.fromkeys(empty + raw)]
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_raw_values(exits_seeded, page):
+    at = open_page(page)
+    if page == "explorer":
+        _choose_exit(at, "confidence", "0.5, 0.9")
+    assert not raw_values_on(at), raw_values_on(at)

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
+from engine.errors import UserInputError
+from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.paths import DEFAULT_MODEL
+from engine.rules import DEFAULT_RULE, RULES, dynamic_rules, is_dynamic, parse_settings, rule_named
 from engine.types import EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
@@ -60,21 +64,21 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
     """Early exit: how each generated token leaves the network (policy) and how its state is read (head)."""
-    group = parser.add_argument_group("early exit (issue 15)")
+    group = parser.add_argument_group("early exit")
     group.add_argument(
         "--exit-policy",
         choices=EXIT_POLICIES,
-        default="static",
-        help="static: every token exits at --layers/--depths (default); confidence: at the first layer "
-        "≥ --min-layers where the head's top-1 minus top-2 probability ≥ the threshold (CALM); "
-        "saturation: where the cosine of consecutive layers' states ≥ the threshold",
+        default=DEFAULT_RULE.name,
+        help="; ".join(f"{rule.name}: {rule.help}" for rule in RULES.values())
+        + f" (default {DEFAULT_RULE.name})",
     )
+    ranges = ", ".join(f"{rule.name} {rule.low:g}..{rule.high:g}" for rule in dynamic_rules())
     group.add_argument(
         "--threshold",
         default=None,
         metavar="F[,F...]",
-        help="the exit threshold(s) of a confidence (0..1) or saturation (-1..1) policy; a comma list "
-        "runs each, e.g. 0.5,0.8,0.95",
+        help=f"the exit threshold(s) of a dynamic policy ({ranges}); a comma list runs each, "
+        "e.g. 0.5,0.8,0.95",
     )
     group.add_argument(
         "--min-layers", type=int, default=1, help="dynamic exit: no token exits before this layer (default 1)"
@@ -88,14 +92,11 @@ def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# The values a dynamic policy's threshold can meaningfully take (a probability margin, a cosine).
-THRESHOLD_RANGES = {"confidence": (0.0, 1.0), "saturation": (-1.0, 1.0)}
-
-
 def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
     """The thresholds asked for (empty for a static run), checked before any model loads."""
-    policy = getattr(args, "exit_policy", "static")
-    if policy == "static":
+    policy = getattr(args, "exit_policy", None) or DEFAULT_RULE.name
+    rule = rule_named(policy)
+    if not rule.dynamic:
         if getattr(args, "threshold", None) is not None:
             raise UsageError("--threshold: only with --exit-policy confidence or saturation")
         if getattr(args, "min_layers", 1) != 1:
@@ -109,26 +110,17 @@ def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
         )
     if args.threshold is None or not args.threshold.strip():
         raise UsageError(f"--threshold: --exit-policy {policy} needs a threshold, e.g. 0.9 (or 0.5,0.8,0.95)")
-    low, high = THRESHOLD_RANGES[policy]
-    thresholds = []
-    for part in args.threshold.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(f"--threshold: {part.strip()!r} is not a number") from None
-        if not low <= value <= high:
-            raise UsageError(
-                f"--threshold: {value:g} is outside {low:g}..{high:g}, the range of the {policy} rule"
-            )
-        thresholds.append(value)
-    return tuple(dict.fromkeys(thresholds))
+    try:
+        return parse_settings(rule, args.threshold)
+    except ValueError as exc:
+        raise UsageError(f"--threshold: {exc}") from None
 
 
 def check_min_layers_fit(models: Iterable[str | None], args: argparse.Namespace) -> None:
     """``--min-layers`` beyond a model's layer count, refused before any model loads (when its files say)."""
     from engine.modelfiles import peek_n_layers
 
-    if getattr(args, "exit_policy", "static") == "static":
+    if not is_dynamic(getattr(args, "exit_policy", None)):
         return
     for model in models:
         n_layers = peek_n_layers(model or DEFAULT_MODEL)
@@ -157,14 +149,48 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextmanager
-def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[object | None]:
-    """A Ray executor for ``--ray`` (closed afterwards), or None: the command runs in this process."""
-    if not getattr(args, "ray", None):
-        yield None
+def check_ray_sizing(args: argparse.Namespace) -> None:
+    """``--workers``, ``--gpus-per-worker`` and ``--chunk`` checked before Ray is imported or started
+    (``inf`` and ``nan`` parse as floats: refused here by name, never inside Ray)."""
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} is not a whole number ≥ 1")
+    gpus = args.gpus_per_worker
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"--gpus-per-worker: {gpus:g} is not a finite number ≥ 0 (0 runs actors on CPU)")
+    if args.chunk is not None and args.chunk < 1:
+        raise UsageError(f"--chunk: {args.chunk} is not a whole number ≥ 1 (leave it out for 8)")
+
+
+def check_load_options(args: argparse.Namespace) -> None:
+    """``--device`` and ``--dtype`` checked before any model loads, in this process: an unknown name, or
+    a device this machine lacks (``--device cuda`` without CUDA), is one sentence naming the option.
+    On Ray the workers' machines decide, so nothing is checked here."""
+    from engine import models  # torch: the model about to load needs it anyway
+
+    if getattr(args, "ray", None):
         return
-    if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
-        raise ValueError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
+    try:
+        models.check_load_options(getattr(args, "device", None), getattr(args, "dtype", None))
+    except models.ModelLoadError as exc:
+        option = "--dtype" if str(exc).startswith("dtype") else "--device"
+        raise UsageError(f"{option}: {exc}") from None
+
+
+@contextmanager
+def executor_from_args(
+    args: argparse.Namespace, *, local: bool = False, **load_kwargs
+) -> Iterator[object | None]:
+    """A Ray executor for ``--ray`` (closed afterwards); otherwise None, or with ``local`` an executor
+    for this process that loads models with ``load_kwargs`` (device, dtype)."""
+    check_ray_sizing(args)  # with or without --ray: a nonsensical value is never silently ignored
+    if not getattr(args, "ray", None):
+        if local:
+            from engine.executors import make_executor
+
+            yield make_executor(None, load_kwargs=load_kwargs)
+        else:
+            yield None
+        return
     from engine.executors import make_executor  # imports ray: only with --ray
 
     executor = make_executor(
@@ -180,8 +206,35 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         executor.close()
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """A command-line value that cannot be used; the message starts with the option's name."""
+
+
+SWEEP_JUDGES = (KEYWORD, HARMBENCH)  # the judges a command can run (human labels come from `label`)
+
+
+def judge_names(text: str, judge_model: str | None, option: str = "--judges") -> tuple[str, ...]:
+    """The judges named in ``text`` (comma-separated), each once; an empty list or entry, an unknown
+    name, or harmbench without ``--judge-model`` is refused naming the option."""
+    names = [name.strip() for name in text.split(",")]
+    known = ",".join(SWEEP_JUDGES)
+    if not any(names):
+        raise UsageError(f"{option}: {text!r} names no judge; give one or more of {known}")
+    if "" in names:
+        raise UsageError(f"{option}: {text!r} has an empty entry; separate judge names by single commas")
+    for name in names:
+        if name == HUMAN:
+            raise UsageError(
+                f"{option}: human labels are given in the dashboard or with `python -m engine label`"
+            )
+        if name not in SWEEP_JUDGES:
+            raise UsageError(f"{option}: unknown judge {name!r}; known judges: {known}")
+    if HARMBENCH in names and not judge_model:
+        raise UsageError(
+            f"{option}: the harmbench judge needs --judge-model, a local folder with the HarmBench "
+            "classifier (e.g. cais/HarmBench-Llama-2-13b-cls downloaded with `hf download`)"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @contextmanager
@@ -205,7 +258,7 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
             seed=args.seed,
             chat_template=not args.no_chat_template,
             system_prompt=args.system_prompt,
-            exit_policy=getattr(args, "exit_policy", "static"),
+            exit_policy=getattr(args, "exit_policy", None) or DEFAULT_RULE.name,
             threshold=thresholds[0] if thresholds else 0.0,
             min_layers=getattr(args, "min_layers", 1),
             exit_head=getattr(args, "exit_head", "raw"),
@@ -266,6 +319,7 @@ def load_from_args(args: argparse.Namespace):
     """The model named by ``--model/--device/--dtype/--trust-remote-code`` (a LoadedModel)."""
     from engine.models import load_model  # torch: only commands that run a model pay for it
 
+    check_load_options(args)
     return load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )

@@ -9,8 +9,9 @@ import sys
 from engine.depths import depth_label
 from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
+from engine.rules import is_static, rule_named
 
-from .common import add_db_argument, print_json
+from .common import UsageError, add_db_argument, print_json
 
 _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
@@ -18,6 +19,7 @@ _REPORT_FIELDS = (
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
+    "lens_hash",
 )  # fmt: skip
 
 
@@ -27,17 +29,19 @@ def _add_prompts_argument(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="only this prompt set (its name in the database, as given to sweep --prompts); repeatable. "
-        "Default: every set, each reported on its own",
+        help="only this prompt set (its name in the database, as given to sweep --prompts; NAME@vN for an "
+        "earlier version of an edited file); repeatable. Default: every set's current version, each "
+        "reported on its own",
     )
 
 
 def _check_prompt_sets(store, names: list[str] | None) -> None:
-    """An unknown set name is a typo, not an empty result: say which sets the database holds."""
-    known = {saved.name for saved in store.list_prompt_sets()}
+    """An unknown set name is a typo, not an empty result: say which sets (and earlier versions, as
+    ``name@vN``) the database holds."""
+    known = {version.shown_name for version in store.list_prompt_set_versions()}
     unknown = [name for name in names or [] if name not in known]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
             f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
         )
@@ -99,6 +103,7 @@ def run_report(args: argparse.Namespace) -> int:
         wants_agreement = not args.judge or args.agreement
         agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
         stored = store.table_counts()["generations"]
+        store_versions = store.list_prompt_set_versions()
     found = _flips_by_judge(rows, flips)
     if args.json:
         if args.flips:
@@ -113,6 +118,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
+    _print_set_versions(store_versions, rows)
     _print_early_exit_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
     _print_flips(found)
@@ -192,6 +198,21 @@ def _print_asr_table(rows) -> None:
     )
 
 
+def _print_set_versions(versions, rows) -> None:
+    """A set whose file changed has versions: say which one each reported set is and how to see the rest."""
+    shown = {r.prompt_set for r in rows}
+    for v in versions:
+        if v.shown_name in shown and v.n_versions > 1:
+            others = ", ".join(
+                o.shown_name for o in versions if o.name == v.name and o.shown_name != v.shown_name
+            )
+            which = "its current version" if v.is_current else "an earlier version"
+            print(
+                f"prompt set {v.shown_name}: {which}, v{v.version} of {v.n_versions} "
+                f"({v.n_prompts} prompts); the others: {others} (report --prompts NAME)"
+            )
+
+
 def _nll(row) -> str:
     if row.median_full_depth_nll is None:
         return "n/a"
@@ -200,12 +221,12 @@ def _nll(row) -> str:
 
 def _setting_label(row) -> str:
     """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
-    if row.exit_policy == "static" and row.exit_head == "raw":
+    if is_static(row.exit_policy) and row.exit_head == "raw":
         return depth_label(row.layers, row.n_layers)
     from engine.report import percent
 
-    rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
-    head = " tuned" if row.exit_head == "tuned" else ""
+    rule = rule_named(row.exit_policy).short(row.threshold, layers=row.layers)
+    head = f" tuned {(row.lens_hash or '?')[:6]}" if row.exit_head == "tuned" else ""
     return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
 
 
@@ -258,10 +279,10 @@ def run_label(args: argparse.Namespace) -> int:
     from engine.judges import human_verdict
     from engine.store import Store
 
-    with Store.open(args.db) as store:
+    with Store.open(args.db, create=False) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
-            raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
+            raise UsageError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
         store.save_verdicts(
             [human_verdict(completion.key, args.label, args.note, completion=completion.text)]
         )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.datasets import prompt_set_id
+from engine.errors import UserInputError
 from engine.paths import ACTIVATIONS_DIR
 from engine.types import GenerationParams, Prompt, model_input, stable_hash
 
@@ -55,10 +56,16 @@ class Activations:
 def activations_path(
     model_hash: str, set_id: str, params: GenerationParams, cache_dir: Path | str = ACTIVATIONS_DIR
 ) -> Path:
-    """Cache file of one (model, prompt set, template, system prompt)."""
+    """Cache file of one (model, prompt set, template, system prompt, context budget).
+
+    Prompts are fitted to the context beside ``max_new_tokens`` as generation fits them, so a
+    non-default ``max_new_tokens`` (which may cut a long prompt differently) gets files of its own;
+    the default keeps the names files had before prompts were fitted."""
     template = "chat" if params.chat_template else "raw"
     system = f"-{stable_hash(params.system_prompt, 8)}" if params.system_prompt else ""
-    return Path(cache_dir) / f"{model_hash}-{set_id}-{template}{system}-v{_CACHE_FORMAT}.npz"
+    new_tokens = params.max_new_tokens
+    budget = "" if new_tokens == GenerationParams().max_new_tokens else f"-new{new_tokens}"
+    return Path(cache_dir) / f"{model_hash}-{set_id}-{template}{system}{budget}-v{_CACHE_FORMAT}.npz"
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -119,7 +126,7 @@ def collect_activations(
     from engine import lens  # torch: only when activations are computed
 
     if not prompts:
-        raise ValueError("no prompts to collect activations for")
+        raise UserInputError("no prompts to collect activations for")
     params = params or GenerationParams()
     path = (
         activations_path(loaded.info.model_hash, prompt_set_id(prompts), params, cache_dir)
@@ -149,7 +156,7 @@ def mean_input_embeddings(
     table = loaded.model.get_input_embeddings()
     encoded = [list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
-        raise ValueError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
+        raise UserInputError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
     batch = batch_size or lens.DEFAULT_BATCH_SIZE
     out = np.zeros((len(texts), table.weight.shape[1]), dtype=np.float32)
     with torch.inference_mode():

@@ -118,7 +118,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_tokenizer, monkey
     prompts = [f"prompt number {i}" for i in range(6)]
     params = GenerationParams(max_new_tokens=3)
     expected = generate(loaded, prompts, [3, 1], params, rows_per_batch=12)
-    real, sizes = engine.generation.generate_rows, []
+    real, sizes = engine.generation.decode_rows, []
 
     def tight_memory(loaded_, prompt_ids, *args, **kwargs):
         sizes.append(len(prompt_ids))
@@ -126,7 +126,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_tokenizer, monkey
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(loaded_, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(engine.generation, "generate_rows", tight_memory)
+    monkeypatch.setattr(engine.generation, "decode_rows", tight_memory)
     got = generate(loaded, prompts, [3, 1], params, rows_per_batch=12)
     assert sizes[:3] == [6, 3, 1]  # halved (floor) until it fits
     assert [(c.prompt_text, c.layers, c.token_ids) for c in got] == [
@@ -140,7 +140,7 @@ def test_other_runtime_errors_are_not_swallowed(tiny_tokenizer, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(engine.generation, "generate_rows", broken)
+    monkeypatch.setattr(engine.generation, "decode_rows", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         generate(loaded, ["Hi"], [2], GenerationParams(max_new_tokens=2))
 
@@ -175,6 +175,7 @@ def test_threads_sharing_one_model_get_their_own_depths(tiny_tokenizer):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=480)  # an upper bound for a loaded machine; checked below
+    assert not any(thread.is_alive() for thread in threads)
     assert not errors and len(results) == len(jobs)
     assert len(loaded.layers) == 6 and loaded.model.config.num_hidden_layers == 6
