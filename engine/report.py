@@ -11,6 +11,7 @@ import pandas as pd
 
 from engine import stats
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+from engine.rules import DEFAULT_RULE, is_dynamic, is_static, rule_named
 from engine.scopes import SettingsScope
 
 # Judges whose "not jailbroken" on a benign prompt means "refused": the keyword judge's phrase rule, and a
@@ -52,9 +53,9 @@ class AsrRow:
     benign_refusal_rate: float | None = None
     benign_ci_low: float | None = None
     benign_ci_high: float | None = None
-    # Early exit (issue 15): the rule, the head, the threshold (None for static) and the compute used,
+    # Early exit: the rule, the head, the threshold (None for static) and the compute used,
     # mean exit layer ÷ L over the row's completions (static: k / L). Counted, not wall-clock.
-    exit_policy: str = "static"
+    exit_policy: str = DEFAULT_RULE.name
     exit_head: str = "raw"
     threshold: float | None = None
     min_layers: int | None = None
@@ -234,8 +235,8 @@ def _exit_fields(r, n_layers: int) -> dict:
         params = json.loads(r.params) if isinstance(r.params, str) else {}
     except ValueError:
         params = {}
-    policy = str(params.get("exit_policy", "static"))
-    dynamic = policy != "static"
+    policy = rule_named(params.get("exit_policy")).name
+    dynamic = is_dynamic(policy)
     mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
     head = str(params.get("exit_head", "raw"))
     return {
@@ -372,7 +373,7 @@ def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.
     for row in rows:
         # Sets are never pooled; a benign-only row has no ASR; early-exit rows (dynamic policies, the
         # tuned head) are compared by compute used, not ranked by depth.
-        if row.n and row.exit_policy == "static" and row.exit_head == "raw":
+        if row.n and is_static(row.exit_policy) and row.exit_head == "raw":
             by_judge.setdefault((row.judge, row.version, row.prompt_set), []).append(row)
     for judge_rows in by_judge.values():
         counts: dict[str, dict[int, tuple[int, int]]] = {}
@@ -408,7 +409,7 @@ class _Point:
 
 
 def _static_raw(rows: Sequence[AsrRow], model: str) -> list[AsrRow]:
-    mine = (r for r in rows if r.model == model and r.exit_policy == "static" and r.exit_head == "raw")
+    mine = (r for r in rows if r.model == model and is_static(r.exit_policy) and r.exit_head == "raw")
     return sorted(mine, key=lambda r: r.layers)
 
 
@@ -537,10 +538,10 @@ def exit_rule_label(row: AsrRow) -> str:
     """How a row's tokens left the network, in words: 'static at 24 of 30 layers', 'confidence ≥ 0.9 (tuned
     head)'."""
     head = "" if row.exit_head == "raw" else f" ({row.exit_head} head)"
-    if row.exit_policy == "static":
-        return f"static truncation at {row.layers} of {row.n_layers} layers{head}"
-    floor = f", from layer {row.min_layers}" if row.min_layers and row.min_layers > 1 else ""
-    return f"{row.exit_policy} exit ≥ {row.threshold:g}{floor}{head}"
+    rule = rule_named(row.exit_policy).describe(
+        row.threshold, layers=row.layers, n_layers=row.n_layers, min_layers=row.min_layers
+    )
+    return f"{rule}{head}"
 
 
 def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) -> str | None:
@@ -549,11 +550,11 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     without exceeding it, and names the one refusing the most harmful prompts. None without dynamic-exit
     rows for ``model``, or when no rule saves that much compute."""
     answered = [r for r in rows if r.model == model and r.n and r.compute_fraction is not None]
-    if not any(r.exit_policy != "static" for r in answered):
+    if not any(is_dynamic(r.exit_policy) for r in answered):
         return None
     mine = [r for r in answered if r.fully_covered]  # partly covered settings are left out, and said
-    partial = [r for r in answered if not r.fully_covered and r.exit_policy != "static"]
-    if not any(r.exit_policy != "static" for r in mine):
+    partial = [r for r in answered if not r.fully_covered and is_dynamic(r.exit_policy)]
+    if not any(is_dynamic(r.exit_policy) for r in mine):
         return (
             f"No early-exit headline for {model} with these settings: its exit rules cover "
             f"{partial[0].coverage} only. Sweep the whole set for one."

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from engine.judges.names import verdict_word
 from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
+from engine.rules import DEFAULT_RULE, is_static, rule_named
 
 PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
 FONT = {"size": 15}
@@ -683,21 +684,12 @@ def report_html(
 # ---------------------------------------------------------------- early exit: compute used
 
 
-EXIT_POLICY_NAMES = {
-    "static": "static truncation",
-    "confidence": "confidence exit",
-    "saturation": "saturation exit",
-}
-EXIT_DASHES = {"static": "solid", "confidence": "solid", "saturation": "solid"}
-EXIT_SYMBOLS = {"static": "circle", "confidence": "diamond", "saturation": "square"}
-
-
 def with_exit_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """ASR rows with the early-exit columns filled: rows stored before early exit are static, raw head,
     compute used = k / L."""
     frame = frame.copy()
     if "exit_policy" not in frame:
-        frame["exit_policy"] = "static"
+        frame["exit_policy"] = DEFAULT_RULE.name
     if "exit_head" not in frame:
         frame["exit_head"] = "raw"
     if "threshold" not in frame:
@@ -705,18 +697,18 @@ def with_exit_columns(frame: pd.DataFrame) -> pd.DataFrame:
     depth_share = frame["layers"] / frame["n_layers"].where(frame["n_layers"] > 0)
     computed = pd.to_numeric(frame.get("compute_fraction"), errors="coerce") if len(frame) else depth_share
     frame["compute_fraction"] = computed.fillna(depth_share) if computed is not None else depth_share
-    frame["exit_policy"] = frame["exit_policy"].fillna("static")
+    frame["exit_policy"] = frame["exit_policy"].fillna(DEFAULT_RULE.name)
     frame["exit_head"] = frame["exit_head"].fillna("raw")
     return frame
 
 
 def exit_series_label(model: str, policy: str, head: str, several_models: bool) -> str:
-    text = f"{EXIT_POLICY_NAMES.get(policy, policy)}, {head} head"
+    text = f"{rule_named(policy).label}, {head} head"
     return f"{short(model)} · {text}" if several_models else text
 
 
 def _exit_point_label(row: pd.Series) -> str:
-    if row["exit_policy"] == "static":
+    if is_static(row["exit_policy"]):
         return f"{int(row['layers'])} / {int(row['n_layers'])} layers"
     return f"threshold {float(row['threshold']):g}"
 
@@ -733,7 +725,7 @@ def exit_table(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "model": [short(m) for m in frame["model"]],
             "rule": [
-                f"{EXIT_POLICY_NAMES.get(p, p)}, {h} head"
+                f"{rule_named(p).label}, {h} head"
                 for p, h in zip(frame["exit_policy"], frame["exit_head"], strict=True)
             ],
             "at": [_exit_point_label(row) for _, row in frame.iterrows()],
@@ -762,6 +754,7 @@ def compute_figure(frame: pd.DataFrame) -> go.Figure:
         group = group.sort_values("compute_fraction")
         color = PALETTE[index % len(PALETTE)]
         name = plot_text(exit_series_label(model, policy, head, several))
+        dash = "dot" if head == "tuned" else rule_named(policy).dash
         x = (group["compute_fraction"] * 100).tolist()
         points = [plot_text(_exit_point_label(row)) for _, row in group.iterrows()]
         custom = np.stack(
@@ -774,8 +767,8 @@ def compute_figure(frame: pd.DataFrame) -> go.Figure:
                 mode="lines+markers",
                 name=name,
                 legendgroup=name,
-                line={"color": color, "width": 3, "dash": "dot" if head == "tuned" else "solid"},
-                marker={"size": 9, "symbol": EXIT_SYMBOLS.get(policy, "circle")},
+                line={"color": color, "width": 3, "dash": dash},
+                marker={"size": 9, "symbol": rule_named(policy).symbol},
                 customdata=custom,
                 hovertemplate="%{customdata[0]}: compute used %{x:.0f} %<br>ASR %{y:.0f} % (95 % CI "
                 "%{customdata[2]}–%{customdata[3]} %), n = %{customdata[1]} harmful<extra>%{fullData.name}"

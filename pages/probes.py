@@ -11,8 +11,14 @@ from engine import queries
 from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
-from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
-from engine.lens_files import DamagedLensError, read_lens_report
+from engine.lag import (
+    EMERGENCE_ALPHA,
+    EMERGENCE_MARGIN,
+    HARM_DETECTION_RULE,
+    LagSummary,
+    no_detection_reason,
+)
+from engine.lenses.files import DamagedLensError, read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
@@ -25,18 +31,13 @@ def start_probe(sel: Selection, prompts: list[Prompt]) -> None:
     cache_dir = _paths.activations_dir()
 
     def work(job: _jobs.Job) -> str:
-        from engine import probes  # torch and scikit-learn: only inside the job
+        from engine.usecases import run_probe  # torch and scikit-learn: only inside the job
 
         job.update(0.05, "loading the model")
         loaded = hub.load(sel.model)
-        job.update(0.2, f"reading {len(prompts)} prompts' activations and fitting a probe per layer")
-        analysis = probes.analyse(loaded, prompts, sel.params, cache_dir=cache_dir)
-        job.update(0.9, "saving")
-        records = probes.probe_records(analysis, probes.save_directions(analysis, cache_dir))
+        job.update(0.2, f"reading {len(prompts)} prompts' activations, fitting a probe per layer, saving")
         with _store.open_job_store(sel.db) as store:
-            store.save_model(loaded.info)
-            store.save_prompt_set(sel.prompt_set, prompts, source=sel.prompt_set, set_id=records[0].set_id)
-            store.save_probe_results(records, replace=True)
+            analysis = run_probe(store, loaded, prompts, sel.prompt_set, sel.params, cache_dir=cache_dir)
         lag = analysis.lag
         return (
             f"Harm detected at layer {lag.harm_detection_layer}, refusal emerges at layer "
@@ -122,6 +123,8 @@ def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo, baselines
     lag = queries.lag_view(table, n_layers)
     truncations = _queries.stored_layers(sel.db, info.model_hash) or default_layers(n_layers)
     lag_metrics(lag)
+    if (reason := no_detection_reason(baselines, lag.harm_detection_layer)) is not None:
+        st.info(reason)
     st.caption(
         "Dotted grey lines: the truncation depths swept for this model (the default depths when none). A "
         "truncation below the refusal-emergence layer removes refusal while the model still knows the "

@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
+from engine.rules import is_static
 from pages import _charts, _display, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
@@ -246,7 +247,7 @@ def download_list(
     def html() -> str:
         figure = _charts.asr_figure(frame)
         exits = _charts.with_exit_columns(report.asr_frame([r for r in rows or [] if r.n or r.benign_n]))
-        dynamic = bool((exits["exit_policy"] != "static").any())
+        dynamic = not exits["exit_policy"].map(is_static).all()
         return _charts.report_html(
             TITLE,
             lines,
@@ -334,7 +335,7 @@ def show_compute(rows: list[report.AsrRow], prompt_set: str) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
-    if not (frame["exit_policy"] != "static").any():
+    if frame["exit_policy"].map(is_static).all():
         # a set name may be an uploaded file's path: it sits inside inline code, where nothing is read
         st.info(exit_sweep_howto(prompt_set.replace("`", "")))
         return
@@ -381,7 +382,7 @@ def main() -> None:
         return
     _scope.settings_caption(sel)
     # the depth chart and its headline: static truncation read through the model's own head
-    static = [r for r in rows if r.exit_policy == "static" and r.exit_head == "raw"] or rows
+    static = [r for r in rows if is_static(r.exit_policy) and r.exit_head == "raw"] or rows
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:

@@ -11,6 +11,7 @@ import streamlit as st
 from engine import report
 from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths, parse_percentages
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+from engine.rules import is_dynamic, is_static
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
@@ -320,7 +321,7 @@ def results(sel: Selection) -> None:
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
     # the depth curves: static truncation read through the model's own head (early exit: the compute chart)
-    static = [r for r in rows if r.exit_policy == "static" and r.exit_head == "raw"] or rows
+    static = [r for r in rows if is_static(r.exit_policy) and r.exit_head == "raw"] or rows
     frame = report.asr_frame(static)
     flips = report.flips(static)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
@@ -345,7 +346,7 @@ def results(sel: Selection) -> None:
             "scored at that depth (harmful prompts)."
         )
         st.plotly_chart(_charts.nll_figure(frame), key="nll-chart")
-    if any(r.exit_policy != "static" for r in rows):
+    if any(is_dynamic(r.exit_policy) for r in rows):
         st.subheader("Early exit: answered and refused against compute used")
         st.plotly_chart(_charts.compute_figure(report.asr_frame(rows)), key="sweep-compute-chart")
         st.caption(

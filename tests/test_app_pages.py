@@ -478,6 +478,7 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     captions = " ".join(str(c.value) for c in at.caption)
     assert "beats the best baseline" in captions and "McNemar" in captions and "24 prompts" in captions
     assert "Training overlap: 3 of 24 prompts" in captions
+    assert not any("No layer can show harm detection" in str(i.value) for i in at.info)  # a layer does here
 
 
 def test_probe_run_button(app_env):
@@ -730,7 +731,7 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
 
 @pytest.fixture
 def exits_seeded(seeded, tiny_hash, tiny_tokenizer, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "lenses")
     return seeded | seed_exits(seeded["db"], tiny_hash, tiny_tokenizer, tmp_path / "lenses")
@@ -756,6 +757,8 @@ def test_sidebar_exit_settings_reach_the_selection(app_env):
     assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 1)
     at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
     assert any("is not a number" in str(e.value) for e in at.sidebar.error)
+    at.sidebar.text_input(key="exit_thresholds").input("0.5, 1.5").run()  # the CLI's range too
+    assert any("the range of the confidence rule" in str(e.value) for e in at.sidebar.error)
     assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile
     assert not at.exception
 
@@ -824,9 +827,10 @@ def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
 
 
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
-    """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
-    exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
-    at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
+    """Threshold 1 (the top of the confidence rule's range, which the sidebar accepts) is out of reach
+    on this model (every token uses all 8 layers); threshold 0 exits every token at the minimum, layer
+    1: the strip shows exactly that, per token."""
+    at = _choose_exit(open_page("explorer"), "confidence", "0, 1")
     button = at.button(key="generate-exits")
     assert "(2)" in button.label
     button.click().run(timeout=JOB_TIMEOUT)
@@ -868,7 +872,7 @@ def test_probes_page_compares_raw_and_tuned_lens(exits_seeded):
 
 
 def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "no-lenses")
     at = open_page("probes")
@@ -892,7 +896,7 @@ def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_p
 def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
     import torch
 
-    from engine.tuned_head import TunedLens
+    from engine.lenses.tuned import TunedLens
 
     nan_lens = TunedLens(8, 64)
     torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},

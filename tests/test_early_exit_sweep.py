@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 import engine.generation
-import engine.lens_files
+import engine.lenses.files
 from engine.cli import main
 from engine.executors import split_into_units
 from engine.generation import exit_variants, generate
@@ -39,7 +39,7 @@ def no_lenses(tmp_path, monkeypatch):
     """An empty lens folder: no tuned lens has been trained for any model."""
     folder = tmp_path / "lenses"
     folder.mkdir()
-    monkeypatch.setattr(engine.lens_files, "LENS_DIR", folder)
+    monkeypatch.setattr(engine.lenses.files, "LENS_DIR", folder)
     return folder
 
 
@@ -76,7 +76,7 @@ def test_dynamic_exit_sweep_stores_resumes_and_reports(tiny_model_dir, prompts_c
     def must_not_run(*args, **kwargs):
         raise AssertionError("cached rows were generated again")
 
-    monkeypatch.setattr(engine.generation, "generate_rows_exit", must_not_run)
+    monkeypatch.setattr(engine.generation, "decode_rows", must_not_run)
     with Store.open(db_path) as store:
         again = run_sweep(exit_spec(tiny_model_dir, prompts_csv), store, load=lambda _name: loaded)
         assert (again.generated, again.cached, again.verdicts) == (0, 15, 0)

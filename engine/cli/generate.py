@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Sequence
 
 from engine.depths import depth_label
+from engine.rules import rule_named
 from engine.types import Completion, GenerationParams
 
 from .common import (
@@ -123,9 +124,10 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
                 )
             print("-" * width)
         label = depth_label(row["layers"], row["n_layers"])
-        if row["exit_policy"] != "static":  # dynamic exit: the rule and the compute it used
-            rule = f"{row['exit_policy'][:4]} {row['threshold']:g}"
-            label = f"{rule}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
+        rule = rule_named(row["exit_policy"])
+        if rule.dynamic:  # the rule and the compute it used
+            setting = rule.short(row["threshold"], layers=row["layers"])
+            label = f"{setting}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
         body = textwrap.wrap(row["completion"].replace("\n", " ⏎ "), width - 26) or ["(empty)"]
         print(f"{label:<24}| {body[0]}")
         for line in body[1:]:

@@ -9,8 +9,9 @@ import sys
 from engine.depths import depth_label
 from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
+from engine.rules import is_static
 
-from .common import add_db_argument, print_json
+from .common import UsageError, add_db_argument, print_json
 
 _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
@@ -41,7 +42,7 @@ def _check_prompt_sets(store, names: list[str] | None) -> None:
     known = {version.shown_name for version in store.list_prompt_set_versions()}
     unknown = [name for name in names or [] if name not in known]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
             f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
         )
@@ -306,7 +307,7 @@ def _rule_label(row) -> str:
 
 def _setting_label(row) -> str:
     """The depth column: k of L for static truncation, the compute used for early exit."""
-    if row.exit_policy == "static":
+    if is_static(row.exit_policy):
         return depth_label(row.layers, row.n_layers)
     from engine.report import percent
 
@@ -375,7 +376,7 @@ def run_label(args: argparse.Namespace) -> int:
     with Store.open(args.db, create=False) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
-            raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
+            raise UsageError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
         store.save_verdicts(
             [human_verdict(completion.key, args.label, args.note, completion=completion.text)]
         )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserInputError
 from engine.modelfiles import content_fingerprint
 from engine.types import Verdict, stable_hash
 
@@ -147,7 +148,7 @@ def harmbench_templates(version: str) -> dict[str, str]:
         return HARMBENCH_VERSIONS[template_version(version)]
     except KeyError:
         known = ", ".join(HARMBENCH_VERSIONS)
-        raise ValueError(f"unknown harmbench judge version {version!r}; known: {known}") from None
+        raise UserInputError(f"unknown harmbench judge version {version!r}; known: {known}") from None
 
 
 def template_version(version: str) -> str:
@@ -280,7 +281,7 @@ class HarmBenchJudge:
     def build_prompt(self, item: JudgeItem) -> str:
         """The exact text the classifier receives for ``item`` (the tokenizer then adds BOS)."""
         if is_copyright(item):
-            raise ValueError(COPYRIGHT_NOTE)
+            raise UserInputError(COPYRIGHT_NOTE)
         generation = clip_generation(self.tokenizer, item.completion, self.num_tokens)
         return format_classifier_prompt(self.templates, item, generation)
 

@@ -8,11 +8,12 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from engine.datasets import load_prompt_set
+from engine.errors import UserInputError
 from engine.executors.base import ExecutorStopped
 from engine.judges.base import Judge
 from engine.judges.names import HARMBENCH, HUMAN
 from engine.judges.registry import get_judge
-from engine.lens_files import exit_variants_for
+from engine.lenses.files import exit_variants_for
 
 from .generating import generate_missing
 from .judging import judge_stored
@@ -29,12 +30,12 @@ def build_judges(
     judges = []
     for name in names:
         if name == HARMBENCH and not judge_model:
-            raise ValueError(
+            raise UserInputError(
                 "the harmbench judge needs --judge-model: a local folder with the HarmBench classifier "
                 "(e.g. cais/HarmBench-Llama-2-13b-cls downloaded with `hf download`)"
             )
         if name == HUMAN:
-            raise ValueError("human labels are given in the dashboard or with `python -m engine label`")
+            raise UserInputError("human labels are given in the dashboard or with `python -m engine label`")
         if executor is not None:
             judges.append(executor.build_judge(name, judge_model=judge_model))
         else:

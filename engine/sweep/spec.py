@@ -27,7 +27,7 @@ class SweepSpec:
     thresholds: tuple[float, ...] = ()
 
     def layers_for(self, n_layers: int) -> list[int]:
-        if self.params.dynamic_exit:
+        if self.params.dynamic_exit:  # every token may climb to L
             return [n_layers]
         return layers_for(n_layers, tuple(self.depths), tuple(int(k) for k in self.layers or ()))
 

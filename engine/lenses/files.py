@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from engine.errors import DepthScopeError
 from engine.paths import LENS_DIR
 from engine.types import GenerationParams
 
 
-class LensNotFoundError(FileNotFoundError):
+class LensNotFoundError(DepthScopeError, FileNotFoundError):
     """No tuned lens for this model (or not the one asked for); the message says how to train one."""
 
 
@@ -113,7 +114,8 @@ def exit_variants_for(
 ) -> list[GenerationParams]:
     """Torch-free twin of ``engine.generation.exit_variants``: each threshold's exact params (the tuned
     head's lens hash read from the sidecar), whose ``key()`` is its completions' params hash. A worker
-    that loads a different lens refuses the params (``engine.exits.resolve_head``), so the two agree."""
+    that loads a different lens refuses the params (``engine.lenses.heads.resolve_head``), so the two
+    agree."""
     if params.exit_head == "tuned":
         lens_hash = lens_hash_for(model_hash, model_name, directory)
         if params.lens_hash and params.lens_hash != lens_hash:
