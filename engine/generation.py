@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from engine.architectures import context_length
+from engine.depths import check_drop, kept_layers
 from engine.exits import (
     RAW_HEAD,
     ExitHead,
@@ -30,7 +31,7 @@ from engine.exits import (
     resolve_head,
     translated_final_norm,
 )
-from engine.models import LoadedModel, depth_routed, reroute, truncated
+from engine.models import LoadedModel, depth_routed, layers_kept, reroute, truncated
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class _RowOutput:
     token_ids: tuple[int, ...]
     exit_layers: tuple[int, ...] = ()  # one per token; empty means all at ``layers``
     threshold: float = 0.0  # dynamic exit: the row's threshold
+    acceptance_rate: float | None = None  # speculative decoding: drafts accepted / drafted
+    layer_compute: float | None = None  # speculative decoding: layer passes per generated token
 
 
 def _prefill_shared(
@@ -463,7 +466,8 @@ def iter_completions(
         hashes = {t: replace(params, threshold=t).key() for t in variants}
         seed_depths = [loaded.n_layers] * len(variants)
     else:
-        variants = list(dict.fromkeys(layers))
+        fixed = rule_layers(loaded, params)
+        variants = [fixed] if fixed else list(dict.fromkeys(layers))
         hashes = dict.fromkeys(variants, params.key())
         seed_depths = sorted(set(variants), reverse=True)
     if not prompts or not variants:
@@ -488,10 +492,7 @@ def iter_completions(
         chunk_ids = [encoded[i] for i in chunk]
         began = time.perf_counter()
         try:
-            if params.dynamic_exit:
-                rows = generate_rows_exit(loaded, chunk_ids, variants, params, seeds, head)
-            else:
-                rows = generate_rows(loaded, chunk_ids, variants, params, seeds, head)
+            rows = _generate_chunk(loaded, chunk_ids, variants, params, seeds, head)
         except RuntimeError as exc:
             if not _is_out_of_memory(exc) or per_batch == 1:
                 raise
@@ -517,6 +518,8 @@ def iter_completions(
                     seconds,
                     prompt_truncated_tokens=fitted[chunk[row.prompt_index]][1],
                     exit_layers=row.exit_layers or (row.layers,) * len(row.token_ids),
+                    acceptance_rate=row.acceptance_rate,
+                    layer_compute=row.layer_compute,
                 )
             )
         start += len(chunk)
@@ -524,6 +527,36 @@ def iter_completions(
         if on_batch:
             on_batch(done, len(order))
         yield batch
+
+
+def rule_layers(loaded: LoadedModel, params: GenerationParams) -> int | None:
+    """The one layer count a rule fixes (None: the depths asked for): L for speculative decoding (the
+    full model verifies every token), the count kept for block removal."""
+    if params.speculative:
+        return loaded.n_layers
+    if params.drop_layers:
+        return len(kept_indices(loaded, params))
+    return None
+
+
+def kept_indices(loaded: LoadedModel, params: GenerationParams) -> tuple[int, ...]:
+    """Block removal: the 0-based layers that run (``engine.depths.kept_layers`` is the 1-based notion)."""
+    with_model = check_drop(params.drop_layers, loaded.n_layers)
+    return tuple(i - 1 for i in kept_layers(loaded.n_layers, 0, with_model))
+
+
+def _generate_chunk(loaded, chunk_ids, variants, params, seeds, head) -> list[_RowOutput]:
+    """One chunk of prompts under the params' rule: dynamic exit, speculative, block removal, truncation."""
+    if params.dynamic_exit:
+        return generate_rows_exit(loaded, chunk_ids, variants, params, seeds, head)
+    if params.speculative:
+        from engine.speculative import generate_rows_speculative  # it builds on this module's helpers
+
+        return generate_rows_speculative(loaded, chunk_ids, params)
+    if params.drop_layers:
+        with layers_kept(loaded, kept_indices(loaded, params)):
+            return generate_rows(loaded, chunk_ids, variants, params, seeds, head)
+    return generate_rows(loaded, chunk_ids, variants, params, seeds, head)
 
 
 def exit_variants(
@@ -555,6 +588,8 @@ def generate(
     prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
     if params.dynamic_exit:
         variants = [(loaded.n_layers, v.key()) for v in exit_variants(loaded, params, thresholds)]
+    elif fixed := rule_layers(loaded, params):
+        variants = [(fixed, None)]
     else:
         variants = [(k, None) for k in dict.fromkeys(layers)]
     found: dict[tuple[str, int, str | None], Completion] = {}

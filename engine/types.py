@@ -78,7 +78,8 @@ def _is_whole(value: object) -> bool:
 # Below this, logits / temperature overflow float32 and sampling turns into NaNs: use 0 (greedy) instead.
 MIN_TEMPERATURE = 1e-3
 
-EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation")
+EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation", "speculative")
+THRESHOLD_POLICIES: tuple[str, ...] = ("confidence", "saturation")  # per-token exit with a threshold
 EXIT_HEADS: tuple[str, ...] = ("raw", "tuned")
 
 # The early-exit fields and their defaults. A field at its default is left out of the cache key, so
@@ -89,7 +90,11 @@ EXIT_DEFAULTS: dict[str, object] = {
     "min_layers": 1,
     "exit_head": "raw",
     "lens_hash": "",
+    "draft_layers": 0,
+    "draft_tokens": 0,
+    "drop_layers": (),
 }
+DEFAULT_DRAFT_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,12 @@ class GenerationParams:
     ``exit_policy``: ``static`` (every token exits at the completion's depth k), ``confidence`` (CALM
     softmax response: exit at the first layer >= ``min_layers`` where the exit head's top-1 minus top-2
     probability >= ``threshold``) or ``saturation`` (exit when the cosine between consecutive layers'
-    hidden states >= ``threshold``). ``exit_head``: ``raw`` (final norm + LM head) or ``tuned`` (the
-    tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    hidden states >= ``threshold``), or ``speculative`` (self-speculative decoding: the first
+    ``draft_layers`` layers + final norm + head draft ``draft_tokens`` tokens, the full model verifies
+    them; greedy, so the output is the full model's). ``exit_head``: ``raw`` (final norm + LM head) or
+    ``tuned`` (the tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    ``drop_layers``: 1-based decoder layers removed from the network (block removal; the completion's
+    ``layers`` is then the count kept). Empty for truncation, which keeps layers 1..k.
     """
 
     max_new_tokens: int = 64
@@ -115,6 +124,9 @@ class GenerationParams:
     min_layers: int = 1
     exit_head: str = "raw"
     lens_hash: str = ""
+    draft_layers: int = 0
+    draft_tokens: int = 0
+    drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not _is_whole(self.max_new_tokens) or self.max_new_tokens < 1:
@@ -148,11 +160,47 @@ class GenerationParams:
             raise ParamsError(
                 "min_layers", f"min layers must be at least 1 (a whole number), got {self.min_layers!r}"
             )
-        if self.exit_policy == "static" and (self.threshold != 0.0 or self.min_layers != 1):
+        if self.exit_policy not in THRESHOLD_POLICIES and (self.threshold != 0.0 or self.min_layers != 1):
             raise ParamsError(
                 "threshold" if self.threshold != 0.0 else "min_layers",
                 "threshold and min layers only apply to the confidence and saturation exit policies; "
                 "a static run exits every token at its depth (--layers)",
+            )
+        self._check_speculative()
+        self._check_drop()
+
+    def _check_speculative(self) -> None:
+        if self.exit_policy != "speculative":
+            if self.draft_layers or self.draft_tokens:
+                raise ParamsError(
+                    "draft_layers" if self.draft_layers else "draft_tokens",
+                    "draft layers and draft tokens only apply to --exit-policy speculative",
+                )
+            return
+        if not _is_whole(self.draft_layers) or self.draft_layers < 1:
+            raise ParamsError(
+                "draft_layers", f"speculative decoding needs draft layers ≥ 1, got {self.draft_layers!r}"
+            )
+        if not _is_whole(self.draft_tokens) or self.draft_tokens < 1:
+            raise ParamsError(
+                "draft_tokens", f"draft tokens must be a whole number ≥ 1, got {self.draft_tokens!r}"
+            )
+        if not self.greedy or self.exit_head != "raw":
+            raise ParamsError(
+                "temperature" if not self.greedy else "exit_head",
+                "speculative decoding here is greedy with the raw head (its output then equals the full "
+                "model's token for token): use --temperature 0 and --exit-head raw",
+            )
+
+    def _check_drop(self) -> None:
+        drop = self.drop_layers
+        if not isinstance(drop, tuple) or not all(_is_whole(i) and i >= 1 for i in drop):
+            raise ParamsError("drop_layers", f"dropped layers must be whole numbers ≥ 1, got {drop!r}")
+        if list(drop) != sorted(set(drop)):
+            raise ParamsError("drop_layers", f"dropped layers must be sorted and distinct, got {drop!r}")
+        if drop and (self.exit_policy != "static" or self.exit_head != "raw"):
+            raise ParamsError(
+                "drop_layers", "dropped layers combine with the static policy and the raw head only"
             )
 
     @staticmethod
@@ -181,7 +229,12 @@ class GenerationParams:
     @property
     def dynamic_exit(self) -> bool:
         """True when each token picks its own exit layer (confidence or saturation)."""
-        return self.exit_policy != "static"
+        return self.exit_policy in THRESHOLD_POLICIES
+
+    @property
+    def speculative(self) -> bool:
+        """Self-speculative decoding: every token is the full model's, drafted by its first layers."""
+        return self.exit_policy == "speculative"
 
     def key(self) -> str:
         """Cache key of everything that changes the output (early-exit fields only when not default)."""
@@ -211,10 +264,17 @@ class Completion:
     # The layer count each generated token exited at (1..L), one per token. Static runs: all equal k;
     # dynamic-exit runs keep ``layers`` = L (the network every token may use).
     exit_layers: tuple[int, ...] = field(default_factory=tuple)
+    # Self-speculative decoding: drafted tokens the full model accepted / drafted, and the decoder-layer
+    # passes actually run per generated token (draft + verification). None for every other rule.
+    acceptance_rate: float | None = None
+    layer_compute: float | None = None
 
     @property
     def mean_exit_layers(self) -> float:
-        """Mean exit layer over the generated tokens (compute used = this / L); k when none."""
+        """Layer passes per generated token (compute used = this / L): the mean exit layer, the counted
+        draft + verify passes of speculative decoding, or k when no token was generated."""
+        if self.layer_compute is not None:
+            return self.layer_compute
         return sum(self.exit_layers) / len(self.exit_layers) if self.exit_layers else float(self.layers)
 
     @property
