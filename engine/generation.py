@@ -32,6 +32,7 @@ from engine.exits import (
     translated_final_norm,
 )
 from engine.models import LoadedModel, depth_routed, layers_kept, reroute, truncated
+from engine.speculative import speculate
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,32 @@ def generate_rows_exit(
     return rows
 
 
+# ---------------------------------------------------------------- self-speculative (engine.speculative)
+
+
+def generate_rows_speculative(
+    loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], params: GenerationParams
+) -> list[_RowOutput]:
+    """Greedy self-speculative decoding for all prompts in one batch: every token is the full model's,
+    each row records its drafts' acceptance rate and the layer passes spent per generated token."""
+    ids, mask = left_pad(prompt_ids, loaded.tokenizer.pad_token_id, loaded.device)
+    eos_ids, n_layers = set(loaded.eos_token_ids), loaded.n_layers
+    rows = []
+    for index, tally in enumerate(speculate(loaded, ids, mask, position_ids_for(mask), params)):
+        token_ids = _cut_at_eos(tally.tokens, eos_ids)
+        rows.append(
+            _RowOutput(
+                index,
+                n_layers,
+                token_ids,
+                (n_layers,) * len(token_ids),  # every token is the full model's
+                acceptance_rate=tally.accepted / tally.drafted if tally.drafted else None,
+                layer_compute=tally.passes / max(1, len(token_ids)),
+            )
+        )
+    return rows
+
+
 # ---------------------------------------------------------------- many prompts: batching and order
 
 
@@ -550,8 +577,6 @@ def _generate_chunk(loaded, chunk_ids, variants, params, seeds, head) -> list[_R
     if params.dynamic_exit:
         return generate_rows_exit(loaded, chunk_ids, variants, params, seeds, head)
     if params.speculative:
-        from engine.speculative import generate_rows_speculative  # it builds on this module's helpers
-
         return generate_rows_speculative(loaded, chunk_ids, params)
     if params.drop_layers:
         with layers_kept(loaded, kept_indices(loaded, params)):

@@ -14,12 +14,10 @@ verification recomputes them: the compute counted per token is what actually ran
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from engine.generation import _cut_at_eos, _RowOutput, left_pad, position_ids_for
 from engine.models import LoadedModel, truncated
 from engine.types import GenerationParams, ParamsError
 
@@ -34,7 +32,9 @@ def check_draft_layers(params: GenerationParams, n_layers: int) -> None:
 
 
 @dataclass
-class _RowTally:
+class RowTally:
+    """One row's generated tokens (EOS not yet cut) and what it cost."""
+
     tokens: list[int]
     drafted: int = 0
     accepted: int = 0
@@ -77,24 +77,28 @@ def _pack_left(cache, mask: torch.Tensor) -> torch.Tensor:
     return mask.gather(1, order)
 
 
-def generate_rows_speculative(
-    loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], params: GenerationParams
-) -> list[_RowOutput]:
-    """Greedy self-speculative decoding for all prompts in one batch (rows = prompts, all at L)."""
+def speculate(
+    loaded: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    params: GenerationParams,
+) -> list[RowTally]:
+    """Greedy self-speculative decoding of a left-padded batch (``positions``: the prompt's position
+    ids); one tally per row, all rows at L layers."""
     from transformers import DynamicCache
 
     n_layers, device = loaded.n_layers, loaded.device
     check_draft_layers(params, n_layers)
     n, k = params.draft_tokens, params.draft_layers
     eos_ids = set(loaded.eos_token_ids)
-    ids, mask = left_pad(prompt_ids, loaded.tokenizer.pad_token_id, device)
-    tallies = [_RowTally([]) for _ in prompt_ids]
+    tallies = [RowTally([]) for _ in range(ids.shape[0])]
     with loaded.lock, torch.inference_mode():
         cache = DynamicCache()  # one full-size layer per decoder layer: rows are re-packed after each step
-        logits = _forward(loaded, ids, mask, position_ids_for(mask), cache)[:, -1]
+        logits = _forward(loaded, ids, mask, positions, cache)[:, -1]
         token = logits.argmax(dim=-1)  # the first token: the prompt runs at full depth
-        positions = position_ids_for(mask)[:, -1:] + 1
-        origin = list(range(len(prompt_ids)))
+        positions = positions[:, -1:] + 1
+        origin = list(range(ids.shape[0]))
         for row, first in zip(origin, token.tolist(), strict=True):
             tallies[row].tokens.append(first)
             tallies[row].passes += n_layers
@@ -128,16 +132,4 @@ def generate_rows_speculative(
                 new = emitted[: count + 1][: params.max_new_tokens - len(tally.tokens)]
                 tally.tokens.extend(new)
                 tally.done = len(tally.tokens) >= params.max_new_tokens or any(t in eos_ids for t in new)
-    return [_row_output(index, tally, n_layers, eos_ids) for index, tally in enumerate(tallies)]
-
-
-def _row_output(index: int, tally: _RowTally, n_layers: int, eos_ids: set[int]) -> _RowOutput:
-    token_ids = _cut_at_eos(tally.tokens, eos_ids)
-    return _RowOutput(
-        index,
-        n_layers,
-        token_ids,
-        (n_layers,) * len(token_ids),  # every token is the full model's
-        acceptance_rate=tally.accepted / tally.drafted if tally.drafted else None,
-        layer_compute=tally.passes / max(1, len(token_ids)),
-    )
+    return tallies
