@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+
+from engine.types import GenerationParams
 
 # The seed study's depths, in % of the model's layers.
 DEFAULT_DEPTHS: tuple[float, ...] = (50, 69, 78, 84, 88, 94, 100)
@@ -107,6 +110,11 @@ def depth_label(layers: int, n_layers: int) -> str:
 
 # ---------------------------------------------------------------- layer removal (pruned blocks)
 
+# How a pruned deployment picks the layers it drops (engine.pruning): ShortGPT's Block Influence, and
+# Gromov et al.'s angular distance between a block's input and output.
+PRUNE_CRITERIA: tuple[str, ...] = ("block-influence", "angular")
+DEFAULT_CALIBRATION_SET = "benign"
+
 
 def parse_drop_ranges(text: str) -> tuple[int, ...]:
     """'20-27' or '3-4,10-12' (1-based, inclusive; a single '5' is one layer) → the removed layers, sorted.
@@ -169,3 +177,15 @@ def format_ranges(removed: tuple[int, ...]) -> str:
         else:
             runs.append([layer])
     return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def rule_depth(params: GenerationParams, n_layers: int) -> tuple[GenerationParams, int | None]:
+    """(the params as keyed on an ``n_layers`` model, the one layer count the rule fixes or None when
+    the depths asked for apply): L for speculative decoding (the full model verifies every token), the
+    count kept for block removal, whose removed set is checked and canonicalised (a suffix is truncation)."""
+    if params.speculative:
+        return params, n_layers
+    if params.drop_layers:
+        kept, removed = canonical_removal(check_drop(params.drop_layers, n_layers), n_layers)
+        return replace(params, drop_layers=removed), kept
+    return params, None

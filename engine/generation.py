@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from engine.architectures import context_length
-from engine.depths import check_drop, kept_layers
+from engine.depths import check_drop, kept_layers, rule_depth
 from engine.exits import (
     RAW_HEAD,
     ExitHead,
@@ -488,12 +488,12 @@ def iter_completions(
     ``engine.exits.resolve_head`` and its lens hash enters the params hash.
     """
     params, head = resolve_head(loaded, params)
+    params, fixed = rule_depth(params, loaded.n_layers)
     if params.dynamic_exit:
         variants = list(dict.fromkeys(float(t) for t in (thresholds or [params.threshold])))
         hashes = {t: replace(params, threshold=t).key() for t in variants}
         seed_depths = [loaded.n_layers] * len(variants)
     else:
-        fixed = rule_layers(loaded, params)
         variants = [fixed] if fixed else list(dict.fromkeys(layers))
         hashes = dict.fromkeys(variants, params.key())
         seed_depths = sorted(set(variants), reverse=True)
@@ -556,20 +556,11 @@ def iter_completions(
         yield batch
 
 
-def rule_layers(loaded: LoadedModel, params: GenerationParams) -> int | None:
-    """The one layer count a rule fixes (None: the depths asked for): L for speculative decoding (the
-    full model verifies every token), the count kept for block removal."""
-    if params.speculative:
-        return loaded.n_layers
-    if params.drop_layers:
-        return len(kept_indices(loaded, params))
-    return None
-
-
 def kept_indices(loaded: LoadedModel, params: GenerationParams) -> tuple[int, ...]:
     """Block removal: the 0-based layers that run (``engine.depths.kept_layers`` is the 1-based notion)."""
-    with_model = check_drop(params.drop_layers, loaded.n_layers)
-    return tuple(i - 1 for i in kept_layers(loaded.n_layers, 0, with_model))
+    return tuple(
+        i - 1 for i in kept_layers(loaded.n_layers, 0, check_drop(params.drop_layers, loaded.n_layers))
+    )
 
 
 def _generate_chunk(loaded, chunk_ids, variants, params, seeds, head) -> list[_RowOutput]:
@@ -590,6 +581,7 @@ def exit_variants(
     """The exact params (lens hash filled in) of each threshold's completions: their ``key()`` is the
     ``params_hash`` that ``iter_completions`` gives them (sweeps use it to find missing work)."""
     resolved, _head = resolve_head(loaded, params)
+    resolved = rule_depth(resolved, loaded.n_layers)[0]
     if not resolved.dynamic_exit:
         return [resolved]
     return [replace(resolved, threshold=float(t)) for t in dict.fromkeys(thresholds or [params.threshold])]
@@ -613,7 +605,7 @@ def generate(
     prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
     if params.dynamic_exit:
         variants = [(loaded.n_layers, v.key()) for v in exit_variants(loaded, params, thresholds)]
-    elif fixed := rule_layers(loaded, params):
+    elif fixed := rule_depth(params, loaded.n_layers)[1]:
         variants = [(fixed, None)]
     else:
         variants = [(k, None) for k in dict.fromkeys(layers)]

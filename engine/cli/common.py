@@ -11,9 +11,19 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
+from engine.depths import (
+    DEFAULT_CALIBRATION_SET,
+    DEFAULT_DEPTHS,
+    PRUNE_CRITERIA,
+    DepthError,
+    check_drop,
+    layers_for,
+    parse_drop_ranges,
+    parse_layer_counts,
+    parse_percentages,
+)
 from engine.paths import DEFAULT_MODEL
-from engine.types import EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
+from engine.types import DEFAULT_DRAFT_TOKENS, EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
 
@@ -67,7 +77,8 @@ def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
         default="static",
         help="static: every token exits at --layers/--depths (default); confidence: at the first layer "
         "≥ --min-layers where the head's top-1 minus top-2 probability ≥ the threshold (CALM); "
-        "saturation: where the cosine of consecutive layers' states ≥ the threshold",
+        "saturation: where the cosine of consecutive layers' states ≥ the threshold; speculative: "
+        "the first --draft-layers layers draft, the full model verifies (same output as full depth)",
     )
     group.add_argument(
         "--threshold",
@@ -86,6 +97,91 @@ def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
         help="raw: final norm + LM head on the layer's state (default); tuned: the model's tuned lens "
         "first (train it with `python -m engine lens train`)",
     )
+    group.add_argument(
+        "--draft-layers", type=int, default=None, help="speculative: the draft's layer count k (1..L-1)"
+    )
+    group.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=None,
+        help=f"speculative: tokens drafted per verification (default {DEFAULT_DRAFT_TOKENS})",
+    )
+
+
+def add_removal_arguments(parser: argparse.ArgumentParser) -> None:
+    """Block removal: layers dropped from the middle of the network, named or chosen by a criterion."""
+    group = parser.add_argument_group("layer removal (depth pruning)")
+    group.add_argument(
+        "--drop-layers",
+        default=None,
+        metavar="A-B[,C-D...]",
+        help="decoder layers removed (1-based, inclusive ranges, e.g. 20-27); the rest run in order, "
+        "then the final norm and head",
+    )
+    group.add_argument(
+        "--prune",
+        choices=PRUNE_CRITERIA,
+        default=None,
+        help="pick the layers to drop on a calibration set: block-influence (ShortGPT: the --remove "
+        "layers that change their input least) or angular (Gromov et al.: the --remove contiguous "
+        "layers whose input and output are closest)",
+    )
+    group.add_argument("--remove", type=int, default=None, help="--prune: how many layers to drop")
+    group.add_argument(
+        "--calibration",
+        default=DEFAULT_CALIBRATION_SET,
+        help=f"--prune: the prompt set scored (default {DEFAULT_CALIBRATION_SET}: built-in benign prompts)",
+    )
+    group.add_argument(
+        "--calibration-limit", type=int, default=32, help="--prune: prompts of the set used (default 32)"
+    )
+
+
+def removal_request(args: argparse.Namespace) -> tuple[int, ...]:
+    """The layers ``--drop-layers`` names (empty without it), checked with ``--prune/--remove`` and
+    against ``--layers/--depths`` before any model loads."""
+    drop, prune, remove = (
+        getattr(args, "drop_layers", None),
+        getattr(args, "prune", None),
+        getattr(args, "remove", None),
+    )
+    if drop is None and prune is None:
+        if remove is not None:
+            raise UsageError("--remove: only with --prune block-influence|angular")
+        return ()
+    option = "--drop-layers" if drop is not None else "--prune"
+    if drop is not None and prune is not None:
+        raise UsageError("--prune: give either --drop-layers (the layers) or --prune (a criterion), not both")
+    if args.layers is not None or args.depths is not None:
+        raise UsageError(
+            f"{option}: the layers kept are all but the removed ones; leave out --layers/--depths"
+        )
+    if prune is not None:
+        if remove is None or remove < 1:
+            raise UsageError(
+                "--remove: --prune needs how many layers to drop, a whole number ≥ 1, e.g. --remove 8"
+            )
+        if args.calibration_limit < 1:
+            raise UsageError("--calibration-limit: give a whole number ≥ 1")
+        return ()
+    with naming_option("--drop-layers"):
+        return parse_drop_ranges(drop)
+
+
+def check_drop_fits(models: Iterable[str | None], drop: tuple[int, ...], remove: int | None = None) -> None:
+    """``--drop-layers`` or ``--remove`` beyond a model's layers, refused before it loads (if known)."""
+    from engine.modelfiles import peek_n_layers
+
+    for model in models:
+        n_layers = peek_n_layers(model or DEFAULT_MODEL)
+        if n_layers is None:
+            continue
+        with naming_option("--drop-layers"):
+            check_drop(drop, n_layers)
+        if remove is not None and remove >= n_layers:
+            raise UsageError(
+                f"--remove: {remove} leaves none of the model's {n_layers} layers; give 1..{n_layers - 1}"
+            )
 
 
 # The values a dynamic policy's threshold can meaningfully take (a probability margin, a cosine).
@@ -95,11 +191,16 @@ THRESHOLD_RANGES = {"confidence": (0.0, 1.0), "saturation": (-1.0, 1.0)}
 def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
     """The thresholds asked for (empty for a static run), checked before any model loads."""
     policy = getattr(args, "exit_policy", "static")
-    if policy == "static":
+    if policy not in THRESHOLD_RANGES:
         if getattr(args, "threshold", None) is not None:
             raise UsageError("--threshold: only with --exit-policy confidence or saturation")
         if getattr(args, "min_layers", 1) != 1:
             raise UsageError("--min-layers: only with --exit-policy confidence or saturation")
+        if policy == "speculative" and (args.layers is not None or args.depths is not None):
+            raise UsageError(
+                f"{'--layers' if args.layers is not None else '--depths'}: speculative decoding verifies "
+                "every token with the full model; leave out --layers/--depths (--draft-layers sets the draft)"
+            )
         return ()
     if args.layers is not None or args.depths is not None:
         option = "--layers" if args.layers is not None else "--depths"
@@ -209,9 +310,23 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
             threshold=thresholds[0] if thresholds else 0.0,
             min_layers=getattr(args, "min_layers", 1),
             exit_head=getattr(args, "exit_head", "raw"),
+            **_speculative_fields(args),
+            drop_layers=removal_request(args),
         )
     except ParamsError as exc:
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc}") from None
+
+
+def _speculative_fields(args: argparse.Namespace) -> dict[str, int]:
+    draft_layers, draft_tokens = getattr(args, "draft_layers", None), getattr(args, "draft_tokens", None)
+    if getattr(args, "exit_policy", "static") != "speculative":
+        return {"draft_layers": draft_layers or 0, "draft_tokens": draft_tokens or 0}  # refused if given
+    if draft_layers is None:
+        raise UsageError("--draft-layers: --exit-policy speculative needs the draft's layer count, e.g. 8")
+    return {
+        "draft_layers": draft_layers,
+        "draft_tokens": DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens,
+    }
 
 
 def check_batch_rows(args: argparse.Namespace) -> None:
@@ -274,3 +389,35 @@ def load_from_args(args: argparse.Namespace):
 def print_json(document: object) -> None:
     json.dump(document, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
+
+
+def pruned_params(args: argparse.Namespace, loaded, params: GenerationParams) -> GenerationParams:
+    """With ``--prune``: score the layers on the calibration set, show the scores on stderr, and return
+    ``params`` dropping the layers the criterion picks (unchanged without ``--prune``)."""
+    if getattr(args, "prune", None) is None:
+        return params
+    from dataclasses import replace
+
+    from engine.datasets import load_prompt_set
+    from engine.pruning import score_layers
+
+    prompts = load_prompt_set(args.calibration, limit=args.calibration_limit)
+    scores = score_layers(loaded, [p.text for p in prompts], args.prune, args.remove, params)
+    print_layer_scores(scores, args.calibration, len(prompts))
+    return replace(params, drop_layers=scores.dropped)
+
+
+def print_layer_scores(scores, calibration: str, n_prompts: int) -> None:
+    """The per-layer scores and the layers dropped, on stderr (stdout stays one JSON document)."""
+    from engine.depths import format_ranges
+
+    what = "block influence of layer" if scores.criterion == "block-influence" else "angular distance, block"
+    span = scores.remove if scores.criterion == "angular" else 1
+    print(
+        f"{scores.criterion} on {calibration} ({n_prompts} prompts, {scores.n_tokens} tokens): "
+        f"dropping layers {format_ranges(scores.dropped)}",
+        file=sys.stderr,
+    )
+    for index, score in enumerate(scores.scores):
+        label = f"{index + 1}" if span == 1 else f"{index + 1}-{index + span}"
+        print(f"  {what} {label:>7}: {score:.4f}", file=sys.stderr)

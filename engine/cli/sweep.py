@@ -19,7 +19,9 @@ from .common import (
     add_exit_arguments,
     add_generation_arguments,
     add_ray_arguments,
+    add_removal_arguments,
     check_batch_rows,
+    check_drop_fits,
     check_fits_context,
     check_layers_fit,
     check_min_layers_fit,
@@ -77,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     add_generation_arguments(parser)
     add_exit_arguments(parser)
+    add_removal_arguments(parser)
     add_db_argument(parser)
     add_ray_arguments(parser)
     parser.set_defaults(run=run_sweep_command)
@@ -96,6 +99,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     check_fits_context(models, params)
     check_layers_fit(models, (depths, layers))
     check_min_layers_fit(models, args)
+    check_drop_fits(models, params.drop_layers, args.remove)
+    params = prune_for_sweep(args, models, params)
     spec = SweepSpec(
         models=models,
         prompt_set=args.prompts,
@@ -129,6 +134,20 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def prune_for_sweep(args: argparse.Namespace, models: tuple[str, ...], params):
+    """``--prune``: the layers to drop, scored on one model here before the sweep starts (the layer
+    choice belongs to a model, so a pruned sweep takes one model)."""
+    if args.prune is None:
+        return params
+    if len(models) > 1:
+        raise UsageError("--prune: the layers chosen belong to one model; sweep one --model at a time")
+    from .common import load_from_args, pruned_params
+
+    args.model = models[0]
+    args.trust_remote_code = False
+    return pruned_params(args, load_from_args(args), params)
 
 
 def _progress_bars():

@@ -126,6 +126,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN mean_exit_layers DOUBLE",
         ),
     ),
+    # Self-speculative decoding: the share of drafted tokens the full model accepted, and the layer
+    # passes actually spent per generated token (``mean_exit_layers`` holds the same compute for it).
+    # NULL for every other rule.
+    Migration(
+        9,
+        "generations remember speculative decoding's acceptance rate and layer compute",
+        (
+            "ALTER TABLE generations ADD COLUMN acceptance_rate DOUBLE",
+            "ALTER TABLE generations ADD COLUMN layer_compute DOUBLE",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

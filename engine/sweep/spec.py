@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from engine.depths import DEFAULT_DEPTHS, layers_for
+from engine.depths import DEFAULT_DEPTHS, layers_for, rule_depth
 from engine.judges.names import KEYWORD
 from engine.types import GenerationParams
 
@@ -29,6 +29,8 @@ class SweepSpec:
     def layers_for(self, n_layers: int) -> list[int]:
         if self.params.dynamic_exit:
             return [n_layers]
+        if fixed := rule_depth(self.params, n_layers)[1]:  # speculative: L; block removal: layers kept
+            return [fixed]
         return layers_for(n_layers, tuple(self.depths), tuple(int(k) for k in self.layers or ()))
 
     def run_parameters(self, set_id: str) -> dict:
