@@ -181,6 +181,8 @@ def test_v2_database_members_take_their_prompts_label(db_path):
         con.execute("ALTER TABLE verdicts DROP COLUMN degeneracy_version")  # migration 5
         con.execute("ALTER TABLE generations DROP COLUMN exit_layers")  # migration 8
         con.execute("ALTER TABLE generations DROP COLUMN mean_exit_layers")  # migration 8
+        for column in ("acceptance_rate", "layer_compute"):  # migration 9
+            con.execute(f"ALTER TABLE generations DROP COLUMN {column}")
         con.execute("DROP TABLE depthscope_marker")  # migration 6: v2 files carry no marker
         for column in ("pid", "host", "heartbeat_at"):  # migration 7
             con.execute(f"ALTER TABLE runs DROP COLUMN {column}")

@@ -18,6 +18,7 @@ _REPORT_FIELDS = (
     "benign_judge", "benign_n", "benign_refusal_rate", "benign_ci_low", "benign_ci_high",
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
+    "family", "drop_layers", "draft_layers", "draft_tokens", "acceptance_rate",
 )  # fmt: skip
 
 
@@ -73,6 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     shown.add_argument(
         "--agreement", action="store_true", help="with --json: judge agreement rows (with the McNemar test)"
     )
+    shown.add_argument(
+        "--categories",
+        action="store_true",
+        help="with --json: ASR per harm category × depth setting (n and 95 %% Wilson interval per cell)",
+    )
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
@@ -87,7 +93,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from engine.report import agreement_rows, asr_rows, flips
+    from engine.report import agreement_rows, asr_rows, category_rows, flips
     from engine.store import Store
 
     # Read-only, and only for each query: a sweep writing this file meanwhile just takes turns with us.
@@ -99,12 +105,15 @@ def run_report(args: argparse.Namespace) -> int:
         wants_agreement = not args.judge or args.agreement
         agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
         stored = store.table_counts()["generations"]
+        categories = category_rows(store, args.judge, args.prompts) if args.categories else []
     found = _flips_by_judge(rows, flips)
     if args.json:
         if args.flips:
             print_json([flip_dict(f, judge, version, prompt_set) for judge, version, prompt_set, f in found])
         elif args.agreement:
             print_json([agreement_dict(a) for a in agreements])
+        elif args.categories:
+            print_json([category_dict(c) for c in categories])
         else:
             print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
@@ -114,6 +123,7 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     _print_asr_table(rows)
     _print_early_exit_headlines(rows)
+    _print_methods_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
     _print_flips(found)
     return 0
@@ -198,12 +208,29 @@ def _nll(row) -> str:
     return f"{row.median_full_depth_nll:.2f} ({row.n_full_depth_nll})"
 
 
+def category_dict(row) -> dict:
+    """A per-category cell as JSON (kind 'category'; NaN ASR of an empty cell becomes null)."""
+    return {"kind": "category", **{name: _json_value(value) for name, value in row.as_dict().items()}}
+
+
+def _print_methods_headlines(rows) -> None:
+    """'For ~25 % compute saved, which method keeps refusals?', per prompt set, judge and model."""
+    from engine.report import methods_headline
+
+    for key in sorted({(r.prompt_set, r.judge, r.model) for r in rows}):
+        mine = [r for r in rows if (r.prompt_set, r.judge, r.model) == key]
+        if line := methods_headline(mine, key[2]):
+            print(line)
+
+
 def _setting_label(row) -> str:
     """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
-    if row.exit_policy == "static" and row.exit_head == "raw":
+    if row.is_truncation:
         return depth_label(row.layers, row.n_layers)
-    from engine.report import percent
+    from engine.report import BLOCK_REMOVAL, SPECULATIVE, percent
 
+    if row.family in (BLOCK_REMOVAL, SPECULATIVE):
+        return f"{row.family} · {percent(row.compute_fraction or float('nan'))} comp."
     rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
     head = " tuned" if row.exit_head == "tuned" else ""
     return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
