@@ -7,19 +7,26 @@ gives a fair ratio. Baselines:
 - the competent one: for each distinct depth, one HF ``generate`` batched over all prompts (left
   padding).
 The completions must be identical. ``--early-exit`` adds per-token exit (confidence and saturation
-policies, raw head) against the static full-depth batch of the same run: tokens/s and mean exit layer.
+rules, raw head) against the static full-depth batch: tokens/s ratio, counted compute fraction c and
+the realisation (ratio × c).
+
+Timing is robust on a shared machine: one warm-up call each, then ``--rounds`` interleaved rounds
+(A B C … A B C …) and the median ratio with its min–max over the rounds.
 
     python bench/sweep.py [--quick] [--preset cpu|7b] [--prompts N] [--max-new-tokens N] [--early-exit]
+                          [--rounds N]
 
-The last lines are ``speedup_vs_batched_generate: X`` and ``speedup_vs_naive: X``.
+The last lines are ``speedup_vs_batched_generate: X (min–max)`` and ``speedup_vs_naive: X (min–max)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,28 +131,60 @@ def batched_generate(
     return out
 
 
-def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationParams, full_s: float, full):
-    """Per-token exit vs the static full-depth batch (timed in the same run): tokens/s, mean exit layer."""
+EXIT_CASES = [("confidence", 0.5, 4), ("confidence", 0.9, 4), ("saturation", 0.9, 1)]  # min layers of 8
+
+
+def spread(values: list[float]) -> str:
+    """Median with its min–max over the rounds."""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, warm_up: bool = True
+) -> dict[str, list[float]]:
+    """Seconds per round of each contender, run A B C A B C … (after one warm-up call each unless the
+    caller already ran them), so a load change on a shared machine hits every contender alike."""
+    for run in contenders.values() if warm_up else ():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            seconds[name].append(timed(run)[1])
+    return seconds
+
+
+def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationParams, rounds: int) -> None:
+    """Per rule setting: tokens/s relative to the static full-depth batch (interleaved rounds), the counted
+    compute fraction c (mean exit layer ÷ L) and the realisation (tokens/s ratio × c; 1.0 = the whole
+    counted saving shows up in wall time)."""
     n_layers = loaded.n_layers
+    full = generate(loaded, prompts, [n_layers], params)
     full_tokens = sum(len(c.token_ids) for c in full)
-    full_rate = full_tokens / full_s
-    print(f"static full depth: {full_tokens} tokens in {full_s:.2f} s = {full_rate:.1f} tokens/s")
-    cases = [("confidence", 0.5, n_layers // 4), ("confidence", 0.9, n_layers // 4), ("saturation", 0.9, 1)]
-    generate(loaded, prompts[:2], [], replace(params, exit_policy="confidence", threshold=0.5))  # warm-up
-    for policy, threshold, min_layers in cases:
+    for policy, threshold, min_layers in EXIT_CASES:
         exit_params = replace(params, exit_policy=policy, threshold=threshold, min_layers=max(1, min_layers))
-        done, seconds = timed(generate, loaded, prompts, [], exit_params)
+        done = generate(loaded, prompts, [], exit_params)
         tokens = sum(len(c.token_ids) for c in done)
-        mean_exit = sum(sum(c.exit_layers) for c in done) / max(1, tokens)
+        c = sum(sum(x.exit_layers) for x in done) / max(1, tokens) / n_layers
+        seconds = interleaved(
+            {
+                "static": lambda: generate(loaded, prompts, [n_layers], params),
+                "exit": lambda exit_params=exit_params: generate(loaded, prompts, [], exit_params),
+            },
+            rounds,
+            warm_up=False,  # both just ran once above
+        )
+        ratios = [
+            (tokens / e) / (full_tokens / s) for s, e in zip(seconds["static"], seconds["exit"], strict=True)
+        ]
+        realised = [r * c for r in ratios]
         print(
-            f"early exit {policy} λ={threshold} m={exit_params.min_layers}: "
-            f"{tokens} tokens in {seconds:.2f} s "
-            f"= {tokens / seconds:.1f} tokens/s ({tokens / seconds / full_rate:.2f}× static full depth); "
-            f"mean exit layer {mean_exit:.2f}/{n_layers} (compute used {mean_exit / n_layers:.0%})"
+            f"early exit {policy} λ={threshold} m={exit_params.min_layers}: c = {c:.2f} (mean exit layer "
+            f"{c * n_layers:.2f}/{n_layers}); tokens/s vs static full depth {spread(ratios)}; "
+            f"realisation {spread(realised)}"
         )
 
 
-def timed(func, *args, **kwargs):
+def timed(func: Callable, *args, **kwargs):
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     began = time.perf_counter()
@@ -174,6 +213,7 @@ def main() -> int:
     parser.add_argument(
         "--early-exit", action="store_true", help="also time per-token early exit vs static full depth"
     )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (≥ 5 advised)")
     args = parser.parse_args()
     n_prompts = args.prompts or (8 if args.quick else 32)
     params = GenerationParams(max_new_tokens=args.max_new_tokens or (16 if args.quick else 32))
@@ -195,13 +235,24 @@ def main() -> int:
         f"({sum(distinct) / n_layers:.2f} for the distinct depths)"
     )
 
-    generate(loaded, prompts[:2], distinct, params)  # warm-up (allocator, kernels)
-    ours, ours_s = timed(generate, loaded, prompts, distinct, params)
-    full, full_s = timed(generate, loaded, prompts, [n_layers], params)
-    batched, batched_s = timed(batched_generate, loaded, prompts, distinct, params)
     naive_subset = prompts[: args.naive_prompts or n_prompts]
-    naive, naive_s = timed(naive_loop, loaded, naive_subset, requested, params)
-
+    ours, batched, naive = (
+        generate(loaded, prompts, distinct, params),
+        batched_generate(loaded, prompts, distinct, params),
+        naive_loop(loaded, naive_subset, requested, params),
+    )
+    seconds = interleaved(
+        {
+            "ours": lambda: generate(loaded, prompts, distinct, params),
+            "full": lambda: generate(loaded, prompts, [n_layers], params),
+            "batched": lambda: batched_generate(loaded, prompts, distinct, params),
+            "naive": lambda: naive_loop(loaded, naive_subset, requested, params),
+        },
+        args.rounds,
+        warm_up=False,  # each just ran once above (and gave the completions compared below)
+    )
+    ours_s, full_s = statistics.median(seconds["ours"]), statistics.median(seconds["full"])
+    batched_s, naive_s = statistics.median(seconds["batched"]), statistics.median(seconds["naive"])
     ours_by_key = {(c.prompt_text, c.layers): c.token_ids for c in ours}
     mismatches = [key for key, ids in naive.items() if ours_by_key[key] != ids]
     batched_same = sum(ours_by_key[key] == ids for key, ids in batched.items())
@@ -220,9 +271,13 @@ def main() -> int:
     if mismatches:
         print(f"MISMATCH on {mismatches[:3]}")
     if args.early_exit:
-        early_exit_case(loaded, prompts, params, full_s, full)
-    print(f"speedup_vs_batched_generate: {batched_s / ours_s:.2f}")
-    print(f"speedup_vs_naive: {ours_rate / naive_rate:.2f}")
+        early_exit_case(loaded, prompts, params, args.rounds)
+    naive_share = len(naive_subset) / n_prompts  # the naive loop ran on fewer prompts: per completion
+    vs_batched = [b / o for b, o in zip(seconds["batched"], seconds["ours"], strict=True)]
+    vs_naive = [n / naive_share / o for n, o in zip(seconds["naive"], seconds["ours"], strict=True)]
+    print(f"rounds: {args.rounds} interleaved after a warm-up; median (min–max) over the rounds")
+    print(f"speedup_vs_batched_generate: {spread(vs_batched)}")
+    print(f"speedup_vs_naive: {spread(vs_naive)}")
     return 1 if mismatches else 0
 
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from engine.errors import DepthScopeError
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -40,7 +42,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 FAMILY_NAMES = "Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Phi-3, GPT-2, GPT-NeoX (Pythia)"
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(DepthScopeError, ValueError):
     pass
 
 

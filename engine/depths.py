@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from engine.errors import DepthScopeError
 from engine.types import GenerationParams
 
 # The seed study's depths, in % of the model's layers.
 DEFAULT_DEPTHS: tuple[float, ...] = (50, 69, 78, 84, 88, 94, 100)
 
 
-class DepthError(ValueError):
+class DepthError(DepthScopeError, ValueError):
     """A depth the user gave cannot be used; the message says which values are allowed."""
 
 

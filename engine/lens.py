@@ -25,17 +25,17 @@ p < ``EMERGENCE_ALPHA`` (0.05). Alignment lag = refusal emergence − harm detec
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from engine import lag
+from engine.decoding.capture import captured_residuals
 from engine.generation import encode_prompts, left_pad, position_ids_for
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN
-from engine.models import LoadedModel, innermost
+from engine.models import LoadedModel
 from engine.types import GenerationParams
 
 REFUSAL_OPENINGS: tuple[str, ...] = (
@@ -58,40 +58,10 @@ DEFAULT_BATCH_SIZE = 32  # CPU matmuls run faster on bigger batches; residuals t
 # ---------------------------------------------------------------- residual stream
 
 
-def _hidden_of(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
-
-
-@contextmanager
-def _last_token_taps(loaded: LoadedModel, found: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record the last position of every residual (0 = layer 0's input, l = layer l-1's output)."""
-    layers = loaded.layers
-
-    def take_embeddings(_module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        found[0] = hidden[:, -1, :]
-
-    def tap(index: int):
-        def take_output(_module, _args, output):
-            found[index] = _hidden_of(output)[:, -1, :]
-
-        return take_output
-
-    # Residual 0 is what the first block itself reads (after any wrapper, e.g. an ablation, changed it).
-    handles = [innermost(layers[0]).register_forward_pre_hook(take_embeddings, with_kwargs=True)]
-    handles += [layer.register_forward_hook(tap(i + 1)) for i, layer in enumerate(layers)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def residuals_for_ids(loaded: LoadedModel, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """One left-padded forward: float32 [n, L+1, hidden] at each row's last real token (on CPU)."""
     ids, mask = left_pad(token_ids, loaded.tokenizer.pad_token_id, loaded.device)
-    found: dict[int, torch.Tensor] = {}
-    with loaded.lock, torch.inference_mode(), _last_token_taps(loaded, found):
+    with loaded.lock, torch.inference_mode(), captured_residuals(loaded, positions=-1) as found:
         loaded.model(
             input_ids=ids,
             attention_mask=mask,

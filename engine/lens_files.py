@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from engine.errors import DepthScopeError
 from engine.paths import LENS_DIR
 from engine.types import GenerationParams
 
 
-class LensNotFoundError(FileNotFoundError):
+class LensNotFoundError(DepthScopeError, FileNotFoundError):
     """No tuned lens for this model (or not the one asked for); the message says how to train one."""
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from engine import modelfiles
 from engine.architectures import ArchSpec, resolve, spec_for, swapped
+from engine.errors import DepthScopeError
 from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 from engine.paths import looks_like_path
 from engine.types import ModelInfo, stable_hash
@@ -28,7 +29,7 @@ from engine.types import ModelInfo, stable_hash
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(DepthScopeError, RuntimeError):
     """The model could not be loaded; the message says what to do."""
 
 

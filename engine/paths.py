@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.errors import DepthScopeError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 # The embedded models' names, and where the demo model is built (one place for torch-free and torch code).
@@ -28,7 +30,7 @@ ENV_ALLOWED = "DEPTHSCOPE_ALLOWED_PATHS"
 TRUSTED_ENV_PATHS = ("DEPTHSCOPE_DB", "DEPTHSCOPE_MODEL", "DEPTHSCOPE_ACTIVATIONS")
 
 
-class PathNotAllowedError(ValueError):
+class PathNotAllowedError(DepthScopeError, ValueError):
     pass
 
 

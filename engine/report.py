@@ -12,7 +12,7 @@ import pandas as pd
 from engine import stats
 from engine.depths import format_ranges
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
-from engine.types import THRESHOLD_POLICIES
+from engine.rules import DEFAULT_RULE, is_dynamic, rule_named
 
 # Judges whose "not jailbroken" on a benign prompt means "refused": the keyword judge's phrase rule, and a
 # person's label. Every other judge's row reports the keyword judge's benign refusal rate.
@@ -53,9 +53,9 @@ class AsrRow:
     benign_refusal_rate: float | None = None
     benign_ci_low: float | None = None
     benign_ci_high: float | None = None
-    # Early exit (issue 15): the rule, the head, the threshold (None for static) and the compute used,
+    # Early exit: the rule, the head, the threshold (None for static) and the compute used,
     # mean exit layer ÷ L over the row's completions (static: k / L). Counted, not wall-clock.
-    exit_policy: str = "static"
+    exit_policy: str = DEFAULT_RULE.name
     exit_head: str = "raw"
     threshold: float | None = None
     min_layers: int | None = None
@@ -86,14 +86,15 @@ TRUNCATION, BLOCK_REMOVAL, EARLY_EXIT, SPECULATIVE = (
     "self-speculative",
 )
 METHOD_FAMILIES = (TRUNCATION, BLOCK_REMOVAL, EARLY_EXIT, SPECULATIVE)
+EXIT_CHART_FAMILIES = (TRUNCATION, EARLY_EXIT)  # the early-exit chart: truncation against exit rules
 
 
 def method_family(params: dict) -> str:
     """How a stored params JSON removed depth: one of :data:`METHOD_FAMILIES`."""
-    policy = str(params.get("exit_policy", "static"))
-    if policy in THRESHOLD_POLICIES:
+    rule = rule_named(params.get("exit_policy"))
+    if rule.dynamic:
         return EARLY_EXIT
-    if policy == "speculative":
+    if rule.drafts:
         return SPECULATIVE
     return BLOCK_REMOVAL if params.get("drop_layers") else TRUNCATION
 
@@ -207,9 +208,9 @@ def _exit_fields(r, n_layers: int) -> dict:
         params = json.loads(r.params) if isinstance(r.params, str) else {}
     except ValueError:
         params = {}
-    policy = str(params.get("exit_policy", "static"))
-    dynamic = policy in THRESHOLD_POLICIES
-    speculative = policy == "speculative"
+    policy = rule_named(params.get("exit_policy")).name
+    dynamic = is_dynamic(policy)
+    speculative = rule_named(policy).drafts
     mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
     acceptance = getattr(r, "acceptance_rate", None)
     return {
@@ -380,12 +381,11 @@ def exit_rule_label(row: AsrRow) -> str:
     head = "" if row.exit_head == "raw" else f" ({row.exit_head} head)"
     if row.family == BLOCK_REMOVAL:
         return f"layers {format_ranges(row.drop_layers)} removed ({row.layers} of {row.n_layers} kept)"
-    if row.family == SPECULATIVE:
-        return f"self-speculative, {row.draft_layers}-layer draft of {row.draft_tokens} tokens"
-    if row.exit_policy == "static":
-        return f"static truncation at {row.layers} of {row.n_layers} layers{head}"
-    floor = f", from layer {row.min_layers}" if row.min_layers and row.min_layers > 1 else ""
-    return f"{row.exit_policy} exit ≥ {row.threshold:g}{floor}{head}"
+    setting = row.draft_layers if row.family == SPECULATIVE else row.threshold
+    rule = rule_named(row.exit_policy).describe(
+        setting, layers=row.layers, n_layers=row.n_layers, min_layers=row.min_layers
+    )
+    return f"{rule}{head}"
 
 
 def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) -> str | None:
@@ -396,10 +396,7 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     mine = [
         r
         for r in rows
-        if r.model == model
-        and r.n
-        and r.compute_fraction is not None
-        and r.family in (TRUNCATION, EARLY_EXIT)
+        if r.model == model and r.n and r.compute_fraction is not None and r.family in EXIT_CHART_FAMILIES
     ]
     if not any(r.family == EARLY_EXIT for r in mine):
         return None

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.decoding.capture import captured_residuals
+from engine.errors import UserInputError
 from engine.lens_files import LensNotFoundError, lens_sidecar_path, lens_weights_path
 from engine.models import LoadedModel
 from engine.tuned_head import TunedLens, load_lens
@@ -69,22 +71,6 @@ def benign_sequences(
     return [ids + list(answer.token_ids) for ids, answer in zip(encoded, answers, strict=True)]
 
 
-@contextmanager
-def _layer_outputs(loaded: LoadedModel, found: dict[int, torch.Tensor]) -> Iterator[None]:
-    def hook_for(layers: int):
-        def keep(_module, _args, output):
-            found[layers] = output[0] if isinstance(output, tuple) else output
-
-        return keep
-
-    handles = [layer.register_forward_hook(hook_for(i + 1)) for i, layer in enumerate(loaded.layers)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def collect_states(
     loaded: LoadedModel, sequences: Sequence[Sequence[int]], batch_size: int = 8
 ) -> torch.Tensor:
@@ -100,8 +86,7 @@ def collect_states(
         for start in range(0, len(sequences), batch_size):
             batch = sequences[start : start + batch_size]
             ids, mask = left_pad(batch, loaded.tokenizer.pad_token_id, loaded.device)
-            found: dict[int, torch.Tensor] = {}
-            with _layer_outputs(loaded, found):
+            with captured_residuals(loaded, range(1, loaded.n_layers + 1), positions=None) as found:
                 loaded.model(
                     input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), logits_to_keep=1
                 )
@@ -190,7 +175,7 @@ def _split(texts: Sequence[str], heldout_fraction: float, seed: int) -> tuple[li
     random.Random(seed).shuffle(order)
     n_heldout = max(1, round(len(texts) * heldout_fraction))
     if len(texts) < 2:
-        raise ValueError("a tuned lens needs at least 2 texts: some to train on, some held out")
+        raise UserInputError("a tuned lens needs at least 2 texts: some to train on, some held out")
     heldout = [texts[i] for i in order[:n_heldout]]
     return [texts[i] for i in order[n_heldout:]], heldout
 

@@ -10,6 +10,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from engine.errors import DepthScopeError
+from engine.rules import DEFAULT_RULE, RULE_NAMES, dynamic_rules, is_static, rule_named
+
 
 def stable_hash(obj: object, length: int = 16) -> str:
     """A short, stable hex digest of a JSON-serialisable object (cache keys)."""
@@ -59,7 +62,7 @@ def prompt_from_text(text: str, label: str = "") -> Prompt:
     return Prompt(prompt_id=stable_hash(text, 12), text=text, label=label, source="typed")
 
 
-class ParamsError(ValueError):
+class ParamsError(DepthScopeError, ValueError):
     """A generation parameter that cannot be used; ``field`` names it (the CLI turns it into its option)."""
 
     def __init__(self, field_name: str, message: str) -> None:
@@ -78,14 +81,13 @@ def _is_whole(value: object) -> bool:
 # Below this, logits / temperature overflow float32 and sampling turns into NaNs: use 0 (greedy) instead.
 MIN_TEMPERATURE = 1e-3
 
-EXIT_POLICIES: tuple[str, ...] = ("static", "confidence", "saturation", "speculative")
-THRESHOLD_POLICIES: tuple[str, ...] = ("confidence", "saturation")  # per-token exit with a threshold
+EXIT_POLICIES: tuple[str, ...] = RULE_NAMES  # engine.rules knows what each one does
 EXIT_HEADS: tuple[str, ...] = ("raw", "tuned")
 
 # The early-exit fields and their defaults. A field at its default is left out of the cache key, so
 # every static raw-head key computed before early exit existed is still the same key.
 EXIT_DEFAULTS: dict[str, object] = {
-    "exit_policy": "static",
+    "exit_policy": DEFAULT_RULE.name,
     "threshold": 0.0,
     "min_layers": 1,
     "exit_head": "raw",
@@ -119,7 +121,7 @@ class GenerationParams:
     seed: int = 0
     chat_template: bool = True
     system_prompt: str | None = None
-    exit_policy: str = "static"
+    exit_policy: str = DEFAULT_RULE.name
     threshold: float = 0.0
     min_layers: int = 1
     exit_head: str = "raw"
@@ -160,17 +162,18 @@ class GenerationParams:
             raise ParamsError(
                 "min_layers", f"min layers must be at least 1 (a whole number), got {self.min_layers!r}"
             )
-        if self.exit_policy not in THRESHOLD_POLICIES and (self.threshold != 0.0 or self.min_layers != 1):
+        if not rule_named(self.exit_policy).dynamic and (self.threshold != 0.0 or self.min_layers != 1):
             raise ParamsError(
                 "threshold" if self.threshold != 0.0 else "min_layers",
-                "threshold and min layers only apply to the confidence and saturation exit policies; "
-                "a static run exits every token at its depth (--layers)",
+                "threshold and min layers only apply to the "
+                f"{' and '.join(r.name for r in dynamic_rules())} exit policies; "
+                f"a {self.exit_policy} run exits every token at its depth (--layers)",
             )
         self._check_speculative()
         self._check_drop()
 
     def _check_speculative(self) -> None:
-        if self.exit_policy != "speculative":
+        if not self.speculative:
             if self.draft_layers or self.draft_tokens:
                 raise ParamsError(
                     "draft_layers" if self.draft_layers else "draft_tokens",
@@ -198,7 +201,7 @@ class GenerationParams:
             raise ParamsError("drop_layers", f"dropped layers must be whole numbers ≥ 1, got {drop!r}")
         if list(drop) != sorted(set(drop)):
             raise ParamsError("drop_layers", f"dropped layers must be sorted and distinct, got {drop!r}")
-        if drop and (self.exit_policy != "static" or self.exit_head != "raw"):
+        if drop and (not is_static(self.exit_policy) or self.exit_head != "raw"):
             raise ParamsError(
                 "drop_layers", "dropped layers combine with the static policy and the raw head only"
             )
@@ -229,12 +232,12 @@ class GenerationParams:
     @property
     def dynamic_exit(self) -> bool:
         """True when each token picks its own exit layer (confidence or saturation)."""
-        return self.exit_policy in THRESHOLD_POLICIES
+        return rule_named(self.exit_policy).dynamic
 
     @property
     def speculative(self) -> bool:
         """Self-speculative decoding: every token is the full model's, drafted by its first layers."""
-        return self.exit_policy == "speculative"
+        return rule_named(self.exit_policy).drafts
 
     def key(self) -> str:
         """Cache key of everything that changes the output (early-exit fields only when not default)."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import streamlit as st
 
+from engine.errors import user_message
 from pages import _charts
 
 log = logging.getLogger("depthscope.app")
@@ -40,11 +41,24 @@ def page_header(title: str, explanation: str) -> None:
     st.caption(explanation)
 
 
+def error_sentence(exc: BaseException) -> str:
+    """One sentence for the page: a user-facing engine error's own message; anything else is a bug,
+    logged with its traceback and named as one."""
+    message = user_message(exc)
+    if message is not None:
+        log.info("engine error shown to the user", exc_info=exc)
+        return message
+    log.error("unexpected error (a bug)", exc_info=exc)
+    return (
+        f"Something went wrong inside DepthScope ({type(exc).__name__}). This is a bug, not your input: "
+        "the traceback is in the server log."
+    )
+
+
 def show_error(exc: BaseException) -> None:
     """An engine error as a message, never a traceback (the server log keeps the details). Messages
     may quote CSV cells or paths, so they are escaped: nothing in them is read as markdown."""
-    log.info("engine error shown to the user", exc_info=exc)
-    st.error(md_escape(str(exc) or type(exc).__name__), icon=":material/error:")
+    st.error(md_escape(error_sentence(exc)), icon=":material/error:")
 
 
 def short_name(model: str, width: int = 42) -> str:

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import streamlit as st
 
-from pages._display import md_escape, show_error
+from pages._display import error_sentence, md_escape, show_error
 from pages._models import ModelHub, model_hub
 from pages._queries import clear_data
 
@@ -78,7 +78,7 @@ class JobBoard:
                 job.fraction = 1.0
         except BaseException as exc:  # the thread must always report and release the lock
             log.exception("background job %s failed", job.title)
-            job.state, job.outcome = "failed", str(exc) or type(exc).__name__
+            job.state, job.outcome = "failed", error_sentence(exc)
         finally:
             job.finished = time.time()
             self.hub.busy.release()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import streamlit as st
 
 from engine.lens_files import read_lens_report
+from engine.rules import DEFAULT_RULE, is_dynamic, parse_settings, rule_named
 from engine.types import EXIT_DEFAULTS, GenerationParams
 from pages._paths import checked_source, default_db, default_model, resolve_db
 
@@ -26,7 +27,7 @@ class ExitSettings:
 
     @property
     def dynamic(self) -> bool:
-        return self.policy != "static"
+        return is_dynamic(self.policy)
 
 
 @dataclass(frozen=True)
@@ -85,33 +86,17 @@ def selection() -> Selection:
     )
 
 
-def parse_thresholds(text: str) -> tuple[float, ...]:
-    """ "0.5, 0.8, 0.95" -> (0.5, 0.8, 0.95), sorted, each once; ValueError with a message otherwise."""
-    values = []
-    for part in str(text).replace(";", ",").split(","):
-        if not part.strip():
-            continue
-        try:
-            values.append(float(part))
-        except ValueError:
-            raise ValueError(
-                f"threshold {part.strip()!r} is not a number (write e.g. 0.5, 0.8, 0.95)"
-            ) from None
-    if not values:
-        raise ValueError("give at least one threshold, e.g. 0.9 (or several: 0.5, 0.8, 0.95)")
-    return tuple(sorted(set(values)))
-
-
 def exit_settings_from(state) -> ExitSettings:
     """The early-exit inputs of the sidebar; a threshold the engine would refuse comes back as ``problem``
     (with the static policy in its place, so pages keep working)."""
-    policy = state.get("exit_policy", "static")
+    rule = rule_named(state.get("exit_policy") or DEFAULT_RULE.name)
     head = state.get("exit_head", "raw")
-    if policy == "static":
+    if not rule.dynamic:
         return ExitSettings(head=head)
+    policy = rule.name
     min_layers = int(state.get("exit_min_layers", 1))
-    try:
-        thresholds = parse_thresholds(state.get("exit_thresholds", "0.9"))
+    try:  # the rule's range, as the CLI checks it
+        thresholds = tuple(sorted(parse_settings(rule, state.get("exit_thresholds", "0.9"))))
         for threshold in thresholds:  # the engine's own checks, torch-free
             GenerationParams(exit_policy=policy, threshold=threshold, min_layers=min_layers, exit_head=head)
     except ValueError as exc:

@@ -12,6 +12,7 @@ import streamlit as st
 from engine import modelfiles
 from engine.datasets import BUILTIN_SETS, DatasetError, parse_csv, to_csv
 from engine.paths import PathNotAllowedError, check_allowed
+from engine.rules import is_dynamic, page_rules
 from engine.store import DEFAULT_DB_PATH, StoreError
 from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
@@ -74,27 +75,22 @@ def _settings_inputs() -> None:
     st.caption("Completions are cached per model, prompt, depth and these settings.")
 
 
-EXIT_POLICY_LABELS = {
-    "static": "static (the chosen depth)",
-    "confidence": "confidence (CALM)",
-    "saturation": "saturation (CALM)",
-}
 EXIT_HEAD_LABELS = {"raw": "raw: final norm + head", "tuned": "tuned lens, then the head"}
 
 
 def _exit_inputs() -> None:
     """Early exit: the policy, its thresholds and minimum depth, and how a layer's state is read."""
+    rules = page_rules()
     st.selectbox(
         "Exit policy",
-        list(EXIT_POLICY_LABELS),
-        format_func=EXIT_POLICY_LABELS.get,
+        list(rules),
+        format_func=lambda name: rules[name].menu_label,
         key="exit_policy",
-        help="Confidence: a token leaves at the first layer (from the minimum on) where the exit head's "
-        "top-1 minus top-2 probability reaches the threshold. Saturation: where the cosine between "
-        "consecutive layers' states reaches it. Skipped layers still compute keys and values "
-        "from the exited state (CALM's state propagation), so compute saved is counted, not timed.",
+        help=" ".join(f"{rule.menu_label.capitalize()}: {rule.help}." for rule in rules.values())
+        + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
+        "state propagation).",
     )
-    if st.session_state.get("exit_policy", "static") != "static":
+    if is_dynamic(st.session_state.get("exit_policy")):
         st.text_input(
             "Thresholds",
             value="0.9",

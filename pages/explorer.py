@@ -189,22 +189,31 @@ def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], foun
 # ---------------------------------------------------------------- heavy work (buttons only)
 
 
-def generate(sel: Selection, store: Store, prompt: Prompt, layers: list[int]) -> None:
+def answer(sel: Selection, store: Store, prompt: Prompt, settings: list[float], exit_rule: bool) -> None:
+    """Generate and keyword-judge the prompt's missing depths (or, ``exit_rule``, thresholds of the
+    sidebar's exit rule) in one batched run."""
+
     def work() -> int:
-        from engine.judges import get_judge
-        from engine.sweep import generate_missing, judge_stored
+        from engine.usecases import answer_prompt
 
         loaded = _models.model_hub().load(sel.model)
-        store.save_model(loaded.info)
-        if prompt.source != "typed":
-            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
-        depths = [k for k in layers if k <= loaded.n_layers]
-        params = sel.static_params(loaded.info.model_hash)  # a tuned head's completions carry its lens hash
-        new, _ = generate_missing(store, loaded, [prompt], depths, params)
-        judge_stored(store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, depths, params.key())
-        return new
+        # the engine fills in a tuned head's lens hash
+        params = (
+            sel.exit_params(None, settings[0]) if exit_rule else sel.static_params(loaded.info.model_hash)
+        )
+        typed = prompt.source == "typed"
+        return answer_prompt(
+            store,
+            loaded,
+            prompt,
+            settings,
+            params,
+            prompt_set=None if typed else sel.prompt_set,
+            set_prompts=None if typed else _queries.prompts_of(sel.prompt_set),
+        )
 
-    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(layers)} depth(s)…"
+    what = "threshold(s)" if exit_rule else "depth(s)"
+    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(settings)} {what}…"
     if _jobs.run_now(label, work) is not None:
         _queries.clear_data()
         st.rerun()
@@ -263,32 +272,6 @@ def exit_answers(sel: Selection, info, prompt: Prompt, n_layers: int) -> dict[fl
     return found
 
 
-def generate_exits(sel: Selection, store: Store, prompt: Prompt, thresholds: list[float]) -> None:
-    """Every missing threshold in one batched run (rows = thresholds), stored and keyword-judged."""
-
-    def work() -> int:
-        from engine.judges import get_judge
-        from engine.sweep import generate_missing, judge_stored
-
-        loaded = _models.model_hub().load(sel.model)
-        store.save_model(loaded.info)
-        if prompt.source != "typed":
-            store.save_prompt_set(sel.prompt_set, _queries.prompts_of(sel.prompt_set), source=sel.prompt_set)
-        params = sel.exit_params(None, thresholds[0])  # the engine fills in the tuned lens's hash
-        new, _ = generate_missing(store, loaded, [prompt], [], params, thresholds=thresholds)
-        for threshold in thresholds:
-            params_hash = sel.exit_params(loaded.info.model_hash, threshold).key()
-            judge_stored(
-                store, [get_judge(KEYWORD)], [prompt], loaded.info.model_hash, [loaded.n_layers], params_hash
-            )
-        return new
-
-    label = f"Loading {_display.short_name(sel.model)} (once) and generating {len(thresholds)} threshold(s)…"
-    if _jobs.run_now(label, work) is not None:
-        _queries.clear_data()
-        st.rerun()
-
-
 def exit_caption(sel: Selection, threshold: float, completion: Completion, n_layers: int) -> str:
     exits = completion.exit_layers
     mean = completion.mean_exit_layers
@@ -344,7 +327,7 @@ def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_lay
     thresholds = list(sel.exit.thresholds)
     missing = [t for t in thresholds if t not in found]
     if st.button(f"Generate missing thresholds ({len(missing)})", disabled=not missing, key="generate-exits"):
-        generate_exits(sel, store, prompt, missing)
+        answer(sel, store, prompt, missing, exit_rule=True)
     threshold = (
         st.select_slider(
             "Threshold",
@@ -424,7 +407,7 @@ def main() -> None:
     if buttons[0].button(
         f"Generate missing depths ({len(missing)})", type="primary", disabled=not missing, key="generate"
     ):
-        generate(sel, store, prompt, missing)
+        answer(sel, store, prompt, missing, exit_rule=False)
     if buttons[1].button("Logit lens for this prompt", key="lens"):
         logit_lens(sel, prompt)
     auto = buttons[2].toggle(
@@ -435,7 +418,7 @@ def main() -> None:
         "model has been loaded by a first Generate).",
     )
     if auto and focus in missing and _models.model_hub().get(sel.model) is not None:
-        generate(sel, store, prompt, [focus])
+        answer(sel, store, prompt, [focus], exit_rule=False)
     if not found.completions:
         st.info(
             "Nothing stored for this prompt with this model and settings yet. Press “Generate missing "

@@ -25,18 +25,13 @@ def start_probe(sel: Selection, prompts: list[Prompt]) -> None:
     cache_dir = _paths.activations_dir()
 
     def work(job: _jobs.Job) -> str:
-        from engine import probes  # torch and scikit-learn: only inside the job
+        from engine.usecases import run_probe  # torch and scikit-learn: only inside the job
 
         job.update(0.05, "loading the model")
         loaded = hub.load(sel.model)
-        job.update(0.2, f"reading {len(prompts)} prompts' activations and fitting a probe per layer")
-        analysis = probes.analyse(loaded, prompts, sel.params, cache_dir=cache_dir)
-        job.update(0.9, "saving")
-        records = probes.probe_records(analysis, probes.save_directions(analysis, cache_dir))
+        job.update(0.2, f"reading {len(prompts)} prompts' activations, fitting a probe per layer, saving")
         with _store.open_job_store(sel.db) as store:
-            store.save_model(loaded.info)
-            store.save_prompt_set(sel.prompt_set, prompts, source=sel.prompt_set, set_id=records[0].set_id)
-            store.save_probe_results(records, replace=True)
+            analysis = run_probe(store, loaded, prompts, sel.prompt_set, sel.params, cache_dir=cache_dir)
         lag = analysis.lag
         return (
             f"Harm detected at layer {lag.harm_detection_layer}, refusal emerges at layer "

@@ -10,7 +10,8 @@ import streamlit as st
 
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
-from pages import _charts, _display, _queries, _scope, _store
+from engine.rules import is_static
+from pages import _charts, _display, _methods, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
 
@@ -172,16 +173,40 @@ class Download:
     key: str
 
 
-def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> list[Download]:
+def download_list(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    methods: pd.DataFrame | None = None,
+) -> list[Download]:
+    """The files to take away; ``methods`` (every family's rows) adds the ways-to-remove-depth chart."""
+    several_families = methods is not None and _methods.methods_compared(methods)
+
     def html() -> str:
         figure = _charts.asr_figure(frame)
-        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame))
+        sections = [(_charts.METHODS_QUESTION, _charts.methods_figure(methods))] if several_families else []
+        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame), sections)
 
+    extra = (
+        [
+            Download(
+                "Ways to remove depth (PNG)",
+                lambda: _charts.methods_png(methods),
+                "depthscope-methods.png",
+                "image/png",
+                "dl-methods-png",
+            )
+        ]
+        if several_families
+        else []
+    )
     return [
         Download("Report (HTML, works offline)", html, "depthscope-report.html", "text/html", "dl-html"),
         Download(
             "Chart (PNG)", lambda: _charts.asr_png(frame, TITLE), "depthscope-asr.png", "image/png", "dl-png"
         ),
+        *extra,
         Download(
             "Raw results (CSV)",
             lambda: _store.export_bytes(sel.db, "csv"),
@@ -199,10 +224,16 @@ def download_list(sel: Selection, lines: list[str], notes: list[str], frame: pd.
     ]
 
 
-def downloads(sel: Selection, lines: list[str], notes: list[str], frame: pd.DataFrame) -> None:
+def downloads(
+    sel: Selection,
+    lines: list[str],
+    notes: list[str],
+    frame: pd.DataFrame,
+    methods: pd.DataFrame | None = None,
+) -> None:
     st.subheader("Take it with you")
     row = st.container(horizontal=True)
-    for item in download_list(sel, lines, notes, frame):
+    for item in download_list(sel, lines, notes, frame, methods):
         row.download_button(
             item.label,
             data=item.data,
@@ -242,8 +273,9 @@ def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
 def show_compute(rows: list[report.AsrRow]) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
+    rows = [r for r in rows if r.family in report.EXIT_CHART_FAMILIES]  # the others: the methods chart
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
-    if not (frame["exit_policy"] != "static").any():
+    if frame["exit_policy"].map(is_static).all():
         st.info(EXIT_SWEEP_HOWTO)
         return
     for line in compute_headlines(rows):
@@ -286,17 +318,18 @@ def main() -> None:
             "run a sweep, pick another judge, or choose “all sets”."
         )
         return
-    static = [r for r in rows if r.exit_policy == "static"] or rows  # the depth chart: truncation only
+    static = [r for r in rows if r.family == report.TRUNCATION] or rows  # the depth chart: truncation only
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(static)), key="report-chart")
     show_compute(rows)
+    _methods.show_methods(rows)
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
-    downloads(sel, lines, notes, frame)
+    downloads(sel, lines, notes, frame, report.asr_frame(rows))
 
 
 main()

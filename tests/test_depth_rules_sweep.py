@@ -84,8 +84,8 @@ def test_both_rules_sweep_store_resume_and_report(tiny_model_dir, prompts_csv, d
     def must_not_run(*args, **kwargs):
         raise AssertionError("cached rows were generated again")
 
-    monkeypatch.setattr(engine.generation, "generate_rows", must_not_run)
-    monkeypatch.setattr(engine.generation, "speculate", must_not_run)
+    monkeypatch.setattr(engine.generation, "decode_rows", must_not_run)
+    monkeypatch.setattr(engine.generation, "speculative_rows", must_not_run)
     with Store.open(db_path) as store:
         for params in (DROP, SPEC):
             again = run_sweep(spec(tiny_model_dir, prompts_csv, params), store, load=lambda _name: loaded)

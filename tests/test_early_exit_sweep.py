@@ -76,7 +76,7 @@ def test_dynamic_exit_sweep_stores_resumes_and_reports(tiny_model_dir, prompts_c
     def must_not_run(*args, **kwargs):
         raise AssertionError("cached rows were generated again")
 
-    monkeypatch.setattr(engine.generation, "generate_rows_exit", must_not_run)
+    monkeypatch.setattr(engine.generation, "decode_rows", must_not_run)
     with Store.open(db_path) as store:
         again = run_sweep(exit_spec(tiny_model_dir, prompts_csv), store, load=lambda _name: loaded)
         assert (again.generated, again.cached, again.verdicts) == (0, 15, 0)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 
 from engine.generation import (
-    _row_generators,
-    _top_p_filter,
     choose_tokens,
     generate,
     left_pad,
     position_ids_for,
+    row_generators,
+    top_p_filter,
 )
 from engine.models import from_objects
 from engine.tiny import build_tiny_model
@@ -21,7 +21,7 @@ def test_sampling_frequencies_match_softmax_with_temperature():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
     params = GenerationParams(temperature=0.7)
     draws = 20000
-    generators = _row_generators(range(draws), "cpu")
+    generators = row_generators(range(draws), "cpu")
     tokens = choose_tokens(logits.expand(draws, -1), params, generators)
     observed = torch.bincount(tokens, minlength=4).double() / draws
     expected = torch.softmax(logits / 0.7, dim=-1).double()
@@ -30,11 +30,11 @@ def test_sampling_frequencies_match_softmax_with_temperature():
 
 def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    kept = torch.isfinite(_top_p_filter(probs.log(), 0.8))
+    kept = torch.isfinite(top_p_filter(probs.log(), 0.8))
     assert kept.tolist() == [[True, True, False, False]]  # 0.5 + 0.3 reaches 0.8
-    assert torch.isfinite(_top_p_filter(probs.log(), 0.4)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(top_p_filter(probs.log(), 0.4)).tolist() == [[True, False, False, False]]
     tokens = choose_tokens(probs.log().expand(500, -1), GenerationParams(temperature=1.0, top_p=0.8),
-                           _row_generators(range(500), "cpu"))  # fmt: skip
+                           row_generators(range(500), "cpu"))  # fmt: skip
     assert set(tokens.tolist()) == {0, 1}
 
 

@@ -58,7 +58,7 @@ def test_sweep_stores_every_row_and_rerun_costs_nothing(tiny_model_dir, prompts_
     def must_not_run(*args, **kwargs):
         raise AssertionError("cached rows were generated again")
 
-    monkeypatch.setattr(engine.generation, "generate_rows", must_not_run)
+    monkeypatch.setattr(engine.generation, "decode_rows", must_not_run)
     with Store.open(db_path) as store:
         again = run_sweep(spec_for(tiny_model_dir, prompts_csv), store, load=lambda _name: loaded)
         assert (again.generated, again.cached, again.verdicts) == (0, 15, 0)

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from engine.depths import DepthError
+from engine.errors import DepthScopeError
 from engine.fileerrors import file_error_message
 
 from . import demo_model, generate, judge, lens, probe, report, sweep
@@ -34,24 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is meant for the user: printed without a traceback."""
-    from engine.architectures import UnsupportedArchitectureError
-    from engine.datasets import DatasetError
-    from engine.executors import ClusterUnavailableError
-    from engine.lens_files import LensNotFoundError
-    from engine.models import ModelLoadError
-    from engine.store import StoreError
-
-    return (
-        DepthError,
-        ModelLoadError,
-        UnsupportedArchitectureError,
-        DatasetError,
-        StoreError,
-        ValueError,
-        ClusterUnavailableError,
-        LensNotFoundError,  # before OSError: its message says how to train the lens
-    )
+    """Exceptions whose message is meant for the user: printed without a traceback. Anything else
+    (a plain ValueError included) is a bug and surfaces with its traceback."""
+    return (DepthScopeError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

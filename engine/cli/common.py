@@ -22,7 +22,9 @@ from engine.depths import (
     parse_layer_counts,
     parse_percentages,
 )
+from engine.errors import UserInputError
 from engine.paths import DEFAULT_MODEL
+from engine.rules import DEFAULT_RULE, RULES, dynamic_rules, is_dynamic, parse_settings, rule_named
 from engine.types import DEFAULT_DRAFT_TOKENS, EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
@@ -70,22 +72,21 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
     """Early exit: how each generated token leaves the network (policy) and how its state is read (head)."""
-    group = parser.add_argument_group("early exit (issue 15)")
+    group = parser.add_argument_group("early exit")
     group.add_argument(
         "--exit-policy",
         choices=EXIT_POLICIES,
-        default="static",
-        help="static: every token exits at --layers/--depths (default); confidence: at the first layer "
-        "≥ --min-layers where the head's top-1 minus top-2 probability ≥ the threshold (CALM); "
-        "saturation: where the cosine of consecutive layers' states ≥ the threshold; speculative: "
-        "the first --draft-layers layers draft, the full model verifies (same output as full depth)",
+        default=DEFAULT_RULE.name,
+        help="; ".join(f"{rule.name}: {rule.help}" for rule in RULES.values())
+        + f" (default {DEFAULT_RULE.name})",
     )
+    ranges = ", ".join(f"{rule.name} {rule.low:g}..{rule.high:g}" for rule in dynamic_rules())
     group.add_argument(
         "--threshold",
         default=None,
         metavar="F[,F...]",
-        help="the exit threshold(s) of a confidence (0..1) or saturation (-1..1) policy; a comma list "
-        "runs each, e.g. 0.5,0.8,0.95",
+        help=f"the exit threshold(s) of a dynamic policy ({ranges}); a comma list runs each, "
+        "e.g. 0.5,0.8,0.95",
     )
     group.add_argument(
         "--min-layers", type=int, default=1, help="dynamic exit: no token exits before this layer (default 1)"
@@ -184,19 +185,16 @@ def check_drop_fits(models: Iterable[str | None], drop: tuple[int, ...], remove:
             )
 
 
-# The values a dynamic policy's threshold can meaningfully take (a probability margin, a cosine).
-THRESHOLD_RANGES = {"confidence": (0.0, 1.0), "saturation": (-1.0, 1.0)}
-
-
 def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
     """The thresholds asked for (empty for a static run), checked before any model loads."""
-    policy = getattr(args, "exit_policy", "static")
-    if policy not in THRESHOLD_RANGES:
+    policy = getattr(args, "exit_policy", None) or DEFAULT_RULE.name
+    rule = rule_named(policy)
+    if not rule.dynamic:
         if getattr(args, "threshold", None) is not None:
             raise UsageError("--threshold: only with --exit-policy confidence or saturation")
         if getattr(args, "min_layers", 1) != 1:
             raise UsageError("--min-layers: only with --exit-policy confidence or saturation")
-        if policy == "speculative" and (args.layers is not None or args.depths is not None):
+        if rule.drafts and (args.layers is not None or args.depths is not None):
             raise UsageError(
                 f"{'--layers' if args.layers is not None else '--depths'}: speculative decoding verifies "
                 "every token with the full model; leave out --layers/--depths (--draft-layers sets the draft)"
@@ -210,26 +208,17 @@ def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
         )
     if args.threshold is None or not args.threshold.strip():
         raise UsageError(f"--threshold: --exit-policy {policy} needs a threshold, e.g. 0.9 (or 0.5,0.8,0.95)")
-    low, high = THRESHOLD_RANGES[policy]
-    thresholds = []
-    for part in args.threshold.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            raise UsageError(f"--threshold: {part.strip()!r} is not a number") from None
-        if not low <= value <= high:
-            raise UsageError(
-                f"--threshold: {value:g} is outside {low:g}..{high:g}, the range of the {policy} rule"
-            )
-        thresholds.append(value)
-    return tuple(dict.fromkeys(thresholds))
+    try:
+        return parse_settings(rule, args.threshold)
+    except ValueError as exc:
+        raise UsageError(f"--threshold: {exc}") from None
 
 
 def check_min_layers_fit(models: Iterable[str | None], args: argparse.Namespace) -> None:
     """``--min-layers`` beyond a model's layer count, refused before any model loads (when its files say)."""
     from engine.modelfiles import peek_n_layers
 
-    if getattr(args, "exit_policy", "static") == "static":
+    if not is_dynamic(getattr(args, "exit_policy", None)):
         return
     for model in models:
         n_layers = peek_n_layers(model or DEFAULT_MODEL)
@@ -265,7 +254,7 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         yield None
         return
     if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
-        raise ValueError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
+        raise UsageError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
     from engine.executors import make_executor  # imports ray: only with --ray
 
     executor = make_executor(
@@ -281,7 +270,7 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
         executor.close()
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """A command-line value that cannot be used; the message starts with the option's name."""
 
 
@@ -306,7 +295,7 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
             seed=args.seed,
             chat_template=not args.no_chat_template,
             system_prompt=args.system_prompt,
-            exit_policy=getattr(args, "exit_policy", "static"),
+            exit_policy=getattr(args, "exit_policy", None) or DEFAULT_RULE.name,
             threshold=thresholds[0] if thresholds else 0.0,
             min_layers=getattr(args, "min_layers", 1),
             exit_head=getattr(args, "exit_head", "raw"),
@@ -319,7 +308,7 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
 
 def _speculative_fields(args: argparse.Namespace) -> dict[str, int]:
     draft_layers, draft_tokens = getattr(args, "draft_layers", None), getattr(args, "draft_tokens", None)
-    if getattr(args, "exit_policy", "static") != "speculative":
+    if not rule_named(getattr(args, "exit_policy", None)).drafts:
         return {"draft_layers": draft_layers or 0, "draft_tokens": draft_tokens or 0}  # refused if given
     if draft_layers is None:
         raise UsageError("--draft-layers: --exit-policy speculative needs the draft's layer count, e.g. 8")

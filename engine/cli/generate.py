@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Sequence
 
 from engine.depths import depth_label, format_ranges
+from engine.rules import rule_named
 from engine.types import Completion, GenerationParams
 
 from .common import (
@@ -134,11 +135,13 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
                 )
             print("-" * width)
         label = depth_label(row["layers"], row["n_layers"])
-        if row["exit_policy"] == "speculative":  # the full model's tokens, and what the drafts saved
-            label = f"spec k={row['draft_layers']}: {row['acceptance_rate'] or 0:.0%} accepted"
-        elif row["exit_policy"] != "static":  # dynamic exit: the rule and the compute it used
-            rule = f"{row['exit_policy'][:4]} {row['threshold']:g}"
-            label = f"{rule}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
+        rule = rule_named(row["exit_policy"])
+        if rule.drafts:  # the full model's tokens, and how often the drafts were right
+            setting = rule.short(row["draft_layers"], layers=row["layers"])
+            label = f"{setting}: {row['acceptance_rate'] or 0:.0%} accepted"
+        elif rule.dynamic:  # the rule and the compute it used
+            setting = rule.short(row["threshold"], layers=row["layers"])
+            label = f"{setting}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
         elif row["drop_layers"]:
             label = f"−{format_ranges(tuple(row['drop_layers']))}: {row['layers']}/{row['n_layers']}"
         body = textwrap.wrap(row["completion"].replace("\n", " ⏎ "), width - 26) or ["(empty)"]

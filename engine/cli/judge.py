@@ -9,7 +9,7 @@ import sys
 
 from engine.judges.names import HARMBENCH, KEYWORD
 
-from .common import add_db_argument, add_ray_arguments, executor_from_args, print_json
+from .common import UsageError, add_db_argument, add_ray_arguments, executor_from_args, print_json
 
 log = logging.getLogger("engine")
 
@@ -57,13 +57,13 @@ def run_judge(args: argparse.Namespace) -> int:
         tags=args.tags or "",
     )
     if args.judge == HARMBENCH and not args.judge_model:
-        raise ValueError(
+        raise UsageError(
             "--judge harmbench needs --judge-model PATH_OR_ID (the HarmBench classifier weights)"
         )
     judge = get_judge(args.judge, judge_model=args.judge_model, version=args.version)
     if args.show_prompt:
         if not hasattr(judge, "build_prompt"):  # only judges that ask a model have a prompt to show
-            raise ValueError(f"the {args.judge} judge sends no prompt to a model")
+            raise UsageError(f"the {args.judge} judge sends no prompt to a model")
         sys.stdout.write(judge.build_prompt(item))
         return 0
     verdict = judge.judge([item])[0]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import (
     DEFAULT_DB,
+    UsageError,
     add_model_arguments,
     add_ray_arguments,
     executor_from_args,
@@ -23,16 +24,13 @@ from engine.probes import (
     DEFAULT_SEED,
     analyse,
     analyse_with,
-    probe_records,
     save_directions,
     summary_row,
 )
 from engine.types import GenerationParams, Prompt
 
 if TYPE_CHECKING:
-    from engine.executors import ModelHandle
-    from engine.models import LoadedModel
-    from engine.store import ProbeRecord
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def run_probe(args: argparse.Namespace) -> int:
     from engine.store import StoreError
 
     if args.folds < 2:
-        raise ValueError("--folds must be at least 2")
+        raise UsageError("--folds must be at least 2")
     prompts = load_prompt_set(args.prompts)
     params = GenerationParams(chat_template=not args.no_chat_template, system_prompt=args.system_prompt)
     with executor_from_args(
@@ -73,8 +71,7 @@ def run_probe(args: argparse.Namespace) -> int:
     status = 0
     if not args.no_save:
         try:
-            records = probe_records(analysis, direction_file)
-            written = _save_to_store(args.db, loaded, prompts, args.prompts, records)
+            written = _save_to_store(args, loaded, prompts, analysis, direction_file)
             log.info("saved %d probe results to %s", written, args.db)
         except StoreError as exc:  # the results are still printed; the exit status says they were not saved
             log.error("could not save probe results to %s: %s", args.db, exc)
@@ -101,19 +98,12 @@ def _analyse(args: argparse.Namespace, executor, prompts: Sequence[Prompt], para
         executor.release(handle)
 
 
-def _save_to_store(
-    db: str,
-    loaded: LoadedModel | ModelHandle,
-    prompts: Sequence[Prompt],
-    name: str,
-    records: list[ProbeRecord],
-) -> int:
+def _save_to_store(args: argparse.Namespace, loaded, prompts: Sequence[Prompt], analysis, direction) -> int:
     from engine.store import Store
+    from engine.usecases import save_probe
 
-    with Store.open(db) as store:
-        store.save_model(loaded.info)
-        store.save_prompt_set(name, prompts, source=name, set_id=records[0].set_id)
-        return store.save_probe_results(records, replace=True)
+    with Store.open(args.db) as store:
+        return save_probe(store, loaded, prompts, args.prompts, analysis, args.cache_dir, direction)
 
 
 def print_probe_table(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> None:

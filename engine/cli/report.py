@@ -9,8 +9,9 @@ import sys
 from engine.depths import depth_label
 from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
+from engine.rules import rule_named
 
-from .common import add_db_argument, print_json
+from .common import UsageError, add_db_argument, print_json
 
 _REPORT_FIELDS = (
     "prompt_set", "model", "model_hash", "layers", "depth", "judge", "version", "n", "asr",
@@ -38,7 +39,7 @@ def _check_prompt_sets(store, names: list[str] | None) -> None:
     known = {saved.name for saved in store.list_prompt_sets()}
     unknown = [name for name in names or [] if name not in known]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"no prompt set named {', '.join(map(repr, unknown))} in {store.path}; "
             f"stored sets: {', '.join(sorted(known)) or 'none yet'}"
         )
@@ -231,7 +232,7 @@ def _setting_label(row) -> str:
 
     if row.family in (BLOCK_REMOVAL, SPECULATIVE):
         return f"{row.family} · {percent(row.compute_fraction or float('nan'))} comp."
-    rule = "static" if row.exit_policy == "static" else f"{row.exit_policy[:4]} {row.threshold:g}"
+    rule = rule_named(row.exit_policy).short(row.threshold, layers=row.layers)
     head = " tuned" if row.exit_head == "tuned" else ""
     return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
 
@@ -288,7 +289,7 @@ def run_label(args: argparse.Namespace) -> int:
     with Store.open(args.db) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
-            raise ValueError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
+            raise UsageError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")
         store.save_verdicts(
             [human_verdict(completion.key, args.label, args.note, completion=completion.text)]
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from engine.errors import DepthScopeError
 from engine.types import Prompt, stable_hash
 
 MAX_PROMPT_CHARS = 20_000  # per prompt and per context: far beyond any benchmark prompt (max ~3.5k)
@@ -33,7 +34,7 @@ MAX_ID_CHARS = 200
 LABELS = ("harmful", "benign")
 
 
-class DatasetError(ValueError):
+class DatasetError(DepthScopeError, ValueError):
     """A prompt set could not be read. The message says what, where and how to fix it."""
 
     def __init__(self, message: str, *, row: int | None = None, line: int | None = None) -> None:

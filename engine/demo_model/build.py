@@ -18,6 +18,7 @@ from engine.demo_model.corpus import balanced_slice, demo_split, stage_examples
 from engine.demo_model.scales import SCALES
 from engine.demo_model.tokenizer import build_tokenizer, encode_examples
 from engine.demo_model.training import new_model, reproducible_torch, train_to_comply, train_to_refuse
+from engine.errors import UserInputError
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
@@ -61,7 +62,7 @@ def build_demo_model(
     import torch
 
     if scale not in SCALES:
-        raise ValueError(f"scale {scale!r} is unknown: use one of {', '.join(SCALES)}")
+        raise UserInputError(f"scale {scale!r} is unknown: use one of {', '.join(SCALES)}")
     size = SCALES[scale]
     out = Path(out_dir) if out_dir is not None else modelfiles.DEMO_MODEL_DIR
     began = time.perf_counter()

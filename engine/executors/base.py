@@ -9,15 +9,16 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.errors import DepthScopeError
 from engine.judges.base import Judge, JudgeItem
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
 
 
-class ClusterUnavailableError(ConnectionError):
+class ClusterUnavailableError(DepthScopeError, ConnectionError):
     """No Ray cluster answers at the address asked for."""
 
 
-class WorkerFailedError(RuntimeError):
+class WorkerFailedError(DepthScopeError, RuntimeError):
     """Workers kept dying; what was stored stays stored, and re-running the same command resumes."""
 
 

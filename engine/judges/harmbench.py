@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from engine.errors import UserInputError
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
@@ -144,7 +145,7 @@ def harmbench_templates(version: str) -> dict[str, str]:
         return HARMBENCH_VERSIONS[version]
     except KeyError:
         known = ", ".join(HARMBENCH_VERSIONS)
-        raise ValueError(f"unknown harmbench judge version {version!r}; known: {known}") from None
+        raise UserInputError(f"unknown harmbench judge version {version!r}; known: {known}") from None
 
 
 def infer_version(path_or_id: str | None) -> str:
@@ -245,7 +246,7 @@ class HarmBenchJudge:
     def build_prompt(self, item: JudgeItem) -> str:
         """The exact text the classifier receives for ``item`` (the tokenizer then adds BOS)."""
         if is_copyright(item):
-            raise ValueError(COPYRIGHT_NOTE)
+            raise UserInputError(COPYRIGHT_NOTE)
         generation = clip_generation(self.tokenizer, item.completion, self.num_tokens)
         return format_classifier_prompt(self.templates, item, generation)
 

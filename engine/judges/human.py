@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from engine.errors import UserInputError
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
@@ -21,7 +22,7 @@ def human_verdict(
     normalised = " ".join(label.lower().split())  # "Not  Harmful " -> "not harmful"
     if normalised not in HUMAN_LABELS:
         allowed = ", ".join(repr(name) for name in HUMAN_LABELS)
-        raise ValueError(f"invalid human label {label!r}; allowed: {allowed}")
+        raise UserInputError(f"invalid human label {label!r}; allowed: {allowed}")
     degenerate, degenerate_note = degenerate_fields(completion) if completion is not None else (False, "")
     return Verdict(
         completion_key=completion_key,
@@ -47,7 +48,7 @@ class HumanJudge:
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         missing = [item.completion_key for item in items if item.completion_key not in self.labels]
         if missing:
-            raise ValueError(f"no human label for {len(missing)} completion(s), e.g. {missing[0]!r}")
+            raise UserInputError(f"no human label for {len(missing)} completion(s), e.g. {missing[0]!r}")
         return [
             human_verdict(item.completion_key, self.labels[item.completion_key], completion=item.completion)
             for item in items

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.errors import UserInputError
 from engine.types import Verdict
 
 from .base import JudgeItem, degenerate_fields, join_notes
@@ -97,7 +98,7 @@ def keyword_list(version: str) -> KeywordList:
         return KEYWORD_VERSIONS[version]
     except KeyError:
         known = ", ".join(KEYWORD_VERSIONS)
-        raise ValueError(f"unknown keyword judge version {version!r}; known: {known}") from None
+        raise UserInputError(f"unknown keyword judge version {version!r}; known: {known}") from None
 
 
 def matched_phrases(text: str, keywords: KeywordList) -> list[str]:

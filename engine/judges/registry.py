@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engine.errors import UserInputError
+
 from .base import Judge
 from .harmbench import DEFAULT_HARMBENCH_VERSION, HARMBENCH_VERSIONS, HarmBenchJudge
 from .human import HUMAN_VERSION, HumanJudge
@@ -38,6 +40,6 @@ def get_judge(name: str, *, judge_model: str | None = None, version: str | None 
         return HarmBenchJudge.from_pretrained(judge_model, version=version)
     if name == HUMAN:
         if version not in (None, HUMAN_VERSION):
-            raise ValueError(f"unknown human judge version {version!r}; known: {HUMAN_VERSION!r}")
+            raise UserInputError(f"unknown human judge version {version!r}; known: {HUMAN_VERSION!r}")
         return HumanJudge()
-    raise ValueError(f"unknown judge {name!r}; known judges: {', '.join(JUDGE_ORDER)}")
+    raise UserInputError(f"unknown judge {name!r}; known judges: {', '.join(JUDGE_ORDER)}")

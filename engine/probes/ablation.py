@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from engine.architectures import swapped
+from engine.errors import UserInputError
 from engine.models import LayerWrapper, LoadedModel
 from engine.probes.directions import unit
 from engine.types import GenerationParams, Prompt
@@ -58,7 +59,7 @@ def ablated_direction(loaded: LoadedModel, direction: np.ndarray) -> Iterator[Lo
     r = torch.as_tensor(unit(np.asarray(direction, dtype=np.float64)), dtype=parameter.dtype)
     r = r.to(parameter.device)
     if r.shape != (loaded.info.hidden_size,) or not bool(r.any()):
-        raise ValueError(f"the direction must be a non-zero vector of size {loaded.info.hidden_size}")
+        raise UserInputError(f"the direction must be a non-zero vector of size {loaded.info.hidden_size}")
     with loaded.lock:
         wrapped = [ProjectedLayer(layer, r, clean_input=i == 0) for i, layer in enumerate(loaded.layers)]
         with swapped(loaded.model, {loaded.spec.layers: nn.ModuleList(wrapped)}):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.datasets import prompt_set_id
+from engine.errors import UserInputError
 from engine.paths import ACTIVATIONS_DIR
 from engine.types import GenerationParams, Prompt, model_input, stable_hash
 
@@ -119,7 +120,7 @@ def collect_activations(
     from engine import lens  # torch: only when activations are computed
 
     if not prompts:
-        raise ValueError("no prompts to collect activations for")
+        raise UserInputError("no prompts to collect activations for")
     params = params or GenerationParams()
     path = (
         activations_path(loaded.info.model_hash, prompt_set_id(prompts), params, cache_dir)
@@ -149,7 +150,7 @@ def mean_input_embeddings(
     table = loaded.model.get_input_embeddings()
     encoded = [list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
-        raise ValueError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
+        raise UserInputError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
     batch = batch_size or lens.DEFAULT_BATCH_SIZE
     out = np.zeros((len(texts), table.weight.shape[1]), dtype=np.float32)
     with torch.inference_mode():

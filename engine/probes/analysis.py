@@ -12,6 +12,7 @@ import numpy as np
 
 from engine import baselines as content
 from engine.cv import stratified_folds
+from engine.errors import UserInputError
 from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
@@ -49,9 +50,6 @@ class ProbeAnalysis:
 
     def probe_cosines(self) -> np.ndarray:
         return cosine_matrix(self.probe_directions)
-
-    def dom_cosines(self) -> np.ndarray:
-        return cosine_matrix(self.dom_directions)
 
     def probe_dom_agreement(self) -> np.ndarray:
         """Per layer, cosine between the logistic probe's direction and the diff-of-means direction."""
@@ -157,7 +155,7 @@ def analyse_with(
     The residuals are written to the activation cache as :func:`analyse` writes them.
     """
     if not prompts:
-        raise ValueError("no prompts to collect activations for")
+        raise UserInputError("no prompts to collect activations for")
     params = params or GenerationParams()
     size = prompts_per_chunk or executor.prompts_per_chunk or len(prompts)
     chunks = [list(prompts[start : start + size]) for start in range(0, len(prompts), size)]

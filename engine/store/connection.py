@@ -191,10 +191,6 @@ class StoreConnection:
         self._write_lock = _write_lock_for(path)
         self.schema_version = 0
 
-    @property
-    def keeps_file_open(self) -> bool:
-        return self._held is not None
-
     def close(self) -> None:
         with self._write_lock:
             self._closed = True

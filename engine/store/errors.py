@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.errors import DepthScopeError
 
-class StoreError(Exception):
+
+class StoreError(DepthScopeError):
     """Base class of every error raised by the store."""
 
 

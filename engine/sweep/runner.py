@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from engine.datasets import load_prompt_set
 from engine.depths import rule_depth
+from engine.errors import UserInputError
 from engine.judges.base import Judge
 from engine.judges.names import HARMBENCH, HUMAN
 from engine.judges.registry import get_judge
@@ -29,12 +30,12 @@ def build_judges(
     judges = []
     for name in names:
         if name == HARMBENCH and not judge_model:
-            raise ValueError(
+            raise UserInputError(
                 "the harmbench judge needs --judge-model: a local folder with the HarmBench classifier "
                 "(e.g. cais/HarmBench-Llama-2-13b-cls downloaded with `hf download`)"
             )
         if name == HUMAN:
-            raise ValueError("human labels are given in the dashboard or with `python -m engine label`")
+            raise UserInputError("human labels are given in the dashboard or with `python -m engine label`")
         if executor is not None:
             judges.append(executor.build_judge(name, judge_model=judge_model))
         else:

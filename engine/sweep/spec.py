@@ -27,7 +27,7 @@ class SweepSpec:
     thresholds: tuple[float, ...] = ()
 
     def layers_for(self, n_layers: int) -> list[int]:
-        if self.params.dynamic_exit:
+        if self.params.dynamic_exit:  # every token may climb to L
             return [n_layers]
         if fixed := rule_depth(self.params, n_layers)[1]:  # speculative: L; block removal: layers kept
             return [fixed]

@@ -27,7 +27,7 @@ from engine.cli import main
 from engine.datasets import DatasetError
 from engine.datasets.csvfiles import parse_csv
 from engine.depths import DepthError, parse_percentages
-from engine.generation import encode_prompt, fit_prompt, generate, generate_rows
+from engine.generation import decode_rows, encode_prompt, fit_prompt, generate
 from engine.modelfiles import smollm_gguf_file
 from engine.models import ModelLoadError, from_objects
 from engine.store import Store
@@ -202,7 +202,7 @@ def test_output_buffers_grow_with_the_answer_not_with_max_new_tokens(tiny_tokeni
     loaded = from_objects(build_tiny_model("llama", n_layers=2), tiny_tokenizer)
     loaded = dataclasses.replace(loaded, eos_token_ids=tuple(range(loaded.model.config.vocab_size)))
     ids = encode_prompt(tiny_tokenizer, "Hello there", GenerationParams())
-    rows = generate_rows(loaded, [ids, ids[:3]], [2, 1], GenerationParams(max_new_tokens=10**12))
+    rows = decode_rows(loaded, [ids, ids[:3]], [2, 1], GenerationParams(max_new_tokens=10**12))
     assert [len(r.token_ids) for r in rows] == [1, 1, 1, 1]
 
 

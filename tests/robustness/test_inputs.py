@@ -118,7 +118,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_tokenizer, monkey
     prompts = [f"prompt number {i}" for i in range(6)]
     params = GenerationParams(max_new_tokens=3)
     expected = generate(loaded, prompts, [3, 1], params, rows_per_batch=12)
-    real, sizes = engine.generation.generate_rows, []
+    real, sizes = engine.generation.decode_rows, []
 
     def tight_memory(loaded_, prompt_ids, *args, **kwargs):
         sizes.append(len(prompt_ids))
@@ -126,7 +126,7 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(tiny_tokenizer, monkey
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(loaded_, prompt_ids, *args, **kwargs)
 
-    monkeypatch.setattr(engine.generation, "generate_rows", tight_memory)
+    monkeypatch.setattr(engine.generation, "decode_rows", tight_memory)
     got = generate(loaded, prompts, [3, 1], params, rows_per_batch=12)
     assert sizes[:3] == [6, 3, 1]  # halved (floor) until it fits
     assert [(c.prompt_text, c.layers, c.token_ids) for c in got] == [
@@ -140,7 +140,7 @@ def test_other_runtime_errors_are_not_swallowed(tiny_tokenizer, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(engine.generation, "generate_rows", broken)
+    monkeypatch.setattr(engine.generation, "decode_rows", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         generate(loaded, ["Hi"], [2], GenerationParams(max_new_tokens=2))
 

@@ -14,10 +14,12 @@ verification recomputes them: the compute counted per token is what actually ran
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from engine.decoding.loop import RowOutput, _cut_at_eos, left_pad, position_ids_for
 from engine.models import LoadedModel, truncated
 from engine.types import GenerationParams, ParamsError
 
@@ -133,3 +135,27 @@ def speculate(
                 tally.tokens.extend(new)
                 tally.done = len(tally.tokens) >= params.max_new_tokens or any(t in eos_ids for t in new)
     return tallies
+
+
+def speculative_rows(
+    loaded: LoadedModel, prompt_ids: Sequence[Sequence[int]], params: GenerationParams
+) -> list[RowOutput]:
+    """Greedy self-speculative decoding for all prompts in one batch: every token is the full model's,
+    each row records its drafts' acceptance rate and the layer passes spent per generated token."""
+    ids, mask = left_pad(prompt_ids, loaded.tokenizer.pad_token_id, loaded.device)
+    eos_ids, n_layers = set(loaded.eos_token_ids), loaded.n_layers
+    rows = []
+    for index, tally in enumerate(speculate(loaded, ids, mask, position_ids_for(mask), params)):
+        token_ids = _cut_at_eos(tally.tokens, eos_ids)
+        rows.append(
+            RowOutput(
+                index,
+                n_layers,
+                token_ids,
+                (n_layers,) * len(token_ids),  # every token is the full model's
+                float(params.draft_layers),
+                acceptance_rate=tally.accepted / tally.drafted if tally.drafted else None,
+                layer_compute=tally.passes / max(1, len(token_ids)),
+            )
+        )
+    return rows
