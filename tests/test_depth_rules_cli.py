@@ -11,6 +11,7 @@ import torch
 from conftest import build_tiny_model
 
 from engine.cli import main
+from engine.depths import canonical_removal
 from engine.generation import encode_prompts
 from engine.models import from_objects
 from engine.pruning import score_layers
@@ -113,3 +114,25 @@ def test_pruning_scores_equal_an_independent_numpy_computation(tiny_tokenizer):
     np.testing.assert_allclose(got.scores, angular, rtol=1e-5, atol=1e-6)
     start = int(np.argmin(angular))
     assert got.dropped == (start + 1, start + 2, start + 3)
+
+
+def test_pruned_sweep_stores_the_scores_in_its_run_and_the_choice_in_its_rows(
+    tiny_model_dir, tmp_path, capsys
+):
+    from engine.store import Store
+
+    db = tmp_path / "pruned.duckdb"
+    args = ["sweep", "--model", str(tiny_model_dir), "--prompts", "demo", "--limit", "2", "--db", str(db),
+            "--max-new-tokens", "3", "--prune", "block-influence", "--remove", "2",
+            "--calibration-limit", "3"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    with Store.open(db, read_only=True) as store:
+        runs = store.list_runs()
+        rows = store.get_generations()
+    record = json.loads(json.loads(runs["parameters"].iloc[0])["pruning"])
+    assert (
+        record["criterion"] == "block-influence" and len(record["scores"]) == 8 and record["n_prompts"] == 3
+    )
+    assert {c.layers for c in rows} == {6} and len(rows) == 2
+    keyed = canonical_removal(tuple(record["dropped"]), 8)[1]  # a removed suffix is keyed as truncation
+    assert {c.params_hash for c in rows} == {GenerationParams(max_new_tokens=3, drop_layers=keyed).key()}

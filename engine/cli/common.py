@@ -383,9 +383,17 @@ def print_json(document: object) -> None:
 def pruned_params(args: argparse.Namespace, loaded, params: GenerationParams) -> GenerationParams:
     """With ``--prune``: score the layers on the calibration set, show the scores on stderr, and return
     ``params`` dropping the layers the criterion picks (unchanged without ``--prune``)."""
+    return pruning_choice(args, loaded, params)[0]
+
+
+def pruning_choice(
+    args: argparse.Namespace, loaded, params: GenerationParams
+) -> tuple[GenerationParams, dict]:
+    """(params dropping the chosen layers, the scores as a record for the run's parameters; empty
+    without ``--prune``)."""
     if getattr(args, "prune", None) is None:
-        return params
-    from dataclasses import replace
+        return params, {}
+    from dataclasses import asdict, replace
 
     from engine.datasets import load_prompt_set
     from engine.pruning import score_layers
@@ -393,7 +401,8 @@ def pruned_params(args: argparse.Namespace, loaded, params: GenerationParams) ->
     prompts = load_prompt_set(args.calibration, limit=args.calibration_limit)
     scores = score_layers(loaded, [p.text for p in prompts], args.prune, args.remove, params)
     print_layer_scores(scores, args.calibration, len(prompts))
-    return replace(params, drop_layers=scores.dropped)
+    record = {**asdict(scores), "calibration": args.calibration, "n_prompts": len(prompts)}
+    return replace(params, drop_layers=scores.dropped), record
 
 
 def print_layer_scores(scores, calibration: str, n_prompts: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -100,7 +101,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     check_layers_fit(models, (depths, layers))
     check_min_layers_fit(models, args)
     check_drop_fits(models, params.drop_layers, args.remove)
-    params = prune_for_sweep(args, models, params)
+    params, pruning = prune_for_sweep(args, models, params)
     spec = SweepSpec(
         models=models,
         prompt_set=args.prompts,
@@ -112,6 +113,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         limit=args.limit,
         rows_per_batch=args.batch_rows,
         thresholds=thresholds,
+        pruning=json.dumps(pruning) if pruning else "",
     )
     show, close_bars = _progress_bars()
     try:
@@ -137,17 +139,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def prune_for_sweep(args: argparse.Namespace, models: tuple[str, ...], params):
-    """``--prune``: the layers to drop, scored on one model here before the sweep starts (the layer
-    choice belongs to a model, so a pruned sweep takes one model)."""
+    """``--prune``: (params dropping the layers chosen, the per-layer scores for the run's record),
+    scored on one model here before the sweep starts (the choice belongs to a model, so a pruned sweep
+    takes one model)."""
     if args.prune is None:
-        return params
+        return params, {}
     if len(models) > 1:
         raise UsageError("--prune: the layers chosen belong to one model; sweep one --model at a time")
-    from .common import load_from_args, pruned_params
+    from .common import load_from_args, pruning_choice
 
     args.model = models[0]
     args.trust_remote_code = False
-    return pruned_params(args, load_from_args(args), params)
+    return pruning_choice(args, load_from_args(args), params)
 
 
 def _progress_bars():

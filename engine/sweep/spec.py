@@ -25,6 +25,8 @@ class SweepSpec:
     # Dynamic exit (``params.exit_policy`` confidence or saturation): the thresholds to sweep (default
     # ``[params.threshold]``); every completion then uses up to all L layers and depths are not used.
     thresholds: tuple[float, ...] = ()
+    # ``--prune``: the criterion's per-layer scores and the layers it dropped, as JSON (the run's record).
+    pruning: str = ""
 
     def layers_for(self, n_layers: int) -> list[int]:
         if self.params.dynamic_exit:  # every token may climb to L
