@@ -44,9 +44,17 @@ class RowTally:
     done: bool = False
 
 
-def _forward(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
+def _forward(
+    loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep=1
+):
+    """Logits of the last ``keep`` positions (the head on the whole prompt would be wasted work)."""
     return loaded.model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=keep,
     ).logits
 
 
@@ -118,7 +126,9 @@ def speculate(
             drafts = _draft(loaded, cache, token, mask, positions, params)
             block = torch.cat([token[:, None], drafts], dim=1)  # the last accepted token, then the drafts
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], n + 1))], dim=1)
-            target = _forward(loaded, block, mask, positions + torch.arange(n + 1, device=device), cache)
+            target = _forward(
+                loaded, block, mask, positions + torch.arange(n + 1, device=device), cache, n + 1
+            )
             target = target.argmax(dim=-1)  # the full model's next token after each prefix of the block
             accepted = (drafts == target[:, :n]).long().cumprod(dim=1).sum(dim=1)
             valid = torch.arange(n + 1, device=device)[None, :] <= accepted[:, None]
