@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from engine.generation import fit_prompt, left_pad, position_ids_for, prompt_budget
+from engine.generation import fit_prompts, left_pad, position_ids_for
 from engine.models import LoadedModel
 from engine.types import Completion, GenerationParams
 
@@ -55,8 +55,7 @@ def full_depth_token_nll(
     if len(prompts) != len(completion_token_ids):
         raise ValueError(f"{len(prompts)} prompts but {len(completion_token_ids)} completions")
     # The prompt exactly as generation fed it: cut from the left to the same context budget when too long.
-    budget = prompt_budget(loaded, params)
-    encoded = [fit_prompt(loaded.tokenizer, text, params, budget)[0] for text in prompts]
+    encoded = [ids for ids, _ in fit_prompts(loaded, prompts, params)]
     scores: list[list[float]] = [[] for _ in prompts]
     # Similar lengths share a batch, so little of each forward pass is padding.
     todo = sorted(

@@ -90,6 +90,16 @@ def fit_prompt(tokenizer, text: str, params: GenerationParams, budget: int | Non
     return ids[-budget:], full - budget  # the template alone is longer than the budget
 
 
+def fit_prompts(
+    loaded: LoadedModel, texts: Sequence[str], params: GenerationParams
+) -> list[tuple[list[int], int]]:
+    """The one rule for every path that feeds prompts to a model (generation, probes, the logit lens,
+    the full-depth NLL, tuned-lens training): each prompt's ids cut by :func:`fit_prompt` to the budget
+    ``params`` leave in the model's context, with the count cut. Same prompt, model and params: same ids."""
+    budget = prompt_budget(loaded, params)
+    return [fit_prompt(loaded.tokenizer, text, params, budget) for text in texts]
+
+
 # ---------------------------------------------------------------- many prompts: batching and order
 
 
@@ -166,8 +176,7 @@ def iter_completions(
     ]
     if not prompts or not variants:
         return
-    budget = prompt_budget(loaded, params)
-    fitted = [fit_prompt(loaded.tokenizer, p.text, params, budget) for p in prompts]
+    fitted = fit_prompts(loaded, [p.text for p in prompts], params)
     encoded = [ids for ids, _ in fitted]
     for prompt, (_, cut) in zip(prompts, fitted, strict=True):
         if cut:

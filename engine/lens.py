@@ -24,6 +24,7 @@ p < ``EMERGENCE_ALPHA`` (0.05). Alignment lag = refusal emergence − harm detec
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import torch
 
 from engine import lag
 from engine.decoding.capture import captured_residuals
-from engine.generation import encode_prompts, left_pad, position_ids_for
+from engine.generation import fit_prompts, left_pad, position_ids_for
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN
 from engine.models import LoadedModel
 from engine.types import GenerationParams
@@ -52,6 +53,7 @@ REFUSAL_OPENINGS: tuple[str, ...] = (
     " Cannot",
     "Apologies",
 )
+log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32  # CPU matmuls run faster on bigger batches; residuals themselves are tiny
 
 
@@ -81,11 +83,18 @@ def last_token_residuals(
 ) -> torch.Tensor:
     """Residual stream at the last prompt token for every text and layer: float32 [n, L+1, hidden].
 
-    Prompts are rendered exactly as for generation (chat template per ``params``) and run in batches of
-    similar length, so padding stays short.
+    Prompts are rendered and fitted to the context exactly as for generation (chat template per
+    ``params``; too long a prompt loses its oldest tokens, ``engine.generation.fit_prompts``) and run in
+    batches of similar length, so padding stays short.
     """
     params = params or GenerationParams()
-    encoded = encode_prompts(loaded.tokenizer, texts, params)
+    fitted = fit_prompts(loaded, texts, params)
+    if cut := sum(1 for _, n in fitted if n):
+        log.warning(
+            "%d prompt(s) longer than the model's context allows with %d new tokens were cut from the left",
+            cut, params.max_new_tokens,
+        )  # fmt: skip
+    encoded = [ids for ids, _ in fitted]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     out = torch.zeros((len(texts), loaded.n_layers + 1, loaded.info.hidden_size), dtype=torch.float32)
     for start in range(0, len(order), batch_size):

@@ -6,8 +6,10 @@ files are, and a model's layer count from its config.json or GGUF header. Torch-
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import json
+import os
 from pathlib import Path
 
 from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR
@@ -20,6 +22,7 @@ __all__ = [
     "SMOLLM_PACKAGE",
     "SMOLLM_VERSION",
     "demo_model_built",
+    "content_fingerprint",
     "embedded_model_names",
     "is_demo_model",
     "model_files_problem",
@@ -187,3 +190,19 @@ def _safetensors_problem(path: Path) -> str | None:
     if size < needed:
         return f"{path} is truncated: {size:,} bytes, its header needs {needed:,}; download or copy it again"
     return None
+
+
+def content_fingerprint(path: Path) -> str:
+    """Content hash without reading gigabytes: each file's name and size, its first and last MiB (for a
+    folder: every file in it). The model hash of every completion key, and a classifier's in verdict keys."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]

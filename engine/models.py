@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -24,7 +23,7 @@ from engine.architectures import ArchSpec, resolve, spec_for, swapped
 from engine.errors import DepthScopeError
 from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 from engine.paths import looks_like_path
-from engine.types import ModelInfo, stable_hash
+from engine.types import ModelInfo, numerics_hash, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -135,27 +134,49 @@ def _resolve_source(source: str) -> _Source:
 
 
 def _fingerprint(path: Path) -> str:
-    """Content hash without reading gigabytes: config bytes + each weight file's size, head and tail."""
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.name}:{size}".encode())
-        with file.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(-(1 << 20), os.SEEK_END)
-                digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:16]
+    return modelfiles.content_fingerprint(path)
 
 
 # ---------------------------------------------------------------- loading
 
 
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
 def pick_device(device: str | None) -> torch.device:
+    """The device to load on; ModelLoadError (one sentence) for a name torch does not know or a device
+    this machine does not have, before any weights are read."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"device {device!r} is unknown: use {DEVICE_CHOICES}") from None
+    if target.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
+    if target.type == "cuda":
+        _check_cuda(device, target)
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine; use cpu or auto")
+    return target
+
+
+def _check_cuda(device: str, target: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+            f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); "
+            "use --device cpu or auto"
+        )
+    if target.index is not None and target.index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), numbered from 0"
+        )
+
+
+def check_load_options(device: str | None, dtype: str | None) -> None:
+    """Refuse an impossible device or an unknown dtype before any model loads."""
+    pick_dtype(dtype, pick_device(device))
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -246,18 +267,22 @@ def load_model(
             raise _hub_error(source, exc) from exc
         raise ModelLoadError(f"could not load {source}: {type(exc).__name__}: {exc}") from exc
     model = model.to(device=target, dtype=torch_dtype).eval()
-    model_hash = _fingerprint(where.local) if where.local else _hub_revision(source, config)
+    weights_hash = _fingerprint(where.local) if where.local else _hub_revision(source, config)
     info = ModelInfo(
         model_id=source,
-        model_hash=model_hash,
+        model_hash=numerics_hash(weights_hash, _dtype_name(torch_dtype), target.type),
         architecture=type(model).__name__,
         n_layers=len(resolve(model, spec.layers)),
         hidden_size=int(config.hidden_size),
-        dtype=str(torch_dtype).removeprefix("torch."),
+        dtype=_dtype_name(torch_dtype),
         device=str(target),
     )
     log.info("loaded %s (%s, %d layers) on %s", source, info.architecture, info.n_layers, target)
     return LoadedModel(model, prepare_tokenizer(tokenizer), info, spec, _eos_ids(tokenizer, model))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _hub_revision(source: str, config) -> str:
@@ -273,13 +298,14 @@ def from_objects(model: nn.Module, tokenizer, model_id: str = "in-memory") -> Lo
         weights.update(name.encode())
         weights.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
     parameter = next(model.parameters())
+    weights_hash = stable_hash([model.config.to_json_string(), weights.hexdigest()])
     info = ModelInfo(
         model_id=model_id,
-        model_hash=stable_hash([model.config.to_json_string(), weights.hexdigest()]),
+        model_hash=numerics_hash(weights_hash, _dtype_name(parameter.dtype), parameter.device.type),
         architecture=type(model).__name__,
         n_layers=len(resolve(model, spec.layers)),
         hidden_size=int(model.config.hidden_size),
-        dtype=str(parameter.dtype).removeprefix("torch."),
+        dtype=_dtype_name(parameter.dtype),
         device=str(parameter.device),
     )
     return LoadedModel(model.eval(), prepare_tokenizer(tokenizer), info, spec, _eos_ids(tokenizer, model))

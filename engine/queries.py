@@ -71,6 +71,16 @@ def keyword_verdicts(prompt: Prompt, completions: Iterable[Completion]) -> dict[
     return {v.completion_key: v for v in KeywordJudge().judge(items)} if items else {}
 
 
+def earlier_set_versions(store: Store, name: str) -> list[tuple[str, str]]:
+    """(shown name, description) of each earlier version of the set ``name`` (an edited file), newest
+    first: reports show the current version unless one of these is asked for by its shown name."""
+    versions = [v for v in store.list_prompt_set_versions() if v.name == name and not v.is_current]
+    return [
+        (v.shown_name, f"earlier version {v.version} of {v.n_versions} ({v.n_prompts} prompts)")
+        for v in sorted(versions, key=lambda v: v.version, reverse=True)
+    ]
+
+
 def prompts_in_store(store: Store) -> list[Prompt]:
     """Every prompt of every stored prompt set, each model input once."""
     seen: dict[str, Prompt] = {}

@@ -61,6 +61,9 @@ class AsrRow:
     min_layers: int | None = None
     mean_exit_layers: float | None = None
     compute_fraction: float | None = None
+    # The tuned lens a tuned-head row was read with (its content hash; None for the raw head): rows of a
+    # retrained lens are other rows, and say so.
+    lens_hash: str | None = None
     # The way depth was removed (``method_family``): truncation, block removal (``drop_layers``, 1-based,
     # ``layers`` = the count kept), early exit, or self-speculative decoding (its draft settings and the
     # mean share of drafted tokens the full model accepted).
@@ -212,10 +215,12 @@ def _exit_fields(r, n_layers: int) -> dict:
     dynamic = is_dynamic(policy)
     speculative = rule_named(policy).drafts
     mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
+    head = str(params.get("exit_head", "raw"))
     acceptance = getattr(r, "acceptance_rate", None)
     return {
         "exit_policy": policy,
-        "exit_head": str(params.get("exit_head", "raw")),
+        "exit_head": head,
+        "lens_hash": str(params.get("lens_hash") or "") or None if head == "tuned" else None,
         "threshold": float(params.get("threshold", 0.0)) if dynamic else None,
         "min_layers": int(params.get("min_layers", 1)) if dynamic else None,
         "mean_exit_layers": round(mean_exit, 4),

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.lens_files import LensNotFoundError, lens_weights_path
+from engine.lens_files import LensNotFoundError, damaged_lens, lens_weights_path, read_lens_report
 from engine.models import LoadedModel
 
 
@@ -49,21 +49,54 @@ class TunedLens(nn.Module):
 
 
 def load_lens(loaded: LoadedModel, directory: Path | None = None) -> TunedLens:
-    """The tuned lens trained for this model's content hash, on the model's device."""
+    """The tuned lens trained for this model's content hash, on the model's device.
+
+    Validated before use: the file must hold exactly the two translator tensors, finite, shaped for
+    this model's layers and width, with the content hash its sidecar claims; anything else is a
+    DamagedLensError naming the file (never a lens that decodes garbage, never a traceback).
+    """
     path = lens_weights_path(loaded.info.model_hash, directory)
+    name = loaded.info.model_id
     if not path.exists():
         raise LensNotFoundError(
-            f"no tuned lens for {loaded.info.model_id} (model hash {loaded.info.model_hash}) in "
-            f"{path.parent}: train one with `python -m engine lens train --model {loaded.info.model_id}`, "
+            f"no tuned lens for {name} (model hash {loaded.info.model_hash}) in "
+            f"{path.parent}: train one with `python -m engine lens train --model {name}`, "
             "or use --exit-head raw"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    n_layers, hidden = state["weight"].shape[0] + 1, state["weight"].shape[-1]
-    if n_layers != loaded.n_layers or hidden != loaded.info.hidden_size:
-        raise LensNotFoundError(
-            f"the tuned lens in {path} is for {n_layers} layers × {hidden}, not this model's "
-            f"{loaded.n_layers} × {loaded.info.hidden_size}: retrain it"
+    report = read_lens_report(loaded.info.model_hash, directory, name)
+    if report is None:
+        raise damaged_lens(path, "has no JSON sidecar beside it (its hash is unknown)", name)
+    if report.get("n_layers", loaded.n_layers) != loaded.n_layers:
+        found = report["n_layers"]
+        raise damaged_lens(path, f"is for {found} layers, not this model's {loaded.n_layers}", name)
+    lens = TunedLens(loaded.n_layers, loaded.info.hidden_size)
+    lens.load_state_dict(_read_translators(path, lens, name))
+    if lens.lens_hash != report["lens_hash"]:
+        raise damaged_lens(
+            path, f"has content hash {lens.lens_hash}, not the {report['lens_hash']} its sidecar names", name
         )
-    lens = TunedLens(n_layers, hidden)
-    lens.load_state_dict(state)
     return lens.to(loaded.device).eval()
+
+
+def _read_translators(path: Path, expected: TunedLens, name: str) -> dict[str, torch.Tensor]:
+    """The file's tensors, checked against the shapes ``expected`` has and for finite values."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch reports a damaged file as many different errors
+        # torch's own wording runs to many lines of advice about pickling: name the failure only
+        raise damaged_lens(path, f"cannot be read as saved tensors ({type(exc).__name__})", name) from exc
+    wanted = {key: tuple(tensor.shape) for key, tensor in expected.state_dict().items()}
+    if not isinstance(state, dict) or set(state) != set(wanted):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise damaged_lens(path, f"holds {found}, not the tensors {sorted(wanted)}", name)
+    for key, shape in wanted.items():
+        tensor = state[key]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise damaged_lens(path, f"has a {key} that is not a floating-point tensor", name)
+        if tuple(tensor.shape) != shape:
+            raise damaged_lens(
+                path, f"has {key} of shape {tuple(tensor.shape)}, not this model's {shape}", name
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise damaged_lens(path, f"has non-finite values (NaN or infinity) in {key}", name)
+    return state

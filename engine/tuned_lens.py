@@ -16,8 +16,10 @@ raw heads goes into the sidecar (``engine.lens_files``).
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,10 +63,10 @@ def benign_sequences(
     loaded: LoadedModel, texts: Sequence[str], generate_tokens: int = DEFAULT_GENERATE_TOKENS
 ) -> list[list[int]]:
     """Each prompt rendered for generation, followed by the model's own greedy full-depth answer."""
-    from engine.generation import encode_prompts, generate
+    from engine.generation import fit_prompts, generate
 
     params = GenerationParams(max_new_tokens=max(1, generate_tokens))
-    encoded = encode_prompts(loaded.tokenizer, texts, params)
+    encoded = [ids for ids, _ in fit_prompts(loaded, texts, params)]  # as generate() feeds them
     if generate_tokens <= 0:
         return encoded
     answers = generate(loaded, list(texts), [loaded.n_layers], params)
@@ -260,15 +262,38 @@ def train_lens(
 
 
 def save_lens(trained: TrainedLens, directory: Path | None = None) -> Path:
-    """Write the translators and the JSON sidecar under data/lenses/, keyed by the model's hash."""
-    model_hash = trained.report["model_hash"]
+    """Write the translators and the JSON sidecar under data/lenses/, keyed by the model's hash.
+
+    Both files are written to temporary names first and then renamed, weights before sidecar: an
+    interrupted save leaves the previous lens whole, or weights whose hash the sidecar does not name
+    (refused when loaded), never a lens that loads. A diverged lens (non-finite weights) is not saved.
+    """
+    lens = trained.lens
+    weight, bias = lens.weight.detach().cpu(), lens.bias.detach().cpu()
+    if not (torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+        raise ValueError(
+            "the tuned lens diverged (its weights hold NaN or infinity) and was not saved: train again with "
+            "fewer --steps or another --seed"
+        )
+    report = {**trained.report, "lens_hash": lens.lens_hash, "n_layers": lens.n_layers}
+    model_hash = report["model_hash"]
     weights = lens_weights_path(model_hash, directory)
+    sidecar = lens_sidecar_path(model_hash, directory)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {"weight": trained.lens.weight.detach().cpu(), "bias": trained.lens.bias.detach().cpu()}
-    temporary = weights.with_suffix(".pt.tmp")
-    torch.save(state, temporary)
-    temporary.replace(weights)  # never a half-written lens next to a finished sidecar
-    lens_sidecar_path(model_hash, directory).write_text(
-        json.dumps(trained.report, indent=2), encoding="utf-8"
-    )
+    with _temporary_beside(weights) as weights_tmp, _temporary_beside(sidecar) as sidecar_tmp:
+        torch.save({"weight": weight, "bias": bias}, weights_tmp)
+        sidecar_tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        os.replace(weights_tmp, weights)
+        os.replace(sidecar_tmp, sidecar)
     return weights
+
+
+@contextmanager
+def _temporary_beside(path: Path) -> Iterator[Path]:
+    """A fresh temporary name in ``path``'s folder (same file system: the rename is atomic; the file
+    gets the umask's permissions), removed afterwards unless it was renamed into place."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield temporary
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -36,6 +36,18 @@ class ModelInfo:
         return 100.0 * layers / self.n_layers
 
 
+# The numerics every key computed before dtype and device were keyed had: their keys stay unchanged.
+BASELINE_NUMERICS = ("float32", "cpu")
+
+
+def numerics_hash(weights_hash: str, dtype: str, device_type: str) -> str:
+    """The model hash cache keys use: the weights' hash, and the dtype and device type the model
+    computes in (other kernels, other numbers) unless they are float32 on CPU, whose keys predate this."""
+    if (dtype, device_type) == BASELINE_NUMERICS:
+        return weights_hash
+    return stable_hash(["numerics", weights_hash, dtype, device_type])
+
+
 @dataclass(frozen=True)
 class Prompt:
     prompt_id: str
@@ -131,6 +143,7 @@ class GenerationParams:
     drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self._normalise_numbers()
         if not _is_whole(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ParamsError(
                 "max_new_tokens", f"{self.max_new_tokens!r} is not a whole number ≥ 1: give e.g. 64"
@@ -141,6 +154,14 @@ class GenerationParams:
         if not _is_whole(self.seed):
             raise ParamsError("seed", f"{self.seed!r} is not a whole number")
         self._check_exit()
+
+    def _normalise_numbers(self) -> None:
+        """Equal settings, one key: -0.0 and 0 are 0.0, whole numbers given for floats become floats
+        (json writes 0 and -0.0 differently from 0.0). Values that are not numbers are left to the checks."""
+        for name in ("temperature", "top_p", "threshold"):
+            value = getattr(self, name)
+            if _is_number(value) and math.isfinite(value):
+                object.__setattr__(self, name, float(value) + 0.0)  # + 0.0 turns -0.0 into 0.0
 
     def _check_exit(self) -> None:
         """Early-exit fields: known policy and head; a finite threshold and min layers ≥ 1 for dynamic
@@ -240,8 +261,15 @@ class GenerationParams:
         return rule_named(self.exit_policy).drafts
 
     def key(self) -> str:
-        """Cache key of everything that changes the output (early-exit fields only when not default)."""
+        """Cache key of everything that changes the output (early-exit fields only when not default).
+
+        Settings that cannot change the output take their defaults: greedy decoding reads neither the
+        seed nor top-p, and only a tuned head reads a lens."""
         fields = asdict(self)
+        if self.greedy:
+            fields["seed"], fields["top_p"] = 0, 1.0
+        if self.exit_head != "tuned":
+            fields["lens_hash"] = ""
         for name, default in EXIT_DEFAULTS.items():
             if fields[name] == default:
                 del fields[name]

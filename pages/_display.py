@@ -78,6 +78,7 @@ def show_plain_text(text: str, big: bool = False) -> None:
 # Early exits warm (less of the network used), full depth cool; text stays dark on every shade.
 _EXIT_EARLY = (253, 186, 116)
 _EXIT_FULL = (191, 219, 254)
+_NO_EXIT_STYLE = "border-bottom:1px dashed #9aa0a6"  # a token whose stored exit layer is missing or invalid
 
 
 def exit_colour(layer: int, n_layers: int) -> str:
@@ -92,15 +93,20 @@ def _span(text: str, style: str, title: str) -> str:
     return f'<span style="{style}" title="{title}">{text}</span>'
 
 
-def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int], n_layers: int) -> str:
-    """Model text as HTML spans, one per token, coloured by its exit layer. Every piece is HTML-escaped
-    (tags, quotes, ampersands) and sits in a plain span: it is rendered by ``st.html``, which reads no
-    markdown or LaTeX, so ``<img>``, ``![x](y)`` and ``$x$`` in a token stay visible characters."""
+def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int | None], n_layers: int) -> str:
+    """Model text as HTML spans, one per token, coloured by its exit layer (uncoloured where the stored
+    row gives none that is valid: None). Every piece is HTML-escaped (tags, quotes, ampersands) and sits
+    in a plain span: it is rendered by ``st.html``, which reads no markdown or LaTeX, so ``<img>``,
+    ``![x](y)`` and ``$x$`` in a token stay visible characters."""
     spans = [
         _span(
             piece,
             f"background:{exit_colour(int(layer), n_layers)};border-radius:3px;padding:1px 0",
             f"token {index + 1}: exited after {int(layer)} of {n_layers} layers",
+        )
+        if layer is not None
+        else _span(
+            piece, "border-bottom:1px dashed #9aa0a6", f"token {index + 1}: no valid exit layer stored"
         )
         for index, (piece, layer) in enumerate(zip(pieces, exit_layers, strict=True))
     ]

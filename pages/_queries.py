@@ -14,6 +14,7 @@ import streamlit as st
 from engine import queries, report
 from engine.datasets import BUILTIN_SETS, load_prompt_set, prompt_set_available
 from engine.judges.names import KEYWORD
+from engine.store import StoreError
 from engine.types import Completion, ModelInfo, Prompt, Verdict
 from pages._display import short_name
 from pages._store import open_store
@@ -46,6 +47,15 @@ def asr_rows(
     return report.asr_rows(
         open_store(db), judge, prompt_sets=prompt_sets, include_copyright=include_copyright
     )
+
+
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
+def earlier_set_versions(db: str, name: str) -> list[tuple[str, str]]:
+    """(shown name, description) of the set's earlier versions (an edited file); none without a database."""
+    try:
+        return queries.earlier_set_versions(open_store(db), name)
+    except StoreError:
+        return []
 
 
 @st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages import _queries
 from pages._display import md_escape
 from pages._selection import Selection
 from pages._sidebar import set_title
@@ -13,14 +14,22 @@ ALL_SETS = "all sets"
 
 
 def scope_picker(sel: Selection, key: str) -> tuple[str, ...] | None:
-    """The prompt sets to show: (the sidebar's set,) by default, None for "all sets" (each its own curve)."""
+    """The prompt sets to show: (the sidebar's set,) by default (its current version: the file as it was
+    last swept), an earlier version of it when its file was edited, None for "all sets" (each its own)."""
+    earlier = dict(_queries.earlier_set_versions(sel.db, sel.prompt_set))
+
+    def title(name: str) -> str:
+        if name == ALL_SETS:
+            return "all sets, each on its own"
+        if name in earlier:
+            return md_escape(f"{set_title(sel.prompt_set)}, {earlier[name]}")
+        return md_escape(set_title(name))
+
     choice = st.radio(
         "Results from",
-        [sel.prompt_set, ALL_SETS],
+        [sel.prompt_set, *earlier, ALL_SETS],
         # radio options are markdown; a set's name can be an uploaded file's name
-        format_func=lambda name: (
-            "all sets, each on its own" if name == ALL_SETS else md_escape(set_title(name))
-        ),
+        format_func=title,
         horizontal=True,
         key=key,
         help="Prompt sets are never pooled: with all sets, every set gets its own curves and rows.",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import streamlit as st
 
-from engine.lens_files import read_lens_report
+from engine.lens_files import DamagedLensError, read_lens_report
 from engine.rules import DEFAULT_RULE, is_dynamic, parse_settings, rule_named
 from engine.types import EXIT_DEFAULTS, GenerationParams
 from pages._paths import checked_source, default_db, default_model, resolve_db
@@ -44,8 +44,21 @@ class Selection:
         """The tuned lens of this model (its sidecar's hash), "" for the raw head or when none exists."""
         if self.exit.head != "tuned" or not model_hash:
             return ""
-        report = read_lens_report(model_hash)
+        try:
+            report = read_lens_report(model_hash)
+        except DamagedLensError:  # shown where the lens is used (generating refuses it with the reason)
+            return ""
         return str(report.get("lens_hash", "")) if report else ""
+
+    def lens_problem(self, model_hash: str | None) -> str | None:
+        """Why the chosen tuned lens cannot be used (a damaged file), None when fine or not chosen."""
+        if self.exit.head != "tuned" or not model_hash:
+            return None
+        try:
+            read_lens_report(model_hash, model_name=self.model)
+        except DamagedLensError as exc:
+            return str(exc)
+        return None
 
     def static_params(self, model_hash: str | None) -> GenerationParams:
         """The depth pages' settings, with the lens hash the completions are keyed by."""

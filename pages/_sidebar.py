@@ -4,13 +4,19 @@ builder and the background job's progress."""
 from __future__ import annotations
 
 import contextlib
-import re
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import streamlit as st
 
 from engine import modelfiles
-from engine.datasets import BUILTIN_SETS, DatasetError, parse_csv, to_csv
+from engine.datasets import (
+    BUILTIN_SETS,
+    DatasetError,
+    parse_csv,
+    to_csv,
+    upload_display_name,
+    upload_file_name,
+)
 from engine.paths import PathNotAllowedError, check_allowed
 from engine.rules import is_dynamic, page_rules
 from engine.store import DEFAULT_DB_PATH, StoreError
@@ -164,7 +170,22 @@ def _model_path_box() -> None:
 
 def set_title(name: str) -> str:
     info = BUILTIN_SETS.get(name)
-    return info.title if info else f"CSV: {Path(name).name}"
+    if info:
+        return info.title
+    if Path(name).parent == uploads_dir():  # an upload: the name it came with, not its stored name
+        return f"CSV: {upload_display_name(name)}{_upload_number(Path(name))}"
+    return f"CSV: {Path(name).name}"
+
+
+def _upload_number(path: Path) -> str:
+    """ " (upload 2 of 3)" when several different files were uploaded under one name (oldest first)."""
+    shown = upload_display_name(path.name)
+    with contextlib.suppress(OSError):
+        same = [p for p in path.parent.glob("*.csv") if upload_display_name(p.name) == shown]
+        if len(same) > 1 and path in same:
+            same.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
+            return f" (upload {same.index(path) + 1} of {len(same)})"
+    return ""
 
 
 def _prompt_set_picker() -> None:
@@ -194,11 +215,11 @@ def _prompt_set_picker() -> None:
             st.error(md_escape(st.session_state["upload_error"]))
 
 
-def upload_target(filename: str) -> Path:
-    """Where an uploaded CSV is saved: data/uploads/<its name, reduced to safe characters>.csv, never
-    next to the database (whose folder may be one the dashboard refused) nor where the name points."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", PurePath(filename.replace("\\", "/")).stem).strip("-")
-    return check_allowed(uploads_dir() / f"{stem[:80] or 'upload'}.csv", "upload folder")
+def upload_target(filename: str, prompts: list) -> Path:
+    """Where an uploaded CSV is saved: data/uploads/<its name, reduced to safe characters>-<content>.csv,
+    never next to the database (whose folder may be one the dashboard refused) nor where the name points;
+    another file under the same name gets another path, so no upload overwrites another."""
+    return check_allowed(uploads_dir() / upload_file_name(filename, prompts), "upload folder")
 
 
 def _on_upload() -> None:
@@ -208,7 +229,7 @@ def _on_upload() -> None:
         return
     try:
         prompts = parse_csv(upload.getvalue(), filename=upload.name)
-        path = upload_target(upload.name)
+        path = upload_target(upload.name, prompts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_csv(prompts), encoding="utf-8")
     except (DatasetError, OSError, PathNotAllowedError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 
 import pandas as pd
@@ -17,6 +18,8 @@ from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_t
 from pages import _charts, _display, _jobs, _models, _queries
 from pages._selection import Selection
 from pages._skeleton import start_page
+
+log = logging.getLogger("depthscope.app")
 
 GRID_COLUMNS = 4
 TYPED = "Type your own"
@@ -285,19 +288,57 @@ def exit_caption(sel: Selection, threshold: float, completion: Completion, n_lay
     )
 
 
+def checked_exit_layers(completion: Completion, n_layers: int) -> tuple[list[int | None], str]:
+    """One exit layer per generated token, None where the stored row has no valid one (1..L), and a
+    sentence saying what did not fit ("" when all did): a damaged or hostile database is shown as far
+    as it is consistent, never raised on."""
+    tokens, exits = len(completion.token_ids), list(completion.exit_layers)
+    layers = [k if 1 <= k <= n_layers else None for k in exits[:tokens]]
+    layers += [None] * (tokens - len(layers))
+    problems = []
+    if len(exits) != tokens:
+        problems.append(f"{len(exits)} exit layers are stored for {tokens} generated tokens")
+    outside = sum(not 1 <= k <= n_layers for k in exits[:tokens])
+    if outside:
+        problems.append(f"{outside} stored exit layer(s) lie outside 1–{n_layers}")
+    if not problems:
+        return layers, ""
+    return layers, (
+        f"This stored answer is inconsistent ({'; '.join(problems)}): tokens without a valid exit layer are "
+        "shown uncoloured, and extra exit layers are left out."
+    )
+
+
+NO_TOKENIZER = (
+    "This model's tokenizer is read only when the model is loaded: press Generate (or Load model) to see "
+    "each token coloured by its exit layer."
+)
+UNDECODABLE = "This model's tokenizer cannot decode the stored token ids, so the answer is shown as text."
+
+
+def _pieces(sel: Selection, completion: Completion) -> tuple[list[str] | None, str]:
+    """Each token's text, or None and why not (tokenizer not loaded, or stored ids it cannot decode)."""
+    decode = _models.token_decoder(sel.model)
+    if decode is None:
+        return None, NO_TOKENIZER
+    try:
+        return token_pieces(decode, completion.token_ids), ""
+    except Exception:  # ids this tokenizer cannot decode: a damaged or foreign row
+        log.info("cannot decode stored token ids", exc_info=True)
+        return None, UNDECODABLE
+
+
 def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> None:
     """The completion's tokens coloured by exit layer (escaped spans), and the numbers in a table."""
-    exits = list(completion.exit_layers)
-    decode = _models.token_decoder(sel.model)
-    if decode is None or not exits:
+    exits, problem = checked_exit_layers(completion, n_layers)
+    if problem:
+        st.warning(_display.md_escape(problem))
+    pieces, why_not = _pieces(sel, completion) if exits else (None, NO_TOKENIZER)
+    if pieces is None:
         _display.show_plain_text(completion.text)
-        st.caption(
-            "This model's tokenizer is read only when the model is loaded: press Generate (or Load model) "
-            "to see each token coloured by its exit layer."
-        )
+        st.caption(why_not)
         pieces = [f"#{i + 1}" for i in range(len(exits))]
     else:
-        pieces = token_pieces(decode, completion.token_ids)
         with st.container(key="exit-strip"):
             st.html(_display.exit_strip_html(pieces, exits, n_layers))
     with st.expander("Exit layer of every token"):
@@ -306,7 +347,7 @@ def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> N
                 {
                     "token": list(range(1, len(exits) + 1)),
                     "text": [repr(p)[1:-1] for p in pieces],
-                    "exit layer": exits,
+                    "exit layer": pd.array(exits, dtype="Int64"),
                     "of": n_layers,
                 }
             ),
@@ -390,6 +431,9 @@ def main() -> None:
     info = _models.model_info(sel.model, store)
     n_layers = _models.n_layers_of(sel.model, info)
     model_status(sel, n_layers)
+    lens_problem = sel.lens_problem(info.model_hash if info else None)
+    if lens_problem:
+        st.error(_display.md_escape(lens_problem), icon=":material/error:")
     if n_layers is None:
         offer_model_load(sel)
         return

@@ -12,7 +12,7 @@ from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
-from engine.lens_files import read_lens_report
+from engine.lens_files import DamagedLensError, read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
@@ -157,7 +157,12 @@ def lens_summary(report: dict) -> str:
 def show_lenses(sel: Selection, info: ModelInfo | None) -> None:
     """The logit lens is one of two lenses: raw (final norm + head) and tuned (a trained map first)."""
     st.subheader("Two lenses: how well does each layer's state predict the final answer?")
-    report = read_lens_report(info.model_hash) if info is not None else None
+    try:
+        report = read_lens_report(info.model_hash, model_name=sel.model) if info is not None else None
+    except DamagedLensError as exc:
+        _display.show_error(exc)
+        st.code(lens_train_command(sel.model), language="bash")
+        return
     if not report or not report.get("kl_raw") or not report.get("kl_tuned"):
         st.info(
             "No tuned lens for this model yet. The raw head (the logit lens above) reads each layer with "

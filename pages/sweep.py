@@ -97,8 +97,11 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
 
     job.update(0.0, f"connecting to the Ray cluster at {cluster.address}")
     executor = make_executor(
-        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker
+        cluster.address, workers=cluster.workers, gpus_per_worker=cluster.gpus_per_worker, stop=job.stop
     )
+    note = getattr(executor, "note", "")  # fewer workers than asked for fit on the cluster
+    if note:
+        job.update(0.0, note)
     chunks = {"model": "", "stored": 0}
 
     def show(progress: SweepProgress) -> None:
@@ -117,7 +120,7 @@ def _run_on_cluster(job: _jobs.Job, sel: Selection, spec: SweepSpec, cluster: Cl
         ) from exc
     finally:
         executor.close()
-    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s)."
+    return f"{_summary_text(summary)} Ran on {executor.workers} Ray worker(s).{f' {note}.' if note else ''}"
 
 
 def _summary_text(summary) -> str:

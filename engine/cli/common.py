@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from engine.depths import (
     parse_percentages,
 )
 from engine.errors import UserInputError
+from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.paths import DEFAULT_MODEL
 from engine.rules import DEFAULT_RULE, RULES, dynamic_rules, is_dynamic, parse_settings, rule_named
 from engine.types import DEFAULT_DRAFT_TOKENS, EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
@@ -247,14 +249,48 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextmanager
-def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[object | None]:
-    """A Ray executor for ``--ray`` (closed afterwards), or None: the command runs in this process."""
-    if not getattr(args, "ray", None):
-        yield None
+def check_ray_sizing(args: argparse.Namespace) -> None:
+    """``--workers``, ``--gpus-per-worker`` and ``--chunk`` checked before Ray is imported or started
+    (``inf`` and ``nan`` parse as floats: refused here by name, never inside Ray)."""
+    if args.workers < 1:
+        raise UsageError(f"--workers: {args.workers} is not a whole number ≥ 1")
+    gpus = args.gpus_per_worker
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"--gpus-per-worker: {gpus:g} is not a finite number ≥ 0 (0 runs actors on CPU)")
+    if args.chunk is not None and args.chunk < 1:
+        raise UsageError(f"--chunk: {args.chunk} is not a whole number ≥ 1 (leave it out for 8)")
+
+
+def check_load_options(args: argparse.Namespace) -> None:
+    """``--device`` and ``--dtype`` checked before any model loads, in this process: an unknown name, or
+    a device this machine lacks (``--device cuda`` without CUDA), is one sentence naming the option.
+    On Ray the workers' machines decide, so nothing is checked here."""
+    from engine import models  # torch: the model about to load needs it anyway
+
+    if getattr(args, "ray", None):
         return
-    if args.workers < 1 or args.gpus_per_worker < 0 or (args.chunk is not None and args.chunk < 1):
-        raise UsageError("--workers and --chunk must be at least 1, --gpus-per-worker at least 0")
+    try:
+        models.check_load_options(getattr(args, "device", None), getattr(args, "dtype", None))
+    except models.ModelLoadError as exc:
+        option = "--dtype" if str(exc).startswith("dtype") else "--device"
+        raise UsageError(f"{option}: {exc}") from None
+
+
+@contextmanager
+def executor_from_args(
+    args: argparse.Namespace, *, local: bool = False, **load_kwargs
+) -> Iterator[object | None]:
+    """A Ray executor for ``--ray`` (closed afterwards); otherwise None, or with ``local`` an executor
+    for this process that loads models with ``load_kwargs`` (device, dtype)."""
+    check_ray_sizing(args)  # with or without --ray: a nonsensical value is never silently ignored
+    if not getattr(args, "ray", None):
+        if local:
+            from engine.executors import make_executor
+
+            yield make_executor(None, load_kwargs=load_kwargs)
+        else:
+            yield None
+        return
     from engine.executors import make_executor  # imports ray: only with --ray
 
     executor = make_executor(
@@ -272,6 +308,33 @@ def executor_from_args(args: argparse.Namespace, **load_kwargs) -> Iterator[obje
 
 class UsageError(UserInputError):
     """A command-line value that cannot be used; the message starts with the option's name."""
+
+
+SWEEP_JUDGES = (KEYWORD, HARMBENCH)  # the judges a command can run (human labels come from `label`)
+
+
+def judge_names(text: str, judge_model: str | None, option: str = "--judges") -> tuple[str, ...]:
+    """The judges named in ``text`` (comma-separated), each once; an empty list or entry, an unknown
+    name, or harmbench without ``--judge-model`` is refused naming the option."""
+    names = [name.strip() for name in text.split(",")]
+    known = ",".join(SWEEP_JUDGES)
+    if not any(names):
+        raise UsageError(f"{option}: {text!r} names no judge; give one or more of {known}")
+    if "" in names:
+        raise UsageError(f"{option}: {text!r} has an empty entry; separate judge names by single commas")
+    for name in names:
+        if name == HUMAN:
+            raise UsageError(
+                f"{option}: human labels are given in the dashboard or with `python -m engine label`"
+            )
+        if name not in SWEEP_JUDGES:
+            raise UsageError(f"{option}: unknown judge {name!r}; known judges: {known}")
+    if HARMBENCH in names and not judge_model:
+        raise UsageError(
+            f"{option}: the harmbench judge needs --judge-model, a local folder with the HarmBench "
+            "classifier (e.g. cais/HarmBench-Llama-2-13b-cls downloaded with `hf download`)"
+        )
+    return tuple(dict.fromkeys(names))
 
 
 @contextmanager
@@ -370,6 +433,7 @@ def load_from_args(args: argparse.Namespace):
     """The model named by ``--model/--device/--dtype/--trust-remote-code`` (a LoadedModel)."""
     from engine.models import load_model  # torch: only commands that run a model pay for it
 
+    check_load_options(args)
     return load_model(
         args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
     )

@@ -9,7 +9,14 @@ import sys
 
 from engine.judges.names import HARMBENCH, KEYWORD
 
-from .common import UsageError, add_db_argument, add_ray_arguments, executor_from_args, print_json
+from .common import (
+    UsageError,
+    add_db_argument,
+    add_ray_arguments,
+    executor_from_args,
+    judge_names,
+    print_json,
+)
 
 log = logging.getLogger("engine")
 
@@ -90,16 +97,16 @@ def run_judge_stored(args: argparse.Namespace) -> int:
     from engine.store import Store
     from engine.sweep import build_judges
 
-    names = [j.strip() for j in args.judges.split(",") if j.strip()]
-    with executor_from_args(args) as executor:
+    names = judge_names(args.judges, args.judge_model)
+    # The database must exist before anything starts (Ray, a classifier): a mistyped --db is refused.
+    with Store.open(args.db, create=False) as store, executor_from_args(args) as executor:
         judges = build_judges(names, args.judge_model, executor)
-        with Store.open(args.db) as store:
-            written = judge_all_stored(
-                store,
-                judges,
-                executor=executor,
-                on_batch=lambda done, total: log.debug("judged %d/%d", done, total),
-            )
+        written = judge_all_stored(
+            store,
+            judges,
+            executor=executor,
+            on_batch=lambda done, total: log.debug("judged %d/%d", done, total),
+        )
     if args.json:
         print_json({"verdicts": written, "judges": names, "db": args.db})
     else:

@@ -20,6 +20,7 @@ _REPORT_FIELDS = (
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
     "family", "drop_layers", "draft_layers", "draft_tokens", "acceptance_rate",
+    "lens_hash",
 )  # fmt: skip
 
 
@@ -29,14 +30,16 @@ def _add_prompts_argument(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="NAME",
-        help="only this prompt set (its name in the database, as given to sweep --prompts); repeatable. "
-        "Default: every set, each reported on its own",
+        help="only this prompt set (its name in the database, as given to sweep --prompts; NAME@vN for an "
+        "earlier version of an edited file); repeatable. Default: every set's current version, each "
+        "reported on its own",
     )
 
 
 def _check_prompt_sets(store, names: list[str] | None) -> None:
-    """An unknown set name is a typo, not an empty result: say which sets the database holds."""
-    known = {saved.name for saved in store.list_prompt_sets()}
+    """An unknown set name is a typo, not an empty result: say which sets (and earlier versions, as
+    ``name@vN``) the database holds."""
+    known = {version.shown_name for version in store.list_prompt_set_versions()}
     unknown = [name for name in names or [] if name not in known]
     if unknown:
         raise UsageError(
@@ -107,6 +110,7 @@ def run_report(args: argparse.Namespace) -> int:
         agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
         stored = store.table_counts()["generations"]
         categories = category_rows(store, args.judge, args.prompts) if args.categories else []
+        store_versions = store.list_prompt_set_versions()
     found = _flips_by_judge(rows, flips)
     if args.json:
         if args.flips:
@@ -123,6 +127,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"no judged completions in {args.db} yet: run `python -m engine sweep` first (or wait for it)")
         return 0
     _print_asr_table(rows)
+    _print_set_versions(store_versions, rows)
     _print_early_exit_headlines(rows)
     _print_methods_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
@@ -203,6 +208,21 @@ def _print_asr_table(rows) -> None:
     )
 
 
+def _print_set_versions(versions, rows) -> None:
+    """A set whose file changed has versions: say which one each reported set is and how to see the rest."""
+    shown = {r.prompt_set for r in rows}
+    for v in versions:
+        if v.shown_name in shown and v.n_versions > 1:
+            others = ", ".join(
+                o.shown_name for o in versions if o.name == v.name and o.shown_name != v.shown_name
+            )
+            which = "its current version" if v.is_current else "an earlier version"
+            print(
+                f"prompt set {v.shown_name}: {which}, v{v.version} of {v.n_versions} "
+                f"({v.n_prompts} prompts); the others: {others} (report --prompts NAME)"
+            )
+
+
 def _nll(row) -> str:
     if row.median_full_depth_nll is None:
         return "n/a"
@@ -233,7 +253,7 @@ def _setting_label(row) -> str:
     if row.family in (BLOCK_REMOVAL, SPECULATIVE):
         return f"{row.family} · {percent(row.compute_fraction or float('nan'))} comp."
     rule = rule_named(row.exit_policy).short(row.threshold, layers=row.layers)
-    head = " tuned" if row.exit_head == "tuned" else ""
+    head = f" tuned {(row.lens_hash or '?')[:6]}" if row.exit_head == "tuned" else ""
     return f"{rule}{head} · {percent(row.compute_fraction or float('nan'))} comp."
 
 
@@ -286,7 +306,7 @@ def run_label(args: argparse.Namespace) -> int:
     from engine.judges import human_verdict
     from engine.store import Store
 
-    with Store.open(args.db) as store:
+    with Store.open(args.db, create=False) as store:
         completion = store.get_completion(args.completion_key)
         if completion is None:
             raise UsageError(f"no completion with key {args.completion_key!r} in {args.db}: see `export`")

@@ -25,11 +25,13 @@ from .common import (
     check_drop_fits,
     check_fits_context,
     check_layers_fit,
+    check_load_options,
     check_min_layers_fit,
     depth_request,
     executor_from_args,
     exit_thresholds,
     generation_params,
+    judge_names,
 )
 
 log = logging.getLogger("engine")
@@ -69,8 +71,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--model", action="append", help="a model (repeat for more); default the embedded one"
     )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"
+    )
     parser.add_argument("--prompts", default="demo", help="a built-in set name or a CSV path (default demo)")
     add_depth_arguments(parser)
     parser.add_argument("--judges", default=KEYWORD, help=f"comma-separated: {KEYWORD},{HARMBENCH}")
@@ -100,6 +104,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     check_fits_context(models, params)
     check_layers_fit(models, (depths, layers))
     check_min_layers_fit(models, args)
+    check_load_options(args)
     check_drop_fits(models, params.drop_layers, args.remove)
     params, pruning = prune_for_sweep(args, models, params)
     spec = SweepSpec(
@@ -107,7 +112,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         prompt_set=args.prompts,
         depths=depths,
         layers=layers,
-        judges=tuple(j.strip() for j in args.judges.split(",") if j.strip()),
+        judges=judge_names(args.judges, args.judge_model),
         judge_model=args.judge_model,
         params=params,
         limit=args.limit,
@@ -119,9 +124,9 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         with (
             sigterm_as_interrupt(),
-            executor_from_args(args, device=args.device, dtype=args.dtype) as executor,
+            executor_from_args(args, local=True, device=args.device, dtype=args.dtype) as executor,
         ):
-            if executor is not None:
+            if args.ray:
                 log.info("Ray: %d worker(s), %g GPU(s) each", executor.workers, args.gpus_per_worker)
             with Store.open(args.db, lock_timeout_s=WRITER_LOCK_TIMEOUT_S) as store:
                 summary = run_sweep(spec, store, progress=show, executor=executor)

@@ -26,6 +26,7 @@ from .registry import (
     load_prompt_set,
     prompt_set_available,
 )
+from .uploads import upload_display_name, upload_file_name
 
 __all__ = [
     "BUILTIN_SETS",
@@ -48,4 +49,6 @@ __all__ = [
     "prompt_set_available",
     "prompt_set_id",
     "to_csv",
+    "upload_display_name",
+    "upload_file_name",
 ]

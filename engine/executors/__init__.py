@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from .base import (
     ChunkActivations,
+    ClusterResourcesError,
     ClusterUnavailableError,
     Executor,
+    ExecutorStopped,
     ModelHandle,
     WorkerFailedError,
+    WorkerPlan,
     WorkUnit,
+    plan_workers,
     split_into_units,
 )
 
@@ -27,16 +31,18 @@ def make_executor(
     prompts_per_chunk: int | None = None,
     load=None,
     load_kwargs: dict | None = None,
+    stop=None,
 ) -> Executor:
     """The local executor when ``ray`` is None, else a Ray executor on ``ray`` ("local", "auto", an address).
 
-    ``load`` (name -> LoadedModel) is used by the local executor only; Ray workers call
-    ``load_model(name, **load_kwargs)`` (device, dtype, trust_remote_code).
+    ``stop`` (a threading.Event): a Ray executor stops waiting for its workers when it is set.
+    ``load`` (name -> LoadedModel), when given, replaces ``load_model(name, **load_kwargs)`` (device,
+    dtype, trust_remote_code), which the local executor and every Ray worker call otherwise.
     """
     if ray is None:
         from .local import LocalExecutor
 
-        return LocalExecutor(load=load)
+        return LocalExecutor(load=load, load_kwargs=load_kwargs)
     from .ray_executor import RayExecutor
 
     return RayExecutor(
@@ -46,16 +52,21 @@ def make_executor(
         cpus_per_worker=cpus_per_worker,
         prompts_per_chunk=prompts_per_chunk,
         load_kwargs=load_kwargs,
+        stop=stop,
     )
 
 
 __all__ = [
     "ChunkActivations",
+    "ClusterResourcesError",
     "ClusterUnavailableError",
     "Executor",
+    "ExecutorStopped",
     "ModelHandle",
     "WorkUnit",
     "WorkerFailedError",
+    "WorkerPlan",
     "make_executor",
+    "plan_workers",
     "split_into_units",
 ]

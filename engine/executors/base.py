@@ -3,7 +3,7 @@ driver stores them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,69 @@ class ClusterUnavailableError(DepthScopeError, ConnectionError):
 
 class WorkerFailedError(DepthScopeError, RuntimeError):
     """Workers kept dying; what was stored stays stored, and re-running the same command resumes."""
+
+
+class ClusterResourcesError(ClusterUnavailableError):
+    """The cluster can never give a worker what it asks for (GPUs no node has, more CPUs than any has)."""
+
+
+class ExecutorStopped(RuntimeError):
+    """Stop was pressed while the executor waited (workers starting); nothing more runs."""
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many workers run, and the sentence saying so when it is fewer than asked for ("" otherwise)."""
+
+    workers: int
+    note: str = ""
+
+
+def plan_workers(
+    requested: int, cpus_per_worker: float, gpus_per_worker: float, nodes: Sequence[Mapping[str, float]]
+) -> WorkerPlan:
+    """Fit ``requested`` workers of ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each onto the
+    nodes' total resources (Ray's ``Resources`` per alive node), node by node as Ray places actors.
+
+    None fits: ClusterResourcesError, one sentence naming what was asked and what the cluster has (Ray
+    would wait for it forever). Fewer fit than asked: that many, and a note saying so.
+    """
+    total_cpus = sum(float(n.get("CPU", 0.0)) for n in nodes)
+    total_gpus = sum(float(n.get("GPU", 0.0)) for n in nodes)
+    has = f"the Ray cluster has {_amount(total_cpus, 'CPU')} and {_amount(total_gpus, 'GPU')}"
+    has += f" on {len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+    fits = sum(_fits_on(node, cpus_per_worker, gpus_per_worker) for node in nodes)
+    if fits == 0:
+        if gpus_per_worker > 0:
+            raise ClusterResourcesError(
+                f"--gpus-per-worker {gpus_per_worker:g}: no node can give a worker "
+                f"{_amount(gpus_per_worker, 'GPU')} and {_amount(cpus_per_worker, 'CPU')} ({has}); use "
+                "--gpus-per-worker 0 to run on CPU cores, or join a cluster with GPUs"
+            )
+        raise ClusterResourcesError(
+            f"no node can give a Ray worker {_amount(cpus_per_worker, 'CPU')} ({has}); "
+            "add CPUs to the cluster"
+        )
+    if fits >= requested:
+        return WorkerPlan(requested)
+    each = _amount(cpus_per_worker, "CPU") + (
+        f" and {_amount(gpus_per_worker, 'GPU')}" if gpus_per_worker > 0 else ""
+    )
+    return WorkerPlan(
+        fits, f"--workers {requested}: {has}, room for {fits} worker(s) of {each} each; running {fits}"
+    )
+
+
+def _fits_on(node: Mapping[str, float], cpus: float, gpus: float) -> int:
+    """Workers of this size that one node can hold at once (Ray never splits an actor over nodes)."""
+    limits = [float(node.get("CPU", 0.0)) / cpus] if cpus > 0 else []
+    if gpus > 0:
+        limits.append(float(node.get("GPU", 0.0)) / gpus)
+    return int(min(limits) + 1e-9) if limits else 0
+
+
+def _amount(value: float, unit: str) -> str:
+    return f"{value:g} {unit}{'' if value == 1 else 's'}"
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,15 @@ class LocalExecutor:
     workers = 1
     prompts_per_chunk = None  # whole groups: batching is iter_completions' job here
 
-    def __init__(self, load: Callable[[str], object] | None = None) -> None:
+    def __init__(self, load: Callable[[str], object] | None = None, load_kwargs: dict | None = None) -> None:
         self._load = load
+        self._load_kwargs = dict(load_kwargs or {})  # device, dtype, trust_remote_code
 
     def load(self, model: str):
         if self._load is None:
             from engine.models import load_model
 
-            return load_model(model)
+            return load_model(model, **self._load_kwargs)
         return self._load(model)
 
     def generate(

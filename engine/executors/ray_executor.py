@@ -14,6 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +26,14 @@ from pathlib import Path
 import ray
 from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 
-from engine.executors.base import ChunkActivations, ClusterUnavailableError, WorkerFailedError, WorkUnit
+from engine.executors.base import (
+    ChunkActivations,
+    ClusterUnavailableError,
+    ExecutorStopped,
+    WorkerFailedError,
+    WorkUnit,
+    plan_workers,
+)
 from engine.judges.base import Judge, JudgeItem
 from engine.paths import REPO_ROOT
 from engine.types import Completion, GenerationParams, ModelInfo, Prompt, Verdict
@@ -32,6 +43,11 @@ log = logging.getLogger(__name__)
 DEFAULT_PROMPTS_PER_CHUNK = 8
 MAX_ATTEMPTS_PER_UNIT = 3  # a unit that kills every worker it meets is not retried forever
 WORKER_FAILURES = (RayActorError, OutOfMemoryError, WorkerCrashedError)
+# Every wait on Ray has a deadline: workers must have started (model loaded) within START_TIMEOUT_S, and
+# some unit must finish within UNIT_TIMEOUT_S of the last one (environment variables override both).
+START_TIMEOUT_S = float(os.environ.get("DEPTHSCOPE_RAY_START_TIMEOUT_S", 900))
+UNIT_TIMEOUT_S = float(os.environ.get("DEPTHSCOPE_RAY_UNIT_TIMEOUT_S", 3600))
+POLL_S = 0.5  # how often a wait looks at the Stop button and its deadline
 
 
 class GenerationWorker:
@@ -124,10 +140,9 @@ def connect(address: str = "local", **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     if address == "local":
-        # Workers import the engine from this checkout, wherever the driver was started.
-        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        init_kwargs.setdefault("runtime_env", {"env_vars": env})
+        init_kwargs.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": _engine_pythonpath()}})
         init_kwargs.setdefault("include_dashboard", False)
+        start_watchdog()  # the private cluster dies with this process, even a SIGKILLed one
         ray.init(**init_kwargs)
         return True
     _check_reachable(address)
@@ -136,6 +151,24 @@ def connect(address: str = "local", **init_kwargs) -> bool:
     except ConnectionError as exc:
         raise ClusterUnavailableError(_no_cluster(address, exc)) from exc
     return True
+
+
+def start_watchdog() -> subprocess.Popen:
+    """A small process that ends this process's Ray processes once this process is gone (Ray's own
+    fate-sharing misses the agents the raylet starts, which outlive a SIGKILLed driver)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.executors.ray_watchdog", str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C in the terminal must not end it before it cleans up
+        env={**os.environ, "PYTHONPATH": _engine_pythonpath()},
+    )
+
+
+def _engine_pythonpath() -> str:
+    """This checkout first: workers and the watchdog import the engine wherever the driver started."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def _check_reachable(address: str) -> None:
@@ -176,12 +209,16 @@ class RayExecutor:
         max_restarts: int = 2,
         max_task_retries: int = 2,
         load_kwargs: dict | None = None,
+        stop: threading.Event | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+        unit_timeout_s: float = UNIT_TIMEOUT_S,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self.workers = workers
         self.prompts_per_chunk = prompts_per_chunk or DEFAULT_PROMPTS_PER_CHUNK
         self.load_kwargs = dict(load_kwargs or {})
+        self.stop = stop
+        self.start_timeout_s, self.unit_timeout_s = start_timeout_s, unit_timeout_s
         self._options = {
             "num_cpus": cpus_per_worker,
             "num_gpus": gpus_per_worker,
@@ -189,6 +226,16 @@ class RayExecutor:
             "max_task_retries": max_task_retries,
         }
         self._started_ray = connect(address)
+        try:
+            # Actors asking for more than any node has would wait forever: refuse, or run what fits.
+            nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+            plan = plan_workers(workers, cpus_per_worker, gpus_per_worker, nodes)
+        except BaseException:
+            self.close()
+            raise
+        self.workers, self.note = plan.workers, plan.note
+        if plan.note:
+            log.warning("%s", plan.note)
         self._actor_class = ray.remote(GenerationWorker)
 
     def load(self, model: str) -> RayModel:
@@ -201,7 +248,10 @@ class RayExecutor:
             for _ in range(self.workers)
         ]
         try:
-            described = ray.get([actor.describe.remote() for actor in actors])
+            described = self._get([actor.describe.remote() for actor in actors], f"loading {model}")
+        except (ExecutorStopped, WorkerFailedError):
+            self._kill(actors)
+            raise
         except Exception as exc:
             self._kill(actors)
             raise ModelLoadError(f"Ray workers could not load {model}: {_root_cause(exc)}") from exc
@@ -239,7 +289,13 @@ class RayExecutor:
 
     def build_judge(self, name: str, *, judge_model: str | None = None, version: str | None = None) -> Judge:
         """The keyword judge runs here (it needs no model); a classifier judge runs on actors."""
-        from engine.judges.harmbench import harmbench_templates, infer_version
+        from engine.judges.harmbench import (
+            DEFAULT_CLASSIFIERS,
+            classifier_hash,
+            harmbench_templates,
+            infer_version,
+            keyed_version,
+        )
         from engine.judges.names import HARMBENCH
         from engine.judges.registry import get_judge
 
@@ -247,7 +303,9 @@ class RayExecutor:
             return get_judge(name, judge_model=judge_model, version=version)
         version = version or infer_version(judge_model)
         harmbench_templates(version)  # a bad version fails here, before any actor loads 13B parameters
-        return RayJudge(name, version, _shared_path(judge_model) if judge_model else None)
+        path = _shared_path(judge_model) if judge_model else DEFAULT_CLASSIFIERS[version.partition("@")[0]]
+        # Keyed by the classifier's files as the driver sees them; each actor checks it reads the same.
+        return RayJudge(name, keyed_version(version, classifier_hash(path)), path)
 
     def judge(self, judge: Judge, chunks: Sequence[Sequence[JudgeItem]]) -> Iterator[list[Verdict]]:
         """Verdicts chunk by chunk as they finish; classifier actors live for this call only."""
@@ -264,7 +322,11 @@ class RayExecutor:
         ]
         try:
             try:
-                ray.get([actor.ready.remote() for actor in actors])
+                self._get([actor.ready.remote() for actor in actors], f"loading the {judge.name} classifier")
+            except ExecutorStopped:
+                return
+            except WorkerFailedError:
+                raise
             except Exception as exc:
                 raise WorkerFailedError(
                     f"Ray workers could not load the {judge.name} classifier {judge.judge_model}: "
@@ -298,7 +360,9 @@ class RayExecutor:
 
         submit()
         while in_flight:
-            [ready], _rest = ray.wait(list(in_flight), num_returns=1)
+            ready = self._next_finished(list(in_flight))
+            if ready is None:  # Stop pressed: the caller releases the actors, the store keeps what it has
+                return
             actor, index = in_flight.pop(ready)
             try:
                 result = ray.get(ready)
@@ -319,6 +383,40 @@ class RayExecutor:
             yield index, result
         if pending:  # unreachable while a worker lives; never end silently with work left
             raise WorkerFailedError(f"{len(pending)} work unit(s) left and no worker to run them")
+
+    def _stopped(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _get(self, refs: list, what: str) -> list:
+        """``ray.get`` with the start deadline, giving up at once when Stop is pressed."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            _ready, pending = ray.wait(refs, num_returns=len(refs), timeout=POLL_S)
+            if not pending:
+                return ray.get(refs)
+            if self._stopped():
+                raise ExecutorStopped(f"stopped while {what}")
+            if time.monotonic() > deadline:
+                raise WorkerFailedError(
+                    f"{len(pending)} of {len(refs)} Ray worker(s) were still {what} after "
+                    f"{self.start_timeout_s:g} s (DEPTHSCOPE_RAY_START_TIMEOUT_S); the cluster may lack "
+                    f"the resources they wait for ({_resources_text()})"
+                )
+
+    def _next_finished(self, refs: list):
+        """The first of ``refs`` to finish, None when Stop is pressed; WorkerFailedError past the deadline."""
+        deadline = time.monotonic() + self.unit_timeout_s
+        while True:
+            ready, _rest = ray.wait(refs, num_returns=1, timeout=POLL_S)
+            if ready:
+                return ready[0]
+            if self._stopped():
+                return None
+            if time.monotonic() > deadline:
+                raise WorkerFailedError(
+                    f"no work unit finished within {self.unit_timeout_s:g} s "
+                    "(DEPTHSCOPE_RAY_UNIT_TIMEOUT_S; use a smaller --chunk for slow models)"
+                )
 
     def release(self, model: RayModel) -> None:
         self._kill(model.actors)
@@ -344,6 +442,14 @@ class RayExecutor:
                 ray.kill(actor, no_restart=True)
             except Exception:  # already gone
                 log.debug("actor already gone", exc_info=True)
+
+
+def _resources_text() -> str:
+    try:
+        resources = ray.cluster_resources()
+    except Exception:  # noqa: BLE001 — only for a message
+        return "its resources are unknown"
+    return f"it has {resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s)"
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -16,10 +16,12 @@ We run the classifier with transformers instead of vLLM: left-padded batches, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.errors import UserInputError
-from engine.types import Verdict
+from engine.modelfiles import content_fingerprint
+from engine.types import Verdict, stable_hash
 
 from .base import JudgeItem, degenerate_fields, join_notes
 from .degenerate import DEGENERACY_VERSION
@@ -141,11 +143,32 @@ UNPARSED_NOTE = "classifier answer is neither yes nor no (HarmBench label -1)"
 
 
 def harmbench_templates(version: str) -> dict[str, str]:
+    """The templates of a version; a keyed version (``template@classifier hash``) names its template first."""
     try:
-        return HARMBENCH_VERSIONS[version]
+        return HARMBENCH_VERSIONS[template_version(version)]
     except KeyError:
         known = ", ".join(HARMBENCH_VERSIONS)
         raise UserInputError(f"unknown harmbench judge version {version!r}; known: {known}") from None
+
+
+def template_version(version: str) -> str:
+    """``llama2-13b-cls@1a2b…`` -> ``llama2-13b-cls``: the template part of a verdict's version."""
+    return version.partition("@")[0]
+
+
+def keyed_version(template: str, classifier_hash: str) -> str:
+    """A verdict's version: the template and the classifier's content hash, so that verdicts of another
+    classifier (a wrong folder, a retrained one) are never reused for this one."""
+    return f"{template_version(template)}@{classifier_hash}" if classifier_hash else template
+
+
+def classifier_hash(path_or_id: str) -> str:
+    """The classifier's content hash (the same fingerprint as a model's): a local folder or file by its
+    files, a hub id by its name (its files are the hub's to change)."""
+    path = Path(path_or_id).expanduser()
+    if path.exists():
+        return content_fingerprint(path.resolve())
+    return stable_hash(["hub-id", path_or_id])
 
 
 def infer_version(path_or_id: str | None) -> str:
@@ -215,9 +238,12 @@ class HarmBenchJudge:
         batch_size: int = 8,
         num_tokens: int = NUM_TOKENS,
         model_id: str = "",
+        model_hash: str = "",
     ) -> None:
         self.templates = harmbench_templates(version)
-        self.version = version
+        # With the classifier's content hash (``from_pretrained`` always gives it) verdicts are keyed
+        # by the classifier actually used, as completions are keyed by their model's hash.
+        self.version = keyed_version(version, model_hash)
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -239,9 +265,18 @@ class HarmBenchJudge:
 
         version = version or infer_version(path_or_id)
         harmbench_templates(version)  # fail on a bad version before loading 13B parameters
-        path_or_id = path_or_id or DEFAULT_CLASSIFIERS[version]
+        path_or_id = path_or_id or DEFAULT_CLASSIFIERS[template_version(version)]
+        files_hash = classifier_hash(path_or_id)
+        if "@" in version and version != keyed_version(version, files_hash):
+            raise ValueError(
+                f"the classifier at {path_or_id} has content hash {files_hash}, not the "
+                f"{version.partition('@')[2]} asked for: every node must read the same classifier files"
+            )
         loaded = load_model(path_or_id, **load_kwargs)
-        return cls(loaded.model, loaded.tokenizer, version, batch_size=batch_size, model_id=path_or_id)
+        return cls(
+            loaded.model, loaded.tokenizer, template_version(version), batch_size=batch_size,
+            model_id=path_or_id, model_hash=files_hash,
+        )  # fmt: skip
 
     def build_prompt(self, item: JudgeItem) -> str:
         """The exact text the classifier receives for ``item`` (the tokenizer then adds BOS)."""

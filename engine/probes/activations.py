@@ -56,10 +56,16 @@ class Activations:
 def activations_path(
     model_hash: str, set_id: str, params: GenerationParams, cache_dir: Path | str = ACTIVATIONS_DIR
 ) -> Path:
-    """Cache file of one (model, prompt set, template, system prompt)."""
+    """Cache file of one (model, prompt set, template, system prompt, context budget).
+
+    Prompts are fitted to the context beside ``max_new_tokens`` as generation fits them, so a
+    non-default ``max_new_tokens`` (which may cut a long prompt differently) gets files of its own;
+    the default keeps the names files had before prompts were fitted."""
     template = "chat" if params.chat_template else "raw"
     system = f"-{stable_hash(params.system_prompt, 8)}" if params.system_prompt else ""
-    return Path(cache_dir) / f"{model_hash}-{set_id}-{template}{system}-v{_CACHE_FORMAT}.npz"
+    new_tokens = params.max_new_tokens
+    budget = "" if new_tokens == GenerationParams().max_new_tokens else f"-new{new_tokens}"
+    return Path(cache_dir) / f"{model_hash}-{set_id}-{template}{system}{budget}-v{_CACHE_FORMAT}.npz"
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

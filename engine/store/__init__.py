@@ -24,7 +24,7 @@ from engine.store.errors import (
     StoreLockedError,
 )
 from engine.store.export import EXPORT_FORMATS
-from engine.store.records import ProbeRecord, SavedPromptSet, StoredPromptSet
+from engine.store.records import ProbeRecord, PromptSetVersion, SavedPromptSet, StoredPromptSet
 from engine.store.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, Migration
 from engine.store.writes import HUMAN_JUDGE
 
@@ -39,6 +39,7 @@ __all__ = [
     "NotAStoreError",
     "ProbeRecord",
     "ReadOnlyStoreError",
+    "PromptSetVersion",
     "SavedPromptSet",
     "SchemaVersionError",
     "Store",

@@ -7,7 +7,15 @@ from collections.abc import Sequence
 import pandas as pd
 
 from engine.store.connection import StoreConnection, translated
-from engine.store.sql import IN_SET, IN_SET_NAMES, SET_GENERATIONS, equal_filters, where
+from engine.store.sql import (
+    CURRENT_SETS,
+    IN_SET,
+    IN_SET_NAMES,
+    SET_GENERATIONS,
+    SET_VERSIONS,
+    equal_filters,
+    where,
+)
 
 _COUNT_COLUMNS = (
     "n_judged", "n_jailbroken", "n_refused", "n_undecided", "n_degenerate", "n_copyright", "n_nll",
@@ -23,9 +31,13 @@ _EXIT_COLUMNS = (
 
 
 def _set_filters(clauses: list[str], args: list[object], prompt_sets: Sequence[str] | None) -> None:
+    """The set versions named (``demo``: its current version, ``demo@v1``: an earlier one), or, when
+    none is named, every set's current version: an edited file's old version is never pooled with it."""
     if prompt_sets is not None:
         clauses.append(IN_SET_NAMES)
         args.append(list(prompt_sets))
+    else:
+        clauses.append(CURRENT_SETS)
 
 
 def _latest_verdicts(judge: str, version: str | None) -> tuple[str, list[object]]:
@@ -69,9 +81,10 @@ class StoreAnalytics(StoreConnection):
         )
         clauses.insert(0, "g.label = 'harmful'")
         if set_id is not None:
-            clauses += [IN_SET, "g.prompt_set = (SELECT name FROM prompt_sets WHERE set_id = ?)"]
+            clauses += [IN_SET, f"g.prompt_set = (SELECT shown_name FROM ({SET_VERSIONS}) WHERE set_id = ?)"]
             args += [set_id, set_id, set_id]
-        _set_filters(clauses, args, prompt_sets)
+        if set_id is None or prompt_sets is not None:  # a set id names its version, current or not
+            _set_filters(clauses, args, prompt_sets)
         counted = "(NOT g.copyright OR list_contains(?::VARCHAR[], v.judge))"
         sql = f"""
             WITH g AS ({SET_GENERATIONS})

@@ -3,16 +3,53 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import pandas as pd
 
 from engine.fileerrors import file_error_message
 from engine.store.analytics import StoreAnalytics
 from engine.store.errors import StoreError
 
 EXPORT_FORMATS = ("csv", "parquet")
+LIST_COLUMNS = ("token_ids", "exit_layers")  # JSON arrays in CSV; native lists in Parquet
+# What makes a spreadsheet read a cell as a formula (OWASP's list, plus the full-width forms some
+# spreadsheets also accept, plus a line feed).
+FORMULA_STARTS = frozenset("=+-@\t\r\n\uff1d\uff0b\uff0d\uff20")
+
+
+def neutralised_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula, made text by a leading apostrophe (also when
+    spaces come first); anything else unchanged."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value[0] in FORMULA_STARTS or value.lstrip()[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value
+
+
+def _json_list(value: object) -> str | None:
+    """A stored list as a JSON array ("[4, 1, 2]"); a missing one stays an empty cell."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
+        return None
+    return json.dumps([int(v) for v in value])
+
+
+def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """The results frame as CSV cells: list columns as JSON, every text cell formula-neutralised."""
+    frame = frame.copy()
+    for column in LIST_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].map(_json_list)
+    for column in frame.columns:
+        dtype = frame[column].dtype
+        if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+            frame[column] = frame[column].astype(object).map(neutralised_cell)
+    return frame
 
 
 def current_umask() -> int:
@@ -89,7 +126,9 @@ class StoreExport(StoreAnalytics):
         """Write :meth:`results_frame` to CSV or Parquet (format from ``fmt`` or the file suffix), only the
         named prompt sets when ``prompt_sets`` is given (a generation appears once per set it belongs to).
 
-        In CSV, token ids are written space-separated. The file appears atomically, with the user's
+        In CSV, list columns (token ids, exit layers) are JSON arrays and a text cell that a spreadsheet
+        would run as a formula (``=``, ``+``, ``-``, ``@``, tab, CR, LF first) gets a leading apostrophe;
+        Parquet keeps every value exact. The file appears atomically, with the user's
         usual permissions (umask). Never writes over the database itself; an existing file is replaced
         only with ``overwrite``. Missing parent folders are created.
         """
@@ -107,9 +146,8 @@ class StoreExport(StoreAnalytics):
         os.close(handle)
         try:
             if fmt == "csv":
-                frame["token_ids"] = [" ".join(str(t) for t in ids) for ids in frame["token_ids"]]
                 # pandas leaves a lone "\r" unquoted, which splits rows on reading: quote every string.
-                frame.to_csv(temporary, index=False, quoting=csv.QUOTE_NONNUMERIC)
+                csv_ready(frame).to_csv(temporary, index=False, quoting=csv.QUOTE_NONNUMERIC)
             else:
                 frame.to_parquet(temporary, index=False)
             os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600; a user's files are not

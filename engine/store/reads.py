@@ -8,14 +8,23 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from engine.store.connection import StoreConnection, translated
-from engine.store.records import ProbeRecord, StoredPromptSet
+from engine.store.records import ProbeRecord, PromptSetVersion, StoredPromptSet
 from engine.store.schema import TABLES
-from engine.store.sql import COMPLETION_COLUMNS, MODEL_COLUMNS, PROBE_COLUMNS, equal_filters, where
+from engine.store.sql import (
+    COMPLETION_COLUMNS,
+    MODEL_COLUMNS,
+    PROBE_COLUMNS,
+    SET_VERSIONS,
+    equal_filters,
+    where,
+)
 from engine.store.writes import key_of
 from engine.types import Completion, ModelInfo, Prompt, Verdict, completion_key
 
 
 def _completion(row: tuple) -> Completion:
+    """A stored row as a record; a NULL inside ``exit_layers`` (only a damaged or foreign database has
+    one) reads as -1, a layer no token can exit at, which the pages show as not valid."""
     (
         model_hash,
         prompt_id,
@@ -33,7 +42,7 @@ def _completion(row: tuple) -> Completion:
     ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), nll, tuple(int(k) for k in exits or ()), acceptance, compute,
+        int(truncated), nll, tuple(-1 if k is None else int(k) for k in exits or ()), acceptance, compute,
     )  # fmt: skip
 
 
@@ -83,12 +92,21 @@ class StoreReads(StoreConnection):
         )
         return [StoredPromptSet(*row) for row in rows]
 
+    @translated("listing prompt set versions")
+    def list_prompt_set_versions(self) -> list[PromptSetVersion]:
+        """Every version of every stored set, by name, then oldest version first (one per content)."""
+        rows = self._fetch_all(
+            f"SELECT DISTINCT ON (name, version) name, shown_name, version, n_versions, is_current, "
+            f"n_prompts, content_hash, first_added, last_saved FROM ({SET_VERSIONS}) ORDER BY name, version"
+        )
+        return [PromptSetVersion(*row) for row in rows]
+
     @translated("reading prompts")
     def get_prompts(self, set_id: str) -> list[Prompt]:
         """The prompts of a set, in their original order (ids and labels as given in that set)."""
         rows = self._fetch_all(
-            "SELECT m.prompt_id, p.text, coalesce(m.label, p.label), p.category, p.context, p.source, "
-            "p.tags "
+            "SELECT m.prompt_id, p.text, coalesce(m.label, p.label), coalesce(m.category, p.category), "
+            "p.context, p.source, coalesce(m.tags, p.tags) "
             "FROM prompt_set_members m JOIN prompts p USING (prompt_key) "
             "WHERE m.set_id = ? ORDER BY m.position",
             [set_id],

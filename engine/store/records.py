@@ -19,6 +19,22 @@ class StoredPromptSet:
     added_at: datetime
 
 
+@dataclass(frozen=True)
+class PromptSetVersion:
+    """One version of a stored prompt set: its content, and the name reports show it by (``name`` for the
+    current version, ``name@vN`` for an earlier one)."""
+
+    name: str
+    shown_name: str
+    version: int  # 1, 2, ... in the order the versions first appeared
+    n_versions: int
+    is_current: bool  # the version saved last (the default in reports and pages)
+    n_prompts: int
+    content_hash: str | None
+    first_added: datetime
+    last_saved: datetime
+
+
 class SavedPromptSet(NamedTuple):
     set_id: str
     new_prompts: int  # prompts not stored before (a prompt may already belong to another set)

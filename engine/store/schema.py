@@ -16,6 +16,7 @@ import duckdb
 
 from engine.store.connection import StoreConnection, translated, utc_now
 from engine.store.errors import NotAStoreError, SchemaVersionError
+from engine.store.sql import MEMBERS_CONTENT_HASH
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN mean_exit_layers DOUBLE",
         ),
     ),
+    # A prompt set loaded from a file is a version: its name plus a hash of its members (key, id, label,
+    # category, tags). An edited file is a new version, reported on its own; the version saved last is
+    # the set's current one. Members keep their own category and tags (a version may change them).
+    Migration(
+        9,
+        "prompt sets are versioned by their content; members keep their category and tags",
+        (
+            "ALTER TABLE prompt_sets ADD COLUMN content_hash VARCHAR",
+            "ALTER TABLE prompt_sets ADD COLUMN saved_at TIMESTAMP",
+            "ALTER TABLE prompt_set_members ADD COLUMN category VARCHAR",
+            "ALTER TABLE prompt_set_members ADD COLUMN tags VARCHAR",
+            "UPDATE prompt_set_members m SET category = p.category, tags = p.tags FROM prompts p "
+            "WHERE p.prompt_key = m.prompt_key",
+            f"UPDATE prompt_sets s SET content_hash = h.content_hash FROM ("
+            f"SELECT set_id, {MEMBERS_CONTENT_HASH} AS content_hash FROM prompt_set_members GROUP BY set_id"
+            f") h WHERE h.set_id = s.set_id",
+            "UPDATE prompt_sets SET saved_at = added_at",
+        ),
+    ),
+    # With the pid, the process's start time tells a run's own process from a later one that was given
+    # the same pid (NULL for older runs and where the system does not say).
+    Migration(
+        10,
+        "runs remember when their process started (a reused pid is not the run's process)",
+        ("ALTER TABLE runs ADD COLUMN process_started VARCHAR",),
+    ),
     # Self-speculative decoding: the share of drafted tokens the full model accepted, and the layer
     # passes actually spent per generated token (``mean_exit_layers`` holds the same compute for it).
     # NULL for every other rule.
     Migration(
-        9,
+        11,
         "generations remember speculative decoding's acceptance rate and layer compute",
         (
             "ALTER TABLE generations ADD COLUMN acceptance_rate DOUBLE",

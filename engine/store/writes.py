@@ -6,6 +6,7 @@ cached work inserts nothing and each ``save_*`` call returns how many rows were 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -71,6 +73,8 @@ _MEMBER_SCHEMA = pa.schema(
         ("position", pa.int32()),
         ("prompt_id", pa.string()),
         ("label", pa.string()),
+        ("category", pa.string()),
+        ("tags", pa.string()),
     ]
 )
 _PROBE_SCHEMA = pa.schema(
@@ -106,8 +110,9 @@ _REFRESH_DEGENERACY_FLAG = (
 
 
 # A running run on another host is presumed dead after this long without a heartbeat (one per stored
-# batch). On this host a dead process id tells at once.
+# batch). On this host the process check decides, however long the run has been silent.
 STALE_RUN_AFTER = timedelta(hours=1)
+_PROC = Path("/proc")
 
 
 def process_alive(pid: int) -> bool:
@@ -123,9 +128,29 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def run_is_stale(pid: int | None, host: str | None, last_seen: datetime, now: datetime) -> bool:
-    if pid is not None and host == socket.gethostname() and not process_alive(pid):
-        return True
+def process_started(pid: int) -> str | None:
+    """When process ``pid`` started, as "boot id:clock ticks after boot" (Linux ``/proc``); None where
+    the system does not say or no such process exists. With the pid it names one process, even after
+    the pid is reused or the machine restarts."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and brackets
+        return f"{boot}:{int(fields[19])}"  # field 22 of stat, counting from the pid
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_is_stale(
+    pid: int | None, host: str | None, last_seen: datetime, now: datetime, started: str | None = None
+) -> bool:
+    """Whether a 'running' run's process is gone. On this host the process decides: dead, or its pid
+    now belongs to a process that started at another time; elsewhere, no heartbeat for an hour."""
+    if pid is not None and host == socket.gethostname():
+        if not process_alive(pid):
+            return True
+        now_started = process_started(pid) if started else None
+        return now_started is not None and now_started != started
     return now - last_seen > STALE_RUN_AFTER
 
 
@@ -189,36 +214,74 @@ class StoreWrites(StoreConnection):
     def save_prompt_set(
         self, name: str, prompts: Sequence[Prompt], *, source: str = "", set_id: str | None = None
     ) -> SavedPromptSet:
-        """Store a prompt set and its prompts; ``set_id`` defaults to a hash of the name and contents."""
+        """Store a prompt set version and its prompts, and make it the set's current version.
+
+        A version is the name plus the content (each member's key, id, label, category, tags): the same
+        content again is the same version (only marked current), changed content a new one. ``set_id``
+        defaults to a hash of the name and prompt keys (as before versions existed), or, when that id
+        already holds other content (a relabelled file), of the name, keys and content hash.
+        """
         members: dict[str, Prompt] = {}
         for prompt in prompts:
             members.setdefault(key_of(prompt), prompt)  # a duplicate prompt keeps its first position
-        set_id = set_id or stable_hash(["prompt_set", name, list(members)])
-        prompt_rows = [
-            {"prompt_key": key} | {column: getattr(p, column) for column in PROMPT_COLUMNS[1:]}
-            for key, p in members.items()
-        ]
         member_rows = [
-            # The label is the prompt's label in this set; ``prompts.label`` keeps the first one seen.
+            # The label is the prompt's label in this version; ``prompts.label`` keeps the first one seen.
             {
-                "set_id": set_id,
                 "prompt_key": key,
                 "position": position,
                 "prompt_id": p.prompt_id,
                 "label": p.label,
+                "category": p.category,
+                "tags": p.tags,
             }
             for position, (key, p) in enumerate(members.items())
         ]
-        set_row = {"set_id": set_id, "name": name, "source": source, "n_prompts": len(members)}
+        content = members_content_hash(member_rows)
+        prompt_rows = [
+            {"prompt_key": key} | {column: getattr(p, column) for column in PROMPT_COLUMNS[1:]}
+            for key, p in members.items()
+        ]
+        now = utc_now()
         with self._transaction() as cur:
-            new_set = self._insert_new(
-                cur, "prompt_sets", pa.Table.from_pylist([set_row | {"added_at": utc_now()}])
+            known = self._version_set_id(cur, name, content)
+            if known is not None and set_id in (None, known):
+                cur.execute(
+                    "UPDATE prompt_sets SET saved_at = ? WHERE name = ? AND content_hash = ?",
+                    [now, name, content],
+                )
+                return SavedPromptSet(known, 0, False)
+            set_id = set_id or self._free_set_id(cur, name, list(members), content)
+            set_row = {
+                "set_id": set_id, "name": name, "source": source, "n_prompts": len(members),
+                "added_at": now, "content_hash": content, "saved_at": now,
+            }  # fmt: skip
+            new_set = self._insert_new(cur, "prompt_sets", pa.Table.from_pylist([set_row]))
+            cur.execute(
+                "UPDATE prompt_sets SET saved_at = ? WHERE name = ? AND content_hash = ?",
+                [now, name, content],
             )
             new_prompts = self._insert_new(
                 cur, "prompts", _table(prompt_rows, PROMPT_COLUMNS, _PROMPT_SCHEMA)
             )
-            self._insert_new(cur, "prompt_set_members", _table(member_rows, MEMBER_COLUMNS, _MEMBER_SCHEMA))
+            rows = [{"set_id": set_id} | row for row in member_rows]
+            self._insert_new(cur, "prompt_set_members", _table(rows, MEMBER_COLUMNS, _MEMBER_SCHEMA))
         return SavedPromptSet(set_id, new_prompts, bool(new_set))
+
+    @staticmethod
+    def _version_set_id(cur: duckdb.DuckDBPyConnection, name: str, content: str) -> str | None:
+        """The set id already holding this version of ``name`` (the first stored), if any."""
+        rows = cur.execute(  # fetchall: a half-read result would block the transaction's next statement
+            "SELECT set_id FROM prompt_sets WHERE name = ? AND content_hash = ? ORDER BY added_at LIMIT 1",
+            [name, content],
+        ).fetchall()
+        return str(rows[0][0]) if rows else None
+
+    @staticmethod
+    def _free_set_id(cur: duckdb.DuckDBPyConnection, name: str, keys: list[str], content: str) -> str:
+        """The id a new version gets: the pre-version id when it is free, else one naming its content."""
+        legacy = stable_hash(["prompt_set", name, keys])
+        taken = cur.execute("SELECT 1 FROM prompt_sets WHERE set_id = ?", [legacy]).fetchall()
+        return stable_hash(["prompt_set", name, keys, content]) if taken else legacy
 
     @translated("starting a run")
     def start_run(self, parameters: Mapping[str, Any], *, run_id: str | None = None) -> str:
@@ -227,8 +290,8 @@ class StoreWrites(StoreConnection):
         now = utc_now()
         with self._transaction() as cur:
             cur.execute(
-                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?)",
+                "INSERT INTO runs (run_id, started_at, parameters, status, pid, host, heartbeat_at, "
+                "process_started) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
                 [
                     run_id,
                     now,
@@ -236,6 +299,7 @@ class StoreWrites(StoreConnection):
                     os.getpid(),
                     socket.gethostname(),
                     now,
+                    process_started(os.getpid()),
                 ],
             )
         return run_id
@@ -263,14 +327,19 @@ class StoreWrites(StoreConnection):
 
     @translated("marking stale runs")
     def mark_stale_runs(self) -> list[str]:
-        """Mark 'running' runs whose process is dead (this host) or silent too long as 'interrupted'."""
+        """Mark 'running' runs as 'interrupted' when their process is gone: on this host dead or its pid
+        reused (process start time), on another host silent for :data:`STALE_RUN_AFTER`."""
         now = utc_now()
         with self._transaction() as cur:
             running = cur.execute(
-                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at) FROM runs "
+                "SELECT run_id, pid, host, coalesce(heartbeat_at, started_at), process_started FROM runs "
                 "WHERE status = 'running'"
             ).fetchall()
-            stale = [run_id for run_id, pid, host, seen in running if run_is_stale(pid, host, seen, now)]
+            stale = [
+                run_id
+                for run_id, pid, host, seen, started in running
+                if run_is_stale(pid, host, seen, now, started)
+            ]
             for run_id in stale:
                 cur.execute(
                     "UPDATE runs SET status = 'interrupted', finished_at = ? WHERE run_id = ?", [now, run_id]
@@ -395,3 +464,11 @@ class StoreWrites(StoreConnection):
             return self._insert_new(
                 cur, "probe_results", _table(list(rows.values()), PROBE_COLUMNS, _PROBE_SCHEMA), on_conflict
             )
+
+
+def members_content_hash(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A set version's content hash: the same as ``sql.MEMBERS_CONTENT_HASH`` over its member rows."""
+    fields = ("prompt_key", "prompt_id", "label", "category", "tags")
+    lines = sorted("\x1f".join(str(row.get(f) or "") for f in fields) for row in rows)
+    # Sorted by prompt key (the first field, fixed-length hex), as the SQL aggregate orders them.
+    return hashlib.md5("\x1e".join(lines).encode("utf-8")).hexdigest()[:16]  # noqa: S324 — not security

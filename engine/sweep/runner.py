@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from engine.datasets import load_prompt_set
 from engine.depths import rule_depth
 from engine.errors import UserInputError
+from engine.executors.base import ExecutorStopped
 from engine.judges.base import Judge
 from engine.judges.names import HARMBENCH, HUMAN
 from engine.judges.registry import get_judge
@@ -97,7 +98,10 @@ def run_sweep(
     try:
         for name in spec.models:
             clock.begin(name, "loading", 1)
-            loaded = executor.load(name)
+            try:
+                loaded = executor.load(name)
+            except ExecutorStopped:  # Stop pressed while Ray workers were still starting
+                break
             try:
                 store.save_model(loaded.info)
                 store.heartbeat(run_id)  # loading a large model can take long

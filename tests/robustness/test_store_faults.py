@@ -17,6 +17,9 @@ import pytest
 from engine.store import SCHEMA_VERSION, Store, StoreLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Upper bounds only, generous for a loaded 2-core machine (a helper process imports DuckDB and pandas).
+TEST_LIMIT_S = 300
+WAIT_S = 120
 
 # Opens the store in the mode given by argv[2], keeping the file open, says so, then waits to be killed.
 HOLD_STORE = """
@@ -103,7 +106,7 @@ def holding(db_path: Path, mode: str, seconds: str) -> Iterator[subprocess.Popen
 def wait_for_line(process: subprocess.Popen[str]) -> str:
     line = process.stdout.readline()
     if not line:
-        process.wait(timeout=10)
+        process.wait(timeout=WAIT_S)
         pytest.fail(f"helper process died: {process.stderr.read()}")
     return line.strip()
 
@@ -111,15 +114,15 @@ def wait_for_line(process: subprocess.Popen[str]) -> str:
 def stop(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.kill()
-    process.wait(timeout=10)
+    process.wait(timeout=WAIT_S)
     process.stdout.close()
     process.stderr.close()
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(TEST_LIMIT_S)
 def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> None:
     Store.open(db_path).close()
-    with holding(db_path, "read-write", "60") as holder:
+    with holding(db_path, "read-write", "3600") as holder:  # killed when the block ends
         for read_only in (False, True):
             with pytest.raises(StoreLockedError) as caught:
                 Store.open(db_path, read_only=read_only, lock_timeout_s=0)
@@ -131,26 +134,26 @@ def test_writer_in_another_process_gives_a_clear_lock_error(db_path: Path) -> No
         assert store.schema_version == SCHEMA_VERSION
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(TEST_LIMIT_S)
 def test_readers_share_the_file_and_a_writer_is_told_to_read_only(db_path: Path) -> None:
     Store.open(db_path).close()
-    with holding(db_path, "read-only", "60"):
+    with holding(db_path, "read-only", "3600"):
         with Store.open(db_path, read_only=True) as second_reader:
             assert second_reader.table_counts()["generations"] == 0
         with pytest.raises(StoreLockedError, match="open it read-only too"):
             Store.open(db_path, lock_timeout_s=0)
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(TEST_LIMIT_S)
 def test_lock_timeout_waits_for_the_other_process_to_close(db_path: Path) -> None:
     Store.open(db_path).close()
     with holding(db_path, "read-write", "1.0") as holder:
-        with Store.open(db_path, lock_timeout_s=30) as store:
+        with Store.open(db_path, lock_timeout_s=WAIT_S) as store:
             assert store.schema_version == SCHEMA_VERSION
-        assert holder.wait(timeout=10) == 0
+        assert holder.wait(timeout=WAIT_S) == 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(TEST_LIMIT_S)
 def test_writer_killed_inside_a_transaction_leaves_none_of_that_batch(db_path: Path) -> None:
     with running(STALL_IN_TRANSACTION, str(db_path)) as writer:
         assert wait_for_line(writer) == "stalled after prompt_sets,prompts"
@@ -167,7 +170,7 @@ def test_writer_killed_inside_a_transaction_leaves_none_of_that_batch(db_path: P
         ]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(TEST_LIMIT_S)
 def test_writer_killed_at_any_moment_leaves_only_whole_batches(db_path: Path) -> None:
     batch_size = 400
     with running(WRITE_BATCHES, str(db_path), str(batch_size)) as writer:

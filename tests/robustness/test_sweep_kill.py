@@ -4,12 +4,9 @@ store is next opened, and resumes without duplicates."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from engine.models import load_model
@@ -18,7 +15,7 @@ from engine.sweep import SweepSpec, run_sweep
 from engine.types import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[2]
-N_PROMPTS, LAYERS = 12, (8, 5, 2)
+N_PROMPTS, LAYERS = 6, (8, 5, 2)
 
 
 def write_prompts(path: Path) -> Path:
@@ -39,36 +36,56 @@ def rows_of(db: Path) -> list[tuple]:
         return sorted((c.key, c.text, c.token_ids) for c in store.get_generations())
 
 
+# The real CLI sweep, stopped deterministically inside a write transaction: the generations of batch
+# STALL_AT are inserted but not committed when it says so and sleeps. No timing decides where the kill
+# lands, however loaded the machine is.
+STALLING_SWEEP = """
+import sys, time
+from engine.cli import main
+from engine.store import Store
+stall_at = int(sys.argv[1])
+original = Store._insert_new
+batches = []
+def stalling_insert(cur, table, rows, on_conflict="DO NOTHING"):
+    written = original(cur, table, rows, on_conflict)
+    if table == "generations":
+        batches.append(written)
+        if len(batches) == stall_at:
+            print("stalled inside batch", stall_at, flush=True)
+            time.sleep(3600)
+    return written
+Store._insert_new = staticmethod(stalling_insert)
+sys.exit(main(sys.argv[2:]))
+"""
+STALL_AT = 3  # batches 1 and 2 committed, batch 3 in flight when killed
+ROWS_PER_BATCH = len(LAYERS)  # --batch-rows 3: one prompt at its three depths
+
+
 def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.csv")
     killed_db, whole_db = tmp_path / "killed.duckdb", tmp_path / "whole.duckdb"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine", *sweep_args(tiny_model_dir, prompts, killed_db)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    seen = bytearray()
-    reader = threading.Thread(
-        target=lambda: [seen.extend(chunk) for chunk in iter(lambda: process.stderr.read(64), b"")]
-    )
-    reader.start()
     total = N_PROMPTS * len(LAYERS)
-    deadline = time.monotonic() + 240
+    log = (tmp_path / "sweep.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-c", STALLING_SWEEP, str(STALL_AT),
+         *sweep_args(tiny_model_dir, prompts, killed_db)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+    )  # fmt: skip
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            done = [int(n) for n in re.findall(rf"(\d+)/{total}", seen.decode(errors="replace"))]
-            if done and 2 * len(LAYERS) <= max(done) < total - len(LAYERS):
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, "the sweep finished before it could be killed: make it longer"
+        line = process.stdout.readline()  # blocks until the sweep is inside batch STALL_AT's transaction
+        said = (tmp_path / "sweep.log").read_text()[-3000:]
+        assert line.strip() == f"stalled inside batch {STALL_AT}", said
         process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-        reader.join(timeout=10)
+            process.wait()
+        process.stdout.close()
+        log.close()
     partial = rows_of(killed_db)
-    assert 0 < len(partial) < total
+    assert len(partial) == (STALL_AT - 1) * ROWS_PER_BATCH  # committed batches, not the one in flight
     assert len({key for key, _text, _ids in partial}) == len(partial), "no duplicate rows"
 
     with Store.open(killed_db, read_only=True) as reader:
