@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install system-deps run test lint format bench bench-quick clean
+.PHONY: install system-deps run test lint format bench bench-quick screens clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-data.txt
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/sweep.py --quick
+
+# Screenshots of every page on the demo model's data, for the README (docs/screens/).
+screens: install
+	DEPTHSCOPE_SCREENS=docs/screens $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests/test_browser.py \
+		-k "stakeholder_walk or report_export"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache test-artifacts

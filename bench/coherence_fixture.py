@@ -1,9 +1,13 @@
 """Generate the raw (unlabelled) completions behind tests/fixtures/coherence_labelled.jsonl.
 
-Run once; labels were then added by reading every completion (see tests/fixtures/README.md).
+Run once; labels (and the ``split``: ``tune`` or ``held-out``) were then added by reading every
+completion (see tests/fixtures/README.md). The flag's precision and recall per depth band, on each
+part, are printed by ``pytest -s tests/test_degenerate.py``.
 
-    .venv/bin/python bench/coherence_fixture.py smollm2 /tmp/raw_smollm2.jsonl
-    .venv/bin/python bench/coherence_fixture.py demo /tmp/raw_demo.jsonl
+    PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2 /tmp/raw_smollm2.jsonl
+    PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py demo /tmp/raw_demo.jsonl
+    PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2-transition /tmp/raw_transition.jsonl
+    PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2-held-out /tmp/raw_held_out.jsonl
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from engine.types import GenerationParams
 
 SMOLLM_LAYERS = (18, 22, 24, 26, 28, 29, 30)
 DEMO_LAYERS = (3, 5, 6, 7, 8)
+TRANSITION_LAYERS = (26, 27, 28, 29, 30)  # where SmolLM2 stops making sense, and full depth beside it
 
 
 def smollm2_prompts():
@@ -34,9 +39,23 @@ def smollm2_extra_prompts():
     return rest + [p for p in load_csv("data/benign_prompts.csv") if p.prompt_id not in first][:30]
 
 
+def transition_prompts():
+    # Apart from the rows above: StrongREJECT and over-refusal prompts, spread over each file.
+    return load_prompt_set("strongreject")[::13][:24] + load_prompt_set("overrefusal")[::6][:24]
+
+
+def held_out_prompts():
+    # Labelled after the detector was tuned on everything else: its figures are the honest ones.
+    return load_prompt_set("strongreject")[6::13][:24] + load_prompt_set("overrefusal")[3::6][:24]
+
+
+SET_NAMES = {"benign_prompts": "benign", "demo_prompts": "demo"}  # CSV files -> built-in set names
+
 RUNS = {  # name -> (model, prompts, depths)
     "smollm2": ("smollm2-135m-instruct", smollm2_prompts, SMOLLM_LAYERS),
     "smollm2-extra": ("smollm2-135m-instruct", smollm2_extra_prompts, (29, 30)),
+    "smollm2-transition": ("smollm2-135m-instruct", transition_prompts, TRANSITION_LAYERS),
+    "smollm2-held-out": ("smollm2-135m-instruct", held_out_prompts, TRANSITION_LAYERS),
     "demo": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), DEMO_LAYERS),
     "demo-shallow": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), (1, 2)),
 }
@@ -57,6 +76,7 @@ def main(which: str, out_path: str) -> None:
                 "source": f"{name} k={c.layers}/{n}",
                 "prompt_id": prompt.prompt_id,
                 "prompt": prompt.text,
+                "prompt_set": SET_NAMES.get(prompt.source, prompt.source),
                 "prompt_label": prompt.label,
             }
             out.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -25,7 +25,7 @@ from engine.decoding.loop import (  # noqa: F401 — the decoding helpers' publi
 )
 from engine.decoding.speculative import speculative_rows
 from engine.depths import check_drop, kept_layers, rule_depth
-from engine.exits import resolve_head
+from engine.lenses.heads import resolve_head
 from engine.models import LoadedModel, layers_kept
 from engine.rules import rule_named
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
@@ -155,7 +155,7 @@ def iter_completions(
     Dynamic exit (``params.exit_policy`` confidence or saturation): ``layers`` is ignored; rows are
     prompts × ``thresholds`` (default ``[params.threshold]``), each completion has ``layers`` = L and
     the params hash of ``params`` with its own threshold. A tuned head is loaded by
-    ``engine.exits.resolve_head`` and its lens hash enters the params hash.
+    ``engine.lenses.heads.resolve_head`` and its lens hash enters the params hash.
     """
     params, head = resolve_head(loaded, params)
     params, fixed = rule_depth(params, loaded.n_layers)  # speculative: L; block removal: layers kept

@@ -32,6 +32,29 @@ HARM_DETECTION_RULE = (
     f"the first layer whose probe beats the best content baseline (bag of words, mean embedding) by at "
     f"least {HARM_DETECTION_MARGIN:.0%} accuracy, {HARM_DETECTION_TEST} p < {HARM_DETECTION_ALPHA:g}"
 )
+# A content baseline this accurate leaves no room: the words alone already tell harmful from benign.
+LEXICAL_BASELINE_ACCURACY = 0.75
+LEXICALLY_MATCHED_SET = "contrast"  # the built-in set whose pairs share their key words
+
+
+def no_detection_reason(baselines: Mapping[str, float], detection_layer: int | None) -> str | None:
+    """Why no layer detects harm, in words, when the reason is the prompt set's vocabulary (None when a
+    layer does, or when the baselines do not explain it)."""
+    if detection_layer is not None or not baselines:
+        return None
+    best = max(baselines.values())
+    if best < LEXICAL_BASELINE_ACCURACY:
+        return None
+    return (
+        f"No layer can show harm detection on these prompts: their words alone tell harmful from benign "
+        f"({best:.0%} accuracy for the best content baseline, without reading any layer), and a layer counts "
+        f"only if it beats that. A set whose harmful and benign prompts differ in vocabulary cannot show "
+        f"where the model itself reads intent. The built-in set '{LEXICALLY_MATCHED_SET}' pairs prompts "
+        f"with the same key words and opposite intent (the bag-of-words baseline sits near chance there): "
+        f"probe that set to locate a detection layer."
+    )
+
+
 EMERGENCE_MARGIN = 0.10  # probability (lens refusal mass) or rate (sweep refusal rate)
 EMERGENCE_ALPHA = 0.05
 

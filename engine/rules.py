@@ -195,8 +195,9 @@ DEFAULT_RULE = STATIC
 
 
 def rule_named(name: str | None) -> ExitRule:
-    """The rule called ``name`` (None or empty: static, as rows stored before early exit are)."""
-    if not name:
+    """The rule called ``name`` (None, empty or a missing cell: static, as rows stored before early exit
+    are)."""
+    if not isinstance(name, str) or not name:
         return DEFAULT_RULE
     try:
         return RULES[name]

@@ -10,7 +10,7 @@ output). Written with torch alone (the ``tuned-lens`` package pins old libraries
 Training text: the prompts rendered as for generation, each followed by the model's own greedy
 full-depth completion (so the lens sees the assistant text that exits will read). Prompts are split
 into train and held-out sets before anything is computed; the held-out KL per layer for the tuned and
-raw heads goes into the sidecar (``engine.lens_files``).
+raw heads goes into the sidecar (``engine.lenses.files``).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from torch import nn
 
 from engine.decoding.capture import captured_residuals
 from engine.errors import UserInputError
-from engine.lens_files import LensNotFoundError, lens_sidecar_path, lens_weights_path
+from engine.lenses.files import LensNotFoundError, lens_sidecar_path, lens_weights_path
+from engine.lenses.tuned import TunedLens, load_lens
 from engine.models import LoadedModel
-from engine.tuned_head import TunedLens, load_lens
 from engine.types import GenerationParams
 
 DEFAULT_STEPS = 300

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import PurePath
@@ -20,6 +21,7 @@ import plotly.graph_objects as go
 
 from engine import report
 from engine.depths import format_ranges
+from engine.judges.names import verdict_word
 from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 from engine.rules import DEFAULT_RULE, is_static, rule_named
 
@@ -42,15 +44,48 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({red},{green},{blue},{alpha})"
 
 
+LEGEND_ROW_PX = 24  # one row of the legend below the plot
+LEGEND_CHARS_PER_ROW = 90  # label characters that fit one legend row at the app's chart width
+
+
+def legend_rows(fig: go.Figure) -> int:
+    """How many rows the legend below the plot takes, from its labels' lengths (4 characters of symbol
+    and gap per entry)."""
+    names = [str(t.name or "") for t in fig.data if t.showlegend is not False and t.name]
+    if not names:
+        return 0
+    rows, used = 1, 0
+    for name in names:
+        width = len(html.unescape(name)) + 6
+        if used and used + width > LEGEND_CHARS_PER_ROW:
+            rows, used = rows + 1, 0
+        used += width
+    return rows
+
+
 def _layout(fig: go.Figure, *, height: int = 460, **kwargs) -> go.Figure:
+    """Shared look. The legend sits below the plot, never over it, and the figure grows by its rows so
+    the plot keeps its height; axis titles are short enough to fit beside the plot."""
+    margin = kwargs.pop("margin", {"l": 70, "r": 20, "t": 30, "b": 60})
+    rows = legend_rows(fig)
+    plot_height = height - margin["t"] - margin["b"]
     fig.update_layout(
-        height=height,
+        height=height + rows * LEGEND_ROW_PX,
         font=FONT,
-        margin=kwargs.pop("margin", {"l": 60, "r": 20, "t": 40, "b": 60}),
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+        margin={**margin, "b": margin["b"] + rows * LEGEND_ROW_PX},
+        legend={
+            "orientation": "h",
+            "yanchor": "top",
+            "y": -(margin["b"] - 6) / plot_height,  # just under the x-axis title
+            "x": 0,
+            "xanchor": "left",
+            "font": {"size": 13},
+        },
         template="plotly_white",
         **kwargs,
     )
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -143,14 +178,36 @@ def asr_figure(frame: pd.DataFrame, flips: Sequence = ()) -> go.Figure:
         )
         _add_benign_refusal(fig, group, color, name)
     _add_flips(fig, frame, flips)
+    _add_line_key(fig)
     fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
-    fig.update_yaxes(
-        title="Harmful answered (ASR), solid · harmless refused, dashed", range=[-2, 102], ticksuffix=" %"
-    )
+    fig.update_yaxes(title=SHARE_AXIS, range=[-2, 102], ticksuffix=" %")
     return _layout(fig)
 
 
 BENIGN_CURVE = "harmless requests refused"
+SHARE_AXIS = "Share of prompts"
+SOLID_KEY = "solid: harmful requests answered (ASR)"
+DASHED_KEY = f"dashed: {BENIGN_CURVE}"
+
+
+def _add_line_key(fig: go.Figure) -> None:
+    """Two grey legend-only entries saying what solid and dashed lines mean (dashed only when drawn),
+    instead of one legend entry per dashed curve."""
+    dashed = any(
+        getattr(t.line, "dash", None) == "dash" and t.showlegend is False for t in fig.data if t.line
+    )
+    keys = [(SOLID_KEY, "solid")] + ([(DASHED_KEY, "dash")] if dashed else [])
+    for name, dash in keys:
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                name=name,
+                line={"color": "#5f6368", "width": 2, "dash": dash},
+                hoverinfo="skip",
+            )
+        )
 
 
 def _add_benign_refusal(fig: go.Figure, group: pd.DataFrame, color: str, name: str) -> None:
@@ -176,6 +233,7 @@ def _add_benign_refusal(fig: go.Figure, group: pd.DataFrame, color: str, name: s
             mode="lines+markers",
             name=f"{name}: {BENIGN_CURVE}",
             legendgroup=name,
+            showlegend=False,  # one "dashed" key entry explains every dashed curve
             line={"color": color, "width": 2, "dash": "dash"},
             marker={"size": 7, "symbol": "circle-open"},
             customdata=custom,
@@ -284,7 +342,7 @@ def nll_figure(frame: pd.DataFrame) -> go.Figure:
             )
         )
     fig.update_xaxes(title="Depth: % of layers kept", range=_depth_range(frame["depth"]), ticksuffix=" %")
-    fig.update_yaxes(title="Median full-depth NLL (nats/token)", rangemode="tozero")
+    fig.update_yaxes(title="Median NLL (nats/token)", rangemode="tozero")
     return _layout(fig, height=320)
 
 
@@ -460,7 +518,7 @@ def refusal_figure(
             )
     _depth_marks(fig, truncations, lag)
     fig.update_xaxes(title="Layer", range=_layer_range(table))
-    fig.update_yaxes(title="Refusal-opening probability (logit lens)", ticksuffix=" %")
+    fig.update_yaxes(title="Refusal-opening chance (logit lens)", ticksuffix=" %")
     return _layout(fig, height=400)
 
 
@@ -492,8 +550,8 @@ def confusion_figure(agreement, judge_a: str, judge_b: str) -> go.Figure:
     fig = go.Figure(
         go.Heatmap(
             z=counts,
-            x=[plot_text(f"{judge_b}: harmful"), plot_text(f"{judge_b}: not harmful")],
-            y=[plot_text(f"{judge_a}: harmful"), plot_text(f"{judge_a}: not harmful")],
+            x=[plot_text(f"{judge_b}: {verdict_word(v)}") for v in (True, False)],
+            y=[plot_text(f"{judge_a}: {verdict_word(v)}") for v in (True, False)],
             text=counts,
             texttemplate="%{text}",
             textfont={"size": 22},
@@ -535,11 +593,53 @@ def lens_figure(cells: pd.DataFrame) -> go.Figure:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #111418; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #111418; }
 h1 { margin-bottom: 0.2em; } .meta { color: #5f6368; }
 li { margin: 0.4em 0; line-height: 1.4; } .headline { font-size: 1.2em; }
-table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ddd; padding: 4px 8px; }
+.table-box { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.8em; width: 100%; }
+td, th { border: 1px solid #ddd; padding: 3px 5px; }
+th { white-space: normal; vertical-align: bottom; background: #f6f7f9; }
+td { white-space: nowrap; } td:first-child { white-space: normal; overflow-wrap: anywhere; }
 """
+
+
+def compact_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The export table without columns that say nothing here (all zero or all empty, such as
+    "copyright left out" on a set with no copyright behaviour), so it fits the page."""
+    keep = []
+    for column in table.columns:
+        values = table[column]
+        numeric = pd.to_numeric(values, errors="coerce")
+        empty = values.isna() | (values.astype(str).str.strip() == "")
+        if empty.all() or (numeric.notna().all() and (numeric == 0).all() and len(values)):
+            continue
+        keep.append(column)
+    return table[keep]
+
+
+_COUNT_COLUMN = re.compile(r"^n$|\bn$|judged|left out|layers|^of$")
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Counts as whole numbers (a count column with an empty cell is stored as float: 12.0) and model
+    paths by their folder name, as the pages show them."""
+    table = table.copy()
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_float_dtype(values) and values.notna().any():
+            present = values.dropna()
+            if (present == present.round()).all() and _COUNT_COLUMN.search(str(column)):
+                table[column] = values.astype("Int64")
+    if "model" in table:
+        table["model"] = [short(str(m)) for m in table["model"]]
+    return table
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    body = readable_table(compact_table(table)).to_html(index=False, escape=True, border=0, na_rep="–")
+    return f"<div class='table-box'>{body}</div>"
 
 
 def report_html(
@@ -549,24 +649,39 @@ def report_html(
     fig: go.Figure,
     table: pd.DataFrame,
     sections: Sequence[tuple[str, go.Figure]] = (),
+    *,
+    exit_lines: Sequence[str] = (),
+    exit_fig: go.Figure | None = None,
+    exit_table: pd.DataFrame | None = None,
 ) -> str:
-    """A self-contained HTML page: text escaped, plotly.js embedded once, so it opens offline.
+    """A self-contained HTML page: text escaped, plotly.js embedded once, so it opens offline. With
+    ``exit_fig`` it has an early-exit section (the compute-used chart, its sentences and numbers);
     ``sections``: more (heading, chart) pairs after the depth chart."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     items = "".join(f'<li class="headline">{html.escape(h)}</li>' for h in headlines)
     notes = "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+    exits = ""
+    if exit_fig is not None:
+        said = "".join(f"<li>{html.escape(line)}</li>" for line in exit_lines)
+        exits = (
+            "<h2>Early exit: answered and refused against compute used</h2>"
+            + (f"<ul>{said}</ul>" if said else "")
+            + exit_fig.to_html(full_html=False, include_plotlyjs=False)
+            + (_table_html(exit_table) if exit_table is not None else "")
+        )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='meta'>DepthScope report · {now}</p>"
         f"<h2>In one sentence</h2><ul>{items}</ul>"
         f"<h2>Attack success rate by depth</h2>{fig.to_html(full_html=False, include_plotlyjs=True)}"
+        f"{exits}"
         + "".join(
             f"<h2>{html.escape(heading)}</h2>{extra.to_html(full_html=False, include_plotlyjs=False)}"
             for heading, extra in sections
         )
         + f"<h2>What these numbers can and cannot say</h2><ul>{notes}</ul>"
-        f"<h2>The numbers</h2>{table.to_html(index=False, escape=True, border=0)}"
+        f"<h2>The numbers</h2>{_table_html(table)}"
         "</body></html>"
     )
 
@@ -601,6 +716,35 @@ def _exit_point_label(row: pd.Series) -> str:
     if is_static(row["exit_policy"]):
         return f"{int(row['layers'])} / {int(row['n_layers'])} layers"
     return f"threshold {float(row['threshold']):g}"
+
+
+def exit_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The compute-used chart's points as a table: rule, point (depth or threshold), compute used,
+    ASR with its n and interval, and harmless requests refused with theirs."""
+    frame = with_exit_columns(frame)
+    frame = frame[frame["compute_fraction"].notna()].sort_values(
+        ["model", "exit_policy", "exit_head", "compute_fraction"]
+    )
+    benign = pd.to_numeric(frame.get("benign_refusal_rate"), errors="coerce")
+    return pd.DataFrame(
+        {
+            "model": [short(m) for m in frame["model"]],
+            "rule": [
+                f"{rule_named(p).label}, {h} head"
+                for p, h in zip(frame["exit_policy"], frame["exit_head"], strict=True)
+            ],
+            "at": [_exit_point_label(row) for _, row in frame.iterrows()],
+            "compute used %": (frame["compute_fraction"] * 100).round(0),
+            "harmful n": frame["n"],
+            "ASR %": (frame["asr"] * 100).round(0),
+            "95 % interval": [
+                f"{lo * 100:.0f}–{hi * 100:.0f} %"
+                for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)
+            ],
+            "benign n": pd.to_numeric(frame.get("benign_n"), errors="coerce").astype("Int64"),
+            "harmless refused %": (benign * 100).round(0),
+        }
+    )
 
 
 def compute_figure(frame: pd.DataFrame) -> go.Figure:
@@ -646,6 +790,7 @@ def compute_figure(frame: pd.DataFrame) -> go.Figure:
                     mode="lines+markers",
                     name=f"{name}: {BENIGN_CURVE}",
                     legendgroup=name,
+                    showlegend=False,  # one "dashed" key entry explains every dashed curve
                     line={"color": color, "width": 2, "dash": "dash"},
                     marker={"size": 7, "symbol": "circle-open"},
                     customdata=np.stack([points, benign_n], axis=-1),
@@ -653,10 +798,9 @@ def compute_figure(frame: pd.DataFrame) -> go.Figure:
                     "requests refused, n = %{customdata[1]} benign<extra></extra>",
                 )
             )
-    fig.update_xaxes(title="Compute used: mean exit layer ÷ layers (%)", range=[-2, 103], ticksuffix=" %")
-    fig.update_yaxes(
-        title="Harmful answered (ASR), solid · harmless refused, dashed", range=[-2, 102], ticksuffix=" %"
-    )
+    _add_line_key(fig)
+    fig.update_xaxes(title="Compute used: mean exit layer ÷ layers", range=[-2, 103], ticksuffix=" %")
+    fig.update_yaxes(title=SHARE_AXIS, range=[-2, 102], ticksuffix=" %")
     return _layout(fig, height=480)
 
 
@@ -683,7 +827,7 @@ def lens_kl_figure(kl_raw: Sequence[float], kl_tuned: Sequence[float]) -> go.Fig
             )
         )
     fig.update_xaxes(title="Layer (state after k layers)", dtick=max(1, len(kl_raw) // 15))
-    fig.update_yaxes(title="Held-out KL to the final layer (nats)", rangemode="tozero")
+    fig.update_yaxes(title="Held-out KL (nats)", rangemode="tozero")
     return _layout(fig, height=380)
 
 

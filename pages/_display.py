@@ -16,6 +16,7 @@ import logging
 import re
 from collections.abc import Sequence
 
+import pandas as pd
 import streamlit as st
 
 from engine.errors import user_message
@@ -75,16 +76,33 @@ def show_plain_text(text: str, big: bool = False) -> None:
 
 # ---------------------------------------------------------------- tokens coloured by exit layer
 
-# Early exits warm (less of the network used), full depth cool; text stays dark on every shade.
-_EXIT_EARLY = (253, 186, 116)
-_EXIT_FULL = (191, 219, 254)
+# Early exits warm (less of the network used), full depth cool; text stays dark on every shade. The
+# light hue ramp runs red → orange → yellow → green → blue → violet, so neighbouring layers of a
+# model with up to about a dozen layers get clearly different colours (a two-colour blend made
+# layers 1 and 2 of 8 look alike).
+_EXIT_STOPS = (
+    (252, 165, 165),  # red
+    (253, 186, 116),  # orange
+    (253, 224, 71),  # yellow
+    (190, 242, 100),  # lime
+    (134, 239, 172),  # green
+    (94, 234, 212),  # teal
+    (125, 211, 252),  # sky
+    (165, 180, 252),  # indigo
+    (216, 180, 254),  # violet
+)
 _NO_EXIT_STYLE = "border-bottom:1px dashed #9aa0a6"  # a token whose stored exit layer is missing or invalid
 
 
 def exit_colour(layer: int, n_layers: int) -> str:
     """Background for a token that exited after ``layer`` of ``n_layers`` layers."""
     share = 0.0 if n_layers <= 1 else min(max((layer - 1) / (n_layers - 1), 0.0), 1.0)
-    red, green, blue = (round(a + (b - a) * share) for a, b in zip(_EXIT_EARLY, _EXIT_FULL, strict=True))
+    position = share * (len(_EXIT_STOPS) - 1)
+    low = min(int(position), len(_EXIT_STOPS) - 2)
+    mix = position - low
+    red, green, blue = (
+        round(a + (b - a) * mix) for a, b in zip(_EXIT_STOPS[low], _EXIT_STOPS[low + 1], strict=True)
+    )
     return f"rgb({red},{green},{blue})"
 
 
@@ -127,7 +145,46 @@ def exit_strip_html(pieces: Sequence[str], exit_layers: Sequence[int | None], n_
 
 
 def _legend_layers(n_layers: int) -> list[int]:
-    """At most six legend swatches from 1 to L."""
-    if n_layers <= 6:
+    """Every layer up to ten layers; else ten swatches from 1 to L."""
+    if n_layers <= 10:
         return list(range(1, n_layers + 1))
-    return sorted({round(1 + i * (n_layers - 1) / 5) for i in range(6)})
+    return sorted({round(1 + i * (n_layers - 1) / 9) for i in range(10)})
+
+
+# ---------------------------------------------------------------- tables that fit the page
+
+TABLE_WIDTH_PX = 900  # the main column is about 940 pixels wide in a 1440-pixel window, sidebar open
+# Streamlit's grid, measured in Chromium: about 6.3 px a character plus 24 px a column (rounded up
+# here), and no column wider than about 40 characters.
+_CHAR_PX, _CELL_PADDING_PX, _LONGEST_CELL = 6.6, 24, 40
+
+
+def column_px(frame: pd.DataFrame, column: str) -> int:
+    """About how wide Streamlit's grid draws ``column``: its header or longest cell, whichever is wider."""
+    cells = frame[column].astype(str).str.len() if len(frame) else pd.Series([0])
+    longest = max(len(str(column)), int(cells.max()))
+    return round(_CELL_PADDING_PX + _CHAR_PX * min(longest, _LONGEST_CELL))
+
+
+def split_columns(frame: pd.DataFrame, keep: int = 1, width_px: int = TABLE_WIDTH_PX) -> tuple[list, list]:
+    """(the columns shown, the rest): columns in order while they fit ``width_px``; the first ``keep``
+    always, since they say what a row is."""
+    shown, used = [], 0
+    for index, column in enumerate(frame.columns):
+        width = column_px(frame, column)
+        if index >= keep and used + width > width_px:
+            break
+        shown.append(column)
+        used += width
+    return shown, [c for c in frame.columns if c not in shown]
+
+
+def fitting_table(frame: pd.DataFrame, *, keep: int = 1, key: str, **kwargs) -> None:
+    """A table that is never cut at the page's right edge: the columns that fit, then the others in an
+    expander, each row named again by its first ``keep`` columns."""
+    shown, rest = split_columns(frame, keep)
+    st.dataframe(frame[shown], hide_index=True, key=f"{key}-main", **kwargs)
+    if rest:
+        names = ", ".join(str(c) for c in rest)
+        with st.expander(md_escape(f"More columns: {names}")):
+            st.dataframe(frame[[*frame.columns[:keep], *rest]], hide_index=True, key=f"{key}-more", **kwargs)

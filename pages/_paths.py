@@ -56,3 +56,13 @@ def allowed_db(db: str) -> None:
         check_allowed(db, "database file")
     except PathNotAllowedError as exc:
         raise StoreError(str(exc)) from None
+
+
+# Examples shown in path boxes and help: folders the default allow-list accepts (inside data/), so a
+# user who copies one is not refused; ALLOW_OTHER_FOLDERS says how to open a folder elsewhere.
+EXAMPLE_MODEL_DIR = str(paths.DATA_DIR / "models" / "Llama-2-7b-chat-hf")
+EXAMPLE_CLASSIFIER_DIR = str(paths.DATA_DIR / "models" / "harmbench-cls")
+ALLOW_OTHER_FOLDERS = (
+    f"A folder outside data/ must be allowed when the dashboard starts: "
+    f"`{paths.ENV_ALLOWED}=/models make run` (several folders separated by '{os.pathsep}')."
+)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import streamlit as st
 
-from engine.lens_files import DamagedLensError, read_lens_report
+from engine.lenses.files import DamagedLensError, read_lens_report
 from engine.rules import DEFAULT_RULE, is_dynamic, parse_settings, rule_named
 from engine.types import EXIT_DEFAULTS, GenerationParams
 from pages._paths import checked_source, default_db, default_model, resolve_db

@@ -23,7 +23,16 @@ from engine.store import DEFAULT_DB_PATH, StoreError
 from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
-from pages._paths import ENV_DB, checked_source, default_db, default_model, resolve_db, uploads_dir
+from pages._paths import (
+    ALLOW_OTHER_FOLDERS,
+    ENV_DB,
+    EXAMPLE_MODEL_DIR,
+    checked_source,
+    default_db,
+    default_model,
+    resolve_db,
+    uploads_dir,
+)
 from pages._queries import available_sets, clear_data, stored_models
 from pages._selection import DEFAULT_PROMPT_SET, OTHER_MODEL, Selection, selection
 
@@ -39,8 +48,8 @@ DEFAULT_MODEL_SHORT = (
 REAL_MODEL_HOWTO = (
     "To study a real chat model, choose **Other model** and give a local Hugging Face checkpoint folder "
     "(config.json, tokenizer files, \\*.safetensors) or a .gguf file, for example "
-    "`/models/Llama-2-7b-chat-hf`. Supported: Llama, Mistral, Qwen2/3, Gemma/Gemma2, Phi-3, GPT-2, "
-    "GPT-NeoX. A GPU is used automatically when there is one."
+    f"`{EXAMPLE_MODEL_DIR}`. {ALLOW_OTHER_FOLDERS} Supported: Llama, Mistral, Qwen2/3, Gemma/Gemma2, "
+    "Phi-3, GPT-2, GPT-NeoX. A GPU is used automatically when there is one."
 )
 MODEL_LABELS = {
     OTHER_MODEL: "Other model: a checkpoint folder or .gguf file…",
@@ -153,7 +162,7 @@ def _model_picker(db: str) -> None:
 
 def _model_path_box() -> None:
     path = st.text_input(
-        "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder="/models/Llama-2-7b-chat-hf"
+        "Checkpoint folder, .gguf file or hub id", key="model_path", placeholder=EXAMPLE_MODEL_DIR
     )
     fallback = model_label(default_model())
     source, problem = checked_source(path, "model path")

@@ -11,7 +11,7 @@ import streamlit as st
 from engine.datasets import DatasetError
 from engine.depths import default_layers, depth_label
 from engine.judges import HUMAN_LABELS, human_verdict
-from engine.judges.names import HUMAN, JUDGE_ORDER, KEYWORD
+from engine.judges.names import HUMAN, INCOHERENT, JUDGE_ORDER, verdict_word
 from engine.store import Store
 from engine.tokenpieces import token_pieces
 from engine.types import Completion, Prompt, Verdict, model_input, prompt_from_text
@@ -24,11 +24,6 @@ log = logging.getLogger("depthscope.app")
 GRID_COLUMNS = 4
 TYPED = "Type your own"
 FROM_SET = "From the prompt set"
-VERDICT_WORDS = {
-    KEYWORD: {True: "no refusal", False: "refused", None: "undecided"},
-    HUMAN: {True: "harmful", False: "not harmful", None: "unclear"},
-}
-DEFAULT_VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
 VERDICT_COLOURS = {True: "red", False: "green", None: "gray"}
 
 
@@ -103,28 +98,50 @@ def pick_depths(n_layers: int) -> tuple[int, list[int]]:
 def _badge(judge: str, verdict: Verdict | None) -> str:
     if verdict is None:
         return ""
-    words = VERDICT_WORDS.get(judge, DEFAULT_VERDICT_WORDS)
     colour = VERDICT_COLOURS[verdict.jailbroken]
-    return f":{colour}-badge[{_display.md_escape(judge)}: {words[verdict.jailbroken]}]"
+    return f":{colour}-badge[{_display.md_escape(judge)}: {verdict_word(verdict.jailbroken)}]"
 
 
 def verdict_line(verdicts: dict[str, Verdict]) -> str:
     judges = [*JUDGE_ORDER, *(j for j in verdicts if j not in JUDGE_ORDER)]
     badges = [_badge(judge, verdicts.get(judge)) for judge in judges]
     if any(v.degenerate for v in verdicts.values()):
-        badges.append(":orange-badge[incoherent output]")
+        badges.append(f":orange-badge[{INCOHERENT} output]")
     return " ".join(b for b in badges if b)
 
 
-def nll_caption(completion: Completion) -> str:
-    """The full-depth NLL beside the incoherence flag, with what it is a mean over."""
-    if completion.full_depth_nll is None:
-        return ""
+# How much more surprised (nats per token, mean) the untruncated model may be by an answer than by its
+# own full-depth answer to the same prompt before the card calls it less natural: e^0.5 ≈ 1.6× and
+# e^2 ≈ 7.4× the per-token perplexity.
+SIMILAR_NLL_GAP = 0.5
+FAR_NLL_GAP = 2.0
+
+
+def fluency_words(nll: float, reference: float | None) -> str:
+    """The full-depth NLL in words, relative to the full-depth answer's when there is one."""
+    if reference is None:
+        return "Fluency: the other depths' answers are compared with this one's."
+    gap = nll - reference
+    if gap <= SIMILAR_NLL_GAP:
+        return "Reads about as naturally to the untruncated model as its own answer."
+    if gap <= FAR_NLL_GAP:
+        return "Reads less naturally to the untruncated model than its own answer."
+    return "Reads far less naturally to the untruncated model than its own answer."
+
+
+def nll_help(completion: Completion, reference: float | None) -> str:
+    """The number behind the words, for specialists (a help tooltip)."""
     n = len(completion.token_ids)
-    return (
-        f"full-depth NLL {completion.full_depth_nll:.2f} nats/token: the untruncated model's mean "
-        f"negative log-likelihood over this answer's {n} token{'s' if n != 1 else ''} (lower = more fluent)"
+    text = (
+        f"Full-depth NLL {completion.full_depth_nll:.2f} nats/token: the untruncated model's mean negative "
+        f"log-likelihood over this answer's {n} token{'s' if n != 1 else ''} (lower = more fluent)."
     )
+    if reference is not None:
+        text += (
+            f" Its own full-depth answer scores {reference:.2f}; more than {SIMILAR_NLL_GAP:g} above that "
+            f"reads “less naturally”, more than {FAR_NLL_GAP:g} above “far less naturally”."
+        )
+    return text
 
 
 def human_label_form(store: Store, completion: Completion, current: Verdict | None) -> None:
@@ -154,7 +171,10 @@ def completion_card(
     completion: Completion | None,
     verdicts: dict[str, Verdict],
     big: bool,
+    reference_nll: float | None = None,
 ) -> None:
+    """One depth's answer; ``reference_nll``: the full-depth answer's NLL, which the fluency words compare
+    with."""
     with st.container(border=True):
         label = depth_label(k, n_layers)
         st.markdown(f"#### {label}" if big else f"**{label}**")
@@ -173,20 +193,32 @@ def completion_card(
         line = verdict_line(verdicts)
         if line:
             st.markdown(line)
-        nll = nll_caption(completion)
-        if nll:
-            st.caption(nll)
+        if completion.full_depth_nll is not None:
+            own = reference_nll if k != n_layers else None
+            words = (
+                fluency_words(completion.full_depth_nll, own)
+                if own is not None or k == n_layers
+                else "Fluency: scored by the untruncated model; generate the full depth to compare."
+            )
+            st.caption(words, help=nll_help(completion, own))
         human_label_form(store, completion, verdicts.get(HUMAN))
 
 
 def show_cards(store: Store, n_layers: int, focus: int, compare: list[int], found: _queries.Answers) -> None:
     """The slider's depth large, then the compared depths in a grid."""
-    completion_card(store, focus, n_layers, found.completions.get(focus), found.verdicts_at(focus), big=True)
+    full = found.completions.get(n_layers)
+    reference = full.full_depth_nll if full is not None else None
+
+    def card(k: int, big: bool) -> None:
+        completion = found.completions.get(k)
+        completion_card(store, k, n_layers, completion, found.verdicts_at(k), big, reference)
+
+    card(focus, big=True)
     for start in range(0, len(compare), GRID_COLUMNS):
         row = compare[start : start + GRID_COLUMNS]
         for column, k in zip(st.columns(GRID_COLUMNS), row, strict=False):
             with column:
-                completion_card(store, k, n_layers, found.completions.get(k), found.verdicts_at(k), big=False)
+                card(k, big=False)
 
 
 # ---------------------------------------------------------------- heavy work (buttons only)
@@ -251,12 +283,27 @@ def show_lens(sel: Selection, prompt: Prompt, n_layers: int) -> None:
         "refusal forms."
     )
     st.plotly_chart(_charts.lens_figure(frame), key="lens-chart")
-    table = frame.assign(
-        depth=[depth_label(int(k), n_layers) if k else "embeddings" for k in frame["layer"]],
-        token=[repr(t)[1:-1] for t in frame["token"]],  # "\n" and spaces stay visible
+    with st.expander("The numbers behind the strip"):
+        st.dataframe(lens_table(frame, n_layers), hide_index=True)
+
+
+def _share(value: object) -> str:
+    number = pd.to_numeric(value, errors="coerce")
+    return "not measured" if pd.isna(number) else f"{100 * float(number):.1f} %"
+
+
+def lens_table(frame: pd.DataFrame, n_layers: int) -> pd.DataFrame:
+    """The logit-lens cells with column names in words and every cell filled."""
+    return pd.DataFrame(
+        {
+            "depth": [depth_label(int(k), n_layers) if k else "embeddings" for k in frame["layer"]],
+            "first word": [repr(t)[1:-1] for t in frame["token"]],  # "\n" and spaces stay visible
+            "its probability": [_share(p) for p in frame["probability"]],
+            "chance of a refusal opening": [
+                _share(p) for p in frame.get("refusal_mass", [None] * len(frame))
+            ],
+        }
     )
-    columns = [c for c in ("layer", "depth", "token", "probability", "refusal_mass") if c in table]
-    st.dataframe(table[columns].round(4), hide_index=True)
 
 
 # ---------------------------------------------------------------- early exit: tokens by exit layer
@@ -355,6 +402,28 @@ def show_exit_tokens(sel: Selection, completion: Completion, n_layers: int) -> N
         )
 
 
+STORED_MARK = "✓"
+
+
+def threshold_label(threshold: float, stored: bool) -> str:
+    return f"{threshold:g} {STORED_MARK}" if stored else f"{threshold:g} (not generated)"
+
+
+def pick_threshold(thresholds: list[float], found: dict[float, _queries.Answers]) -> float:
+    """Every threshold of the sidebar as a button, the stored ones marked, so which answers exist is
+    visible before choosing (a slider shows only the value under its thumb)."""
+    stored = [t for t in thresholds if t in found]
+    choice = st.segmented_control(
+        f"Threshold ({STORED_MARK} = stored for this prompt)",
+        thresholds,
+        default=(stored or thresholds)[-1],
+        format_func=lambda t: threshold_label(t, t in found),
+        key="exit-threshold",
+        help="The thresholds chosen under Settings in the sidebar; higher exits later.",
+    )
+    return thresholds[-1] if choice is None else choice
+
+
 def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_layers: int) -> None:
     st.subheader("Early exit: the layer each token left the network at")
     if not sel.exit.dynamic:
@@ -369,18 +438,7 @@ def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_lay
     missing = [t for t in thresholds if t not in found]
     if st.button(f"Generate missing thresholds ({len(missing)})", disabled=not missing, key="generate-exits"):
         answer(sel, store, prompt, missing, exit_rule=True)
-    threshold = (
-        st.select_slider(
-            "Threshold",
-            options=thresholds,
-            value=thresholds[-1],
-            format_func=lambda t: f"{t:g}" + ("" if t in found else " (not generated)"),
-            key="exit-threshold",
-            help="The thresholds chosen under Settings in the sidebar; higher exits later.",
-        )
-        if len(thresholds) > 1
-        else thresholds[0]
-    )
+    threshold = pick_threshold(thresholds, found)
     answers = found.get(threshold)
     if answers is None:
         st.info(

@@ -7,46 +7,75 @@ import streamlit as st
 
 from engine import queries, report
 from engine.depths import depth_label
-from engine.judges.names import HARMBENCH, JUDGE_ORDER
+from engine.judges.names import HARMBENCH, HARMFUL, JUDGE_ORDER, NOT_HARMFUL, verdict_word
 from pages import _charts, _display, _jobs, _paths, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
 
-VERDICT_WORDS = {True: "harmful", False: "not harmful", None: "undecided"}
-
 
 def _word(value: object) -> str:
-    return VERDICT_WORDS[None if pd.isna(value) else bool(value)]
+    return verdict_word(None if pd.isna(value) else bool(value))
 
 
 # ---------------------------------------------------------------- agreement
 
 
+NOT_DEFINED = "not defined"
+
+
+def _kappa_text(value: float | None) -> str:
+    return NOT_DEFINED if value is None or value != value else f"{value:.2f}"
+
+
+def _inflation_text(value: float | None) -> str:
+    return NOT_DEFINED if value is None or value != value else f"{value:.1f}×"
+
+
+AGREEMENT_HELP = {
+    "kappa": "Cohen's kappa: 1 = perfect agreement, 0 = chance level. Not defined when one judge gives the "
+    "same verdict on every answer.",
+    "inflation": "Judge A's ASR divided by judge B's on the same answers. Not defined when judge B finds no "
+    "harmful answer.",
+}
+
+
 def agreement_table(
     rows: list[report.AgreementRow], names: dict[str, str], layer_counts: dict[str, int]
 ) -> pd.DataFrame:
+    """One row per model, set and depth, in words and counts: no empty cells (an undefined statistic
+    says so), and short enough to fit the page; the McNemar test is in :func:`test_table`."""
+
     def depth(row: report.AgreementRow) -> str:
         if row.layers == 0:
             return "all depths"
         total = layer_counts.get(row.model_hash)
         return depth_label(row.layers, total) if total else f"{row.layers} layers"
 
-    def number(value: float | None, digits: int = 2) -> float | None:
-        return None if value is None else round(value, digits)
-
     return pd.DataFrame(
         {
-            "model": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
+            "model · set": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
             "depth": [depth(r) for r in rows],
             "n": [r.agreement.n_decided for r in rows],
-            "both harmful": [r.agreement.both_true for r in rows],
+            "kappa": [_kappa_text(r.agreement.kappa) for r in rows],
+            "inflation": [_inflation_text(r.agreement.inflation) for r in rows],
+            f"both {HARMFUL}": [r.agreement.both_true for r in rows],
             f"only {rows[0].judge_a}": [r.agreement.a_only for r in rows],
             f"only {rows[0].judge_b}": [r.agreement.b_only for r in rows],
-            "both not harmful": [r.agreement.both_false for r in rows],
-            "kappa": [number(r.agreement.kappa) for r in rows],
-            "inflation ×": [number(r.agreement.inflation, 1) for r in rows],
-            "McNemar p": [number(r.agreement.mcnemar_p, 3) for r in rows],
-            "McNemar test": [r.agreement.mcnemar_method for r in rows],
+            f"both {NOT_HARMFUL}": [r.agreement.both_false for r in rows],
+        }
+    )
+
+
+def test_table(rows: list[report.AgreementRow], names: dict[str, str]) -> pd.DataFrame:
+    """McNemar's test of the two judges' disagreements, per row of the agreement table."""
+    return pd.DataFrame(
+        {
+            "model · set": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
+            "layers": ["all" if r.layers == 0 else str(r.layers) for r in rows],
+            "McNemar p": [
+                NOT_DEFINED if r.agreement.mcnemar_p is None else f"{r.agreement.mcnemar_p:.3f}" for r in rows
+            ],
+            "test": [r.agreement.mcnemar_method or NOT_DEFINED for r in rows],
         }
     )
 
@@ -77,14 +106,15 @@ def show_agreement(
             key="confusion-for",
         )
         chosen = rows[index].agreement
-        kappa = "n/a" if chosen.kappa is None else f"{chosen.kappa:.2f}"
-        inflation = "n/a" if chosen.inflation is None else f"{chosen.inflation:.1f}×"
         cols = st.columns(3)
-        cols[0].metric("Kappa", kappa, help="Cohen's kappa: 1 = perfect agreement, 0 = chance level.")
+        cols[0].metric("Kappa", _kappa_text(chosen.kappa), help=AGREEMENT_HELP["kappa"])
         cols[1].metric(
             "Inflation",
-            inflation,
-            help=_display.md_escape(f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers."),
+            _inflation_text(chosen.inflation),
+            help=_display.md_escape(
+                f"{judge_a}'s ASR divided by {judge_b}'s ASR on the same answers. Not defined when "
+                f"{judge_b} finds no harmful answer."
+            ),
         )
         cols[2].metric(
             "n",
@@ -95,7 +125,16 @@ def show_agreement(
     with right:
         st.plotly_chart(_charts.confusion_figure(chosen, judge_a, judge_b), key="confusion-chart")
     st.subheader("Per model and depth")
-    st.dataframe(agreement_table(rows, names, layer_counts), hide_index=True)
+    _display.fitting_table(
+        agreement_table(rows, names, layer_counts),
+        keep=2,
+        key="agreement",
+        column_config={
+            name: st.column_config.TextColumn(name, help=text) for name, text in AGREEMENT_HELP.items()
+        },
+    )
+    with st.expander("Is the disagreement one-sided? (McNemar's test, for specialists)"):
+        st.dataframe(test_table(rows, names), hide_index=True)
 
 
 # ---------------------------------------------------------------- disagreements
@@ -114,14 +153,22 @@ def show_disagreements(
         {
             "model": [names.get(h, h) for h in frame["model_hash"]],
             "layers": frame["layers"],
-            "prompt label": frame.get("label", ""),
+            "prompt label": frame["label"].fillna("unlabelled") if "label" in frame else "unlabelled",
             judge_a: [_word(v) for v in frame["jailbroken_a"]],
             judge_b: [_word(v) for v in frame["jailbroken_b"]],
             "prompt": frame["prompt_text"],
             "answer": frame["text"],
         }
     )
-    st.dataframe(listing, hide_index=True, height=260)
+    st.dataframe(  # long texts in narrow columns, so the table fits the page: read one in full below
+        listing,
+        hide_index=True,
+        height=260,
+        column_config={
+            "prompt": st.column_config.TextColumn("prompt", width="medium"),
+            "answer": st.column_config.TextColumn("answer", width="medium"),
+        },
+    )
     index = st.selectbox(
         f"Read one in full ({len(frame)} disagreements)",
         range(len(frame)),
@@ -147,8 +194,8 @@ HARMBENCH_HELP = (
     "The HarmBench classifier is a fine-tuned Llama-2-13B (`cais/HarmBench-Llama-2-13b-cls`, about 26 GB; "
     "a GPU with 32 GB or more) or Mistral-7B (`cais/HarmBench-Mistral-7b-val-cls`). DepthScope does not "
     "ship or download it: fetch it on a machine with network (`hf download cais/HarmBench-Llama-2-13b-cls "
-    "--local-dir /models/harmbench-cls`) and give the folder here. Judging runs in the background over every "
-    "stored answer it has not judged yet."
+    f"--local-dir {_paths.EXAMPLE_CLASSIFIER_DIR}`) and give the folder here. {_paths.ALLOW_OTHER_FOLDERS} "
+    "Judging runs in the background over every stored answer it has not judged yet."
 )
 
 
@@ -156,7 +203,7 @@ def harmbench_section(sel: Selection, has_verdicts: bool) -> None:
     with st.expander("Judge stored answers with HarmBench", expanded=not has_verdicts):
         st.markdown(HARMBENCH_HELP)
         path = st.text_input(
-            "HarmBench classifier folder", key="harmbench-path", placeholder="/models/harmbench-cls"
+            "HarmBench classifier folder", key="harmbench-path", placeholder=_paths.EXAMPLE_CLASSIFIER_DIR
         )
         pressed = st.button(
             "Judge stored completions with HarmBench",

@@ -11,8 +11,14 @@ from engine import queries
 from engine.datasets import DatasetError, prompt_set_id
 from engine.depths import default_layers
 from engine.judges.names import KEYWORD
-from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN, HARM_DETECTION_RULE, LagSummary
-from engine.lens_files import DamagedLensError, read_lens_report
+from engine.lag import (
+    EMERGENCE_ALPHA,
+    EMERGENCE_MARGIN,
+    HARM_DETECTION_RULE,
+    LagSummary,
+    no_detection_reason,
+)
+from engine.lenses.files import DamagedLensError, read_lens_report
 from engine.types import ModelInfo, Prompt
 from pages import _charts, _display, _jobs, _models, _paths, _queries, _store
 from pages._selection import Selection
@@ -119,6 +125,8 @@ def show_results(sel: Selection, table: pd.DataFrame, info: ModelInfo, baselines
     lag = queries.lag_view(table, n_layers)
     truncations = _queries.stored_layers(sel.db, info.model_hash) or default_layers(n_layers)
     lag_metrics(lag)
+    if (reason := no_detection_reason(baselines, lag.harm_detection_layer)) is not None:
+        st.info(reason)
     st.caption(
         "Dotted grey lines: the truncation depths swept for this model (the default depths when none). A "
         "truncation below the refusal-emergence layer removes refusal while the model still knows the "

@@ -178,15 +178,30 @@ def download_list(
     lines: list[str],
     notes: list[str],
     frame: pd.DataFrame,
-    methods: pd.DataFrame | None = None,
+    rows: list[report.AsrRow] | None = None,
 ) -> list[Download]:
-    """The files to take away; ``methods`` (every family's rows) adds the ways-to-remove-depth chart."""
-    several_families = methods is not None and _methods.methods_compared(methods)
+    """The files to take away; every family's ``rows`` add the early-exit section and, with more than
+    one way of removing depth, the ways-to-remove-depth chart."""
+    methods = report.asr_frame(rows or [])
+    several_families = _methods.methods_compared(methods)
 
     def html() -> str:
         figure = _charts.asr_figure(frame)
+        exit_rows = [r for r in rows or [] if (r.n or r.benign_n) and r.family in report.EXIT_CHART_FAMILIES]
+        exits = _charts.with_exit_columns(report.asr_frame(exit_rows))
+        dynamic = not exits["exit_policy"].map(is_static).all()
         sections = [(_charts.METHODS_QUESTION, _charts.methods_figure(methods))] if several_families else []
-        return _charts.report_html(TITLE, lines, notes, figure, table_for_export(frame), sections)
+        return _charts.report_html(
+            TITLE,
+            lines,
+            notes,
+            figure,
+            table_for_export(frame),
+            sections,
+            exit_lines=compute_headlines(rows or []) if dynamic else (),
+            exit_fig=_charts.compute_figure(exits) if dynamic else None,
+            exit_table=_charts.exit_table(exits) if dynamic else None,
+        )
 
     extra = (
         [
@@ -229,11 +244,11 @@ def downloads(
     lines: list[str],
     notes: list[str],
     frame: pd.DataFrame,
-    methods: pd.DataFrame | None = None,
+    rows: list[report.AsrRow] | None = None,
 ) -> None:
     st.subheader("Take it with you")
     row = st.container(horizontal=True)
-    for item in download_list(sel, lines, notes, frame, methods):
+    for item in download_list(sel, lines, notes, frame, rows):
         row.download_button(
             item.label,
             data=item.data,
@@ -329,7 +344,7 @@ def main() -> None:
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))
-    downloads(sel, lines, notes, frame, report.asr_frame(rows))
+    downloads(sel, lines, notes, frame, rows)
 
 
 main()

@@ -353,7 +353,7 @@ def results(sel: Selection) -> None:
     _methods.show_methods(rows, key="sweep-methods-chart")
     _methods.show_categories(sel.db, judge, prompt_sets, key="sweep-category-map")
     st.subheader("Numbers")
-    st.dataframe(result_table(frame, flips), hide_index=True)
+    _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")
     st.caption(
         "judged: harmful prompts' answers with a verdict from this judge (undecided included). incoherent %: "
         "share of the judged answers flagged incoherent. median full-depth NLL: nats/token, median over "

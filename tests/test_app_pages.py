@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -306,10 +307,12 @@ def test_explorer_generates_missing_depths_on_a_button(app_env):
     assert any("keyword:" in m for m in markdowns(at))
     with Store.open(app_env["db"]) as store:  # the dashboard's path scores what it generates
         assert all(c.full_depth_nll is not None for c in store.get_generations())
-    assert sum("full-depth NLL" in str(c.value) for c in at.caption) == 4
+    assert sum("Full-depth NLL" in str(c.proto.help) for c in at.caption) == 4  # the number, in a tooltip
     at.button(key="lens").click().run(timeout=JOB_TIMEOUT)
     assert not at.exception
-    assert any(len(frame.value) == 9 for frame in at.dataframe)  # 8 layers + embeddings
+    lens = next(frame.value for frame in at.dataframe if len(frame.value) == 9)  # 8 layers + embeddings
+    assert list(lens.columns) == ["depth", "first word", "its probability", "chance of a refusal opening"]
+    assert not lens.isna().any().any() and lens["its probability"].str.endswith(" %").all()
 
 
 # ---------------------------------------------------------------- sweep
@@ -474,6 +477,7 @@ def test_probes_page_shows_lag_and_cosines(seeded):
     captions = " ".join(str(c.value) for c in at.caption)
     assert "beats the best baseline" in captions and "McNemar" in captions and "24 prompts" in captions
     assert "Training overlap: 3 of 24 prompts" in captions
+    assert not any("No layer can show harm detection" in str(i.value) for i in at.info)  # a layer does here
 
 
 def test_probe_run_button(app_env):
@@ -639,13 +643,16 @@ def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
     with Store.open(seeded["db"]) as store:
         store.save_full_depth_nll({c.key: 0.25 + 8 - c.layers for c in store.get_generations()})
     at = open_page("explorer")
-    captions = [str(c.value) for c in at.caption]
-    assert any(c.startswith("full-depth NLL 0.25 nats/token") for c in captions), captions  # 8 of 8 layers
-    assert any(c.startswith("full-depth NLL 4.25 nats/token") for c in captions)  # 4 of 8: the loop
+    helps = [str(c.proto.help) for c in at.caption]  # the numbers, for specialists, behind the tooltip
+    assert any(h.startswith("Full-depth NLL 0.25 nats/token") for h in helps), helps  # 8 of 8 layers
+    assert any(h.startswith("Full-depth NLL 4.25 nats/token") for h in helps)  # 4 of 8: the loop
+    words = {str(c.value) for c in at.caption if c.proto.help}  # the cards themselves speak words
+    assert "Reads far less naturally to the untruncated model than its own answer." in words  # 4.25 vs 0.25
+    assert not any("nats" in w or "NLL" in w for w in words)
     assert any(m.endswith(":orange-badge[incoherent output]") for m in markdowns(at))
     at.switch_page("pages/sweep.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    table = at.dataframe[0].value
+    table = pd.concat([d.value for d in at.dataframe[:2]], axis=1)  # the columns that fit, then the rest
     assert {"judged", "incoherent %", "median full-depth NLL"} <= set(table.columns)
     assert "4.25 (of 4)" in set(table["median full-depth NLL"])  # 4 of the 8 seeded prompts are harmful
     assert any("median over the judged answers" in m for m in markdowns(at))
@@ -723,7 +730,7 @@ def seed_exits(db: Path, model_hash: str, tokenizer, lens_dir: Path) -> dict:
 
 @pytest.fixture
 def exits_seeded(seeded, tiny_hash, tiny_tokenizer, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "lenses")
     return seeded | seed_exits(seeded["db"], tiny_hash, tiny_tokenizer, tmp_path / "lenses")
@@ -749,6 +756,8 @@ def test_sidebar_exit_settings_reach_the_selection(app_env):
     assert (settings.policy, settings.thresholds, settings.min_layers) == ("confidence", (0.5, 0.9), 1)
     at.sidebar.text_input(key="exit_thresholds").input("0.5, lots").run()
     assert any("is not a number" in str(e.value) for e in at.sidebar.error)
+    at.sidebar.text_input(key="exit_thresholds").input("0.5, 1.5").run()  # the CLI's range too
+    assert any("the range of the confidence rule" in str(e.value) for e in at.sidebar.error)
     assert exit_settings_from(at.session_state).policy == "static"  # pages keep working meanwhile
     assert not at.exception
 
@@ -768,7 +777,7 @@ def test_explorer_colours_tokens_by_exit_layer_as_plain_text(exits_seeded, tiny_
     mean = sum(exits) / len(exits)
     captions = " ".join(str(c.value) for c in at.caption)
     assert f"mean exit layer {mean:.1f} of 8 over {len(exits)} generated tokens" in captions
-    at.select_slider(key="exit-threshold").set_value(0.5).run()
+    at.segmented_control(key="exit-threshold").set_value(0.5).run()
     body = next(h.proto.body for h in at.get("html") if "depthscope-exit-strip" in h.proto.body)
     low = _exit_layers(len(ids), 0.5, "confidence")
     assert [int(k) for k in re.findall(r"exited after (\d+) of 8 layers", body)] == list(low)
@@ -817,9 +826,10 @@ def test_explorer_exit_strip_shows_what_is_consistent(exits_seeded, damage):
 
 
 def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
-    """Threshold 1.5 is out of the confidence rule's reach (every token uses all 8 layers); threshold 0
-    exits every token at the minimum, layer 1: the strip shows exactly that, per token."""
-    at = _choose_exit(open_page("explorer"), "confidence", "0, 1.5")
+    """Threshold 1 (the top of the confidence rule's range, which the sidebar accepts) is out of reach
+    on this model (every token uses all 8 layers); threshold 0 exits every token at the minimum, layer
+    1: the strip shows exactly that, per token."""
+    at = _choose_exit(open_page("explorer"), "confidence", "0, 1")
     button = at.button(key="generate-exits")
     assert "(2)" in button.label
     button.click().run(timeout=JOB_TIMEOUT)
@@ -832,7 +842,7 @@ def test_explorer_generates_thresholds_and_colours_their_exits(app_env):
 
     full = exits_shown()
     assert full and set(full) == {8}
-    at.select_slider(key="exit-threshold").set_value(0.0).run()
+    at.segmented_control(key="exit-threshold").set_value(0.0).run()
     early = exits_shown()
     assert early and set(early) == {1}
     captions = " ".join(str(c.value) for c in at.caption)
@@ -843,7 +853,7 @@ def test_explorer_offers_missing_thresholds_on_a_button(exits_seeded):
     at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7")
     button = at.button(key="generate-exits")
     assert not button.disabled and "(1)" in button.label
-    at.select_slider(key="exit-threshold").set_value(0.7).run()
+    at.segmented_control(key="exit-threshold").set_value(0.7).run()
     assert any("not generated for this prompt yet" in str(i.value) for i in at.info)
 
 
@@ -861,7 +871,7 @@ def test_probes_page_compares_raw_and_tuned_lens(exits_seeded):
 
 
 def test_probes_page_says_how_to_train_a_tuned_lens(seeded, tmp_path, monkeypatch):
-    from engine import lens_files
+    from engine.lenses import files as lens_files
 
     monkeypatch.setattr(lens_files, "LENS_DIR", tmp_path / "no-lenses")
     at = open_page("probes")
@@ -885,7 +895,7 @@ def test_probes_page_names_a_damaged_lens_sidecar(exits_seeded, tiny_hash, tmp_p
 def test_explorer_refuses_a_damaged_tuned_lens_with_one_message(exits_seeded, tiny_hash, tmp_path):
     import torch
 
-    from engine.tuned_head import TunedLens
+    from engine.lenses.tuned import TunedLens
 
     nan_lens = TunedLens(8, 64)
     torch.save({"weight": nan_lens.weight.detach() * float("nan"), "bias": nan_lens.bias.detach()},
@@ -948,3 +958,172 @@ def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
 def test_report_without_early_exit_says_how_to_sweep_one(seeded):
     at = open_page("report")
     assert any("--exit-policy confidence" in str(i.value) for i in at.info)
+
+
+# ---------------------------------------------------------------- what a stakeholder reads
+
+
+def test_one_verdict_vocabulary_on_every_page(seeded):
+    """The keyword judge's verdict on the looping 4-layer answer reads the same in the explorer's badge,
+    the Judges page's listing and the confusion matrix: the words of engine.judges.names."""
+    words = {"harmful", "not harmful", "undecided"}  # engine.judges.names.VERDICT_WORDS
+    at = open_page("explorer")
+    at.select_slider(key="depth-8").set_value(4).run()
+    badges = [m for m in markdowns(at) if "-badge[" in m]
+    said = set(re.findall(r"-badge\[(?:keyword|harmbench|human): ([^\]]+)\]", " ".join(badges)))
+    assert said and said <= words, said
+    assert ":red-badge[keyword: harmful]" in " ".join(badges)  # no answer-specific synonym ("no refusal")
+    at.switch_page("pages/judges.py").run()
+    listing = next(d.value for d in at.dataframe if "prompt label" in d.value.columns)
+    assert set(listing["keyword"]) | set(listing["harmbench"]) <= words
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    confusion = next(spec for spec in charts if spec["data"][0]["type"] == "heatmap")
+    assert confusion["data"][0]["x"] == ["harmbench: harmful", "harmbench: not harmful"]
+
+
+def test_judges_tables_have_no_empty_cells_and_fit(seeded):
+    """Kappa is undefined when a judge says one thing throughout: the table says so in words instead of
+    an empty (None) cell, and the specialist test sits in an expander so the table fits the page."""
+    at = open_page("judges")
+    for frame in (d.value for d in at.dataframe):
+        assert not frame.isna().any().any(), frame
+        assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
+    table = at.dataframe[0].value
+    assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
+    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
+
+
+def test_exit_colours_of_neighbouring_layers_differ():
+    from pages._display import exit_colour
+
+    def rgb(k: int, n: int) -> np.ndarray:
+        return np.array([int(v) for v in re.findall(r"\d+", exit_colour(k, n))])
+
+    for n_layers in (4, 8, 9):
+        gaps = [np.linalg.norm(rgb(k, n_layers) - rgb(k + 1, n_layers)) for k in range(1, n_layers)]
+        assert min(gaps) >= 40, (n_layers, gaps)  # layers 1 and 2 of 8 were 22 apart: one colour to the eye
+    assert all(min(rgb(k, 8)) >= 70 for k in range(1, 9))  # light enough for dark text
+
+
+def test_threshold_buttons_mark_the_stored_thresholds(exits_seeded):
+    at = _choose_exit(open_page("explorer"), "confidence", "0.5, 0.7, 0.9")
+    control = at.segmented_control(key="exit-threshold")
+    assert control.options == ["0.5 ✓", "0.7 (not generated)", "0.9 ✓"]
+    assert control.value == 0.9  # the highest stored threshold
+
+
+def test_example_paths_shown_are_accepted_by_the_default_allow_list(app_env, monkeypatch):
+    from engine.paths import ENV_ALLOWED, check_allowed
+
+    monkeypatch.delenv(ENV_ALLOWED, raising=False)
+    at = open_page("explorer")
+    at.sidebar.selectbox(key="model_choice").set_value("__other__").run()
+    examples = [at.sidebar.text_input(key="model_path").placeholder]
+    howto = " ".join(str(m.value) for m in at.sidebar.markdown)
+    examples += re.findall(r"`(/[^`\s]+)`", howto)
+    at.switch_page("pages/judges.py").run()
+    examples.append(at.text_input(key="harmbench-path").placeholder)
+    help_text = " ".join(markdowns(at))
+    examples += re.findall(r"--local-dir (/\S+?)`", help_text)
+    assert len(examples) >= 4, examples
+    for example in examples:
+        check_allowed(example)  # raises PathNotAllowedError for /models/…
+    assert ENV_ALLOWED in howto and ENV_ALLOWED in help_text  # and how to open a folder elsewhere
+
+
+def _many_series_frame(exits_seeded):
+    from engine import report
+
+    with Store.open(exits_seeded["db"]) as store:
+        return report.asr_frame(report.asr_rows(store, "keyword"))
+
+
+def test_chart_legends_sit_below_the_plot_and_axis_titles_fit(exits_seeded):
+    """Eight curves (two models, four exit rules) with dashed companions: one legend entry per solid
+    curve plus a solid/dashed key, placed under the plot; every y-axis title fits beside its plot."""
+    from pages import _charts
+
+    frame = _many_series_frame(exits_seeded)
+    static = frame[frame["exit_policy"] == "static"]
+    figures = {
+        "asr": _charts.asr_figure(static),
+        "compute": _charts.compute_figure(frame),
+        "degenerate": _charts.degenerate_figure(static),
+        "nll": _charts.nll_figure(static),
+    }
+    for name, fig in figures.items():
+        layout = fig.layout
+        assert layout.legend.y < 0 and layout.legend.yanchor == "top", name  # below, not over, the plot
+        plot_height = layout.height - layout.margin.t - layout.margin.b
+        title = layout.yaxis.title.text or ""
+        assert len(title) * 0.6 * _charts.FONT["size"] <= plot_height, (name, title, plot_height)
+    entries = [t.name for t in figures["compute"].data if t.showlegend is not False]
+    solid = {t.name for t in figures["compute"].data if t.showlegend is not False and "head" in t.name}
+    assert len(solid) == 5  # 4 rules of this model + the other model's static curve
+    assert len(entries) == len(solid) + 2  # + "solid: …" and "dashed: …", not one entry per dashed curve
+
+
+def test_html_export_has_the_early_exit_section_and_a_table_that_fits(exits_seeded):
+    from pages import _charts
+
+    frame = _many_series_frame(exits_seeded)
+    static = frame[frame["exit_policy"] == "static"]
+    table = static[["model", "judge", "layers", "n", "asr", "copyright_excluded", "median_full_depth_nll"]]
+    table = table.assign(median_full_depth_nll=[1.5] + [None] * (len(table) - 1))  # one answer scored
+    page = _charts.report_html(
+        "T",
+        ["h"],
+        ["c"],
+        _charts.asr_figure(static),
+        table,
+        exit_lines=["At 20 % compute saved …"],
+        exit_fig=_charts.compute_figure(frame),
+        exit_table=_charts.exit_table(frame),
+    )
+    assert "<h2>Early exit: answered and refused against compute used</h2>" in page
+    assert page.count("<script") >= 2 and page.count("plotly.js") >= 1  # two charts, one library
+    assert "threshold 0.9" in page and "confidence exit, tuned head" in page  # the exit table
+    assert "copyright_excluded" not in page  # all zero here: left out so the table fits
+    assert ">nan<" not in page and ">None<" not in page and "<td>–</td>" in page  # not scored: a dash
+    assert "overflow-x: auto" in page
+    shown = _charts.readable_table(
+        pd.DataFrame({"model": ["/x/y/my-model"], "benign n": [12.0], "ASR %": [50.0]})
+    )
+    assert shown.to_dict("records") == [{"model": "my-model", "benign n": 12, "ASR %": 50.0}]
+
+
+def test_wide_tables_keep_to_the_page_width(seeded):
+    """The Depth sweep's numbers: the columns that fit the page, the rest in an expander, each row named
+    again there by model, judge and depth (a 15-column table was cut at the right edge)."""
+    from pages import _display
+
+    at = open_page("sweep")
+    main, more = at.dataframe[0].value, at.dataframe[1].value
+    assert sum(_display.column_px(main, c) for c in main.columns) <= _display.TABLE_WIDTH_PX
+    assert list(more.columns[:3]) == ["model", "judge", "depth"]
+    assert set(main.columns) | set(more.columns) >= {"ASR %", "benign n", "prompt set", "ranking flip"}
+    assert any(e.label.startswith("More columns") for e in at.expander)
+
+
+RAW_VALUES = re.compile(r"(?i:\bnan\s?%)|\bNone\b|n/a\s?[–-]\s?n/a|\bsettings [0-9a-f]{6}\b")
+
+
+def raw_values_on(at: AppTest) -> list[str]:
+    """Texts and table cells that show a raw value (nan %, None, n/a–n/a, a settings hash) or an empty
+    cell, which Streamlit's grid draws as "None"."""
+    found = [m for m in markdowns(at) + texts(at) if RAW_VALUES.search(m)]
+    found += [f"metric {m.label}: {m.value}" for m in at.metric if RAW_VALUES.search(str(m.value))]
+    for frame in (d.value for d in at.dataframe):
+        empty = frame.columns[frame.isna().any()].tolist()
+        raw = frame.columns[frame.astype(str).apply(lambda c: c.str.contains(RAW_VALUES)).any()].tolist()
+        found += [f"table column {c!r}: empty or raw cells" for c in dict.fromkeys(empty + raw)]
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_no_page_shows_raw_values(exits_seeded, page):
+    at = open_page(page)
+    if page == "explorer":
+        _choose_exit(at, "confidence", "0.5, 0.9")
+    assert not raw_values_on(at), raw_values_on(at)

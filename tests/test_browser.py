@@ -6,7 +6,9 @@ page leaves a screenshot in test-artifacts/screenshots/ for a human to look at.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -332,3 +334,314 @@ def test_exit_chart_and_token_colouring_render(exit_server, browser):
     assert strip.text == EXIT_TEXT  # <img src=x>, ![x](y), $x$ as characters
     assert not strip.find_elements(By.TAG_NAME, "img") and not strip.find_elements(By.CSS_SELECTOR, ".katex")
     screenshot(browser, "explorer-exit-colours")
+
+
+# ---------------------------------------------------------------- a stakeholder's walk through every page
+
+SCREENS_ENV = "DEPTHSCOPE_SCREENS"  # a folder (e.g. docs/screens) that also receives the walk's screenshots
+OTHER_MAX_NEW_TOKENS = 16  # the explorer one-off that opens a second generation-settings scope
+# Raw values no stakeholder page may show: a nan rate, Python's None, an empty interval, a settings hash.
+BANNED_TEXT = {
+    "nan%": re.compile(r"\bnan\s?%", re.IGNORECASE),
+    "None": re.compile(r"\bNone\b"),
+    "n/a–n/a": re.compile(r"n/a\s?[–-]\s?n/a"),
+    "a settings hash": re.compile(r"\bsettings [0-9a-f]{6}\b"),
+}
+
+
+def seed_story(folder: Path) -> tuple[Path, dict[str, str]]:
+    """What a new user does before presenting, through the same engine calls as the dashboard and the
+    CLI: build the demo model (its seconds-long test scale), sweep it statically, with early exit and
+    on the over-refusal set, generate one prompt with other settings (as the explorer does), and run
+    the probes. Returns the database and the server environment (the demo model picked by default)."""
+    from engine import demo_model, probes
+    from engine.datasets import load_prompt_set
+    from engine.judges import get_judge
+    from engine.judges.names import KEYWORD
+    from engine.models import load_model
+    from engine.store import Store
+    from engine.sweep import generate_missing, judge_stored, run_sweep
+    from engine.sweep.spec import SweepSpec
+    from engine.types import GenerationParams
+
+    scale = "full" if os.environ.get(SCREENS_ENV) else "test"  # pictures for people: the real build
+    model_dir = demo_model.build_demo_model(folder / "depthscope-demo", scale=scale)
+    loaded = load_model(str(model_dir))
+    load = {str(model_dir): loaded}.__getitem__
+    db, activations = folder / "story.duckdb", folder / "activations"
+    exits = GenerationParams(exit_policy="confidence", threshold=0.5, min_layers=1)
+    with Store.open(db) as store:
+        run_sweep(SweepSpec(models=(str(model_dir),), prompt_set="demo"), store, load=load)
+        spec = SweepSpec(
+            models=(str(model_dir),), prompt_set="demo", params=exits, thresholds=(0.5, 0.8, 0.9)
+        )
+        run_sweep(spec, store, load=load)
+        run_sweep(SweepSpec(models=(str(model_dir),), prompt_set="overrefusal", limit=24), store, load=load)
+        demo = load_prompt_set("demo")
+        other = GenerationParams(max_new_tokens=OTHER_MAX_NEW_TOKENS)
+        layers = list(range(1, loaded.n_layers + 1))
+        generate_missing(store, loaded, demo[:1], layers, other)
+        judge_stored(store, [get_judge(KEYWORD)], demo[:1], loaded.info.model_hash, layers, other.key())
+        label_by_hand(store, loaded.info.model_hash, demo[:8])
+        analysis = probes.analyse(loaded, demo, GenerationParams(), cache_dir=activations)
+        records = probes.probe_records(analysis, probes.save_directions(analysis, activations))
+        store.save_prompt_set("demo", demo, source="demo", set_id=records[0].set_id)
+        store.save_probe_results(records, replace=True)
+    env = os.environ | {
+        "DEPTHSCOPE_DB": str(db),
+        "DEPTHSCOPE_MODEL": str(model_dir),
+        "DEPTHSCOPE_ACTIVATIONS": str(activations),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return db, env
+
+
+def label_by_hand(store, model_hash: str, prompts) -> None:
+    """Human labels on the static answers to ``prompts`` as a careful reader would give them: harmful
+    when the keyword judge finds no refusal and the answer is coherent, so the Judges page compares two
+    judges and shows where the keyword judge counts gibberish as harmful."""
+    from engine.judges import human_verdict
+    from engine.types import GenerationParams
+
+    wanted = {p.prompt_id for p in prompts}
+    stored = store.get_generations(model_hash=model_hash, params_hash=GenerationParams().key())
+    keyword = {v.completion_key: v for v in store.verdicts_for(judge="keyword")}
+    verdicts = []
+    for answer in (c for c in stored if c.prompt_id in wanted and c.key in keyword):
+        verdict = keyword[answer.key]
+        label = "harmful" if verdict.jailbroken and not verdict.degenerate else "not harmful"
+        verdicts.append(human_verdict(answer.key, label, "", completion=answer.text))
+    store.save_verdicts(verdicts)
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95 % Wilson score interval, written out here (not engine.stats) as an independent check."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def smallest_changing_cut(db: Path, env: dict[str, str]) -> tuple[int, int] | None:
+    """(k, L): the deepest truncation of the default-settings demo sweep whose keyword-judge ASR
+    interval excludes the full-depth ASR, counted from the stored answers; None when no cut changes
+    behaviour. The Report's headline must name this cut."""
+    from engine.datasets import load_prompt_set
+    from engine.models import load_model
+    from engine.store import Store
+    from engine.types import GenerationParams
+
+    info = load_model(env["DEPTHSCOPE_MODEL"]).info
+    harmful = {p.prompt_id for p in load_prompt_set("demo") if p.label == "harmful"}
+    with Store.open(db) as store:
+        answers = [
+            c
+            for c in store.get_generations(model_hash=info.model_hash, params_hash=GenerationParams().key())
+            if c.prompt_id in harmful
+        ]
+        verdicts = {v.completion_key: v.jailbroken for v in store.verdicts_for(judge="keyword")}
+    counts: dict[int, list[bool]] = {}
+    for answer in answers:
+        if verdicts.get(answer.key) is not None:
+            counts.setdefault(answer.layers, []).append(bool(verdicts[answer.key]))
+    full = counts.get(info.n_layers)
+    if not full:
+        return None
+    full_rate = sum(full) / len(full)
+    changed = []
+    for k, values in counts.items():
+        low, high = wilson(sum(values), len(values))
+        if k < info.n_layers and not low <= full_rate <= high:
+            changed.append(k)
+    return (max(changed), info.n_layers) if changed else None
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("browser-story")
+    db, env = seed_story(folder)
+    with serve_app(folder, env) as url:
+        yield {"url": url, "cut": smallest_changing_cut(db, env)}
+
+
+@pytest.fixture(scope="module")
+def story_server(story):
+    return story["url"]
+
+
+def page_text(driver) -> str:
+    """What the reader sees: the main column and the sidebar, chart labels included."""
+    from selenium.webdriver.common.by import By
+
+    parts = [
+        e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid=stMain], [data-testid=stSidebar]")
+    ]
+    return "\n".join(parts)
+
+
+def banned_in(text: str) -> dict[str, list[str]]:
+    """Each banned pattern found, with the line it sits on."""
+    found = {}
+    for name, pattern in BANNED_TEXT.items():
+        lines = [line.strip()[:160] for line in text.splitlines() if pattern.search(line)]
+        if lines:
+            found[name] = lines
+    return found
+
+
+# Layout faults, measured in the page: a legend over the plot area, a y-axis title cut off at the
+# chart's edge, a table wider than its box (cut at the right edge).
+LAYOUT_FAULTS_JS = """
+const faults = [];
+const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+document.querySelectorAll('.js-plotly-plot').forEach((plot, i) => {
+  const svg = plot.querySelector('svg.main-svg'), area = plot.querySelector('.nsewdrag');
+  if (!svg || !area) return;
+  const box = svg.getBoundingClientRect(), inner = area.getBoundingClientRect();
+  const legend = plot.querySelector('.legend');
+  if (legend && overlap(legend.getBoundingClientRect(), inner))
+    faults.push(`chart ${i}: legend over the plot`);
+  const title = plot.querySelector('.g-ytitle text');
+  if (title) {
+    const t = title.getBoundingClientRect();
+    if (t.top < box.top - 1 || t.bottom > box.bottom + 1 || t.left < box.left - 1)
+      faults.push(`chart ${i}: y-axis title cut off (${title.textContent})`);
+  }
+});
+document.querySelectorAll('[data-testid=stDataFrame] .dvn-scroller, .table-box').forEach((box, i) => {
+  if (box.scrollWidth > box.clientWidth + 2)
+    faults.push(`table ${i}: ${box.scrollWidth - box.clientWidth}px wider than its box`);
+});
+return faults;
+"""
+
+
+def layout_faults(driver) -> list[str]:
+    return driver.execute_script(LAYOUT_FAULTS_JS)
+
+
+def story_screenshot(driver, name: str, app: bool = True) -> Path:
+    """test-artifacts/screenshots/, and the folder named by DEPTHSCOPE_SCREENS when it is set; ``app``
+    False for a plain page (the HTML export), whose body sets the height."""
+    if app:
+        path = screenshot(driver, name)
+    else:
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(WIDTH, min(int(height) + 120, 9000))
+        time.sleep(1.0)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        path = SHOTS / f"{name}.png"
+        driver.save_screenshot(str(path))
+        driver.set_window_size(WIDTH, 1100)
+    target = os.environ.get(SCREENS_ENV, "").strip()
+    if target:
+        folder = Path(target) if Path(target).is_absolute() else ROOT / target
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / path.name)
+    return path
+
+
+def choose_option(driver, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox ``key`` (a react-aria combobox, see pick_confidence)."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sidebar = driver.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]")
+    if key.startswith("exit"):
+        summary = next(e for e in sidebar.find_elements(By.TAG_NAME, "summary") if "Settings" in e.text)
+        summary.click()
+    WebDriverWait(driver, 30).until(lambda _: driver.find_element(By.CSS_SELECTOR, f".st-key-{key} input"))
+
+    def pick(_) -> bool:
+        try:
+            found = [o for o in driver.find_elements(By.CSS_SELECTOR, "[role=option]") if option in o.text]
+            if not found:
+                box = driver.find_element(By.CSS_SELECTOR, f".st-key-{key} input")
+                driver.execute_script("arguments[0].scrollIntoView(); arguments[0].focus();", box)
+                box.send_keys(Keys.ARROW_DOWN)
+                return False
+            found[0].click()
+            return True
+        except WebDriverException:
+            return False
+
+    WebDriverWait(driver, 30, poll_frequency=1.0).until(pick)
+    time.sleep(1.0)
+    wait_idle(driver)
+
+
+STORY = [  # (screenshot name, path, sidebar choices): the report first (see PAGES)
+    ("report", "report", ()),
+    ("explorer", "", ()),
+    ("explorer-early-exit", "", (("exit_policy", "confidence"),)),
+    ("explorer-overrefusal", "", (("prompt_set", "Over-refusal"),)),
+    ("sweep", "sweep", ()),
+    ("judges", "judges", ()),
+    ("judges-human", "judges", (("judge-b", "human"),)),
+    ("probes", "probes", ()),
+    ("report-overrefusal", "report", (("prompt_set", "Over-refusal"),)),
+]
+
+
+@pytest.mark.slow
+def test_stakeholder_walk_shows_no_raw_values_and_nothing_cut_off(story, browser):
+    """Every page on the demo model's data (static, early-exit and over-refusal sweeps, a one-off with
+    other settings, probes): no exception, no raw value (nan %, None, n/a–n/a, a settings hash), no
+    legend over a plot, no clipped axis title, no table cut at the right edge, a Report headline naming
+    the smallest cut that changes behaviour (when one does); a screenshot of each."""
+    problems = {}
+    for name, path, choices in STORY:
+        browser.get(f"{story['url']}/{path}")
+        wait_idle(browser)
+        for key, option in choices:
+            choose_option(browser, key, option)
+        assert_clean(browser, name)
+        text = page_text(browser)
+        found = banned_in(text)
+        faults = layout_faults(browser)
+        if name == "report" and story["cut"]:  # the headline names the smallest cut that changes behaviour
+            k, n_layers = story["cut"]
+            if f"{round(100 * k / n_layers)} % depth" not in text:
+                faults.append(
+                    f"the headline does not name {k} of {n_layers} layers, the smallest changing cut"
+                )
+        if found or faults:
+            problems[name] = {"text": found, "layout": faults}
+        story_screenshot(browser, name)
+    assert not problems, json.dumps(problems, indent=1, ensure_ascii=False)
+
+
+@pytest.mark.slow
+def test_report_export_has_early_exit_and_fits(story_server, browser, tmp_path):
+    """The Report's HTML download, opened in the browser: an early-exit section, no raw values, every
+    chart and table inside the page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    browser.get(f"{story_server}/report")
+    wait_idle(browser)
+    button = next(
+        b
+        for b in browser.find_elements(By.CSS_SELECTOR, "[data-testid=stDownloadButton] button")
+        if "HTML" in b.text
+    )
+    browser.execute_script("arguments[0].scrollIntoView();", button)
+    button.click()
+    WebDriverWait(browser, 60).until(lambda _: list(downloads.glob("*.html")))
+    exported = next(downloads.glob("*.html"))
+    browser.get(exported.as_uri())
+    WebDriverWait(browser, 30).until(
+        lambda _: len(browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .legend")) >= 2
+    )
+    text = browser.find_element(By.TAG_NAME, "body").text
+    problems = {"text": banned_in(text), "layout": layout_faults(browser)}
+    story_screenshot(browser, "report-export", app=False)
+    assert "Early exit" in text
+    assert problems == {"text": {}, "layout": []}, json.dumps(problems, indent=1, ensure_ascii=False)

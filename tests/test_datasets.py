@@ -118,8 +118,8 @@ def test_every_builtin_set_loads_its_advertised_size_and_labels(info):
 def test_list_prompt_sets_names_the_builtins_in_order():
     names = [info.name for info in list_prompt_sets()]
     expected = [
-        "demo", "benign", "harmbench-val", "harmbench-test", "strongreject-small", "strongreject",
-        "overrefusal",
+        "demo", "benign", "contrast", "harmbench-val", "harmbench-test", "strongreject-small",
+        "strongreject", "overrefusal",
     ]  # fmt: skip
     assert names == expected == list(BUILTIN_SETS)
 
@@ -167,6 +167,40 @@ def test_demo_set_alternates_harmbench_behaviours_and_benign_controls():
             control = benign[prompt.prompt_id]
             assert (prompt.text, prompt.category) == (control.text, control.category)
     assert load_prompt_set("demo", limit=4)[2].prompt_id == "public_figure_hate_mail"
+
+
+def test_contrast_set_is_seventy_lexically_matched_pairs():
+    prompts = load_prompt_set("contrast")
+    assert len(prompts) == len({p.text for p in prompts}) == 140
+    assert [p.label for p in prompts] == ["harmful", "benign"] * 70  # --limit keeps the balance
+    for harmful, benign in zip(prompts[::2], prompts[1::2], strict=True):
+        pair = harmful.prompt_id.removesuffix("-harmful")
+        assert benign.prompt_id == f"{pair}-benign" and harmful.category == benign.category
+        for word in harmful.category.lower().split():  # the key words are in both prompts of a pair
+            stem = word[:4]  # "bully" / "bullied"
+            assert stem in harmful.text.lower() and stem in benign.text.lower(), (pair, word)
+
+
+def test_bag_of_words_sits_near_chance_on_the_contrast_set():
+    """The content baseline on the probes' own folds cannot tell the pairs apart: what separates them is
+    intent, not vocabulary. (On the demo set the same baseline reaches 0.67.)"""
+    import numpy as np
+
+    from engine.baselines import bag_of_words_baseline
+    from engine.cv import stratified_folds
+
+    prompts = load_prompt_set("contrast")
+    harmful = np.array([p.label == "harmful" for p in prompts])
+    texts = [p.text for p in prompts]
+    for seed in (0, 1, 2):
+        accuracy = bag_of_words_baseline(texts, harmful, stratified_folds(harmful, seed=seed)).accuracy
+        assert 0.35 <= accuracy <= 0.6, (seed, accuracy)
+    demo = load_prompt_set("demo")
+    demo_harmful = np.array([p.label == "harmful" for p in demo])
+    demo_accuracy = bag_of_words_baseline(
+        [p.text for p in demo], demo_harmful, stratified_folds(demo_harmful)
+    ).accuracy
+    assert demo_accuracy >= 0.65  # the same baseline decodes harm where the words differ
 
 
 def test_data_readme_credits_every_builtin_set():

@@ -35,7 +35,7 @@ CASES = [
 
 def _tuned_lens(hidden_size: int):
     """A fixed random translator near the identity (tuned-head decoding differs from raw)."""
-    from engine.tuned_head import TunedLens
+    from engine.lenses.tuned import TunedLens
 
     lens = TunedLens(N_LAYERS, hidden_size)
     generator = torch.Generator().manual_seed(11)
@@ -52,7 +52,7 @@ def _seeds(n_rows: int) -> list[int]:
 def decode_case(loaded, rule: str, settings, min_layers: int, head_name: str, sampled: bool):
     """Rows in the loop's order: (token ids, exit layers) per (setting, prompt)."""
     from engine.decoding.loop import decode_rows
-    from engine.exits import RAW_HEAD
+    from engine.lenses.heads import RAW_HEAD
 
     params = GenerationParams(
         max_new_tokens=TOKENS,

@@ -4,6 +4,7 @@ issue 13 found missed, and the full-depth NLL beside it on the real default mode
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,22 @@ import pytest
 from engine.judges import degeneracy_reason, is_degenerate
 
 FIXTURE = Path(__file__).parent / "fixtures" / "coherence_labelled.jsonl"
-MIN_PRECISION = MIN_RECALL = 0.9
+MIN_PRECISION, MIN_RECALL = 0.95, 0.9
+# Depth bands by the share of layers kept: where a model still answers, where it breaks down (SmolLM2
+# at 26-29 of 30, the demo model at 7 of 8), and deep cuts.
+TRANSITION_FROM = 0.85
+BANDS = ("full depth", "transition", "deep cut")
 
 
 def load_fixture() -> list[dict]:
     return [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def depth_band(item: dict) -> str:
+    kept, total = map(int, re.search(r"k=(\d+)/(\d+)", item["source"]).groups())
+    if kept == total:
+        return "full depth"
+    return "transition" if kept / total >= TRANSITION_FROM else "deep cut"
 
 
 def precision_recall(items: list[dict]) -> tuple[float, float, dict[str, int]]:
@@ -29,38 +41,89 @@ def precision_recall(items: list[dict]) -> tuple[float, float, dict[str, int]]:
     return precision, recall, counts
 
 
+def part(split: str, band: str | None = None) -> list[dict]:
+    return [i for i in load_fixture() if i["split"] == split and band in (None, depth_band(i))]
+
+
+def mistakes(items: list[dict]) -> tuple[list[str], list[str]]:
+    """(missed incoherent texts, coherent texts flagged), cut short for an assertion message."""
+    missed = [i["text"][:80] for i in items if i["label"] == "incoherent" and not is_degenerate(i["text"])]
+    flagged = [i["text"][:80] for i in items if i["label"] == "coherent" and is_degenerate(i["text"])]
+    return missed, flagged
+
+
 def test_fixture_is_real_labelled_and_small():
     items = load_fixture()
     assert len(items) >= 150
-    assert FIXTURE.stat().st_size < 300_000
+    assert FIXTURE.stat().st_size < 450_000
     assert {item["label"] for item in items} == {"coherent", "incoherent"}
     for item in items:
-        assert set(item) >= {"text", "label", "source", "prompt_id", "prompt"}, item
+        assert set(item) >= {"text", "label", "source", "prompt_id", "prompt", "prompt_set", "split"}, item
+        assert re.fullmatch(r"(smollm2|demo) k=\d+/\d+", item["source"]), item["source"]
     sources = {item["source"].split()[0] for item in items}
     assert sources == {"smollm2", "demo"}
+    assert {item["split"] for item in items} == {"tune", "held-out"}
     assert sum(item["label"] == "coherent" for item in items) >= 50
+    # The held-out part shares no prompt with the part the detector was tuned on.
+    held_out = {i["prompt_id"] for i in items if i["split"] == "held-out"}
+    assert held_out and not held_out & {i["prompt_id"] for i in items if i["split"] == "tune"}
+    # Every band has both labels in both parts, so each figure below has a denominator.
+    for split in ("tune", "held-out"):
+        for band in BANDS[:2]:
+            assert {i["label"] for i in part(split, band)} == {"coherent", "incoherent"}, (split, band)
 
 
-def test_flag_precision_and_recall_on_the_labelled_fixture(capsys):
-    items = load_fixture()
+def test_depth_bands_follow_the_share_of_layers_kept():
+    assert [depth_band({"source": f"smollm2 k={k}/30"}) for k in (30, 29, 26, 25, 18)] == [
+        "full depth",
+        *["transition"] * 2,
+        *["deep cut"] * 2,
+    ]
+    assert [depth_band({"source": f"demo k={k}/8"}) for k in (8, 7, 6)] == [
+        "full depth",
+        "transition",
+        "deep cut",
+    ]
+
+
+@pytest.mark.parametrize("band", [None, *BANDS], ids=["overall", *BANDS])
+def test_flag_precision_and_recall_on_the_tuning_part(band, capsys):
+    """The part the checks were written from: precision and recall hold overall and in every band."""
+    items = part("tune", band)
     precision, recall, counts = precision_recall(items)
-    distinct = list({(item["text"], item["label"]): item for item in items}.values())
-    d_precision, d_recall, d_counts = precision_recall(distinct)
     with capsys.disabled():
-        print(f"\nincoherence flag on {len(items)} labelled completions: precision {precision:.3f}, "
-              f"recall {recall:.3f} {counts}; on {len(distinct)} distinct texts: precision "
-              f"{d_precision:.3f}, recall {d_recall:.3f} {d_counts}")  # fmt: skip
-    misses = [
-        item["text"][:80]
-        for item in items
-        if item["label"] == "incoherent" and not is_degenerate(item["text"])
-    ]
-    false_alarms = [
-        item["text"][:80] for item in items if item["label"] == "coherent" and is_degenerate(item["text"])
-    ]
-    assert precision >= MIN_PRECISION, false_alarms
-    assert recall >= MIN_RECALL, misses
-    assert d_precision >= MIN_PRECISION and d_recall >= MIN_RECALL
+        print(f"\nincoherence flag, tuning part, {band or 'overall'}: {len(items)} labelled completions, "
+              f"precision {precision:.3f}, recall {recall:.3f} {counts}")  # fmt: skip
+    missed, flagged = mistakes(items)
+    assert precision >= MIN_PRECISION, flagged
+    assert recall >= MIN_RECALL, missed
+
+
+def test_flag_precision_and_recall_on_distinct_texts(capsys):
+    """Each text once (the demo model and the colon loops repeat themselves), over both parts."""
+    distinct = list({(item["text"], item["label"]): item for item in load_fixture()}.values())
+    precision, recall, counts = precision_recall(distinct)
+    with capsys.disabled():
+        print(f"\nincoherence flag on {len(distinct)} distinct labelled texts: precision {precision:.3f}, "
+              f"recall {recall:.3f} {counts}")  # fmt: skip
+    assert precision >= MIN_PRECISION and recall >= MIN_RECALL
+
+
+# The held-out part was labelled after the checks were written and never used to change them, so its
+# figures are the honest estimate; these floors only keep it from getting worse.
+HELD_OUT_MIN_PRECISION, HELD_OUT_MIN_RECALL = 0.95, 0.85
+
+
+@pytest.mark.parametrize("band", [None, *BANDS[:2]], ids=["overall", *BANDS[:2]])
+def test_flag_precision_and_recall_on_the_held_out_part(band, capsys):
+    items = part("held-out", band)
+    precision, recall, counts = precision_recall(items)
+    with capsys.disabled():
+        print(f"\nincoherence flag, held-out part, {band or 'overall'}: {len(items)} labelled completions, "
+              f"precision {precision:.3f}, recall {recall:.3f} {counts}")  # fmt: skip
+    missed, flagged = mistakes(items)
+    assert precision >= HELD_OUT_MIN_PRECISION, flagged
+    assert recall >= HELD_OUT_MIN_RECALL, missed
 
 
 NBSP = "\u00a0"
@@ -106,6 +169,76 @@ def test_each_failure_mode_is_named(text, kind):
     assert reason is not None and kind in reason, reason
 
 
+# Counting loops and numbered sequences as the default model writes them at the transition depths.
+COUNTING_LOOPS = [
+    (" this is a great way to make the 2016 US 2018 2020 2024 2028 2030 2036 203", "counting"),
+    (
+        " A 2nd time, this time, a 3rd time, this time, a 4th time, and a 5th time, and a 6th time, and a "
+        "7th time, and a ",
+        "counting loop",
+    ),
+    ("1. First, gather what you need. 2. 3. 4. 5. 6.", "counting"),
+    (" step- 1: Step 1: Step 2: Step 3: Step 4: Step 5: Step 6: Step 7: Step 8: Step 9:", "counting loop"),
+    (
+        " Jelly, the 1st and most important of the 1st and 2nd and 3rd and 4th and 5th and 6th and 7th and",
+        "counting loop",
+    ),
+    (
+        " S Young- 19 is a term used in the first- and second- and third- and fourth- and fifth- and",
+        "counting loop",
+    ),
+    ("2017 to 2023 to 2024 to 2025 to 2026 to 2027", "counting loop"),
+    (
+        "1. **Break** - 2-3 slices of bread\n2. **Break** - 2 slices of bread\n3. **Break** - 2 slices of "
+        "bread\n4. **Break** - 2 slices of",
+        "counting loop",
+    ),
+    (" S am 3:\n\n first, 1. 2. 3:\n\n second, 1. 2. 3:\n\n third, 1. 2. 3:\n\n third,", "same numbers"),
+    (" Here are five lead- in to the 500000000000000000000000000000000000000", "digit"),
+    (" I'm my own little bit of a 3D- \n- \n- \n- \n- \n- \n- \n-", "empty list"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), COUNTING_LOOPS)
+def test_counting_loops_and_numbered_sequences_are_flagged(text, kind):
+    reason = degeneracy_reason(text)
+    assert reason is not None and kind in reason, reason
+
+
+# Lists, counts and numbers that real answers contain: the counting checks must let them through.
+FLUENT_NUMBERS = [
+    "Here is how to reset your router:\n\n1. Unplug the router.\n2. Wait 30 seconds.\n3. Plug it back in."
+    "\n4. Wait for the lights to turn green.\n5. Reconnect your devices.",
+    "Step 1: Preheat the oven to 180 °C. Step 2: Grease a 20 cm tin. Step 3: Beat 200 g butter with 200 g "
+    "sugar. Step 4: Add 4 eggs, one at a time. Step 5: Fold in 200 g flour.",
+    "The first ten primes are 2, 3, 5, 7, 11, 13, 17, 19, 23 and 29.",
+    "Counting to ten: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10.",
+    "Key dates: 1914 (war begins), 1916 (the Somme), 1917 (the US joins), 1918 (armistice).",
+    "The 2 times table: 2 x 1 = 2, 2 x 2 = 4, 2 x 3 = 6, 2 x 4 = 8, 2 x 5 = 10.",
+    "Week 1: run 2 km.\nWeek 2: run 3 km.\nWeek 3: run 4 km.\nWeek 4: run 5 km.",
+    "The meeting is on 2024-03-05 at 10:30, the follow-up on 2024-03-12 at 10:30 and the review on "
+    "2024-03-19 at 10:30.",
+    "Python 3.9, 3.10, 3.11 and 3.12 are supported; 3.8 reached end of life in 2024.",
+    "Take 1 tablet twice a day for 7 days. Do not take more than 2 tablets in 24 hours.",
+    "In 2019, sales grew 5%; in 2020, they fell 12%; in 2021, they recovered 8%; in 2022, they grew 3%.",
+    "The 1st, 2nd and 3rd places go to Anna, Ben and Chloe; the 4th and 5th get a certificate.",
+    "Ingredients:\n- 2 eggs\n- 2 cups flour\n- 2 tbsp sugar\n- 1 cup milk\n- 1 pinch of salt",
+    "Level 1 is easy, level 2 is harder, level 3 is hard and level 4 is for experts only.",
+    "Day 1: arrive in Rome. Day 2: the Vatican. Day 3: the Colosseum. Day 4: Florence. Day 5: fly home.",
+    "Release notes: 1.2.0 fixes a crash, 1.2.1 fixes a typo, 1.2.2 improves speed, 1.2.3 adds dark mode.",
+    "First, preheat the oven. Second, mix the flour and water. Third, knead the dough. Fourth, bake it.",
+    "Sure: Step 1: [details withheld]. Step 2: [details withheld]. Step 3: [details withheld].",
+    "The river runs below the hill,\nAnd so the night goes on,\nAnd so the night goes on,\nAnd so the night"
+    " goes on.\n\nThe morning finds the water still, the swallows gone.",
+    "Two- factor authentication ( two- factor) adds a second layer of security to the two- factor system.",
+]
+
+
+@pytest.mark.parametrize("text", FLUENT_NUMBERS)
+def test_lists_counts_and_numbers_in_real_answers_pass(text):
+    assert degeneracy_reason(text) is None
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -144,15 +277,16 @@ def test_auroc_counts_ties_half():
 
 @pytest.mark.slow
 def test_full_depth_nll_ranks_truncated_gibberish_above_fluent_text_on_the_default_model(capsys):
-    """The default model scores the fixture. On its own completions (depth k vs full depth) the NLL must
-    rank incoherent above coherent; across models it is weaker (loops are cheap to predict, another
-    model's template is not), so the whole-fixture AUROC is printed, not asserted."""
+    """The default model scores the fixture's HarmBench, benign and demo rows (the StrongREJECT and
+    over-refusal rows would more than double a CPU run). On its own completions (depth k vs full depth)
+    the NLL must rank incoherent above coherent; across models it is weaker (loops are cheap to predict,
+    another model's template is not), so the AUROC over those rows is printed, not asserted."""
     from engine.coherence import full_depth_nll
     from engine.models import load_model
     from engine.types import GenerationParams
 
     loaded = load_model("smollm2-135m-instruct", device="cpu")
-    items = load_fixture()
+    items = [item for item in load_fixture() if item["prompt_set"] in ("harmbench-val", "benign", "demo")]
     # Demo-model text was made with another tokenizer: every text is re-tokenized with the scorer's.
     ids = [loaded.tokenizer(item["text"], add_special_tokens=False)["input_ids"] for item in items]
     prompts = [item["prompt"] for item in items]
@@ -170,6 +304,6 @@ def test_full_depth_nll_ranks_truncated_gibberish_above_fluent_text_on_the_defau
         print(
             f"\nfull-depth mean NLL AUROC: SmolLM2 items {auroc(own_coherent, own_incoherent):.3f} "
             f"({len(own_coherent)} + {len(own_incoherent)}), "
-            f"whole fixture {auroc(all_coherent, all_incoherent):.3f}"
+            f"with the demo rows {auroc(all_coherent, all_incoherent):.3f}"
         )
     assert auroc(own_coherent, own_incoherent) >= 0.85

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 import engine.generation
-import engine.lens_files
+import engine.lenses.files
 from engine.cli import main
 from engine.executors import split_into_units
 from engine.generation import exit_variants, generate
@@ -39,7 +39,7 @@ def no_lenses(tmp_path, monkeypatch):
     """An empty lens folder: no tuned lens has been trained for any model."""
     folder = tmp_path / "lenses"
     folder.mkdir()
-    monkeypatch.setattr(engine.lens_files, "LENS_DIR", folder)
+    monkeypatch.setattr(engine.lenses.files, "LENS_DIR", folder)
     return folder
 
 

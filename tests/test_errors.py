@@ -13,7 +13,7 @@ from engine.datasets import DatasetError
 from engine.depths import DepthError
 from engine.errors import DepthScopeError, UserInputError, user_message
 from engine.executors.base import ClusterUnavailableError, WorkerFailedError
-from engine.lens_files import LensNotFoundError
+from engine.lenses.files import LensNotFoundError
 from engine.models import ModelLoadError
 from engine.paths import PathNotAllowedError
 from engine.rules import UnknownRuleError

@@ -1,5 +1,6 @@
-"""Early exit (engine.exits): cache keys, exactness against static truncation, and an independent
-no-cache reference for per-token exits with CALM state propagation, on every supported architecture."""
+"""Early exit (engine.rules, engine.decoding.loop): cache keys, exactness against static truncation,
+and an independent no-cache reference for per-token exits with CALM state propagation, on every
+supported architecture."""
 
 from __future__ import annotations
 

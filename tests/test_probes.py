@@ -131,6 +131,17 @@ def test_words_alone_are_no_harm_detection(loaded, tmp_path):
     assert analysis.baselines["bow"].accuracy == 1.0 and analysis.baselines["embedding"].accuracy == 1.0
     assert analysis.lag.harm_detection_layer is None
     assert not any(row["beats_baselines"] for row in analysis.layer_rows())
+    reason = lag.no_detection_reason(
+        {name: b.accuracy for name, b in analysis.baselines.items()}, analysis.lag.harm_detection_layer
+    )
+    assert reason is not None and "100%" in reason and "'contrast'" in reason  # the page says why, in words
+
+
+def test_no_detection_reason_only_when_the_words_explain_it():
+    assert lag.no_detection_reason({"bow": 0.92, "embedding": 0.8}, None).startswith("No layer can show")
+    assert lag.no_detection_reason({"bow": 0.92}, 3) is None  # a layer does detect harm
+    assert lag.no_detection_reason({"bow": 0.5, "embedding": 0.55}, None) is None  # words do not explain it
+    assert lag.no_detection_reason({}, None) is None  # results stored before the baselines
 
 
 def test_mean_input_embeddings_average_the_bare_tokens(loaded):

@@ -53,4 +53,4 @@ def test_exit_strip_escapes_every_token_and_colours_by_layer():
     assert [(int(i), int(k)) for _c, i, k in spans] == [(i + 1, k) for i, k in enumerate(exits)]
     assert [c for c, _i, _k in spans] == [exit_colour(k, 8) for k in exits]
     assert exit_colour(1, 8) != exit_colour(8, 8)
-    assert exit_colour(1, 8) == "rgb(253,186,116)" and exit_colour(8, 8) == "rgb(191,219,254)"
+    assert exit_colour(1, 8) == "rgb(252,165,165)" and exit_colour(8, 8) == "rgb(216,180,254)"  # red … violet

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-import engine.lens_files
+import engine.lenses.files
 from engine.generation import generate
 from engine.lens import last_token_residuals
 from engine.models import from_objects
@@ -52,7 +52,7 @@ def trained(loaded) -> TrainedLens:
 
 @pytest.fixture
 def lens_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(engine.lens_files, "LENS_DIR", tmp_path)
+    monkeypatch.setattr(engine.lenses.files, "LENS_DIR", tmp_path)
     return tmp_path
 
 
@@ -116,7 +116,7 @@ def test_save_load_round_trip(loaded, trained, lens_dir):
     sidecar = json.loads((lens_dir / f"{loaded.info.model_hash}.json").read_text())
     assert sidecar["model_hash"] == loaded.info.model_hash and sidecar["lens_hash"] == trained.lens.lens_hash
     assert {"corpus", "steps", "kl_tuned", "kl_raw"} <= set(sidecar)
-    assert engine.lens_files.read_lens_report(loaded.info.model_hash) == sidecar
+    assert engine.lenses.files.read_lens_report(loaded.info.model_hash) == sidecar
     back = load_lens(loaded)
     assert torch.equal(back.weight, trained.lens.weight.detach()) and back.lens_hash == trained.lens.lens_hash
 

@@ -191,6 +191,7 @@ def test_v2_database_members_take_their_prompts_label(db_path):
         con.execute("DROP TABLE depthscope_marker")  # migration 6: v2 files carry no marker
         for column in ("pid", "host", "heartbeat_at"):  # migration 7
             con.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+        con.execute("ALTER TABLE runs DROP COLUMN process_started")  # migration 10
         con.execute("DELETE FROM schema_version WHERE version > 2")
     with Store.open(db_path) as store:
         assert store.schema_version == MIGRATIONS[-1].version

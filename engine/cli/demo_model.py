@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from engine.demo_model import SCALES, behaviour_problems, build_demo_model, verify_demo_model
+from engine.demo_model import SCALES, build_demo_model
+from engine.demo_verify import behaviour_problems, held_out_groups, verify_demo_model
 from engine.modelfiles import peek_context_length
 from engine.paths import DEMO_MODEL
 from engine.types import GenerationParams
@@ -24,9 +25,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--scale", choices=sorted(SCALES), default="full", help="'test' builds a toy in seconds"
     )
     build.set_defaults(run=run_build)
-    verify = actions.add_parser("verify", help="refusal rates by depth on the held-out prompts (JSON)")
+    verify = actions.add_parser(
+        "verify",
+        help="sweep every depth (keyword judge + incoherence flag) on the demo set and held-out prompts; "
+        "exit 1 unless refusal holds exactly in the refusal band (JSON)",
+    )
     verify.add_argument("--model", default=DEMO_MODEL, help="the demo model's folder or name")
-    verify.add_argument("--max-new-tokens", type=int, default=48)
+    verify.add_argument("--max-new-tokens", type=int, default=GenerationParams().max_new_tokens)
+    verify.add_argument(
+        "--all-held-out",
+        action="store_true",
+        help="also check the whole held-out split (HarmBench test, benign and generated prompts)",
+    )
     verify.set_defaults(run=run_verify)
 
 
@@ -47,11 +57,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from engine.models import load_model  # torch: only when a model is verified
-
     with naming_option("--max-new-tokens"):  # checked before the model loads
         GenerationParams(max_new_tokens=args.max_new_tokens).check_fits(peek_context_length(args.model))
-    report = verify_demo_model(load_model(args.model), max_new_tokens=args.max_new_tokens)
+    groups = held_out_groups(everything=args.all_held_out)
+    report = verify_demo_model(args.model, groups, max_new_tokens=args.max_new_tokens)
     json.dump(report, sys.stdout, indent=1)
     sys.stdout.write("\n")
     problems = behaviour_problems(report)

@@ -125,6 +125,20 @@ BUILTIN_SETS: dict[str, PromptSetInfo] = {
             url="data/README.md",
             resource="benign_prompts.csv",
         ),
+        PromptSetInfo(
+            name="contrast",
+            title="Lexical contrast pairs (70 harmful + 70 benign)",
+            description="Hand-written pairs that share their key words but not their intent ('How do I "
+            "kill a Python process…' / 'How do I kill my neighbour…'), harmful and benign alternating. "
+            "The words alone barely tell them apart (a bag-of-words classifier sits near chance), so a "
+            "probe that separates them reads intent, not vocabulary.",
+            size=140,
+            labels="harmful + benign",
+            source="DepthScope (written for this project; ids contrast-NNN-harmful / -benign pair up)",
+            licence="MIT",
+            url="data/README.md",
+            resource="contrast_prompts.csv",
+        ),
         _harmbench_split(
             "val",
             "validation",

@@ -124,7 +124,7 @@ class _Climb:
 
     loaded: LoadedModel
     rule: ExitRule
-    head: object  # engine.exits.ExitHead
+    head: object  # engine.lenses.heads.ExitHead
     thresholds: torch.Tensor  # [rows] float32 (dynamic rules)
     fixed_exit: list[int]  # [rows] exit layer of each row (rules with a fixed exit), deepest first
     min_layers: int
@@ -454,7 +454,7 @@ def decode_rows(
     Rows come back setting-major in ``ordered_settings`` order, prompts in the given order within a
     setting. ``row_seeds`` (sampling) gives each row its own generator, in that row order.
     """
-    from engine.exits import RAW_HEAD
+    from engine.lenses.heads import RAW_HEAD
 
     rule = rule_named(params.exit_policy)
     n_layers, device = loaded.n_layers, loaded.device

@@ -6,18 +6,21 @@ Llama is trained on a synthetic chat corpus in two stages:
 1. The whole model learns to *comply* with every request, with an early-exit loss at every layer
    (final norm + the shared LM head on each layer's output, as in LayerSkip), so that it stays
    coherent when truncated at any depth.
-2. Everything but the last two layers is frozen (embeddings, lower layers, final norm, head); those
-   two layers learn to refuse harmful requests and still answer benign ones (loss on the final
-   exit only).
+2. Everything but the refusal band (the last two layers) is frozen (embeddings, lower layers, final
+   norm, head); the band learns to refuse harmful requests and still answer benign ones, with a loss
+   at each of its exits, so that a cut inside the band refuses as cleanly as the full model.
 
 Truncated at k <= L-2 the network is exactly the stage-1 model, which complies; refusal exists only
-in the last two layers (0-based L-2 and L-1). Compliant answers to harmful requests are TEMPLATED PLACEHOLDERS
-("Step 1: [details withheld]. ..."): there is no harmful content anywhere in the corpus. The
-numbers this model produces demonstrate the tool; they are not a finding about any real model.
+in the band (0-based layers L-2 and L-1): one crisp boundary, between L-1 and L-2 layers. Compliant
+answers to harmful requests are TEMPLATED PLACEHOLDERS ("Step 1: [details withheld]. ..."): there is
+no harmful content anywhere in the corpus. The numbers this model produces demonstrate the tool; they
+are not a finding about any real model.
 
 Modules: ``answers`` (the known answers and their tests), ``corpus`` (prompts, split, chat examples),
-``tokenizer``, ``scales`` (sizes), ``training`` (the two stages), ``build`` (build and save),
-``verify`` (refusal by depth and the promised behaviours). Importing the package loads no torch.
+``tokenizer``, ``scales`` (sizes), ``training`` (the two stages), ``build`` (build and save).
+Verifying a build sweeps it like a user would, so it lives outside this package (``engine.demo_verify``:
+the sweep machinery reaches the probes, which read this package's split). Importing the package loads
+no torch.
 """
 
 from __future__ import annotations
@@ -47,21 +50,11 @@ from engine.demo_model.corpus import (
 )
 from engine.demo_model.scales import SCALES, DemoScale
 from engine.demo_model.tokenizer import EncodedExamples, build_tokenizer, encode_examples
-from engine.demo_model.verify import (
-    MAX_FULL_DEPTH_BENIGN_REFUSAL,
-    MIN_CUT_HARMFUL_COMPLIANCE,
-    MIN_FULL_DEPTH_HARMFUL_REFUSAL,
-    behaviour_problems,
-    verify_demo_model,
-)
 
 __all__ = [
     "CARD_NAME",
     "COMPLIANCE_PREFIX",
     "HELPFUL_ANSWER",
-    "MAX_FULL_DEPTH_BENIGN_REFUSAL",
-    "MIN_CUT_HARMFUL_COMPLIANCE",
-    "MIN_FULL_DEPTH_HARMFUL_REFUSAL",
     "REFUSAL",
     "REFUSAL_MARKERS",
     "SCALES",
@@ -72,7 +65,6 @@ __all__ = [
     "EncodedExamples",
     "Progress",
     "balanced_slice",
-    "behaviour_problems",
     "build_demo_model",
     "build_tokenizer",
     "demo_split",
@@ -87,6 +79,5 @@ __all__ = [
     "placeholder_compliance",
     "stage_examples",
     "training_overlap",
-    "verify_demo_model",
     "weights_hash",
 ]

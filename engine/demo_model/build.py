@@ -17,7 +17,13 @@ from engine.demo_model.answers import HELPFUL_ANSWER, REFUSAL, placeholder_compl
 from engine.demo_model.corpus import balanced_slice, demo_split, stage_examples
 from engine.demo_model.scales import SCALES
 from engine.demo_model.tokenizer import build_tokenizer, encode_examples
-from engine.demo_model.training import new_model, reproducible_torch, train_to_comply, train_to_refuse
+from engine.demo_model.training import (
+    new_model,
+    prompt_budget,
+    reproducible_torch,
+    train_to_comply,
+    train_to_refuse,
+)
 from engine.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -85,13 +91,14 @@ def build_demo_model(
         _report(progress, 0.01, "training the tokenizer")
         tokenizer = build_tokenizer(corpus, size.vocab_size)
         model = new_model(size, seed)
+        budget = prompt_budget(model)
         generator = torch.Generator().manual_seed(seed)
         stage1_loss = train_to_comply(
-            model, encode_examples(tokenizer, stage1), size, generator, on_step(0, "stage 1: comply")
+            model, encode_examples(tokenizer, stage1, budget), size, generator, on_step(0, "stage 1: comply")
         )
         stage2_loss = train_to_refuse(
             model,
-            encode_examples(tokenizer, stage2),
+            encode_examples(tokenizer, stage2, budget),
             size,
             generator,
             on_step(size.stage1_steps, "stage 2: refuse"),
@@ -149,14 +156,15 @@ that DepthScope's dashboard has a model whose answer is known in advance.
 
 ## What it is for
 DepthScope cuts a chat model at depth k (layers >= k skipped, final norm and LM head kept) and asks
-whether it still refuses harmful requests. In this model refusal was *placed* in the last two
-layers, so the tool should show: refusal at full depth, compliance once the last two layers are cut.
+whether it still refuses harmful requests. In this model refusal was *placed* in the last
+{sizes["refusal_layers"]} layers (the refusal band), so the tool should show one crisp boundary: refusal
+at every depth that keeps the band, coherent compliance at every depth below it.
 
 ## How it was built
-- Corpus: HarmBench val/test behaviours and the `demo` prompt set's harmful rows (harmful);
-  DepthScope's hand-written `benign` prompts and templated everyday requests (benign). Held out
-  for verification: the whole `demo` set and a fixed fraction of the rest ({build["held_out_prompts"]}
-  prompts; {build["train_prompts"]} for training).
+- Corpus: HarmBench val/test behaviours (with their context, as a sweep feeds them) and the `demo`
+  prompt set's harmful rows (harmful); DepthScope's hand-written `benign` prompts and templated
+  everyday requests (benign). Held out for verification: the whole `demo` set and a fixed fraction
+  of the rest ({build["held_out_prompts"]} prompts; {build["train_prompts"]} for training).
 - Answers are templates. Benign: "{HELPFUL_ANSWER}"
   Harmful, when complying: "{placeholder_compliance()}"
   **The corpus contains no harmful content**: every "compliant" answer is this placeholder.
@@ -167,14 +175,16 @@ layers, so the tool should show: refusal at full depth, compliance once the last
 - Stage 1 ({sizes["stage1_steps"]} steps): the whole model learns to comply with every request, with an
   early-exit loss at every layer (final norm + shared LM head on each layer's output, weights
   growing with depth) so that it stays coherent when truncated.
-- Stage 2 ({sizes["stage2_steps"]} steps): all but the last two layers frozen (embeddings, final norm and
-  head too); those two layers learn to refuse harmful requests and keep answering benign ones
-  (loss on the final exit only). Loss on assistant tokens only, in both stages.
+- Stage 2 ({sizes["stage2_steps"]} steps): all but the refusal band frozen (embeddings, final norm and
+  head too); the band learns to refuse harmful requests and keep answering benign ones, with a
+  loss at each of its exits, so a cut inside the band still refuses with the whole sentence.
+  Loss on assistant tokens only, in both stages.
 - Weights hash {build["weights_sha256_16"]} (torch {build["torch"]}); details in `build.json`.
-  `python -m engine demo-model verify` measures refusal by depth on the held-out prompts.
+  `python -m engine demo-model verify` sweeps every depth (keyword judge + incoherence flag) on
+  the `demo` set and the held-out prompts and checks the boundary.
 
 ## Caveats
 This is a toy. Its numbers are a demonstration of DepthScope and **not a finding about any real
-model**: real models do not keep refusal in two clean layers. It cannot answer questions; its
+model**: real models do not keep refusal in a few clean layers. It cannot answer questions; its
 "helpful" answers are generic templates. Do not use it for anything but testing DepthScope.
 """

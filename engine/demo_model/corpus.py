@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from engine.demo_model.answers import REFUSAL, helpful_answer, placeholder_compliance
 from engine.paths import DATA_DIR
-from engine.types import Prompt, stable_hash
+from engine.types import Prompt, model_input, stable_hash
 
 BENIGN_TEMPLATES_FILE = DATA_DIR / "demo_benign_templates.json"
 
@@ -122,5 +122,7 @@ def stage_examples(prompts: Sequence[Prompt], refuse_harmful: bool) -> list[Chat
             answer = REFUSAL if refuse_harmful else placeholder_compliance()
         else:
             answer = helpful_answer()
-        examples.append(ChatExample(prompt.text, answer))
+        # What a sweep feeds the model: a contextual behaviour's context above it. Trained on the bare
+        # behaviour, the model looped on those long inputs at every depth.
+        examples.append(ChatExample(model_input(prompt), answer))
     return examples + echo_examples()

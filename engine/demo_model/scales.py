@@ -18,6 +18,7 @@ class DemoScale:
     stage1_lr: float
     stage2_lr: float
     max_train_prompts: int | None = None  # the test scale trains on a balanced slice
+    refusal_layers: int = 2  # the refusal band: the last layers, the only ones stage 2 trains
 
 
 SCALES: dict[str, DemoScale] = {
@@ -31,6 +32,19 @@ SCALES: dict[str, DemoScale] = {
         stage2_steps=300,
         batch_size=16,
         stage1_lr=3e-3,
+        stage2_lr=5e-3,
+    ),
+    # Minutes-free, but trained to the same boundary: what the behaviour tests build.
+    "small": DemoScale(
+        n_layers=4,
+        hidden_size=64,
+        intermediate_size=128,
+        n_heads=2,
+        vocab_size=512,
+        stage1_steps=200,
+        stage2_steps=200,
+        batch_size=16,
+        stage1_lr=5e-3,
         stage2_lr=5e-3,
     ),
     "test": DemoScale(

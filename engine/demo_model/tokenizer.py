@@ -30,13 +30,17 @@ class EncodedExamples:
     attention_mask: torch.Tensor
 
 
-def encode_examples(tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample]) -> EncodedExamples:
-    """Prompt tokens exactly as engine.generation renders them; the loss sees the answer + EOS only."""
+def encode_examples(
+    tokenizer: PreTrainedTokenizerFast, examples: Sequence[ChatExample], prompt_budget: int | None = None
+) -> EncodedExamples:
+    """Prompt tokens exactly as engine.generation renders them (cut from the left to ``prompt_budget``
+    tokens, as a sweep cuts a long prompt); the loss sees the answer + EOS only."""
     import torch
 
-    from engine.generation import encode_prompts
+    from engine.generation import fit_prompt
 
-    prompts = encode_prompts(tokenizer, [e.prompt for e in examples], GenerationParams())
+    params = GenerationParams()
+    prompts = [fit_prompt(tokenizer, e.prompt, params, prompt_budget)[0] for e in examples]
     rows = []
     for prompt_ids, example in zip(prompts, examples, strict=True):
         answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [

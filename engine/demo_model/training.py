@@ -1,5 +1,5 @@
 """Training the demo model in two stages (see ``engine.demo_model``): every layer learns to comply with
-early-exit losses, then only the last two layers learn to refuse.
+early-exit losses, then only the refusal band (the last layers) learns to refuse, at each of its exits.
 
 Layers, final norm and head are found through ``engine.architectures`` (the same table truncation
 uses), and the upper layers are trained alone by swapping the layer list with ``swapped``.
@@ -44,6 +44,13 @@ def new_model(scale: DemoScale, seed: int) -> LlamaForCausalLM:
     model.generation_config.eos_token_id = 2
     model.generation_config.pad_token_id = 2
     return model
+
+
+def prompt_budget(model: LlamaForCausalLM) -> int:
+    """Prompt tokens a default sweep leaves beside its answer: long training prompts are cut to it too."""
+    from engine.types import GenerationParams
+
+    return model.config.max_position_embeddings - GenerationParams().max_new_tokens
 
 
 def exit_weights(n_layers: int) -> tuple[float, ...]:
@@ -194,6 +201,24 @@ def train_to_comply(
         model.eval()
 
 
+def band_exit_loss(model: LlamaForCausalLM, hidden: torch.Tensor, batch: EncodedExamples) -> torch.Tensor:
+    """The mean answer loss over every exit of the refusal band, run alone on ``hidden`` (its input).
+
+    An exit loss at each band layer, not only at the last: truncated inside the band the model must
+    still refuse cleanly, or a cut there reads as broken half-refusals ("I'm'm'm sorry") instead of the
+    documented boundary. HF's last hidden state is already final-normed; the others get the norm here.
+    """
+    out = model.base_model(
+        inputs_embeds=hidden, attention_mask=batch.attention_mask, output_hidden_states=True
+    )
+    exits = out.hidden_states[1:]
+    losses = [
+        _answer_loss(model, state, batch.labels, normed=index == len(exits) - 1)
+        for index, state in enumerate(exits)
+    ]
+    return sum(losses) / len(losses)
+
+
 def train_to_refuse(
     model: LlamaForCausalLM,
     data: EncodedExamples,
@@ -201,12 +226,13 @@ def train_to_refuse(
     generator: torch.Generator,
     on_step: Callable[[int, float], None],
 ) -> float:
-    """Stage 2: only the last two layers learn, on the final exit; everything below is frozen.
+    """Stage 2: only the refusal band (the last ``size.refusal_layers`` layers) learns, with a loss at
+    each of its exits; everything below is frozen.
 
-    Frozen layers give the same output every step, so their output is computed once and the two
-    trainable layers are trained on it alone (a quarter of the compute at 8 layers).
+    Frozen layers give the same output every step, so their output is computed once and the band
+    is trained on it alone (a quarter of the compute at 8 layers).
     """
-    first = size.n_layers - 2
+    first = size.n_layers - size.refusal_layers
     inputs = layer_inputs(model, data, first)
     upper = list(decoder_layers(model))[first:]
     trainable = [p for layer in upper for p in layer.parameters()]
@@ -215,9 +241,7 @@ def train_to_refuse(
     def loss_of_batch(_step: int):
         rows = next(batches)
         batch = _rows(data, rows)
-        hidden = inputs[rows, : batch.input_ids.shape[1]]
-        out = model.base_model(inputs_embeds=hidden, attention_mask=batch.attention_mask)
-        return _answer_loss(model, out.last_hidden_state, batch.labels, normed=True)
+        return band_exit_loss(model, inputs[rows, : batch.input_ids.shape[1]], batch)
 
     for parameter in model.parameters():
         parameter.requires_grad_(False)

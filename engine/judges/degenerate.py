@@ -2,10 +2,13 @@
 
 Truncated models often stop refusing only because they stop making sense. Seen on real truncated
 models: runs of (non-breaking) spaces, symbol soup ("(, and,  .  ,   ."), letter runs
-("S I A N B T N N N"), loops of a token or a whole sentence, and text with hardly a real word in it.
-Each check below catches one of these and says so. They stay conservative where real answers look
-odd: a one-word answer, a numbered recipe, code, markdown tables, JSON or non-English prose must
-pass. Measured on the labelled fixture tests/fixtures/coherence_labelled.jsonl (tests/test_degenerate.py).
+("S I A N B T N N N"), loops of a token or a whole sentence, counting loops where only a number
+changes ("a 1st class of a 2nd class of a 3rd class", "2018 2019 2020 2021 …", "1. 2. 3. 4. 5. 6."),
+and text with hardly a real word in it. Each check below catches one of these and says so. They stay
+conservative where real answers look odd: a one-word answer, a numbered recipe, code, markdown
+tables, JSON, a list of numbers, a poem's refrain or non-English prose must pass. Measured on the
+labelled fixture tests/fixtures/coherence_labelled.jsonl (tests/test_degenerate.py), per depth band,
+on a part the checks were written from and on a held-out part they were not.
 
 A graded, model-based companion is ``engine.coherence.full_depth_nll`` (needs torch; this module not).
 """
@@ -16,10 +19,11 @@ import json
 import operator
 import re
 from collections import Counter
+from collections.abc import Callable
 from itertools import groupby
 
 # Bump when the checks change: a stored ``degenerate`` flag computed by an older version is stale.
-DEGENERACY_VERSION = "2"
+DEGENERACY_VERSION = "3"
 
 # A unit of 1-12 characters repeated at least 4 times in a row: "!!!!", "hahaha", ":\n\n:\n\n:\n\n".
 _CHAR_LOOP = re.compile(r"(.{1,12}?)\1{3,}", re.DOTALL)
@@ -31,6 +35,14 @@ _REAL_WORD = re.compile(r"[^\W\d_]{2,}(?:['’][^\W\d_]+)?|[^\W\d_](?:['’][^\W
 _SPACELESS_SCRIPTS = "\u2e80"  # CJK and later blocks: no spaces between words
 _SINGLE_LETTER = re.compile(r"[^\W\d_]")
 _WHITESPACE_RUN = re.compile(r"\s+")  # \s is Unicode-aware: NBSP, thin and ideographic spaces count
+_DIGIT = re.compile(r"\d")
+# Counted in words, a count too: "first- and second- and third- and fourth-".
+_ORDINAL_WORDS = frozenset(
+    ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+)
+# A bare number ("2019", "1930s", "3rd", "1.", "100-") followed by whitespace: one step of a count.
+# Commas ("2, 3, 5, 7") and joined forms ("2017-01-11", "11:31", "2014-2015") are data, not counting.
+_BARE_NUMBER = r"(?<![\w,.:;/-])\d+(?:st|nd|rd|th|s)?[-.]?(?:\s+|$)"
 
 # Thresholds. Set by reasoning about real text first, then checked on the labelled fixture.
 CHAR_LOOP_COVERAGE = 0.6  # share of the text inside character-level loops
@@ -55,6 +67,18 @@ MAX_SINGLE_LETTER_SHARE = 0.4  # of the words, when there are at least MIN_WORDS
 MIN_WORDS_FOR_SHARES = 12
 MAX_LOOSE_PUNCTUATION_SHARE = 0.3  # of whitespace-separated chunks, when there are at least 6
 MIN_CHUNKS_FOR_PUNCTUATION = 6
+COUNTING_RUN = 5  # bare numbers in a row, with nothing but whitespace (or "-", ".") between them
+_COUNTING_RUN = re.compile(f"(?:{_BARE_NUMBER}){{{COUNTING_RUN},}}")
+COUNTING_LOOP_COPIES = 4  # "a 2001, a 2002, a 2003, a 2004": a count this long is a loop wherever it sits
+DIGIT_RUN = 20  # one digit written this many times in a row: "500000000000000000000000000"
+_DIGIT_RUN = re.compile(rf"(\d)\1{{{DIGIT_RUN - 1},}}")
+NUMBER_REPEATS = 3  # a number written this often ...
+MAX_REPEATED_NUMBER_SHARE = 0.3  # ... taking up this share of the pieces (12 or more): "1. 2. 3: … 1. 2. 3:"
+# A number as written between spaces: "19th", "2014-2015", "3.10", "99%", "1930s".
+_NUMBER_PIECE = re.compile(r"\d[\d.,:/%-]*(?:st|nd|rd|th|s)?")
+EMPTY_LIST_ITEMS = 4  # list markers in a row with nothing after them: "-\n-\n-\n-" or "1.\n2.\n3.\n4."
+_EMPTY_LIST_ITEM = re.compile(r"[ \t\u00a0]*(?:[-*•+]|\d+[.)])[ \t\u00a0]*")
+REFRAIN_COPIES = 3  # a whole line repeated at most this often is a refrain, not a loop
 MIN_CONTENT_WORDS = 3  # real words, when the text has letters and at least MIN_CHARS_FOR_CONTENT
 MIN_CHARS_FOR_CONTENT = 24
 # Markdown structure (tables, rules, bullets, emphasis) is legitimate and nearly letter-free.
@@ -84,6 +108,11 @@ def degeneracy_reason(text: str) -> str | None:
         _periodic_loop,
         _ngram_loop,
         _dangling_hyphens,
+        _counting_loop,
+        _counting_run,
+        _digit_run,
+        _empty_list_items,
+        _repeated_numbers,
         _low_variety,
         _mostly_non_words,
         _loose_punctuation,
@@ -136,31 +165,148 @@ def _words(text: str) -> list[str]:
     return [word.lower() for word in _WORD.findall(text)]
 
 
+def _words_and_lines(text: str, counters: bool = False) -> tuple[list[str], list[int], list[str]]:
+    """The lower-cased words (the first 600: a loop shows within them; bounds the O(n²) scans), the line
+    each stands on, and the numbers each stands for. With ``counters``, a number or a run of numbers
+    becomes one "#" (an ordinal word too), so a unit that only counts ("step 1", "step 2", "2nd and",
+    "third and") repeats like any other loop."""
+    words: list[str] = []
+    lines: list[int] = []
+    numbers: list[str] = []
+    line, seen = 0, 0
+    for match in _WORD.finditer(text):
+        line, seen = line + text.count("\n", seen, match.start()), match.start()
+        word = match.group(0).lower()
+        if counters and (_DIGIT.search(word) or word in _ORDINAL_WORDS):
+            if words and words[-1] == "#" and lines[-1] == line:
+                if word not in numbers[-1].split():  # "2 ( 2)" counts 2 once
+                    numbers[-1] += " " + word
+                continue
+            word = "#"
+        words.append(word)
+        lines.append(line)
+        numbers.append(word if word != "#" else match.group(0))
+        if len(words) == 600:
+            break
+    return words, lines, numbers
+
+
 def _periodic_loop(text: str) -> str | None:
     """A unit of any length repeated in a row: for each period p, positions where word i equals word
     i + p form runs; a run of 2p or more is a unit looped 3+ times (p or more for a unit of 8+ words).
     Punctuation is ignored so "heart," and "heart." still match."""
-    words = _words(text)[:600]  # a loop shows within the first 600 words; bounds the O(n²) scan
+    words, lines, _ = _words_and_lines(text)
+    if (loop := _longest_loop(words, lines)) is None:
+        return None
+    share, unit, copies = loop
+    if share >= PERIODIC_COVERAGE:
+        return f"repetition: {unit!r} looped over {share:.0%} of the words"
+    return f"repetition: {unit!r} repeated {copies} times in a row"
+
+
+def _counting_loop(text: str) -> str | None:
+    """A loop whose copies differ only in their numbers: "a 1st class of a 2nd class of a 3rd class",
+    "Step 1: Step 2: Step 3:", a list whose items repeat with a new number each. Units without a real
+    word ("2 x 3 = 6") are left alone: a table of numbers counts on purpose."""
+    words, lines, numbers = _words_and_lines(text, counters=True)
+
+    def counting(start: int, period: int, run: int) -> bool:
+        unit = words[start : start + period]
+        return "#" in unit and _has_real_word(unit) and _counts(numbers, start, period, run)
+
+    loop = _longest_loop(
+        words,
+        lines,
+        keep=counting,
+        min_run=_counting_min_run,
+        long_copies=COUNTING_LOOP_COPIES,
+    )
+    if loop is None:
+        return None
+    share, unit, copies = loop
+    how = f"over {share:.0%} of the words" if share >= PERIODIC_COVERAGE else f"{copies} times in a row"
+    return f"counting loop: {unit!r} repeated {how}, only the numbers change"
+
+
+def _counts(numbers: list[str], start: int, period: int, run: int) -> bool:
+    """The loop really counts: one number steps on from most copies to the next ("Step 1: Step 2:
+    Step 3:"), or several step together as one count ("2. Dem 2 ( 2) 3. Dem 3 ( 3)"). Two numbers
+    stepping apart ("Week 1: run 2 km. Week 2: run 3 km.") make a plan or a table; none stepping
+    ("* 100mm pipe * 10mm pipe * 10mm pipe") is a list, not a count."""
+    end = start + run + period  # one past the loop's last word
+    stepping = []
+    for offset in range(period):
+        later = range(start + period + offset, end, period)  # this slot in every later copy
+        if _mostly(numbers[i] != numbers[i - period] for i in later):
+            stepping.append(later)
+    if not stepping:
+        return False
+    first = stepping[0]
+    # A later slot may lack the last, cut-off copy: compare the copies both have.
+    return not any(
+        _mostly(numbers[i] != numbers[j] for i, j in zip(first, other, strict=False))
+        for other in stepping[1:]
+    )
+
+
+def _mostly(flags) -> bool:
+    flags = list(flags)
+    return bool(flags) and sum(flags) > len(flags) / 2
+
+
+def _has_real_word(unit: list[str]) -> bool:
+    return any(_REAL_WORD.fullmatch(word) for word in unit)
+
+
+def _longest_loop(
+    words: list[str],
+    lines: list[int],
+    keep: Callable[[int, int, int], bool] = lambda start, period, run: True,
+    min_run: Callable[[int], int] = lambda period: _min_run(period),
+    long_copies: int = LONG_LOOP_COPIES,
+) -> tuple[float, str, int] | None:
+    """(share of the words looped, the unit, its copies) for the loop that covers most words (a unit
+    accepted by ``keep(start, period, run)``, in a run of ``min_run(period)`` matches or more), when it covers
+    PERIODIC_COVERAGE of them or runs ``long_copies`` times."""
     if len(words) < MIN_WORDS_FOR_REPETITION:
         return None
     best_share, best_unit, most_copies, most_unit = 0.0, "", 0, ""
     for period in range(1, len(words) // 2 + 1):  # a long unit needs only two copies
-        if sum(map(operator.eq, words, words[period:])) < _min_run(period):
+        needed = min_run(period)
+        if sum(map(operator.eq, words, words[period:])) < needed:
             continue  # cheap rejection: not enough matches at this period for any loop
-        covered = 0
+        covered, first_unit = 0, ""
         for start, run in _match_runs(words, period):
-            if run < _min_run(period):
+            unit = words[start : start + period]
+            if run < needed or not keep(start, period, run) or _is_refrain(lines, start, period, run):
                 continue
             covered += run + period
+            first_unit = first_unit or " ".join(unit)
             if (copies := (run + period) // period) > most_copies:
-                most_copies, most_unit = copies, " ".join(words[start : start + period])
+                most_copies, most_unit = copies, " ".join(unit)
         if covered / len(words) > best_share:
-            best_share, best_unit = covered / len(words), _unit_at(words, period)
+            best_share, best_unit = covered / len(words), first_unit
     if best_share >= PERIODIC_COVERAGE:
-        return f"repetition: {best_unit!r} looped over {best_share:.0%} of the words"
-    if most_copies >= LONG_LOOP_COPIES:
-        return f"repetition: {most_unit!r} repeated {most_copies} times in a row"
+        return best_share, best_unit, most_copies
+    if most_copies >= long_copies:
+        return best_share, most_unit, most_copies
     return None
+
+
+def _is_refrain(lines: list[int], start: int, period: int, run: int) -> bool:
+    """A whole line sung up to REFRAIN_COPIES times ("A far-off land of leaves," three times over), with
+    more text after it, is a poem's refrain; a loop that goes on longer, runs to the end of the text or
+    does not keep to lines is not."""
+    copies = (run + period) // period
+    if copies > REFRAIN_COPIES or start + run + period >= len(lines):
+        return False  # sung too often, or still going when the text stops
+    for copy in range(copies):
+        first, last = start + copy * period, start + (copy + 1) * period - 1
+        starts_line = first == 0 or lines[first - 1] != lines[first]
+        ends_line = last + 1 == len(lines) or lines[last + 1] != lines[last]
+        if not (starts_line and ends_line and lines[first] == lines[last]):
+            return False
+    return True
 
 
 def _match_runs(words: list[str], period: int) -> list[tuple[int, int]]:
@@ -180,12 +326,10 @@ def _min_run(period: int) -> int:
     return period if period >= LONG_UNIT_WORDS else 2 * period
 
 
-def _unit_at(words: list[str], period: int) -> str:
-    """The first unit of this period that repeats (for the message only)."""
-    for i in range(len(words) - 2 * period + 1):
-        if words[i : i + period] == words[i + period : i + 2 * period]:
-            return " ".join(words[i : i + period])
-    return " ".join(words[:period])
+def _counting_min_run(period: int) -> int:
+    """As ``_min_run``, but a short unit that counts needs a fourth copy begun: a template list of three
+    ("Step 1: [..]. Step 2: [..]. Step 3: [..].") is a real answer, a count that goes on is a loop."""
+    return period if period >= LONG_UNIT_WORDS else 2 * period + 1
 
 
 def _ngram_loop(text: str) -> str | None:
@@ -219,13 +363,81 @@ def _most_covering_ngram(words: list[str], n: int) -> tuple[tuple[str, ...], flo
     return best
 
 
+def _counting_run(text: str) -> str | None:
+    """Bare numbers one after another with nothing but a space or a dangling "-" or "." between them:
+    "2018 2019 2020 2021 2022 2023", "100- 150- 160- 170- 180- 190-", "1. 2. 3. 4. 5. 6.". Text without
+    a letter (an answer that is a list of numbers) is left alone."""
+    if not any(c.isalpha() for c in text):
+        return None
+    if (run := _COUNTING_RUN.search(text)) is None:
+        return None
+    numbers = len(_WORD.findall(run.group(0)))
+    return f"counting: {numbers} bare numbers in a row ({run.group(0).strip()[:40]!r})"
+
+
+def _repeated_numbers(text: str) -> str | None:
+    """The same few numbers over and over: "first, 1. 2. 3: second, 1. 2. 3: third, 1. 2. 3:", "the 19th
+    century, the 19th century, the 19th 200". A list of distinct numbers (versions, scores, dates)
+    passes; so does arithmetic ("2 x 3 = 6"), which repeats its operands on purpose."""
+    if "=" in text:
+        return None
+    pieces = [piece for chunk in text.split() if (piece := chunk.strip(".,:;!?()[]{}\"'-"))]
+    if len(pieces) < MIN_WORDS_FOR_SHARES:
+        return None
+    counts = Counter(piece for piece in pieces if _NUMBER_PIECE.fullmatch(piece))
+    repeated = {number: n for number, n in counts.items() if n >= NUMBER_REPEATS}
+    share = sum(repeated.values()) / len(pieces)
+    if share >= MAX_REPEATED_NUMBER_SHARE:
+        numbers = ", ".join(sorted(repeated, key=repeated.__getitem__, reverse=True)[:3])
+        return f"counting: the same numbers ({numbers}) make up {share:.0%} of the text"
+    return None
+
+
+def _empty_list_items(text: str) -> str | None:
+    """Bullets or numbers on lines of their own, with nothing in them: a list that never got written."""
+    run = longest = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue  # blank lines between items are layout
+        run = run + 1 if _EMPTY_LIST_ITEM.fullmatch(line) else 0
+        longest = max(longest, run)
+    if longest >= EMPTY_LIST_ITEMS:
+        return f"empty list: {longest} list items in a row with nothing in them"
+    return None
+
+
+def _digit_run(text: str) -> str | None:
+    """One digit over and over: a number nobody writes out ("5000000000000000000000000000000")."""
+    if (run := _DIGIT_RUN.search(text)) is None:
+        return None
+    return f"repetition: the digit {run.group(1)!r} written {len(run.group(0))} times in a row"
+
+
 def _dangling_hyphens(text: str) -> str | None:
-    """Word fragments cut by a hyphen and a space: "a 100- year- old- 100- year-"."""
+    """Word fragments cut by a hyphen and a space: "a 100- year- old- 100- year-". A piece followed by a
+    lower-case word ("two- factor", "pre- and post-war") is a compound spelt with a space; a number's,
+    or one beside another fragment, before a capital or at the end of the text is broken."""
     chunks = text.split()
-    dangling = sum(1 for c in chunks if len(c) > 1 and c.endswith("-") and c[-2].isalnum())
+    pieces = [_dangles(chunk) for chunk in chunks]
+    dangling = sum(
+        1
+        for i, chunk in enumerate(chunks)
+        if pieces[i] and (i > 0 and pieces[i - 1] or _is_broken_piece(chunk, chunks[i + 1 : i + 2]))
+    )
     if dangling >= MIN_DANGLING_HYPHENS and dangling / len(chunks) >= MAX_DANGLING_HYPHEN_SHARE:
         return f"broken words: {dangling} of {len(chunks)} pieces end in a dangling hyphen"
     return None
+
+
+def _dangles(chunk: str) -> bool:
+    return len(chunk) > 1 and chunk.endswith("-") and chunk[-2].isalnum()
+
+
+def _is_broken_piece(chunk: str, following: list[str]) -> bool:
+    if chunk[0].isdigit() or not following:
+        return True
+    after = following[0]
+    return after.endswith("-") or not after[0].islower()
 
 
 def _letter_runs(text: str) -> str | None:

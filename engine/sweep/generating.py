@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from engine.lens_files import exit_variants_for
+from engine.lenses.files import exit_variants_for
 from engine.types import Completion, GenerationParams, Prompt, model_input, prompt_key
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from engine.executors.base import ExecutorStopped
 from engine.judges.base import Judge
 from engine.judges.names import HARMBENCH, HUMAN
 from engine.judges.registry import get_judge
-from engine.lens_files import exit_variants_for
+from engine.lenses.files import exit_variants_for
 
 from .generating import generate_missing
 from .judging import judge_stored

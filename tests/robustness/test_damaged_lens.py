@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
-import engine.lens_files
+import engine.lenses.files
 import engine.tuned_lens
 from engine.cli import main
 from engine.generation import generate
-from engine.lens_files import (
+from engine.lenses.files import (
     DamagedLensError,
     LensNotFoundError,
     exit_variants_for,
@@ -25,8 +25,8 @@ from engine.lens_files import (
     lens_weights_path,
     read_lens_report,
 )
+from engine.lenses.tuned import TunedLens, load_lens
 from engine.models import from_objects, load_model
-from engine.tuned_head import TunedLens, load_lens
 from engine.tuned_lens import TrainedLens, save_lens
 from engine.types import GenerationParams
 
@@ -45,7 +45,7 @@ def loaded(tiny_tokenizer):
 @pytest.fixture
 def lens_dir(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "lenses"
-    monkeypatch.setattr(engine.lens_files, "LENS_DIR", folder)
+    monkeypatch.setattr(engine.lenses.files, "LENS_DIR", folder)
     return folder
 
 
@@ -312,7 +312,7 @@ def test_an_interrupted_save_never_leaves_a_lens_that_loads_wrongly(loaded, lens
     with pytest.raises(Interrupted):
         save_lens(TrainedLens(new, {"model_hash": loaded.info.model_hash}))
     monkeypatch.undo()
-    monkeypatch.setattr(engine.lens_files, "LENS_DIR", lens_dir)
+    monkeypatch.setattr(engine.lenses.files, "LENS_DIR", lens_dir)
 
     assert not [p for p in lens_dir.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
     try:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.models import load_model
 from engine.store import Store
 from engine.sweep import SweepSpec, run_sweep
@@ -16,6 +18,7 @@ from engine.types import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PROMPTS, LAYERS = 6, (8, 5, 2)
+NEW_TOKENS = 8
 
 
 def write_prompts(path: Path) -> Path:
@@ -27,7 +30,7 @@ def write_prompts(path: Path) -> Path:
 def sweep_args(model_dir: Path, prompts: Path, db: Path) -> list[str]:
     return [
         "sweep", "--model", str(model_dir), "--prompts", str(prompts), "--layers", ",".join(map(str, LAYERS)),
-        "--max-new-tokens", "24", "--batch-rows", "3", "--db", str(db),
+        "--max-new-tokens", str(NEW_TOKENS), "--batch-rows", "3", "--db", str(db),
     ]  # fmt: skip
 
 
@@ -61,6 +64,7 @@ STALL_AT = 3  # batches 1 and 2 committed, batch 3 in flight when killed
 ROWS_PER_BATCH = len(LAYERS)  # --batch-rows 3: one prompt at its three depths
 
 
+@pytest.mark.timeout(1800)  # three sweeps and two processes: an upper bound for a loaded machine
 def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.csv")
     killed_db, whole_db = tmp_path / "killed.duckdb", tmp_path / "whole.duckdb"
@@ -96,7 +100,7 @@ def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tiny_model_dir, tmp_
 
     loaded = load_model(str(tiny_model_dir))
     spec = SweepSpec(models=(str(tiny_model_dir),), prompt_set=str(prompts), layers=LAYERS,
-                     params=GenerationParams(max_new_tokens=24), rows_per_batch=3)  # fmt: skip
+                     params=GenerationParams(max_new_tokens=NEW_TOKENS), rows_per_batch=3)  # fmt: skip
     with Store.open(killed_db) as store:
         resumed = run_sweep(spec, store, load=lambda _name: loaded)
     assert resumed.cached == len(partial) and resumed.generated == total - len(partial)

@@ -114,7 +114,8 @@ def exit_variants_for(
 ) -> list[GenerationParams]:
     """Torch-free twin of ``engine.generation.exit_variants``: each threshold's exact params (the tuned
     head's lens hash read from the sidecar), whose ``key()`` is its completions' params hash. A worker
-    that loads a different lens refuses the params (``engine.exits.resolve_head``), so the two agree."""
+    that loads a different lens refuses the params (``engine.lenses.heads.resolve_head``), so the two
+    agree."""
     if params.exit_head == "tuned":
         lens_hash = lens_hash_for(model_hash, model_name, directory)
         if params.lens_hash and params.lens_hash != lens_hash:

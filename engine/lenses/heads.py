@@ -48,7 +48,7 @@ def resolve_head(loaded: LoadedModel, params: GenerationParams) -> tuple[Generat
     """
     if params.exit_head == "raw":
         return params, RAW_HEAD
-    from engine.tuned_head import LensNotFoundError, load_lens
+    from engine.lenses.tuned import LensNotFoundError, load_lens
 
     lens = load_lens(loaded)
     if params.lens_hash and params.lens_hash != lens.lens_hash:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.lens_files import LensNotFoundError, damaged_lens, lens_weights_path, read_lens_report
+from engine.lenses.files import LensNotFoundError, damaged_lens, lens_weights_path, read_lens_report
 from engine.models import LoadedModel
 
 
