@@ -185,7 +185,6 @@ def test_v2_database_members_take_their_prompts_label(db_path):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         for column in ("category", "tags"):  # migration 9
             con.execute(f"ALTER TABLE prompt_set_members DROP COLUMN {column}")
-        con.execute("ALTER TABLE runs DROP COLUMN process_started")  # migration 10
         for column in ("acceptance_rate", "layer_compute"):  # migration 11
             con.execute(f"ALTER TABLE generations DROP COLUMN {column}")
         con.execute("DROP TABLE depthscope_marker")  # migration 6: v2 files carry no marker
