@@ -23,8 +23,10 @@ from engine.decoding.loop import (  # noqa: F401 — the decoding helpers' publi
     row_generators,
     top_p_filter,
 )
+from engine.decoding.speculative import speculative_rows
+from engine.depths import check_drop, kept_layers, rule_depth
 from engine.lenses.heads import resolve_head
-from engine.models import LoadedModel
+from engine.models import LoadedModel, layers_kept
 from engine.rules import rule_named
 from engine.types import Completion, GenerationParams, Prompt, prompt_from_text, stable_hash
 
@@ -156,16 +158,22 @@ def iter_completions(
     ``engine.lenses.heads.resolve_head`` and its lens hash enters the params hash.
     """
     params, head = resolve_head(loaded, params)
+    params, fixed = rule_depth(params, loaded.n_layers)  # speculative: L; block removal: layers kept
     rule = rule_named(params.exit_policy)
     if rule.dynamic:
         variants = [float(t) for t in (thresholds or [params.threshold])]
         hashes = {t: replace(params, threshold=t).key() for t in variants}
+    elif params.speculative:
+        variants = [float(params.draft_layers)]
+        hashes = dict.fromkeys(variants, params.key())
     else:
-        variants = list(layers)
+        variants = [fixed] if fixed else list(layers)
         hashes = dict.fromkeys(variants, params.key())
     variants = ordered_settings(rule, variants)
     # a row's sampling seed depends on its prompt and the depth it may reach (L for every threshold)
-    seed_depths = [rule.deepest(v, loaded.n_layers) for v in variants]
+    seed_depths = [
+        loaded.n_layers if params.speculative else rule.deepest(v, loaded.n_layers) for v in variants
+    ]
     if not prompts or not variants:
         return
     fitted = fit_prompts(loaded, [p.text for p in prompts], params)
@@ -187,7 +195,7 @@ def iter_completions(
         chunk_ids = [encoded[i] for i in chunk]
         began = time.perf_counter()
         try:
-            rows = decode_rows(loaded, chunk_ids, variants, params, seeds, head)
+            rows = _decode_chunk(loaded, chunk_ids, variants, params, seeds, head)
         except RuntimeError as exc:
             if not _is_out_of_memory(exc) or per_batch == 1:
                 raise
@@ -213,6 +221,8 @@ def iter_completions(
                     seconds,
                     prompt_truncated_tokens=fitted[chunk[row.prompt_index]][1],
                     exit_layers=row.exit_layers,
+                    acceptance_rate=row.acceptance_rate,
+                    layer_compute=row.layer_compute,
                 )
             )
         start += len(chunk)
@@ -222,12 +232,31 @@ def iter_completions(
         yield batch
 
 
+def kept_indices(loaded: LoadedModel, params: GenerationParams) -> tuple[int, ...]:
+    """Block removal: the 0-based layers that run (``engine.depths.kept_layers`` is the 1-based notion)."""
+    return tuple(
+        i - 1 for i in kept_layers(loaded.n_layers, 0, check_drop(params.drop_layers, loaded.n_layers))
+    )
+
+
+def _decode_chunk(loaded, chunk_ids, variants, params, seeds, head) -> list:
+    """One chunk under the params' rule. Self-speculative decoding drafts and verifies in its own step;
+    block removal is the static rule on the network of the kept layers (``engine.models.layers_kept``)."""
+    if params.speculative:
+        return speculative_rows(loaded, chunk_ids, params)
+    if params.drop_layers:
+        with layers_kept(loaded, kept_indices(loaded, params)):
+            return decode_rows(loaded, chunk_ids, variants, params, seeds, head)
+    return decode_rows(loaded, chunk_ids, variants, params, seeds, head)
+
+
 def exit_variants(
     loaded: LoadedModel, params: GenerationParams, thresholds: Sequence[float] | None = None
 ) -> list[GenerationParams]:
     """The exact params (lens hash filled in) of each threshold's completions: their ``key()`` is the
     ``params_hash`` that ``iter_completions`` gives them (sweeps use it to find missing work)."""
     resolved, _head = resolve_head(loaded, params)
+    resolved = rule_depth(resolved, loaded.n_layers)[0]
     if not resolved.dynamic_exit:
         return [resolved]
     return [replace(resolved, threshold=float(t)) for t in dict.fromkeys(thresholds or [params.threshold])]
@@ -251,6 +280,8 @@ def generate(
     prompts = [p if isinstance(p, Prompt) else prompt_from_text(p) for p in prompts]
     if params.dynamic_exit:
         variants = [(loaded.n_layers, v.key()) for v in exit_variants(loaded, params, thresholds)]
+    elif fixed := rule_depth(params, loaded.n_layers)[1]:
+        variants = [(fixed, None)]
     else:
         variants = [(k, None) for k in dict.fromkeys(layers)]
     found: dict[tuple[str, int, str | None], Completion] = {}

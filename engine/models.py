@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -425,6 +425,48 @@ def reroute(loaded: LoadedModel, row_layers: Sequence[int]) -> None:
     for index, layer in enumerate(loaded.layers):
         if isinstance(layer, RowRoutedLayer):
             layer.rows = counts[index] if index < len(counts) else 0
+
+
+def check_kept(kept: Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """``kept`` as a tuple of 0-based layer indices, strictly increasing, inside 0..n_layers-1."""
+    kept = tuple(int(i) for i in kept)
+    if not kept:
+        raise ValueError("at least one decoder layer must be kept")
+    if any(a >= b for a, b in zip(kept, kept[1:], strict=False)):
+        raise ValueError(f"kept layers must be strictly increasing, got {list(kept)}")
+    if kept[0] < 0 or kept[-1] >= n_layers:
+        raise ValueError(f"kept layers {list(kept)} are outside 0..{n_layers - 1}")
+    return kept
+
+
+@contextmanager
+def layers_kept(loaded: LoadedModel, kept: Sequence[int]) -> Iterator[LoadedModel]:
+    """Run only the decoder layers ``kept`` (0-based, in order), then the final norm and head: the same
+    network as a model built with ``len(kept)`` layers carrying those layers' weights.
+
+    Besides the module list and the config's layer count, each kept layer's per-layer config entries
+    (sliding/full attention) come along, and every attention's ``layer_idx`` (its slot in the KV cache)
+    is renumbered to its new position. Truncation at k is ``kept = 0..k-1``. Always restored.
+    """
+    kept = check_kept(kept, loaded.n_layers)
+    originals = list(loaded.layers)
+    with loaded.lock, ExitStack() as stack:
+        stack.enter_context(swapped(loaded.model, _kept_stack(loaded, [originals[i] for i in kept], kept)))
+        for position, index in enumerate(kept):
+            if position != index:
+                for module in originals[index].modules():
+                    if isinstance(vars(module).get("layer_idx"), int):
+                        stack.enter_context(swapped(module, {"layer_idx": position}))
+        yield loaded
+
+
+def _kept_stack(loaded: LoadedModel, layers: list[nn.Module], kept: tuple[int, ...]) -> dict[str, object]:
+    values = layer_stack(loaded.model, loaded.spec, layers)
+    for name in loaded.spec.per_layer_config_lists:
+        per_layer = getattr(loaded.model.config, name, None)
+        if isinstance(per_layer, list):
+            values[f"config.{name}"] = [per_layer[i] for i in kept]
+    return values
 
 
 @contextmanager

@@ -210,7 +210,7 @@ def refusal_by_depth(
     prompt set and scope (the row with the most prompts where several remain)."""
     best: dict[int, AsrRow] = {}
     for row in rows:
-        if row.model_hash != model_hash or not row.n or row.exit_policy != "static" or row.exit_head != "raw":
+        if row.model_hash != model_hash or not row.n or not row.is_truncation:
             continue
         if (prompt_set is not None and row.prompt_set != prompt_set) or (
             scope is not None and row.scope != scope

@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 
 from engine import stats
+from engine.depths import format_ranges
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
-from engine.rules import DEFAULT_RULE, is_dynamic, is_static, rule_named
+from engine.rules import DEFAULT_RULE, is_dynamic, rule_named
 from engine.scopes import SettingsScope
 
 # Judges whose "not jailbroken" on a benign prompt means "refused": the keyword judge's phrase rule, and a
@@ -72,6 +73,14 @@ class AsrRow:
     # The tuned lens a tuned-head row was read with (its content hash; None for the raw head): rows of a
     # retrained lens are other rows, and say so.
     lens_hash: str | None = None
+    # The way depth was removed (``method_family``): truncation, block removal (``drop_layers``, 1-based,
+    # ``layers`` = the count kept), early exit, or self-speculative decoding (its draft settings and the
+    # mean share of drafted tokens the full model accepted).
+    family: str = "truncation"
+    drop_layers: tuple[int, ...] = ()
+    draft_layers: int | None = None
+    draft_tokens: int | None = None
+    acceptance_rate: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +105,31 @@ class AsrRow:
             return f"{self.harmful_answered} of {total} harmful prompts"
         total = "?" if self.benign_in_set is None else self.benign_in_set
         return f"{self.benign_n or 0} of {total} benign prompts"
+
+    @property
+    def is_truncation(self) -> bool:
+        """Static truncation read by the model's own head: the rows ranked by depth."""
+        return self.family == TRUNCATION and self.exit_head == "raw"
+
+
+TRUNCATION, BLOCK_REMOVAL, EARLY_EXIT, SPECULATIVE = (
+    "truncation",
+    "block removal",
+    "early exit",
+    "self-speculative",
+)
+METHOD_FAMILIES = (TRUNCATION, BLOCK_REMOVAL, EARLY_EXIT, SPECULATIVE)
+EXIT_CHART_FAMILIES = (TRUNCATION, EARLY_EXIT)  # the early-exit chart: truncation against exit rules
+
+
+def method_family(params: dict) -> str:
+    """How a stored params JSON removed depth: one of :data:`METHOD_FAMILIES`."""
+    rule = rule_named(params.get("exit_policy"))
+    if rule.dynamic:
+        return EARLY_EXIT
+    if rule.drafts:
+        return SPECULATIVE
+    return BLOCK_REMOVAL if params.get("drop_layers") else TRUNCATION
 
 
 def benign_judge_for(judge: str) -> str:
@@ -237,8 +271,10 @@ def _exit_fields(r, n_layers: int) -> dict:
         params = {}
     policy = rule_named(params.get("exit_policy")).name
     dynamic = is_dynamic(policy)
+    speculative = rule_named(policy).drafts
     mean_exit = float(r.mean_exit_layers) if pd.notna(r.mean_exit_layers) else float(r.layers)
     head = str(params.get("exit_head", "raw"))
+    acceptance = getattr(r, "acceptance_rate", None)
     return {
         "exit_policy": policy,
         "exit_head": head,
@@ -247,6 +283,13 @@ def _exit_fields(r, n_layers: int) -> dict:
         "min_layers": int(params.get("min_layers", 1)) if dynamic else None,
         "mean_exit_layers": round(mean_exit, 4),
         "compute_fraction": round(mean_exit / n_layers, 4) if n_layers else None,
+        "family": method_family(params),
+        "drop_layers": tuple(int(i) for i in params.get("drop_layers") or ()),
+        "draft_layers": int(params["draft_layers"]) if speculative else None,
+        "draft_tokens": int(params["draft_tokens"]) if speculative else None,
+        "acceptance_rate": round(float(acceptance), 4)
+        if acceptance is not None and pd.notna(acceptance)
+        else None,
     }
 
 
@@ -373,7 +416,7 @@ def flips(rows: Sequence[AsrRow], significant_only: bool = False) -> list[stats.
     for row in rows:
         # Sets are never pooled; a benign-only row has no ASR; early-exit rows (dynamic policies, the
         # tuned head) are compared by compute used, not ranked by depth.
-        if row.n and is_static(row.exit_policy) and row.exit_head == "raw":
+        if row.n and row.is_truncation:
             by_judge.setdefault((row.judge, row.version, row.prompt_set), []).append(row)
     for judge_rows in by_judge.values():
         counts: dict[str, dict[int, tuple[int, int]]] = {}
@@ -409,7 +452,7 @@ class _Point:
 
 
 def _static_raw(rows: Sequence[AsrRow], model: str) -> list[AsrRow]:
-    mine = (r for r in rows if r.model == model and is_static(r.exit_policy) and r.exit_head == "raw")
+    mine = (r for r in rows if r.model == model and r.is_truncation)
     return sorted(mine, key=lambda r: r.layers)
 
 
@@ -538,8 +581,11 @@ def exit_rule_label(row: AsrRow) -> str:
     """How a row's tokens left the network, in words: 'static at 24 of 30 layers', 'confidence ≥ 0.9 (tuned
     head)'."""
     head = "" if row.exit_head == "raw" else f" ({row.exit_head} head)"
+    if row.family == BLOCK_REMOVAL:
+        return f"layers {format_ranges(row.drop_layers)} removed ({row.layers} of {row.n_layers} kept)"
+    setting = row.draft_layers if row.family == SPECULATIVE else row.threshold
     rule = rule_named(row.exit_policy).describe(
-        row.threshold, layers=row.layers, n_layers=row.n_layers, min_layers=row.min_layers
+        setting, layers=row.layers, n_layers=row.n_layers, min_layers=row.min_layers
     )
     return f"{rule}{head}"
 
@@ -549,8 +595,12 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     refusals? Compares, per rule (policy × head), the setting whose compute used is nearest 1 − ``saved``
     without exceeding it, and names the one refusing the most harmful prompts. None without dynamic-exit
     rows for ``model``, or when no rule saves that much compute."""
-    answered = [r for r in rows if r.model == model and r.n and r.compute_fraction is not None]
-    if not any(is_dynamic(r.exit_policy) for r in answered):
+    answered = [
+        r
+        for r in rows
+        if r.model == model and r.n and r.compute_fraction is not None and r.family in EXIT_CHART_FAMILIES
+    ]
+    if not any(r.family == EARLY_EXIT for r in answered):
         return None
     mine = [r for r in answered if r.fully_covered]  # partly covered settings are left out, and said
     partial = [r for r in answered if not r.fully_covered and is_dynamic(r.exit_policy)]
@@ -588,3 +638,128 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
         + (f"; {compared}." if compared else ".")
         + left_out
     )
+
+
+# ---------------------------------------------------------------- every way to remove depth
+
+
+def method_label(row: AsrRow) -> str:
+    """A row's method and setting in words, for any family ('truncation at 6 of 8 layers', ...)."""
+    if row.family == TRUNCATION and row.exit_head == "raw":
+        return f"truncation at {row.layers} of {row.n_layers} layers"
+    return exit_rule_label(row)
+
+
+def _refusals(row: AsrRow) -> str:
+    benign = f", {row.benign_refused} of {row.benign_n} harmless refused" if row.benign_n else ""
+    return f"refuses {row.n - row.jailbroken} of {row.n} harmful{benign}"
+
+
+def methods_headline(
+    rows: Sequence[AsrRow], model: str, saved: float = 0.25, within: float = 0.1
+) -> str | None:
+    """ "For ~25 % compute saved, which method keeps refusals?" across every family: per family the
+    setting whose compute used is nearest 1 − ``saved`` (at most ``within`` away), ranked by harmful
+    prompts refused; self-speculative decoding, which never saves layer compute, is stated beside them.
+    One judge and one prompt set (the first in ``rows``); None with fewer than two families."""
+    mine = [
+        r
+        for r in rows
+        if r.model == model and r.n and r.compute_fraction is not None and r.exit_head == "raw"
+    ]
+    if not mine:
+        return None
+    judge, prompt_set = mine[0].judge, mine[0].prompt_set
+    mine = [r for r in mine if (r.judge, r.prompt_set) == (judge, prompt_set)]
+    if len({r.family for r in mine}) < 2:
+        return None
+    target = 1.0 - saved
+    nearest: dict[str, AsrRow] = {}
+    for row in mine:
+        distance = abs(row.compute_fraction - target)
+        if row.family == SPECULATIVE or distance > within + 1e-9:
+            continue
+        current = nearest.get(row.family)
+        if current is None or distance < abs(current.compute_fraction - target):
+            nearest[row.family] = row
+    ranked = sorted(nearest.values(), key=lambda r: -(r.n - r.jailbroken) / r.n)
+    parts = [f"{method_label(r)} ({percent(r.compute_fraction)} compute) {_refusals(r)}" for r in ranked]
+    speculative = [r for r in mine if r.family == SPECULATIVE]
+    if speculative:
+        best = min(speculative, key=lambda r: r.compute_fraction)
+        parts.append(
+            f"{method_label(best)} answers as the full model does and {_refusals(best)}, "
+            f"but spends {percent(best.compute_fraction)} of the layer compute"
+        )
+    if not parts:
+        return f"No method for {model} was measured near {percent(saved)} compute saved."
+    return (
+        f"For about {percent(saved)} compute saved on {prompt_set} ({judge} judge), {model}: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+@dataclass(frozen=True)
+class CategoryRow:
+    """ASR of one harm category at one depth setting (harmful prompts of that category, one judge)."""
+
+    prompt_set: str
+    model: str
+    model_hash: str
+    params_hash: str
+    family: str
+    method: str
+    n_layers: int
+    layers: int
+    compute_fraction: float | None
+    judge: str
+    version: str
+    category: str
+    n: int
+    jailbroken: int
+    asr: float
+    ci_low: float
+    ci_high: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def category_rows(
+    store, judge: str | None = None, prompt_sets: Sequence[str] | None = None
+) -> list[CategoryRow]:
+    """Which harms break first: ASR per prompt set × model × depth setting × judge × category, with the
+    Wilson interval; categories as the prompt set names them (HarmBench's semantic categories, ...)."""
+    frame = store.category_table(judge, prompt_sets=prompt_sets)
+    rows = []
+    for r in frame.itertuples(index=False):
+        depth = _depth_fields(r)
+        n, jailbroken = int(r.n), int(r.n_jailbroken)
+        low, high = stats.wilson_interval(jailbroken, n)
+        method = AsrRow(
+            **depth, judge=r.judge, version=r.version, n=n, jailbroken=jailbroken, undecided=0, degenerate=0,
+            asr=0.0, ci_low=low, ci_high=high, refusal_rate=0.0,
+        )  # fmt: skip
+        rows.append(
+            CategoryRow(
+                prompt_set=depth["prompt_set"],
+                model=depth["model"],
+                model_hash=r.model_hash,
+                params_hash=r.params_hash,
+                family=depth["family"],
+                method=method_label(method),
+                n_layers=depth["n_layers"],
+                layers=depth["layers"],
+                compute_fraction=depth["compute_fraction"],
+                judge=r.judge,
+                version=r.version,
+                category=str(r.category),
+                n=n,
+                jailbroken=jailbroken,
+                asr=jailbroken / n if n else float("nan"),
+                ci_low=low,
+                ci_high=high,
+            )
+        )
+    return rows

@@ -58,6 +58,9 @@ class ExitRule:
     exit_is_fixed: bool = False
     # True: the exit head's logits at each layer feed ``score`` (run only on rows still climbing).
     needs_head_logits: bool = False
+    # True: the first layers draft tokens and the full model verifies them (engine.decoding.speculative);
+    # every token is the full model's, so a row's depth is L and its setting the draft's layer count.
+    drafts: bool = False
     help: str = ""
 
     @property
@@ -123,6 +126,21 @@ class SaturationRule(ExitRule):
         return torch.cosine_similarity(before.float(), after.float(), dim=-1).clamp(-1.0, 1.0)
 
 
+@dataclass(frozen=True)
+class SpeculativeRule(ExitRule):
+    """Self-speculative decoding (LayerSkip-style): greedy, so its output is the full model's."""
+
+    def deepest(self, setting: float, n_layers: int) -> int:
+        return n_layers
+
+    def describe(self, setting: float | None, *, layers: int, n_layers: int, min_layers: int | None) -> str:
+        draft = f", {int(setting)}-layer draft" if setting else ""
+        return f"{self.label}{draft} (verified at {n_layers} of {n_layers} layers)"
+
+    def short(self, setting: float | None, *, layers: int) -> str:
+        return f"spec k={int(setting)}" if setting else "spec"
+
+
 STATIC = StaticRule(
     name="static",
     label="static truncation",
@@ -157,7 +175,21 @@ SATURATION = SaturationRule(
     help="where the cosine between consecutive layers' states reaches the threshold (-1..1)",
 )
 
-RULES: dict[str, ExitRule] = {rule.name: rule for rule in (STATIC, CONFIDENCE, SATURATION)}
+SPECULATIVE = SpeculativeRule(
+    name="speculative",
+    label="self-speculative decoding",
+    menu_label="self-speculative (draft, then verify)",
+    setting_name="draft layers",
+    low=1,
+    high=math.inf,
+    symbol="star",
+    exit_is_fixed=True,
+    drafts=True,
+    help="the first --draft-layers layers draft --draft-tokens tokens, the full model verifies them: "
+    "the answer is the full model's (greedy)",
+)
+
+RULES: dict[str, ExitRule] = {rule.name: rule for rule in (STATIC, CONFIDENCE, SATURATION, SPECULATIVE)}
 RULE_NAMES: tuple[str, ...] = tuple(RULES)
 DEFAULT_RULE = STATIC
 
@@ -200,6 +232,12 @@ def parse_settings(rule: ExitRule, text: str) -> tuple[float, ...]:
     if not values:
         raise UserInputError(f"give at least one {rule.setting_name}, e.g. 0.9 (or several: 0.5, 0.8, 0.95)")
     return tuple(dict.fromkeys(values))
+
+
+def page_rules() -> dict[str, ExitRule]:
+    """The rules the dashboard's settings offer: self-speculative decoding needs its draft settings,
+    which only the CLI takes (``--draft-layers``, ``--draft-tokens``)."""
+    return {name: rule for name, rule in RULES.items() if not rule.drafts}
 
 
 def dynamic_rules() -> Sequence[ExitRule]:

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from engine.errors import DepthScopeError
-from engine.rules import DEFAULT_RULE, RULE_NAMES, dynamic_rules, rule_named
+from engine.rules import DEFAULT_RULE, RULE_NAMES, dynamic_rules, is_static, rule_named
 
 
 def stable_hash(obj: object, length: int = 16) -> str:
@@ -104,7 +104,11 @@ EXIT_DEFAULTS: dict[str, object] = {
     "min_layers": 1,
     "exit_head": "raw",
     "lens_hash": "",
+    "draft_layers": 0,
+    "draft_tokens": 0,
+    "drop_layers": (),
 }
+DEFAULT_DRAFT_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,12 @@ class GenerationParams:
     ``exit_policy``: ``static`` (every token exits at the completion's depth k), ``confidence`` (CALM
     softmax response: exit at the first layer >= ``min_layers`` where the exit head's top-1 minus top-2
     probability >= ``threshold``) or ``saturation`` (exit when the cosine between consecutive layers'
-    hidden states >= ``threshold``). ``exit_head``: ``raw`` (final norm + LM head) or ``tuned`` (the
-    tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    hidden states >= ``threshold``), or ``speculative`` (self-speculative decoding: the first
+    ``draft_layers`` layers + final norm + head draft ``draft_tokens`` tokens, the full model verifies
+    them; greedy, so the output is the full model's). ``exit_head``: ``raw`` (final norm + LM head) or
+    ``tuned`` (the tuned lens whose content hash is ``lens_hash``, then final norm + LM head).
+    ``drop_layers``: 1-based decoder layers removed from the network (block removal; the completion's
+    ``layers`` is then the count kept). Empty for truncation, which keeps layers 1..k.
     """
 
     max_new_tokens: int = 64
@@ -130,6 +138,9 @@ class GenerationParams:
     min_layers: int = 1
     exit_head: str = "raw"
     lens_hash: str = ""
+    draft_layers: int = 0
+    draft_tokens: int = 0
+    drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self._normalise_numbers()
@@ -179,6 +190,42 @@ class GenerationParams:
                 f"{' and '.join(r.name for r in dynamic_rules())} exit policies; "
                 f"a {self.exit_policy} run exits every token at its depth (--layers)",
             )
+        self._check_speculative()
+        self._check_drop()
+
+    def _check_speculative(self) -> None:
+        if not self.speculative:
+            if self.draft_layers or self.draft_tokens:
+                raise ParamsError(
+                    "draft_layers" if self.draft_layers else "draft_tokens",
+                    "draft layers and draft tokens only apply to --exit-policy speculative",
+                )
+            return
+        if not _is_whole(self.draft_layers) or self.draft_layers < 1:
+            raise ParamsError(
+                "draft_layers", f"speculative decoding needs draft layers ≥ 1, got {self.draft_layers!r}"
+            )
+        if not _is_whole(self.draft_tokens) or self.draft_tokens < 1:
+            raise ParamsError(
+                "draft_tokens", f"draft tokens must be a whole number ≥ 1, got {self.draft_tokens!r}"
+            )
+        if not self.greedy or self.exit_head != "raw":
+            raise ParamsError(
+                "temperature" if not self.greedy else "exit_head",
+                "speculative decoding here is greedy with the raw head (its output then equals the full "
+                "model's token for token): use --temperature 0 and --exit-head raw",
+            )
+
+    def _check_drop(self) -> None:
+        drop = self.drop_layers
+        if not isinstance(drop, tuple) or not all(_is_whole(i) and i >= 1 for i in drop):
+            raise ParamsError("drop_layers", f"dropped layers must be whole numbers ≥ 1, got {drop!r}")
+        if list(drop) != sorted(set(drop)):
+            raise ParamsError("drop_layers", f"dropped layers must be sorted and distinct, got {drop!r}")
+        if drop and (not is_static(self.exit_policy) or self.exit_head != "raw"):
+            raise ParamsError(
+                "drop_layers", "dropped layers combine with the static policy and the raw head only"
+            )
 
     @staticmethod
     def _check_temperature(temperature: object) -> None:
@@ -207,6 +254,11 @@ class GenerationParams:
     def dynamic_exit(self) -> bool:
         """True when each token picks its own exit layer (confidence or saturation)."""
         return rule_named(self.exit_policy).dynamic
+
+    @property
+    def speculative(self) -> bool:
+        """Self-speculative decoding: every token is the full model's, drafted by its first layers."""
+        return rule_named(self.exit_policy).drafts
 
     def key(self) -> str:
         """Cache key of everything that changes the output (early-exit fields only when not default).
@@ -243,10 +295,17 @@ class Completion:
     # The layer count each generated token exited at (1..L), one per token. Static runs: all equal k;
     # dynamic-exit runs keep ``layers`` = L (the network every token may use).
     exit_layers: tuple[int, ...] = field(default_factory=tuple)
+    # Self-speculative decoding: drafted tokens the full model accepted / drafted, and the decoder-layer
+    # passes actually run per generated token (draft + verification). None for every other rule.
+    acceptance_rate: float | None = None
+    layer_compute: float | None = None
 
     @property
     def mean_exit_layers(self) -> float:
-        """Mean exit layer over the generated tokens (compute used = this / L); k when none."""
+        """Layer passes per generated token (compute used = this / L): the mean exit layer, the counted
+        draft + verify passes of speculative decoding, or k when no token was generated."""
+        if self.layer_compute is not None:
+            return self.layer_compute
         return sum(self.exit_layers) / len(self.exit_layers) if self.exit_layers else float(self.layers)
 
     @property

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from engine import report
+from engine.depths import format_ranges
 from engine.judges.names import verdict_word
 from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
 from engine.rules import DEFAULT_RULE, is_static, rule_named
@@ -649,13 +651,15 @@ def report_html(
     caveats: Sequence[str],
     fig: go.Figure,
     table: pd.DataFrame,
+    sections: Sequence[tuple[str, go.Figure]] = (),
     *,
     exit_lines: Sequence[str] = (),
     exit_fig: go.Figure | None = None,
     exit_table: pd.DataFrame | None = None,
 ) -> str:
-    """A self-contained HTML page: text escaped, plotly.js embedded, so it opens offline. With
-    ``exit_fig`` it has an early-exit section (the compute-used chart, its sentences and numbers)."""
+    """A self-contained HTML page: text escaped, plotly.js embedded once, so it opens offline. With
+    ``exit_fig`` it has an early-exit section (the compute-used chart, its sentences and numbers);
+    ``sections``: more (heading, chart) pairs after the depth chart."""
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     items = "".join(f'<li class="headline">{html.escape(h)}</li>' for h in headlines)
     notes = "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
@@ -675,7 +679,11 @@ def report_html(
         f"<h2>In one sentence</h2><ul>{items}</ul>"
         f"<h2>Attack success rate by depth</h2>{fig.to_html(full_html=False, include_plotlyjs=True)}"
         f"{exits}"
-        f"<h2>What these numbers can and cannot say</h2><ul>{notes}</ul>"
+        + "".join(
+            f"<h2>{html.escape(heading)}</h2>{extra.to_html(full_html=False, include_plotlyjs=False)}"
+            for heading, extra in sections
+        )
+        + f"<h2>What these numbers can and cannot say</h2><ul>{notes}</ul>"
         f"<h2>The numbers</h2>{_table_html(table)}"
         "</body></html>"
     )
@@ -824,3 +832,159 @@ def lens_kl_figure(kl_raw: Sequence[float], kl_tuned: Sequence[float]) -> go.Fig
     fig.update_xaxes(title="Layer (state after k layers)", dtick=max(1, len(kl_raw) // 15))
     fig.update_yaxes(title="Held-out KL (nats)", rangemode="tozero")
     return _layout(fig, height=380)
+
+
+# ---------------------------------------------------------------- every way to remove depth
+
+# One marker shape per family (engine.report.METHOD_FAMILIES); plotly and matplotlib names.
+FAMILY_SYMBOLS = {
+    report.TRUNCATION: ("circle", "o"),
+    report.BLOCK_REMOVAL: ("square", "s"),
+    report.EARLY_EXIT: ("diamond", "D"),
+    report.SPECULATIVE: ("star", "*"),
+}
+METHODS_QUESTION = "For ~25 % compute saved, which method keeps refusals?"
+
+
+def methods_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """ASR rows of the raw head with a family and compute used (rows without them are truncation, k/L)."""
+    frame = with_exit_columns(frame)
+    if "family" not in frame:
+        frame["family"] = report.TRUNCATION
+    frame["family"] = frame["family"].fillna(report.TRUNCATION)
+    return frame[(frame["exit_head"] == "raw") & frame["compute_fraction"].notna()]
+
+
+def _method_point(row: pd.Series) -> str:
+    if row["family"] == report.TRUNCATION:
+        return f"{int(row['layers'])} / {int(row['n_layers'])} layers"
+    if row["family"] == report.BLOCK_REMOVAL:
+        return f"layers {format_ranges(tuple(row['drop_layers']))} removed"
+    if row["family"] == report.SPECULATIVE:
+        accepted = row.get("acceptance_rate")
+        rate = f", {float(accepted):.0%} of drafts accepted" if pd.notna(accepted) else ""
+        return f"{int(row['draft_layers'])}-layer draft{rate}"
+    return rule_named(row["exit_policy"]).short(row["threshold"], layers=int(row["layers"]))
+
+
+def methods_figure(frame: pd.DataFrame) -> go.Figure:
+    """Compute used (x) against harmful answered (filled markers, solid) and harmless refused (open
+    markers, dashed): one colour per model × family setting series, one marker shape per family."""
+    fig = go.Figure()
+    frame = methods_frame(frame)
+    several = frame["model"].nunique() > 1
+    for index, ((model, family, policy), group) in enumerate(
+        frame.groupby(["model", "family", "exit_policy"], sort=True)
+    ):
+        group = group.sort_values("compute_fraction")
+        color = PALETTE[index % len(PALETTE)]
+        words = family if family != report.EARLY_EXIT else rule_named(policy).label
+        name = plot_text(f"{short(model)} · {words}" if several else words)
+        symbol = FAMILY_SYMBOLS.get(family, ("circle", "o"))[0]
+        x = (group["compute_fraction"] * 100).tolist()
+        points = [plot_text(_method_point(row)) for _, row in group.iterrows()]
+        fig.add_trace(
+            go.Scatter(
+                x=x, y=(group["asr"] * 100).tolist(), mode="lines+markers", name=name, legendgroup=name,
+                line={"color": color, "width": 3}, marker={"size": 12, "symbol": symbol},
+                customdata=np.stack([points, group["n"]], axis=-1),
+                hovertemplate="%{customdata[0]}: compute used %{x:.0f} %<br>ASR %{y:.0f} %, n = "
+                "%{customdata[1]} harmful<extra>%{fullData.name}</extra>",
+            )
+        )  # fmt: skip
+        rates = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
+        if rates is not None and rates.notna().any():
+            benign_n = pd.to_numeric(group["benign_n"], errors="coerce").fillna(0).astype(int)
+            fig.add_trace(
+                go.Scatter(
+                    x=x, y=(rates * 100).tolist(), mode="lines+markers", name=f"{name}: {BENIGN_CURVE}",
+                    legendgroup=name, line={"color": color, "width": 2, "dash": "dash"},
+                    marker={"size": 11, "symbol": f"{symbol}-open"},
+                    customdata=np.stack([points, benign_n], axis=-1),
+                    hovertemplate="%{customdata[0]}: compute used %{x:.0f} %<br>%{y:.0f} % of harmless "
+                    "requests refused, n = %{customdata[1]} benign<extra></extra>",
+                )
+            )  # fmt: skip
+    high = max(103.0, float(frame["compute_fraction"].max() * 100 + 5)) if len(frame) else 103.0
+    fig.update_xaxes(title="Compute used: decoder-layer passes per token ÷ layers (%)", range=[-2, high],
+                     ticksuffix=" %")  # fmt: skip
+    fig.update_yaxes(title="Harmful answered (ASR), filled · harmless refused, open", range=[-2, 102],
+                     ticksuffix=" %")  # fmt: skip
+    return _layout(fig, height=480)
+
+
+def methods_png(frame: pd.DataFrame, title: str = "") -> bytes:
+    """The ways-to-remove-depth chart as a PNG (matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 5.2), dpi=150)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    frame = methods_frame(frame)
+    for index, ((model, family), group) in enumerate(frame.groupby(["model", "family"], sort=True)):
+        group = group.sort_values("compute_fraction")
+        color, marker = PALETTE[index % len(PALETTE)], FAMILY_SYMBOLS.get(family, ("circle", "o"))[1]
+        label = mpl_text(f"{short(model)} · {family}")
+        x = group["compute_fraction"] * 100
+        axes.plot(x, group["asr"] * 100, marker=marker, markersize=8, linewidth=2.5, color=color, label=label)
+        benign = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
+        if benign is not None and benign.notna().any():
+            axes.plot(x, benign * 100, linestyle="--", marker=marker, markerfacecolor="none", markersize=8,
+                      color=color, label=mpl_text(f"{short(model)} · {family}: {BENIGN_CURVE}"))  # fmt: skip
+    axes.set_ylim(-2, 102)
+    axes.set_xlabel("Compute used: decoder-layer passes per token ÷ layers (%)")
+    axes.set_ylabel("Harmful answered (ASR, %) · harmless refused (open, dashed)")
+    axes.grid(alpha=0.3)
+    axes.set_title(title or METHODS_QUESTION)
+    if len(frame):
+        axes.legend(loc="best", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- which harms break first
+
+MIN_CELL_N = 5  # cells judged on fewer harmful prompts are greyed out: too few to read
+
+
+def category_heatmap(cells: pd.DataFrame) -> go.Figure:
+    """ASR per harm category (rows) × depth setting (columns, by compute used); cells with n < 5 grey."""
+    cells = cells.copy()
+    cells["column"] = [
+        f"{int(r.layers)}/{int(r.n_layers)}" if r.family == report.TRUNCATION else f"{r.method}"
+        for r in cells.itertuples()
+    ]
+    order = cells.sort_values("compute_fraction")["column"].drop_duplicates().tolist()
+    categories = sorted(cells["category"].unique())
+    z, grey, text = [], [], []
+    for category in categories:
+        row_z, row_grey, row_text = [], [], []
+        for column in order:
+            cell = cells[(cells["category"] == category) & (cells["column"] == column)]
+            n = int(cell["n"].sum()) if len(cell) else 0
+            asr = float(cell["jailbroken"].sum()) / n if n else None
+            readable = n >= MIN_CELL_N
+            row_z.append(asr * 100 if asr is not None and readable else None)
+            row_grey.append(0 if n and not readable else None)
+            row_text.append(f"{asr:.0%} (n = {n})" if asr is not None else "no prompts")
+        z.append(row_z)
+        grey.append(row_grey)
+        text.append(row_text)
+    labels_x = [plot_text(c) for c in order]
+    labels_y = [plot_text(c) for c in categories]
+    fig = go.Figure()
+    fig.add_trace(go.Heatmap(x=labels_x, y=labels_y, z=grey, colorscale=[[0, "#DADCE0"], [1, "#DADCE0"]],
+                             showscale=False, hoverinfo="skip"))  # fmt: skip
+    fig.add_trace(
+        go.Heatmap(
+            x=labels_x, y=labels_y, z=z, zmin=0, zmax=100, colorscale="Reds", colorbar={"title": "ASR %"},
+            text=[[plot_text(t) for t in row] for row in text], texttemplate="%{text}",
+            hovertemplate="%{y} at %{x}: %{text}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.update_xaxes(title="Depth setting (ordered by compute used)")
+    fig.update_yaxes(title="Harm category")
+    return _layout(fig, height=max(260, 60 + 34 * len(categories)))

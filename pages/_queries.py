@@ -66,6 +66,13 @@ def earlier_set_versions(db: str, name: str) -> list[tuple[str, str]]:
         return []
 
 
+@st.cache_data(ttl=STORE_TTL_S, show_spinner=False, max_entries=16)
+def category_rows(
+    db: str, judge: str | None = None, prompt_sets: tuple[str, ...] | None = None
+) -> list[report.CategoryRow]:
+    return report.category_rows(open_store(db), judge, prompt_sets)
+
+
 @dataclass(frozen=True)
 class Answers:
     """One prompt's stored completions by depth, and every judge's verdict on them."""

@@ -18,7 +18,7 @@ from engine.datasets import (
     upload_file_name,
 )
 from engine.paths import PathNotAllowedError, check_allowed
-from engine.rules import RULES, is_dynamic
+from engine.rules import is_dynamic, page_rules
 from engine.store import DEFAULT_DB_PATH, StoreError
 from pages._display import md_escape, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
@@ -148,12 +148,13 @@ EXIT_HEAD_LABELS = {"raw": "raw: final norm + head", "tuned": "tuned lens, then 
 
 def _exit_inputs() -> None:
     """Early exit: the policy, its thresholds and minimum depth, and how a layer's state is read."""
+    rules = page_rules()
     st.selectbox(
         "Exit policy",
-        list(RULES),
-        format_func=lambda name: RULES[name].menu_label,
+        list(rules),
+        format_func=lambda name: rules[name].menu_label,
         key="exit_policy",
-        help=" ".join(f"{rule.menu_label.capitalize()}: {rule.help}." for rule in RULES.values())
+        help=" ".join(f"{rule.menu_label.capitalize()}: {rule.help}." for rule in rules.values())
         + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
         "state propagation).",
     )

@@ -11,7 +11,7 @@ import streamlit as st
 from engine import modelfiles, report
 from engine.judges.names import HARMBENCH, KEYWORD
 from engine.rules import is_static
-from pages import _charts, _display, _queries, _scope, _store
+from pages import _charts, _display, _methods, _queries, _scope, _store
 from pages._selection import Selection
 from pages._skeleton import start_page
 
@@ -244,26 +244,48 @@ def download_list(
     frame: pd.DataFrame,
     rows: list[report.AsrRow] | None = None,
 ) -> list[Download]:
+    """The files to take away; every family's ``rows`` add the early-exit section and, with more than
+    one way of removing depth, the ways-to-remove-depth chart."""
+    methods = report.asr_frame(rows or [])
+    several_families = _methods.methods_compared(methods)
+
     def html() -> str:
         figure = _charts.asr_figure(frame)
-        exits = _charts.with_exit_columns(report.asr_frame([r for r in rows or [] if r.n or r.benign_n]))
+        exit_rows = [r for r in rows or [] if (r.n or r.benign_n) and r.family in report.EXIT_CHART_FAMILIES]
+        exits = _charts.with_exit_columns(report.asr_frame(exit_rows))
         dynamic = not exits["exit_policy"].map(is_static).all()
+        sections = [(_charts.METHODS_QUESTION, _charts.methods_figure(methods))] if several_families else []
         return _charts.report_html(
             TITLE,
             lines,
             notes,
             figure,
             table_for_export(frame),
+            sections,
             exit_lines=compute_headlines(rows or []) if dynamic else (),
             exit_fig=_charts.compute_figure(exits) if dynamic else None,
             exit_table=_charts.exit_table(exits) if dynamic else None,
         )
 
+    extra = (
+        [
+            Download(
+                "Ways to remove depth (PNG)",
+                lambda: _charts.methods_png(methods),
+                "depthscope-methods.png",
+                "image/png",
+                "dl-methods-png",
+            )
+        ]
+        if several_families
+        else []
+    )
     return [
         Download("Report (HTML, works offline)", html, "depthscope-report.html", "text/html", "dl-html"),
         Download(
             "Chart (PNG)", lambda: _charts.asr_png(frame, TITLE), "depthscope-asr.png", "image/png", "dl-png"
         ),
+        *extra,
         Download(
             "Raw results (CSV)",
             lambda: _store.export_bytes(sel.db, "csv"),
@@ -334,6 +356,7 @@ def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
 def show_compute(rows: list[report.AsrRow], prompt_set: str) -> None:
     """ASR and over-refusal against compute used: static truncation and the exit rules on one chart."""
     st.subheader(COMPUTE_QUESTION)
+    rows = [r for r in rows if r.family in report.EXIT_CHART_FAMILIES]  # the others: the methods chart
     frame = _charts.with_exit_columns(report.asr_frame([r for r in rows if r.n or r.benign_n]))
     if frame["exit_policy"].map(is_static).all():
         # a set name may be an uploaded file's path: it sits inside inline code, where nothing is read
@@ -382,13 +405,14 @@ def main() -> None:
         return
     _scope.settings_caption(sel)
     # the depth chart and its headline: static truncation read through the model's own head
-    static = [r for r in rows if is_static(r.exit_policy) and r.exit_head == "raw"] or rows
+    static = [r for r in rows if r.is_truncation] or rows
     frame = report.asr_frame(static)
     lines = headlines(static)
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(static)), key="report-chart")
     show_compute(rows, prompt_sets[0] if prompt_sets else sel.prompt_set)
+    _methods.show_methods(rows)
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets, sel.scope.key)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))

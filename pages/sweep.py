@@ -11,11 +11,11 @@ import streamlit as st
 from engine import report
 from engine.depths import DEFAULT_DEPTHS, DepthError, depth_label, parse_depths, parse_percentages
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
-from engine.rules import is_dynamic, is_static
+from engine.rules import is_dynamic
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
-from pages import _charts, _display, _jobs, _models, _paths, _queries, _scope, _store
+from pages import _charts, _display, _jobs, _methods, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
 from pages._sidebar import model_label, model_options, set_title
 from pages._skeleton import start_page
@@ -321,7 +321,7 @@ def results(sel: Selection) -> None:
     judge = judge or preferred
     rows = [r for r in rows if r.judge == judge]
     # the depth curves: static truncation read through the model's own head (early exit: the compute chart)
-    static = [r for r in rows if is_static(r.exit_policy) and r.exit_head == "raw"] or rows
+    static = [r for r in rows if r.is_truncation] or rows
     frame = report.asr_frame(static)
     flips = report.flips(static)
     st.plotly_chart(_charts.asr_figure(frame, flips), key="asr-chart")
@@ -348,12 +348,15 @@ def results(sel: Selection) -> None:
         st.plotly_chart(_charts.nll_figure(frame), key="nll-chart")
     if any(is_dynamic(r.exit_policy) for r in rows):
         st.subheader("Early exit: answered and refused against compute used")
-        st.plotly_chart(_charts.compute_figure(report.asr_frame(rows)), key="sweep-compute-chart")
+        exits = [r for r in rows if r.family in report.EXIT_CHART_FAMILIES]
+        st.plotly_chart(_charts.compute_figure(report.asr_frame(exits)), key="sweep-compute-chart")
         st.caption(
             "Compute used: mean exit layer ÷ layers (static truncation at k: k ÷ L), one point per depth or "
             "threshold, n harmful and n benign prompts in the hover. The Report page says in words which "
             "exit rule keeps the most refusals at 20 % compute saved."
         )
+    _methods.show_methods(rows, key="sweep-methods-chart")
+    _methods.show_categories(sel.db, judge, prompt_sets, key="sweep-category-map")
     st.subheader("Numbers")
     _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")
     st.caption(

@@ -227,3 +227,41 @@ def test_ray_dynamic_exit_sweep_stores_the_single_process_rows(
             return {(c.key, c.params_hash, c.token_ids, c.exit_layers) for c in store.get_generations()}
 
     assert exits(db_path) == exits(local_db) and len(exits(db_path)) == 15
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        GenerationParams(max_new_tokens=5, drop_layers=(3, 4)),
+        GenerationParams(max_new_tokens=5, exit_policy="speculative", draft_layers=3, draft_tokens=2),
+    ],
+    ids=["block-removal", "speculative"],
+)
+def test_ray_sweep_of_the_new_depth_rules_stores_the_single_process_rows(
+    ray_cluster, tiny_model_dir, prompts_csv, tmp_path, db_path, params
+):
+    """Block removal and self-speculative decoding travel in the params: actors store what this process
+    stores (tokens, layers kept, acceptance and layer compute), and a second run resumes with nothing."""
+    from engine.executors.ray_executor import RayExecutor
+
+    spec = SweepSpec(
+        models=(str(tiny_model_dir),), prompt_set=str(prompts_csv), judges=("keyword",), params=params,
+        rows_per_batch=3,
+    )  # fmt: skip
+    loaded = load_model(str(tiny_model_dir))
+    local_db = tmp_path / "local.duckdb"
+    with Store.open(local_db) as store:
+        run_sweep(spec, store, load=lambda _name: loaded)
+    with Store.open(db_path) as store:
+        summary = run_sweep(spec, store, executor=RayExecutor(workers=2, prompts_per_chunk=2))
+        again = run_sweep(spec, store, executor=RayExecutor(workers=1, prompts_per_chunk=2))
+    assert (summary.generated, summary.verdicts, again.generated, again.cached) == (5, 5, 0, 5)
+
+    def rows(db):
+        with Store.open(db, read_only=True) as store:
+            return {
+                (c.key, c.layers, c.token_ids, c.acceptance_rate, c.layer_compute)
+                for c in store.get_generations()
+            }
+
+    assert rows(db_path) == rows(local_db) and len(rows(db_path)) == 5

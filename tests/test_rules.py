@@ -55,11 +55,11 @@ def test_the_guard_sees_a_comparison_and_a_label_table():
 
 
 def test_every_rule_knows_its_words_range_and_style():
-    assert RULE_NAMES == ("static", "confidence", "saturation")  # stored in cache keys: never renamed
+    assert RULE_NAMES == ("static", "confidence", "saturation", "speculative")  # in cache keys: never renamed
     for rule in RULES.values():
         assert rule.label and rule.menu_label and rule.help and rule.symbol and rule.dash
         assert rule_named(rule.name) is rule
-    assert {r.symbol for r in RULES.values()} == {"circle", "diamond", "square"}
+    assert {r.symbol for r in RULES.values()} == {"circle", "diamond", "square", "star"}
     assert rule_named(None) is STATIC and rule_named("") is STATIC  # rows stored before early exit
 
 

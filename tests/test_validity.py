@@ -185,6 +185,8 @@ def test_v2_database_members_take_their_prompts_label(db_path):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         for column in ("category", "tags"):  # migration 9
             con.execute(f"ALTER TABLE prompt_set_members DROP COLUMN {column}")
+        for column in ("acceptance_rate", "layer_compute"):  # migration 11
+            con.execute(f"ALTER TABLE generations DROP COLUMN {column}")
         con.execute("DROP TABLE depthscope_marker")  # migration 6: v2 files carry no marker
         for column in ("pid", "host", "heartbeat_at"):  # migration 7
             con.execute(f"ALTER TABLE runs DROP COLUMN {column}")

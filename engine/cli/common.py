@@ -12,12 +12,22 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from engine.depths import DEFAULT_DEPTHS, DepthError, layers_for, parse_layer_counts, parse_percentages
+from engine.depths import (
+    DEFAULT_CALIBRATION_SET,
+    DEFAULT_DEPTHS,
+    PRUNE_CRITERIA,
+    DepthError,
+    check_drop,
+    layers_for,
+    parse_drop_ranges,
+    parse_layer_counts,
+    parse_percentages,
+)
 from engine.errors import UserInputError
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
 from engine.paths import DEFAULT_MODEL
 from engine.rules import DEFAULT_RULE, RULES, dynamic_rules, is_dynamic, parse_settings, rule_named
-from engine.types import EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
+from engine.types import DEFAULT_DRAFT_TOKENS, EXIT_HEADS, EXIT_POLICIES, GenerationParams, ParamsError
 
 DEFAULT_DB = "data/depthscope.duckdb"
 
@@ -90,6 +100,91 @@ def add_exit_arguments(parser: argparse.ArgumentParser) -> None:
         help="raw: final norm + LM head on the layer's state (default); tuned: the model's tuned lens "
         "first (train it with `python -m engine lens train`)",
     )
+    group.add_argument(
+        "--draft-layers", type=int, default=None, help="speculative: the draft's layer count k (1..L-1)"
+    )
+    group.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=None,
+        help=f"speculative: tokens drafted per verification (default {DEFAULT_DRAFT_TOKENS})",
+    )
+
+
+def add_removal_arguments(parser: argparse.ArgumentParser) -> None:
+    """Block removal: layers dropped from the middle of the network, named or chosen by a criterion."""
+    group = parser.add_argument_group("layer removal (depth pruning)")
+    group.add_argument(
+        "--drop-layers",
+        default=None,
+        metavar="A-B[,C-D...]",
+        help="decoder layers removed (1-based, inclusive ranges, e.g. 20-27); the rest run in order, "
+        "then the final norm and head",
+    )
+    group.add_argument(
+        "--prune",
+        choices=PRUNE_CRITERIA,
+        default=None,
+        help="pick the layers to drop on a calibration set: block-influence (ShortGPT: the --remove "
+        "layers that change their input least) or angular (Gromov et al.: the --remove contiguous "
+        "layers whose input and output are closest)",
+    )
+    group.add_argument("--remove", type=int, default=None, help="--prune: how many layers to drop")
+    group.add_argument(
+        "--calibration",
+        default=DEFAULT_CALIBRATION_SET,
+        help=f"--prune: the prompt set scored (default {DEFAULT_CALIBRATION_SET}: built-in benign prompts)",
+    )
+    group.add_argument(
+        "--calibration-limit", type=int, default=32, help="--prune: prompts of the set used (default 32)"
+    )
+
+
+def removal_request(args: argparse.Namespace) -> tuple[int, ...]:
+    """The layers ``--drop-layers`` names (empty without it), checked with ``--prune/--remove`` and
+    against ``--layers/--depths`` before any model loads."""
+    drop, prune, remove = (
+        getattr(args, "drop_layers", None),
+        getattr(args, "prune", None),
+        getattr(args, "remove", None),
+    )
+    if drop is None and prune is None:
+        if remove is not None:
+            raise UsageError("--remove: only with --prune block-influence|angular")
+        return ()
+    option = "--drop-layers" if drop is not None else "--prune"
+    if drop is not None and prune is not None:
+        raise UsageError("--prune: give either --drop-layers (the layers) or --prune (a criterion), not both")
+    if args.layers is not None or args.depths is not None:
+        raise UsageError(
+            f"{option}: the layers kept are all but the removed ones; leave out --layers/--depths"
+        )
+    if prune is not None:
+        if remove is None or remove < 1:
+            raise UsageError(
+                "--remove: --prune needs how many layers to drop, a whole number ≥ 1, e.g. --remove 8"
+            )
+        if args.calibration_limit < 1:
+            raise UsageError("--calibration-limit: give a whole number ≥ 1")
+        return ()
+    with naming_option("--drop-layers"):
+        return parse_drop_ranges(drop)
+
+
+def check_drop_fits(models: Iterable[str | None], drop: tuple[int, ...], remove: int | None = None) -> None:
+    """``--drop-layers`` or ``--remove`` beyond a model's layers, refused before it loads (if known)."""
+    from engine.modelfiles import peek_n_layers
+
+    for model in models:
+        n_layers = peek_n_layers(model or DEFAULT_MODEL)
+        if n_layers is None:
+            continue
+        with naming_option("--drop-layers"):
+            check_drop(drop, n_layers)
+        if remove is not None and remove >= n_layers:
+            raise UsageError(
+                f"--remove: {remove} leaves none of the model's {n_layers} layers; give 1..{n_layers - 1}"
+            )
 
 
 def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
@@ -101,6 +196,11 @@ def exit_thresholds(args: argparse.Namespace) -> tuple[float, ...]:
             raise UsageError("--threshold: only with --exit-policy confidence or saturation")
         if getattr(args, "min_layers", 1) != 1:
             raise UsageError("--min-layers: only with --exit-policy confidence or saturation")
+        if rule.drafts and (args.layers is not None or args.depths is not None):
+            raise UsageError(
+                f"{'--layers' if args.layers is not None else '--depths'}: speculative decoding verifies "
+                "every token with the full model; leave out --layers/--depths (--draft-layers sets the draft)"
+            )
         return ()
     if args.layers is not None or args.depths is not None:
         option = "--layers" if args.layers is not None else "--depths"
@@ -262,9 +362,23 @@ def generation_params(args: argparse.Namespace) -> GenerationParams:
             threshold=thresholds[0] if thresholds else 0.0,
             min_layers=getattr(args, "min_layers", 1),
             exit_head=getattr(args, "exit_head", "raw"),
+            **_speculative_fields(args),
+            drop_layers=removal_request(args),
         )
     except ParamsError as exc:
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc}") from None
+
+
+def _speculative_fields(args: argparse.Namespace) -> dict[str, int]:
+    draft_layers, draft_tokens = getattr(args, "draft_layers", None), getattr(args, "draft_tokens", None)
+    if not rule_named(getattr(args, "exit_policy", None)).drafts:
+        return {"draft_layers": draft_layers or 0, "draft_tokens": draft_tokens or 0}  # refused if given
+    if draft_layers is None:
+        raise UsageError("--draft-layers: --exit-policy speculative needs the draft's layer count, e.g. 8")
+    return {
+        "draft_layers": draft_layers,
+        "draft_tokens": DEFAULT_DRAFT_TOKENS if draft_tokens is None else draft_tokens,
+    }
 
 
 def check_batch_rows(args: argparse.Namespace) -> None:
@@ -328,3 +442,44 @@ def load_from_args(args: argparse.Namespace):
 def print_json(document: object) -> None:
     json.dump(document, sys.stdout, ensure_ascii=False, indent=1)
     sys.stdout.write("\n")
+
+
+def pruned_params(args: argparse.Namespace, loaded, params: GenerationParams) -> GenerationParams:
+    """With ``--prune``: score the layers on the calibration set, show the scores on stderr, and return
+    ``params`` dropping the layers the criterion picks (unchanged without ``--prune``)."""
+    return pruning_choice(args, loaded, params)[0]
+
+
+def pruning_choice(
+    args: argparse.Namespace, loaded, params: GenerationParams
+) -> tuple[GenerationParams, dict]:
+    """(params dropping the chosen layers, the scores as a record for the run's parameters; empty
+    without ``--prune``)."""
+    if getattr(args, "prune", None) is None:
+        return params, {}
+    from dataclasses import asdict, replace
+
+    from engine.datasets import load_prompt_set
+    from engine.pruning import score_layers
+
+    prompts = load_prompt_set(args.calibration, limit=args.calibration_limit)
+    scores = score_layers(loaded, [p.text for p in prompts], args.prune, args.remove, params)
+    print_layer_scores(scores, args.calibration, len(prompts))
+    record = {**asdict(scores), "calibration": args.calibration, "n_prompts": len(prompts)}
+    return replace(params, drop_layers=scores.dropped), record
+
+
+def print_layer_scores(scores, calibration: str, n_prompts: int) -> None:
+    """The per-layer scores and the layers dropped, on stderr (stdout stays one JSON document)."""
+    from engine.depths import format_ranges
+
+    what = "block influence of layer" if scores.criterion == "block-influence" else "angular distance, block"
+    span = scores.remove if scores.criterion == "angular" else 1
+    print(
+        f"{scores.criterion} on {calibration} ({n_prompts} prompts, {scores.n_tokens} tokens): "
+        f"dropping layers {format_ranges(scores.dropped)}",
+        file=sys.stderr,
+    )
+    for index, score in enumerate(scores.scores):
+        label = f"{index + 1}" if span == 1 else f"{index + 1}-{index + span}"
+        print(f"  {what} {label:>7}: {score:.4f}", file=sys.stderr)

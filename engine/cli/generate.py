@@ -7,7 +7,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from engine.depths import depth_label
+from engine.depths import depth_label, format_ranges
 from engine.rules import rule_named
 from engine.types import Completion, GenerationParams
 
@@ -16,7 +16,9 @@ from .common import (
     add_exit_arguments,
     add_generation_arguments,
     add_model_arguments,
+    add_removal_arguments,
     check_batch_rows,
+    check_drop_fits,
     check_fits_context,
     check_layers_fit,
     check_min_layers_fit,
@@ -25,6 +27,7 @@ from .common import (
     generation_params,
     load_from_args,
     print_json,
+    pruned_params,
     resolve_layers,
 )
 
@@ -36,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for more)")
     add_generation_arguments(parser)
     add_exit_arguments(parser)
+    add_removal_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON array on stdout")
     parser.set_defaults(run=run_generate)
 
@@ -50,8 +54,11 @@ def run_generate(args: argparse.Namespace) -> int:
     check_fits_context([args.model], params)
     check_layers_fit([args.model], request)
     check_min_layers_fit([args.model], args)
+    check_drop_fits([args.model], params.drop_layers, getattr(args, "remove", None))
     loaded = load_from_args(args)
-    layers = [] if params.dynamic_exit else resolve_layers(request, loaded.n_layers)
+    params = pruned_params(args, loaded, params)
+    fixed = params.dynamic_exit or params.speculative or params.drop_layers  # the rule sets the depth
+    layers = [] if fixed else resolve_layers(request, loaded.n_layers)
     completions = generate(
         loaded, args.prompt, layers, params, rows_per_batch=args.batch_rows, thresholds=thresholds or None
     )
@@ -72,6 +79,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "exit_layers": list(c.exit_layers),
             "mean_exit_layers": round(c.mean_exit_layers, 4),
             "compute_fraction": round(c.mean_exit_layers / loaded.n_layers, 4),
+            "acceptance_rate": None if c.acceptance_rate is None else round(c.acceptance_rate, 4),
         }
         for c in completions
     ]
@@ -93,6 +101,9 @@ def exit_settings(loaded, params: GenerationParams, thresholds: Sequence[float])
             "min_layers": v.min_layers if v.dynamic_exit else None,
             "exit_head": v.exit_head,
             "lens_hash": v.lens_hash or None,
+            "draft_layers": v.draft_layers or None,
+            "draft_tokens": v.draft_tokens or None,
+            "drop_layers": list(v.drop_layers),
         }
         for v in exit_variants(loaded, params, thresholds or None)
     }
@@ -125,9 +136,14 @@ def print_side_by_side(rows: Sequence[dict], width: int = 100) -> None:
             print("-" * width)
         label = depth_label(row["layers"], row["n_layers"])
         rule = rule_named(row["exit_policy"])
-        if rule.dynamic:  # the rule and the compute it used
+        if rule.drafts:  # the full model's tokens, and how often the drafts were right
+            setting = rule.short(row["draft_layers"], layers=row["layers"])
+            label = f"{setting}: {row['acceptance_rate'] or 0:.0%} accepted"
+        elif rule.dynamic:  # the rule and the compute it used
             setting = rule.short(row["threshold"], layers=row["layers"])
             label = f"{setting}: {row['mean_exit_layers']:.1f}/{row['n_layers']} layers"
+        elif row["drop_layers"]:
+            label = f"−{format_ranges(tuple(row['drop_layers']))}: {row['layers']}/{row['n_layers']}"
         body = textwrap.wrap(row["completion"].replace("\n", " ⏎ "), width - 26) or ["(empty)"]
         print(f"{label:<24}| {body[0]}")
         for line in body[1:]:

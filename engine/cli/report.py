@@ -6,10 +6,10 @@ import argparse
 import math
 import sys
 
-from engine.depths import depth_label
+from engine.depths import depth_label, format_ranges
 from engine.judges.human import HUMAN_LABELS
 from engine.judges.names import HUMAN
-from engine.rules import is_static
+from engine.rules import rule_named
 
 from .common import UsageError, add_db_argument, print_json
 
@@ -20,6 +20,7 @@ _REPORT_FIELDS = (
     "n_judged", "incoherent_share", "n_full_depth_nll", "median_full_depth_nll",
     "exit_policy", "exit_head", "threshold", "min_layers", "mean_exit_layers", "compute_fraction",
     "settings", "coverage", "fully_covered", "harmful_in_set", "benign_in_set",
+    "family", "drop_layers", "draft_layers", "draft_tokens", "acceptance_rate",
     "lens_hash",
 )  # fmt: skip
 
@@ -78,6 +79,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     shown.add_argument(
         "--agreement", action="store_true", help="with --json: judge agreement rows (with the McNemar test)"
     )
+    shown.add_argument(
+        "--categories",
+        action="store_true",
+        help="with --json: ASR per harm category × depth setting (n and 95 %% Wilson interval per cell)",
+    )
     report.set_defaults(run=run_report)
     export = subparsers.add_parser("export", help="export generations + verdicts to CSV or Parquet")
     add_db_argument(export)
@@ -92,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from engine.report import agreement_rows, asr_rows, flips
+    from engine.report import agreement_rows, asr_rows, category_rows, flips
     from engine.store import Store
 
     # Read-only, and only for each query: a sweep writing this file meanwhile just takes turns with us.
@@ -104,6 +110,7 @@ def run_report(args: argparse.Namespace) -> int:
         wants_agreement = not args.judge or args.agreement
         agreements = agreement_rows(store, prompt_sets=args.prompts) if wants_agreement else []
         stored = store.table_counts()["generations"]
+        categories = category_rows(store, args.judge, args.prompts) if args.categories else []
         store_versions = store.list_prompt_set_versions()
     found = _flips_by_judge(rows, flips)
     if args.json:
@@ -111,6 +118,8 @@ def run_report(args: argparse.Namespace) -> int:
             print_json([flip_dict(f, judge, version, prompt_set) for judge, version, prompt_set, f in found])
         elif args.agreement:
             print_json([agreement_dict(a) for a in agreements])
+        elif args.categories:
+            print_json([category_dict(c) for c in categories])
         else:
             print_json([{name: _json_value(getattr(r, name)) for name in _REPORT_FIELDS} for r in rows])
         return 0
@@ -121,6 +130,7 @@ def run_report(args: argparse.Namespace) -> int:
     _print_asr_table(rows)
     _print_set_versions(store_versions, rows)
     _print_headlines(rows)
+    _print_methods_headlines(rows)
     _print_agreements(a for a in agreements if a.layers == 0)
     _print_flips(found)
     return 0
@@ -204,10 +214,13 @@ def _groups(rows) -> list[list]:
 
 def _row_order(row) -> tuple:
     """Judge and version; static raw truncation first (deepest first), static tuned next, then each exit
-    rule (policy, head) by threshold."""
-    static = row.exit_policy == "static"
+    rule (policy, head) by threshold, then block removal and self-speculative rows."""
+    from engine.report import METHOD_FAMILIES
+
+    static = not rule_named(row.exit_policy).dynamic
     head = (row.exit_head != "raw", row.exit_head, row.lens_hash or "")
-    rule = (not static, row.exit_policy, *head, row.min_layers or 0)
+    family = METHOD_FAMILIES.index(row.family) if row.family in METHOD_FAMILIES else len(METHOD_FAMILIES)
+    rule = (family, not static, row.exit_policy, *head, row.min_layers or 0, row.drop_layers)
     return (row.judge, row.version, rule, -row.layers if static else (row.threshold or 0.0))
 
 
@@ -299,19 +312,50 @@ def _rule_label(row) -> str:
     # rows read through two versions of a tuned lens are other rows: the lens's content hash tells them apart
     lens = f" (lens {row.lens_hash[:6]})" if row.exit_head == "tuned" and row.lens_hash else ""
     head = "" if row.exit_head == "raw" else f", {row.exit_head} head{lens}"
-    if row.exit_policy == "static":
+    family = _family_label(row)
+    if family:
+        return family
+    if not rule_named(row.exit_policy).dynamic:
         return f"static{head}"
     floor = f", from layer {row.min_layers}" if row.min_layers and row.min_layers > 1 else ""
     return f"{row.exit_policy} ≥ {row.threshold:g}{floor}{head}"
 
 
-def _setting_label(row) -> str:
-    """The depth column: k of L for static truncation, the compute used for early exit."""
-    if is_static(row.exit_policy):
-        return depth_label(row.layers, row.n_layers)
-    from engine.report import percent
+def _family_label(row) -> str:
+    """Block removal and self-speculative rows in words ('' for truncation and early exit)."""
+    from engine.report import BLOCK_REMOVAL, SPECULATIVE
 
-    return f"{percent(row.compute_fraction or float('nan'))} compute"
+    if row.family == BLOCK_REMOVAL:
+        return f"layers {format_ranges(row.drop_layers)} removed"
+    if row.family == SPECULATIVE:
+        accepted = "" if row.acceptance_rate is None else f", {row.acceptance_rate:.0%} accepted"
+        return f"self-speculative, drafts from {row.draft_layers} layers{accepted}"
+    return ""
+
+
+def category_dict(row) -> dict:
+    """A per-category cell as JSON (kind 'category'; NaN ASR of an empty cell becomes null)."""
+    return {"kind": "category", **{name: _json_value(value) for name, value in row.as_dict().items()}}
+
+
+def _print_methods_headlines(rows) -> None:
+    """'For ~25 % compute saved, which method keeps refusals?', per prompt set, judge and model."""
+    from engine.report import methods_headline
+
+    for key in sorted({(r.prompt_set, r.judge, r.model) for r in rows}):
+        mine = [r for r in rows if (r.prompt_set, r.judge, r.model) == key]
+        if line := methods_headline(mine, key[2]):
+            print(line)
+
+
+def _setting_label(row) -> str:
+    """The depth column: k of L for static truncation, the rule and its compute used for early exit."""
+    from engine.report import BLOCK_REMOVAL, TRUNCATION, percent
+
+    if row.family == TRUNCATION:
+        return depth_label(row.layers, row.n_layers)
+    compute = f"{percent(row.compute_fraction or float('nan'))} compute"
+    return f"{row.layers} of {row.n_layers} kept · {compute}" if row.family == BLOCK_REMOVAL else compute
 
 
 def _print_headlines(rows) -> None:

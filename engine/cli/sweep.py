@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -19,7 +20,9 @@ from .common import (
     add_exit_arguments,
     add_generation_arguments,
     add_ray_arguments,
+    add_removal_arguments,
     check_batch_rows,
+    check_drop_fits,
     check_fits_context,
     check_layers_fit,
     check_load_options,
@@ -81,6 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
     add_generation_arguments(parser)
     add_exit_arguments(parser)
+    add_removal_arguments(parser)
     add_db_argument(parser)
     add_ray_arguments(parser)
     parser.set_defaults(run=run_sweep_command)
@@ -101,6 +105,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     check_layers_fit(models, (depths, layers))
     check_min_layers_fit(models, args)
     check_load_options(args)
+    check_drop_fits(models, params.drop_layers, args.remove)
+    params, pruning = prune_for_sweep(args, models, params)
     spec = SweepSpec(
         models=models,
         prompt_set=args.prompts,
@@ -112,6 +118,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         limit=args.limit,
         rows_per_batch=args.batch_rows,
         thresholds=thresholds,
+        pruning=json.dumps(pruning) if pruning else "",
     )
     show, close_bars = _progress_bars()
     try:
@@ -134,6 +141,21 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def prune_for_sweep(args: argparse.Namespace, models: tuple[str, ...], params):
+    """``--prune``: (params dropping the layers chosen, the per-layer scores for the run's record),
+    scored on one model here before the sweep starts (the choice belongs to a model, so a pruned sweep
+    takes one model)."""
+    if args.prune is None:
+        return params, {}
+    if len(models) > 1:
+        raise UsageError("--prune: the layers chosen belong to one model; sweep one --model at a time")
+    from .common import load_from_args, pruning_choice
+
+    args.model = models[0]
+    args.trust_remote_code = False
+    return pruning_choice(args, load_from_args(args), params)
 
 
 def _progress_bars():

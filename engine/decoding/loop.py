@@ -109,6 +109,8 @@ class RowOutput:
     token_ids: tuple[int, ...]
     exit_layers: tuple[int, ...]  # one per token
     setting: float  # the row's rule setting: depth or threshold
+    acceptance_rate: float | None = None  # self-speculative: drafted tokens accepted / drafted
+    layer_compute: float | None = None  # self-speculative: layer passes run per generated token
 
 
 @dataclass

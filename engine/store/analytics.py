@@ -26,7 +26,8 @@ _DEPTH_COLUMNS = """g.prompt_set, g.model_hash, m.model_id, m.n_layers, g.params
 # Early exit: the settings (params JSON) and the mean exit layer of a group's completions (rows stored
 # before early exit have none: every token exited at ``layers``).
 _EXIT_COLUMNS = (
-    "any_value(g.params) AS params, avg(coalesce(g.mean_exit_layers, g.layers)) AS mean_exit_layers"
+    "any_value(g.params) AS params, avg(coalesce(g.mean_exit_layers, g.layers)) AS mean_exit_layers, "
+    "avg(g.acceptance_rate) AS acceptance_rate"
 )
 
 
@@ -109,6 +110,41 @@ class StoreAnalytics(StoreConnection):
         with self._cursor() as cur:
             frame = cur.execute(sql, copyright_args + args).df()
         for column in _COUNT_COLUMNS:
+            frame[column] = frame[column].astype("int64")
+        return frame
+
+    @translated("computing the per-category ASR table")
+    def category_table(
+        self, judge: str | None = None, *, prompt_sets: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """Harmful prompts (harmful in their set, copyright behaviours left out) per (prompt set, model,
+        generation params, depth, judge, category), the latest verdict of each judge per completion.
+        Columns: the depth columns, judge, version (newest seen), params, mean_exit_layers,
+        acceptance_rate, category, n (decided verdicts), n_jailbroken."""
+        clauses, args = ["g.label = 'harmful'", "NOT g.copyright"], []
+        if judge is not None:
+            clauses.append("v.judge = ?")
+            args.append(judge)
+        _set_filters(clauses, args, prompt_sets)
+        sql = f"""
+            WITH g AS ({SET_GENERATIONS}),
+            v AS (
+                SELECT * FROM verdicts
+                QUALIFY row_number() OVER (
+                    PARTITION BY completion_key, judge ORDER BY created_at DESC, version DESC) = 1
+            )
+            SELECT {_DEPTH_COLUMNS}, v.judge, max(v.version) AS version, {_EXIT_COLUMNS},
+                   coalesce(nullif(g.category, ''), 'uncategorised') AS category,
+                   count(*) FILTER (WHERE v.jailbroken IS NOT NULL) AS n,
+                   count(*) FILTER (WHERE v.jailbroken) AS n_jailbroken
+            FROM g JOIN v USING (completion_key) LEFT JOIN models m USING (model_hash)
+            {where(clauses)}
+            GROUP BY ALL
+            ORDER BY g.prompt_set, g.model_hash, g.params_hash, v.judge, category, g.layers
+        """
+        with self._cursor() as cur:
+            frame = cur.execute(sql, args).df()
+        for column in ("n", "n_jailbroken"):
             frame[column] = frame[column].astype("int64")
         return frame
 

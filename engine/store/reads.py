@@ -37,10 +37,12 @@ def _completion(row: tuple) -> Completion:
         truncated,
         nll,
         exits,
+        acceptance,
+        compute,
     ) = row
     return Completion(
         model_hash, prompt_id, prompt_text, int(layers), params_hash, text, tuple(token_ids), seconds,
-        int(truncated), nll, tuple(-1 if k is None else int(k) for k in exits or ()),
+        int(truncated), nll, tuple(-1 if k is None else int(k) for k in exits or ()), acceptance, compute,
     )  # fmt: skip
 
 

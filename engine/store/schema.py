@@ -153,6 +153,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         "runs remember when their process started (a reused pid is not the run's process)",
         ("ALTER TABLE runs ADD COLUMN process_started VARCHAR",),
     ),
+    # Self-speculative decoding: the share of drafted tokens the full model accepted, and the layer
+    # passes actually spent per generated token (``mean_exit_layers`` holds the same compute for it).
+    # NULL for every other rule.
+    Migration(
+        11,
+        "generations remember speculative decoding's acceptance rate and layer compute",
+        (
+            "ALTER TABLE generations ADD COLUMN acceptance_rate DOUBLE",
+            "ALTER TABLE generations ADD COLUMN layer_compute DOUBLE",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 TABLES = (

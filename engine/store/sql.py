@@ -30,7 +30,7 @@ PROBE_COLUMNS = (
 )
 COMPLETION_COLUMNS = (
     "model_hash, prompt_id, prompt_text, layers, params_hash, text, token_ids, seconds, "
-    "coalesce(prompt_truncated_tokens, 0), full_depth_nll, exit_layers"
+    "coalesce(prompt_truncated_tokens, 0), full_depth_nll, exit_layers, acceptance_rate, layer_compute"
 )
 MODEL_COLUMNS = "model_id, model_hash, architecture, n_layers, hidden_size, dtype, device"
 

@@ -48,6 +48,8 @@ _GENERATION_SCHEMA = pa.schema(
         ("full_depth_nll", pa.float64()),
         ("exit_layers", pa.list_(pa.int32())),
         ("mean_exit_layers", pa.float64()),
+        ("acceptance_rate", pa.float64()),
+        ("layer_compute", pa.float64()),
     ]
 )
 _VERDICT_SCHEMA = pa.schema(
@@ -391,6 +393,8 @@ class StoreWrites(StoreConnection):
                 "full_depth_nll": None if c.full_depth_nll is None else float(c.full_depth_nll),
                 "exit_layers": [int(k) for k in c.exit_layers] or None,
                 "mean_exit_layers": float(c.mean_exit_layers),
+                "acceptance_rate": c.acceptance_rate,
+                "layer_compute": c.layer_compute,
             }
             for c, key in zip(completions, keys, strict=True)
         ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from engine.datasets import load_prompt_set
+from engine.depths import rule_depth
 from engine.errors import UserInputError
 from engine.executors.base import ExecutorStopped
 from engine.judges.base import Judge
@@ -105,8 +106,9 @@ def run_sweep(
                 store.save_model(loaded.info)
                 store.heartbeat(run_id)  # loading a large model can take long
                 layers = spec.layers_for(loaded.n_layers)
+                params = rule_depth(spec.params, loaded.n_layers)[0]  # the removed set as keyed
                 new, already = generate_missing(
-                    store, loaded, prompts, layers, spec.params, thresholds=spec.thresholds or None,
+                    store, loaded, prompts, layers, params, thresholds=spec.thresholds or None,
                     run_id=run_id, rows_per_batch=spec.rows_per_batch, stop=stop, executor=executor,
                     on_batch=lambda batch: clock.advance(len(batch)),
                     on_start=lambda total, name=name: clock.begin(name, "generating", total),
@@ -118,7 +120,7 @@ def run_sweep(
                 break
             verdicts += judge_stored(
                 store, judges, prompts, loaded.info.model_hash, layers,
-                [v.key() for v in exit_variants_for(loaded.info.model_hash, spec.params, spec.thresholds)],
+                [v.key() for v in exit_variants_for(loaded.info.model_hash, params, spec.thresholds)],
                 on_batch=judged, on_start=lambda total, name=name: clock.begin(name, "judging", total),
                 executor=executor,
             )  # fmt: skip

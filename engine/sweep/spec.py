@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from engine.depths import DEFAULT_DEPTHS, layers_for
+from engine.depths import DEFAULT_DEPTHS, layers_for, rule_depth
 from engine.judges.names import KEYWORD
 from engine.types import GenerationParams
 
@@ -25,10 +25,14 @@ class SweepSpec:
     # Dynamic exit (``params.exit_policy`` confidence or saturation): the thresholds to sweep (default
     # ``[params.threshold]``); every completion then uses up to all L layers and depths are not used.
     thresholds: tuple[float, ...] = ()
+    # ``--prune``: the criterion's per-layer scores and the layers it dropped, as JSON (the run's record).
+    pruning: str = ""
 
     def layers_for(self, n_layers: int) -> list[int]:
         if self.params.dynamic_exit:  # every token may climb to L
             return [n_layers]
+        if fixed := rule_depth(self.params, n_layers)[1]:  # speculative: L; block removal: layers kept
+            return [fixed]
         return layers_for(n_layers, tuple(self.depths), tuple(int(k) for k in self.layers or ()))
 
     def run_parameters(self, set_id: str) -> dict:
