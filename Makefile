@@ -47,8 +47,11 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/sweep.py --quick
 
 # Screenshots of every page on the demo model's data, for the README (docs/screens/).
+# A demo model already built in data/models/ is reused; otherwise the walk builds one.
 screens: install
-	DEPTHSCOPE_SCREENS=docs/screens $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests/test_browser.py \
+	DEPTHSCOPE_SCREENS=docs/screens \
+	DEPTHSCOPE_SCREENS_MODEL=$$([ -f data/models/depthscope-demo/config.json ] && echo data/models/depthscope-demo) \
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800 tests/test_browser.py \
 		-k "stakeholder_walk or report_export"
 
 clean:

@@ -1,4 +1,4 @@
-"""Content-only controls for the per-layer harm probes (issue 13, point 5). numpy + scikit-learn only:
+"""Content-only controls for the per-layer harm probes. numpy + scikit-learn only:
 no torch, no I/O.
 
 A probe that separates harmful from benign prompts proves little if the prompts' words already do.

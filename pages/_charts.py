@@ -640,9 +640,17 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+# Text columns that, when one value fills them, are said once above the table instead of in every row.
+_SAID_ONCE = ("model", "judge", "prompt set", "generation settings")
+
+
 def _table_html(table: pd.DataFrame) -> str:
-    body = readable_table(compact_table(table)).to_html(index=False, escape=True, border=0, na_rep="–")
-    return f"<div class='table-box'>{body}</div>"
+    table = readable_table(compact_table(table))
+    same = [c for c in _SAID_ONCE if c in table and len(table) and table[c].nunique(dropna=False) == 1]
+    said = " · ".join(f"{column}: {table[column].iloc[0]}" for column in same)
+    body = table.drop(columns=same).to_html(index=False, escape=True, border=0, na_rep="–")
+    lead = f"<p class='meta'>{html.escape(said)}</p>" if said else ""
+    return f"{lead}<div class='table-box'>{body}</div>"
 
 
 def report_html(
@@ -908,8 +916,8 @@ def methods_figure(frame: pd.DataFrame) -> go.Figure:
     high = max(103.0, float(frame["compute_fraction"].max() * 100 + 5)) if len(frame) else 103.0
     fig.update_xaxes(title="Compute used: decoder-layer passes per token ÷ layers (%)", range=[-2, high],
                      ticksuffix=" %")  # fmt: skip
-    fig.update_yaxes(title="Harmful answered (ASR), filled · harmless refused, open", range=[-2, 102],
-                     ticksuffix=" %")  # fmt: skip
+    # which marker is which is said in the legend and the caption: the axis title stays short enough to fit
+    fig.update_yaxes(title=SHARE_AXIS, range=[-2, 102], ticksuffix=" %")
     return _layout(fig, height=480)
 
 

@@ -13,8 +13,8 @@ from pages import _charts, _display, _queries
 METHODS_HOWTO = (
     "Only one way of removing depth is stored in this scope. To compare them, sweep the same prompts with "
     "a middle block removed and with self-speculative decoding, e.g. `python -m engine sweep --prompts "
-    "demo --drop-layers 3-4` and `python -m engine sweep --prompts demo --exit-policy speculative "
-    "--draft-layers 4`."
+    "{prompt_set} --drop-layers 3-4` and `python -m engine sweep --prompts {prompt_set} --exit-policy "
+    "speculative --draft-layers 4`."
 )
 
 
@@ -37,12 +37,12 @@ def methods_headlines(rows: list[report.AsrRow]) -> list[str]:
     return found
 
 
-def show_methods(rows: list[report.AsrRow], key: str = "methods-chart") -> None:
+def show_methods(rows: list[report.AsrRow], prompt_set: str, key: str = "methods-chart") -> None:
     """Every way of removing depth on one chart: truncation, block removal, early exit, self-speculative."""
     st.subheader(_charts.METHODS_QUESTION)
     frame = report.asr_frame([r for r in rows if r.n or r.benign_n])
     if not methods_compared(frame):
-        st.info(METHODS_HOWTO)
+        st.info(METHODS_HOWTO.format(prompt_set=prompt_set))  # the set on screen, not another
         return
     for line in methods_headlines(rows):
         st.markdown(f"**{_display.md_escape(line)}**")

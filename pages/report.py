@@ -411,8 +411,9 @@ def main() -> None:
     for line in lines:
         st.markdown(f"#### {_display.md_escape(line)}")
     st.plotly_chart(_charts.asr_figure(frame, report.flips(static)), key="report-chart")
-    show_compute(rows, prompt_sets[0] if prompt_sets else sel.prompt_set)
-    _methods.show_methods(rows)
+    shown_set = prompt_sets[0] if prompt_sets else sel.prompt_set
+    show_compute(rows, shown_set)
+    _methods.show_methods(rows, shown_set)
     st.subheader("What these numbers can and cannot say")
     notes = caveats(sel.db, rows, judge, prompt_sets, sel.scope.key)
     st.markdown("\n".join(f"- {_display.md_escape(note)}" for note in notes))

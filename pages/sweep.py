@@ -355,7 +355,7 @@ def results(sel: Selection) -> None:
             "threshold, n harmful and n benign prompts in the hover. The Report page says in words which "
             "exit rule keeps the most refusals at 20 % compute saved."
         )
-    _methods.show_methods(rows, key="sweep-methods-chart")
+    _methods.show_methods(rows, prompt_sets[0] if prompt_sets else sel.prompt_set, key="sweep-methods-chart")
     _methods.show_categories(sel.db, judge, prompt_sets, key="sweep-category-map")
     st.subheader("Numbers")
     _display.fitting_table(result_table(frame, flips), keep=3, key="numbers")

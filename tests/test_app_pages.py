@@ -659,7 +659,7 @@ def test_full_depth_nll_shows_next_to_the_incoherence_flag(seeded):
     assert any("median over the judged answers" in m for m in markdowns(at))
 
 
-# ---------------------------------------------------------------- early exit (issue 15)
+# ---------------------------------------------------------------- early exit
 
 EXIT_TEXT = "Sure <img src=x> ![x](y) $x$ step one"  # hostile token text: must stay characters
 EXIT_MIN_LAYERS = 1  # the sidebar's default: the browser test only picks the policy

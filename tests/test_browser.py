@@ -218,7 +218,7 @@ def test_screenshots_are_git_ignored():
     assert result.returncode == 0
 
 
-# ---------------------------------------------------------------- hostile text stays text (issue 14)
+# ---------------------------------------------------------------- hostile text stays text
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,7 @@ def test_hostile_database_text_renders_as_text(hostile_server, browser, name):
         assert "![x](http://127.0.0.1:9/b.png)" in main.text
 
 
-# ---------------------------------------------------------------- early exit (issue 15)
+# ---------------------------------------------------------------- early exit
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +338,7 @@ def test_exit_chart_and_token_colouring_render(exit_server, browser):
 
 # ---------------------------------------------------------------- a stakeholder's walk through every page
 
+PREBUILT_ENV = "DEPTHSCOPE_SCREENS_MODEL"  # screenshots: an already built full demo model to reuse
 SCREENS_ENV = "DEPTHSCOPE_SCREENS"  # a folder (e.g. docs/screens) that also receives the walk's screenshots
 OTHER_MAX_NEW_TOKENS = 16  # the explorer one-off that opens a second generation-settings scope
 # Raw values no stakeholder page may show: a nan rate, Python's None, an empty interval, a settings hash.
@@ -365,7 +366,10 @@ def seed_story(folder: Path) -> tuple[Path, dict[str, str]]:
     from engine.types import GenerationParams
 
     scale = "full" if os.environ.get(SCREENS_ENV) else "test"  # pictures for people: the real build
-    model_dir = demo_model.build_demo_model(folder / "depthscope-demo", scale=scale)
+    prebuilt = os.environ.get(PREBUILT_ENV) if scale == "full" else None  # one build serves both
+    model_dir = (
+        Path(prebuilt) if prebuilt else demo_model.build_demo_model(folder / "depthscope-demo", scale=scale)
+    )
     loaded = load_model(str(model_dir))
     load = {str(model_dir): loaded}.__getitem__
     db, activations = folder / "story.duckdb", folder / "activations"
@@ -377,6 +381,11 @@ def seed_story(folder: Path) -> tuple[Path, dict[str, str]]:
         )
         run_sweep(spec, store, load=load)
         run_sweep(SweepSpec(models=(str(model_dir),), prompt_set="overrefusal", limit=24), store, load=load)
+        for params in (  # the other ways of removing depth: a middle block, self-speculative decoding
+            GenerationParams(drop_layers=(2,)),
+            GenerationParams(exit_policy="speculative", draft_layers=2, draft_tokens=2),
+        ):
+            run_sweep(SweepSpec(models=(str(model_dir),), prompt_set="demo", params=params), store, load=load)
         demo = load_prompt_set("demo")
         other = GenerationParams(max_new_tokens=OTHER_MAX_NEW_TOKENS)
         layers = list(range(1, loaded.n_layers + 1))
@@ -585,6 +594,24 @@ STORY = [  # (screenshot name, path, sidebar choices): the report first (see PAG
 ]
 
 
+def missing_method_charts(browser, text: str) -> list[str]:
+    """The Depth sweep page's 'ways to remove depth' chart and per-category heatmap, drawn with data."""
+    from selenium.webdriver.common.by import By
+
+    from pages import _charts, _methods
+
+    faults = []
+    for howto in (_methods.METHODS_HOWTO, _methods.CATEGORY_HOWTO):
+        if howto[:60] in text:
+            faults.append(f"shows the hint instead of its chart: {howto[:60]}")
+    if _charts.METHODS_QUESTION not in text or "Which harms break first?" not in text:
+        faults.append("the ways-to-remove-depth chart or the category heatmap is missing")
+    for box in (".st-key-sweep-methods-chart-box", ".st-key-sweep-category-map-box-0"):
+        if not browser.find_elements(By.CSS_SELECTOR, f"{box} .js-plotly-plot"):
+            faults.append(f"no chart drawn in {box}")
+    return faults
+
+
 @pytest.mark.slow
 def test_stakeholder_walk_shows_no_raw_values_and_nothing_cut_off(story, browser):
     """Every page on the demo model's data (static, early-exit and over-refusal sweeps, a one-off with
@@ -607,6 +634,8 @@ def test_stakeholder_walk_shows_no_raw_values_and_nothing_cut_off(story, browser
                 faults.append(
                     f"the headline does not name {k} of {n_layers} layers, the smallest changing cut"
                 )
+        if name == "sweep":
+            faults += missing_method_charts(browser, text)
         if found or faults:
             problems[name] = {"text": found, "layout": faults}
         story_screenshot(browser, name)

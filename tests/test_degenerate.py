@@ -1,5 +1,5 @@
 """The incoherence flag on real output: precision and recall on a hand-labelled fixture, the examples
-issue 13 found missed, and the full-depth NLL beside it on the real default model (slow)."""
+an earlier review found missed, and the full-depth NLL beside it on the real default model (slow)."""
 
 from __future__ import annotations
 

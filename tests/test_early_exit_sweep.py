@@ -1,4 +1,4 @@
-"""Early exit end to end: sweep (store, resume), report rows, CLI contracts, store upgrade (issue 15)."""
+"""Early exit end to end: sweep (store, resume), report rows, CLI contracts, store upgrade."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 13.1: the full-depth NLL stored per completion, the incoherence detector's version per verdict.
+"""The full-depth NLL stored per completion, the incoherence detector's version per verdict.
 
 Store round trip and the upgrade from a v2 file; stale flags re-judged without re-deciding; the sweep
 stores an NLL equal to an independent unpadded computation; the report's per-depth share and median.

@@ -1,4 +1,4 @@
-"""Issue 14, security: nothing written outside the allowed folders by any page action; one base for
+"""Security: nothing written outside the allowed folders by any page action; one base for
 relative paths, and the path checked is the path loaded; no text from a database, a CSV or a path box is
 ever read as markdown, HTML, LaTeX or an icon shortcode by a page or a chart.
 

@@ -1,4 +1,4 @@
-"""Issue 13.2/13.3 and 14.6: benign refusal rate, per-set reporting, copyright left out of every judge's
+"""Benign refusal rate, per-set reporting, copyright left out of every judge's
 ASR, judge comparisons on comparable answers, and one prompt text with two labels in two sets."""
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE generations ADD COLUMN run_id VARCHAR",
         ),
     ),
-    # One prompt text may be harmful in one set and benign in another (issue 14.6): the label a report
+    # One prompt text may be harmful in one set and benign in another: the label a report
     # uses is the one the prompt has in its set. Existing members take the label their prompt had.
     Migration(
         3,
@@ -90,7 +90,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "generations remember how many prompt tokens were cut to fit the model's context",
         ("ALTER TABLE generations ADD COLUMN prompt_truncated_tokens INTEGER DEFAULT 0",),
     ),
-    # Issue 13.1: the full-depth model's NLL per completion (NULL until scored), and which incoherence
+    # The full-depth model's NLL per completion (NULL until scored), and which incoherence
     # detector set each verdict's ``degenerate`` flag (NULL: one from before versions were recorded).
     Migration(
         5,
@@ -117,7 +117,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP",
         ),
     ),
-    # Early exit (issue 15): the layer each generated token exited at, and their mean (compute used =
+    # Early exit: the layer each generated token exited at, and their mean (compute used =
     # mean / L). Older rows keep NULL: every token of a static run exited at its ``layers``.
     Migration(
         8,

@@ -1,4 +1,4 @@
-"""Issue 14 items 8–12 and issue 13.6: inputs that were silently wrong or ended in a traceback.
+"""Inputs that were silently wrong or ended in a traceback.
 
 One test (at least) per class: depth lists, sampling parameters, prompts longer than the context, CSV
 encodings, damaged model files and unwritable folders. Property tests drive ``engine.cli.main`` with
