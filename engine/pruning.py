@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from engine.depths import PRUNE_CRITERIA
-from engine.generation import encode_prompts, left_pad, position_ids_for
+from engine.errors import UserInputError
+from engine.generation import fit_prompts, left_pad, position_ids_for
 from engine.models import LoadedModel
 from engine.types import GenerationParams
 
@@ -84,15 +85,16 @@ def score_layers(
 ) -> LayerScores:
     """Score the layers on ``texts`` and pick the ``remove`` layers ``criterion`` drops."""
     if criterion not in PRUNE_CRITERIA:
-        raise ValueError(
+        raise UserInputError(
             f"pruning criterion {criterion!r} is unknown: use one of {', '.join(PRUNE_CRITERIA)}"
         )
     n_layers = loaded.n_layers
     if not 1 <= remove < n_layers:
-        raise ValueError(f"--remove {remove}: give 1..{n_layers - 1} layers (at least one must stay)")
+        raise UserInputError(f"--remove {remove}: give 1..{n_layers - 1} layers (at least one must stay)")
     if not texts:
-        raise ValueError("the calibration set has no prompts")
-    encoded = encode_prompts(loaded.tokenizer, texts, params or GenerationParams())
+        raise UserInputError("the calibration set has no prompts")
+    # cut to the model's context like every other path (the answer budget of ``params`` left free)
+    encoded = [ids for ids, _cut in fit_prompts(loaded, texts, params or GenerationParams())]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     span = 1 if criterion == "block-influence" else remove
     sums = torch.zeros(n_layers + 1 - span, dtype=torch.float64)

@@ -259,7 +259,7 @@ def test_pages_offer_an_edited_sets_earlier_version(app_env, tiny_hash):
     shown = [option.replace("\\", "") for option in scope.options]  # options are markdown-escaped
     assert shown == [
         "Demo (12 harmful + 12 benign)",
-        "Demo (12 harmful + 12 benign), earlier version 1 of 2 (24 prompts)",
+        "Demo (12 harmful + 12 benign), earlier version 1 of 2 (8 prompts)",
         "all sets, each on its own",
     ]
     scope.set_value("demo@v1").run()

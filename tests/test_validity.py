@@ -97,9 +97,8 @@ def test_asr_chart_draws_the_harmless_requests_refused_curve(store):
     from pages import _charts
 
     frame = report.asr_frame(report.asr_rows(store, judge="keyword"))
-    names = [trace.name for trace in _charts.asr_figure(frame).data]
-    (benign,) = [name for name in names if name and name.endswith("harmless requests refused")]
-    trace = next(t for t in _charts.asr_figure(frame).data if t.name == benign)
+    drawn = [t for t in _charts.asr_figure(frame).data if any(y is not None for y in t.y or ())]  # no key
+    (trace,) = [t for t in drawn if t.name and t.name.endswith("harmless requests refused")]
     assert sorted(trace.y) == pytest.approx([20.0, 40.0])
     assert len(_charts.asr_png(frame)) > 1000
 

@@ -231,7 +231,7 @@ def test_rows_of_a_retrained_lens_say_which_lens(db_path, capsys):
     assert {r["lens_hash"] for r in json.loads(capsys.readouterr().out)} == set(by_lens)
     assert main(["report", "--db", str(db_path)]) == 0
     table = capsys.readouterr().out
-    assert "tuned 1111aa" in table and "tuned 3333cc" in table
+    assert "lens 1111aa" in table and "lens 3333cc" in table
 
 
 def test_raw_head_rows_name_no_lens(db_path):
