@@ -275,9 +275,7 @@ def exit_server(tmp_path_factory, tiny_model_dir, tiny_tokenizer):
 def test_exit_chart_and_token_colouring_render(exit_server, browser):
     """The Report's compute-used chart draws its curves; the explorer, with the confidence policy picked in
     the sidebar, colours every token by its exit layer and shows hostile token text as characters."""
-    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
     from test_app_pages import EXIT_TEXT
 
@@ -296,31 +294,7 @@ def test_exit_chart_and_token_colouring_render(exit_server, browser):
 
     browser.get(exit_server)
     wait_idle(browser)
-    sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]")
-    summary = next(e for e in sidebar.find_elements(By.TAG_NAME, "summary") if "Settings" in e.text)
-    summary.click()
-    WebDriverWait(browser, 180).until(
-        lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy input")
-    )
-
-    def pick_confidence(_) -> bool:
-        """Streamlit 1.67's selectbox is a react-aria combobox: ↓ opens its list once it is ready; the
-        list re-renders while it opens, so a click may land on a stale option: try again."""
-        try:
-            found = [
-                o for o in browser.find_elements(By.CSS_SELECTOR, "[role=option]") if "confidence" in o.text
-            ]
-            if not found:  # the input is found again each time: a rerun replaces it
-                box = browser.find_element(By.CSS_SELECTOR, ".st-key-exit_policy input")
-                browser.execute_script("arguments[0].scrollIntoView(); arguments[0].focus();", box)
-                box.send_keys(Keys.ARROW_DOWN)
-                return False
-            found[0].click()
-            return True
-        except WebDriverException:
-            return False
-
-    WebDriverWait(browser, 180, poll_frequency=1.0).until(pick_confidence)
+    choose_option(browser, "exit_policy", "confidence", timeout=180)
     strip = WebDriverWait(browser, 180).until(
         lambda _: browser.find_element(By.CSS_SELECTOR, ".st-key-exit-strip .depthscope-exit-strip")
     )
@@ -550,8 +524,10 @@ def story_screenshot(driver, name: str, app: bool = True) -> Path:
     return path
 
 
-def choose_option(driver, key: str, option: str) -> None:
-    """Pick ``option`` in the selectbox ``key`` (a react-aria combobox, see pick_confidence)."""
+def choose_option(driver, key: str, option: str, timeout: float = 30) -> None:
+    """Pick ``option`` in the selectbox ``key``. Streamlit 1.67's selectbox is a react-aria combobox: ↓
+    opens its list once it is ready; the list re-renders while it opens, so a click may land on a stale
+    option: try again (the input is found again each time: a rerun replaces it)."""
     from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -561,7 +537,9 @@ def choose_option(driver, key: str, option: str) -> None:
     if key.startswith("exit"):
         summary = next(e for e in sidebar.find_elements(By.TAG_NAME, "summary") if "Settings" in e.text)
         summary.click()
-    WebDriverWait(driver, 30).until(lambda _: driver.find_element(By.CSS_SELECTOR, f".st-key-{key} input"))
+    WebDriverWait(driver, timeout).until(
+        lambda _: driver.find_element(By.CSS_SELECTOR, f".st-key-{key} input")
+    )
 
     def pick(_) -> bool:
         try:
@@ -576,7 +554,7 @@ def choose_option(driver, key: str, option: str) -> None:
         except WebDriverException:
             return False
 
-    WebDriverWait(driver, 30, poll_frequency=1.0).until(pick)
+    WebDriverWait(driver, timeout, poll_frequency=1.0).until(pick)
     time.sleep(1.0)
     wait_idle(driver)
 
