@@ -38,3 +38,15 @@ def save_tiny_checkpoint(path: Path, arch: str, tokenizer, n_layers: int = N_LAY
 def db_path(tmp_path) -> Path:
     """A fresh DuckDB file location per test."""
     return tmp_path / "test.duckdb"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private 2-CPU Ray cluster for one test module (Ray tests only: importing Ray is slow)."""
+    ray = pytest.importorskip("ray")
+    from engine.executors.ray_executor import connect
+
+    started = connect("local", num_cpus=2, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

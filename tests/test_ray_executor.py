@@ -51,15 +51,16 @@ def test_no_cluster_at_the_address_is_a_message(tmp_path):
     assert "ray start --head" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    from engine.executors.ray_executor import connect
+def sweep_here_then_on_ray(spec: SweepSpec, model_dir, local_db, ray_db):
+    """``spec`` swept in this process into ``local_db``, then on two Ray actors into ``ray_db``: the
+    Ray run's summary (the two databases are compared by the caller)."""
+    from engine.executors.ray_executor import RayExecutor
 
-    started = connect("local", num_cpus=2, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
+    loaded = load_model(str(model_dir))
+    with Store.open(local_db) as store:
+        run_sweep(spec, store, load=lambda _name: loaded)
+    with Store.open(ray_db) as store:
+        return run_sweep(spec, store, executor=RayExecutor(workers=2, prompts_per_chunk=2))
 
 
 @pytest.fixture(scope="module")
@@ -207,19 +208,14 @@ def test_ray_dynamic_exit_sweep_stores_the_single_process_rows(
     ray_cluster, tiny_model_dir, prompts_csv, tmp_path, db_path
 ):
     """Units carry their missing thresholds to the actors: each threshold's rows, once, as here."""
-    from engine.executors.ray_executor import RayExecutor
 
     params = GenerationParams(max_new_tokens=5, exit_policy="confidence", threshold=0.5, min_layers=2)
     spec = SweepSpec(
         models=(str(tiny_model_dir),), prompt_set=str(prompts_csv), judges=("keyword",), params=params,
         rows_per_batch=3, thresholds=(0.0, 0.5, 1.5),
     )  # fmt: skip
-    loaded = load_model(str(tiny_model_dir))
     local_db = tmp_path / "local.duckdb"
-    with Store.open(local_db) as store:
-        run_sweep(spec, store, load=lambda _name: loaded)
-    with Store.open(db_path) as store:
-        summary = run_sweep(spec, store, executor=RayExecutor(workers=2, prompts_per_chunk=2))
+    summary = sweep_here_then_on_ray(spec, tiny_model_dir, local_db, db_path)
     assert (summary.generated, summary.verdicts) == (15, 15)
 
     def exits(db):
@@ -248,12 +244,9 @@ def test_ray_sweep_of_the_new_depth_rules_stores_the_single_process_rows(
         models=(str(tiny_model_dir),), prompt_set=str(prompts_csv), judges=("keyword",), params=params,
         rows_per_batch=3,
     )  # fmt: skip
-    loaded = load_model(str(tiny_model_dir))
     local_db = tmp_path / "local.duckdb"
-    with Store.open(local_db) as store:
-        run_sweep(spec, store, load=lambda _name: loaded)
+    summary = sweep_here_then_on_ray(spec, tiny_model_dir, local_db, db_path)
     with Store.open(db_path) as store:
-        summary = run_sweep(spec, store, executor=RayExecutor(workers=2, prompts_per_chunk=2))
         again = run_sweep(spec, store, executor=RayExecutor(workers=1, prompts_per_chunk=2))
     assert (summary.generated, summary.verdicts, again.generated, again.cached) == (5, 5, 0, 5)
 

@@ -74,17 +74,6 @@ def test_a_worker_bigger_than_every_node_is_refused():
 # ---------------------------------------------------------------- on a local cluster
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    from engine.executors.ray_executor import connect
-
-    started = connect("local", num_cpus=2, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def finishes(work, limit_s: float = 180.0):
     """Run ``work`` in a thread; its result or exception once it ends, failing if it never does."""
     outcome: dict = {}
