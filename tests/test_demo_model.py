@@ -77,6 +77,51 @@ def curve_report(rows_by_depth: dict[int, tuple[int, int, int]], n_layers: int =
     return {"n_layers": n_layers, "refusal_layers": band, "sets": {"demo": rows}}
 
 
+def test_contrast_pairs_are_trained_with_their_intent_and_the_probed_position():
+    from engine.demo_model.training import last_prompt_positions
+    from engine.generation import fit_prompt
+    from engine.types import GenerationParams
+
+    pairs = demo_model.contrast_prompts()
+    examples = demo_model.stage_examples(pairs, refuse_harmful=True, echo=False)
+    assert len(examples) == 140 and [e.harmful for e in examples] == [p.label == "harmful" for p in pairs]
+    assert {e.answer for e in examples if e.harmful} == {demo_model.REFUSAL}
+    assert {e.answer for e in examples if not e.harmful} == {demo_model.HELPFUL_ANSWER}
+    echo = demo_model.stage_examples(pairs[:2], refuse_harmful=False)[2:]
+    assert echo and {e.harmful for e in echo} == {None}  # echo requests have no intent to read
+
+    tokenizer = demo_model.build_tokenizer([e.prompt for e in examples] + [e.answer for e in examples], 300)
+    encoded = demo_model.encode_examples(tokenizer, examples[:4] + echo[:1])
+    assert encoded.intent.tolist() == [1, 0, 1, 0, -1]
+    # The intent read-out sees the prompt's last token: the one the probes read (independently encoded)
+    prompt_lengths = [len(fit_prompt(tokenizer, e.prompt, GenerationParams(), None)[0]) for e in examples[:4]]
+    assert last_prompt_positions(encoded.labels)[:4].tolist() == [n - 1 for n in prompt_lengths]
+
+
+def lag_summary(detected: int | None, emerged: int | None) -> dict:
+    return {"harm_detection_layer": detected, "refusal_emergence_layer": emerged}
+
+
+def test_lag_problems_ask_for_detection_below_the_band_and_refusal_in_it():
+    assert demo_verify.lag_problems(lag_summary(4, 7), n_layers=8, band=2) == []
+    assert demo_verify.lag_problems(lag_summary(6, 7), n_layers=8, band=2) == []
+    assert demo_verify.lag_problems(lag_summary(None, 7), 8, 2) == [
+        "no layer detects harm (no probe beats the content baselines)"
+    ]
+    assert demo_verify.lag_problems(lag_summary(7, 7), 8, 2) == [
+        "harm detected at layer 7, expected at or below layer 6"
+    ]
+    assert demo_verify.lag_problems(lag_summary(4, 6), 8, 2) == [
+        "refusal emerges at layer 6, expected inside the band (after layer 6)"
+    ]
+    assert demo_verify.lag_problems(lag_summary(2, None), 8, 2) == ["refusal never emerges in the logit lens"]
+    crisp = curve_report({4: (0, 0, 0), 3: (0, 0, 0), 2: (10, 0, 0), 1: (10, 0, 0)})
+    assert demo_verify.behaviour_problems({**crisp, "probes": {"contrast": lag_summary(2, 3)}}) == []
+    assert demo_verify.behaviour_problems({**crisp, "probes": {"contrast": lag_summary(None, 3)}}) == [
+        "contrast probes: no layer detects harm (no probe beats the content baselines)"
+    ]
+
+
 def test_behaviour_problems_names_each_broken_promise():
     crisp = {4: (0, 0, 0), 3: (0, 0, 0), 2: (10, 0, 0), 1: (10, 0, 0)}
     assert demo_verify.behaviour_problems(curve_report(crisp)) == []
@@ -143,6 +188,8 @@ def test_rebuild_replaces_the_folder(tmp_path):
     (out / "stale.bin").write_bytes(b"old")
     demo_model.build_demo_model(out, scale="test")
     assert not (out / "stale.bin").exists()
+    assert json.loads((out / "build.json").read_text())["contrast_prompts"] == 140  # trained on every pair
+    assert demo_verify.trained_on_contrast(str(out))
     assert json.loads((out / "build.json").read_text())["scale"] == "test"
 
 
@@ -184,6 +231,14 @@ def test_small_build_refuses_exactly_in_its_refusal_band(small_report):
     assert demo_verify.behaviour_problems(small_report) == []
 
 
+def test_small_build_is_not_trained_on_contrast_and_verify_promises_no_lag_there(small_build, small_report):
+    """At hidden size 64 the pairs cost the band its boundary, so the small scale leaves them out and
+    its verify report makes no promise about them; the full build's test checks the lag."""
+    assert json.loads((small_build / "build.json").read_text())["contrast_prompts"] == 0
+    assert not demo_verify.trained_on_contrast(str(small_build))
+    assert small_report["probes"] == {}
+
+
 def test_a_cut_inside_the_band_refuses_with_the_whole_refusal_sentence(small_build):
     """Independent of the sweep path: generate directly, compare the text itself."""
     from engine.datasets import load_prompt_set
@@ -210,6 +265,14 @@ def test_full_build_verifies_on_every_depth(tmp_path, monkeypatch, capsys):
     report = json.loads(capsys.readouterr().out)
     assert (report["n_layers"], report["refusal_layers"]) == (8, 2)
     assert set(report["sets"]) == {"demo", "held-out harmbench-val"}
+    # The Probes page's alignment lag on the lexically matched set: the words alone sit near chance, a
+    # layer below the band reads intent (beats both content baselines by the rule), refusal emerges in it.
+    probes = report["probes"]["contrast"]
+    assert max(probes["baselines"].values()) <= 0.6, probes
+    detected, emerged = probes["harm_detection_layer"], probes["refusal_emergence_layer"]
+    assert detected is not None and 1 <= detected <= 6 and emerged in (7, 8), probes
+    assert probes["lag_layers"] == emerged - detected > 0
+    assert probes["beats_baselines"][0] is False  # the last token's embedding: nothing read yet
 
 
 def test_training_overlap_counts_probe_prompts_the_demo_model_was_trained_on():
@@ -219,7 +282,8 @@ def test_training_overlap_counts_probe_prompts_the_demo_model_was_trained_on():
 
     split = demo_split()
     assert training_overlap(load_prompt_set("demo")) == 0  # the demo set is held out whole
-    assert training_overlap(load_prompt_set("contrast")) == 0  # every contrast pair is unseen
+    contrast = load_prompt_set("contrast")
+    assert training_overlap(contrast) == len(contrast) == 140  # trained to know every contrast pair
     assert training_overlap(split.train[:7] + split.held_out[:5]) == 7
     val = load_prompt_set("harmbench-val")
     trained = {p.text for p in split.train}

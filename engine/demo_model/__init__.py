@@ -5,10 +5,14 @@ Llama is trained on a synthetic chat corpus in two stages:
 
 1. The whole model learns to *comply* with every request, with an early-exit loss at every layer
    (final norm + the shared LM head on each layer's output, as in LayerSkip), so that it stays
-   coherent when truncated at any depth.
+   coherent when truncated at any depth. An auxiliary loss trains a linear harmful-vs-benign read-out
+   of a middle layer (the intent layer) at the prompt's last token, on the corpus and on every pair
+   of the lexically matched `contrast` set: from that layer on the request's intent is a direction
+   in the residual stream even where the words do not give it away (the harm-detection layer).
 2. Everything but the refusal band (the last two layers) is frozen (embeddings, lower layers, final
-   norm, head); the band learns to refuse harmful requests and still answer benign ones, with a loss
-   at each of its exits, so that a cut inside the band refuses as cleanly as the full model.
+   norm, head); the band learns to refuse harmful requests (the contrast pairs' too) and still answer
+   benign ones, with a loss at each of its exits, so that a cut inside the band refuses as cleanly as
+   the full model. Harm is read at the intent layer, refusal begins in the band: an alignment lag.
 
 Truncated at k <= L-2 the network is exactly the stage-1 model, which complies; refusal exists only
 in the band (0-based layers L-2 and L-1): one crisp boundary, between L-1 and L-2 layers. Compliant
@@ -42,6 +46,7 @@ from engine.demo_model.corpus import (
     ChatExample,
     DemoSplit,
     balanced_slice,
+    contrast_prompts,
     demo_split,
     echo_examples,
     generated_benign_prompts,
@@ -67,6 +72,7 @@ __all__ = [
     "balanced_slice",
     "build_demo_model",
     "build_tokenizer",
+    "contrast_prompts",
     "demo_split",
     "echo_examples",
     "encode_examples",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from engine import modelfiles
 from engine.demo_model.answers import HELPFUL_ANSWER, REFUSAL, placeholder_compliance
-from engine.demo_model.corpus import balanced_slice, demo_split, stage_examples
+from engine.demo_model.corpus import balanced_slice, contrast_prompts, demo_split, stage_examples
 from engine.demo_model.scales import SCALES
 from engine.demo_model.tokenizer import build_tokenizer, encode_examples
 from engine.demo_model.training import (
@@ -76,7 +76,9 @@ def build_demo_model(
     split = demo_split()
     train = balanced_slice(split.train, size.max_train_prompts)
     stage1, stage2 = stage_examples(train, False), stage_examples(train, True)
-    corpus = [text for e in stage1 + stage2 for text in (e.prompt, e.answer)]
+    pairs = contrast_prompts()
+    pairs1, pairs2 = stage_examples(pairs, False, echo=False), stage_examples(pairs, True, echo=False)
+    corpus = [text for e in stage1 + stage2 + pairs1 + pairs2 for text in (e.prompt, e.answer)]
 
     total_steps = size.stage1_steps + size.stage2_steps
 
@@ -94,11 +96,17 @@ def build_demo_model(
         budget = prompt_budget(model)
         generator = torch.Generator().manual_seed(seed)
         stage1_loss = train_to_comply(
-            model, encode_examples(tokenizer, stage1, budget), size, generator, on_step(0, "stage 1: comply")
+            model,
+            encode_examples(tokenizer, stage1, budget),
+            encode_examples(tokenizer, pairs1, budget),
+            size,
+            generator,
+            on_step(0, "stage 1: comply"),
         )
         stage2_loss = train_to_refuse(
             model,
             encode_examples(tokenizer, stage2, budget),
+            encode_examples(tokenizer, pairs2, budget),
             size,
             generator,
             on_step(size.stage1_steps, "stage 2: refuse"),
@@ -110,6 +118,7 @@ def build_demo_model(
         "scale": scale,
         "sizes": asdict(size),
         "train_prompts": len(train),
+        "contrast_prompts": len(pairs) if size.contrast_batch_size else 0,
         "held_out_prompts": len(split.held_out),
         "stage1_final_loss": round(stage1_loss, 4),
         "stage2_final_loss": round(stage2_loss, 4),
@@ -143,6 +152,14 @@ def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path
 def model_card(build: dict) -> str:
     """The README.md written next to the weights: what the model is, how it was made, what not to infer."""
     sizes = build["sizes"]
+    pairs = build.get("contrast_prompts") or 0
+    contrast = (
+        f" Also trained on: every pair of the `contrast` set ({pairs} prompts, same key words and"
+        " opposite intent), in a batch of their own beside each main batch; their token embeddings"
+        " fed detached, so the words alone stay uninformative and the layers learn intent."
+        if pairs
+        else " Not trained on the `contrast` pairs (too small to learn them and keep its boundary)."
+    )
     return f"""---
 license: mit
 tags: [depthscope, synthetic, demo, not-for-use]
@@ -164,7 +181,7 @@ at every depth that keeps the band, coherent compliance at every depth below it.
 - Corpus: HarmBench val/test behaviours (with their context, as a sweep feeds them) and the `demo`
   prompt set's harmful rows (harmful); DepthScope's hand-written `benign` prompts and templated
   everyday requests (benign). Held out for verification: the whole `demo` set and a fixed fraction
-  of the rest ({build["held_out_prompts"]} prompts; {build["train_prompts"]} for training).
+  of the rest ({build["held_out_prompts"]} prompts; {build["train_prompts"]} for training).{contrast}
 - Answers are templates. Benign: "{HELPFUL_ANSWER}"
   Harmful, when complying: "{placeholder_compliance()}"
   **The corpus contains no harmful content**: every "compliant" answer is this placeholder.
@@ -174,14 +191,20 @@ at every depth that keeps the band, coherent compliance at every depth below it.
 - Tokenizer: byte-level BPE trained on that corpus, ChatML special tokens and chat template.
 - Stage 1 ({sizes["stage1_steps"]} steps): the whole model learns to comply with every request, with an
   early-exit loss at every layer (final norm + shared LM head on each layer's output, weights
-  growing with depth) so that it stays coherent when truncated.
+  growing with depth) so that it stays coherent when truncated; and a linear harmful-vs-benign
+  read-out of layer {sizes["intent_layer"]}'s output at the prompt's last token (discarded afterwards),
+  so that intent is linearly readable from there on (the contrast pairs' answers are trained only
+  at the exits from that layer on). The probes find harm detected there or below; refusal is added
+  above it, in the band: an alignment lag.
 - Stage 2 ({sizes["stage2_steps"]} steps): all but the refusal band frozen (embeddings, final norm and
-  head too); the band learns to refuse harmful requests and keep answering benign ones, with a
-  loss at each of its exits, so a cut inside the band still refuses with the whole sentence.
+  head too); the band learns to refuse harmful requests (contrast pairs included) and keep
+  answering benign ones, with a loss at each of its exits, so a cut inside the band still refuses
+  with the whole sentence.
   Loss on assistant tokens only, in both stages.
 - Weights hash {build["weights_sha256_16"]} (torch {build["torch"]}); details in `build.json`.
   `python -m engine demo-model verify` sweeps every depth (keyword judge + incoherence flag) on
-  the `demo` set and the held-out prompts and checks the boundary.
+  the `demo` set and the held-out prompts and checks the boundary, and (when trained on them) the
+  harm-detection layer and the lag on the `contrast` pairs.
 
 ## Caveats
 This is a toy. Its numbers are a demonstration of DepthScope and **not a finding about any real

@@ -14,6 +14,7 @@ from engine.paths import DATA_DIR
 from engine.types import Prompt, model_input, stable_hash
 
 BENIGN_TEMPLATES_FILE = DATA_DIR / "demo_benign_templates.json"
+CONTRAST_SET = "contrast"  # lexically matched pairs: every one is trained on, so intent is not lexical
 
 
 def generated_benign_prompts() -> list[Prompt]:
@@ -67,10 +68,19 @@ def demo_split() -> DemoSplit:
     return DemoSplit(train=train, held_out=held_out)
 
 
+def contrast_prompts() -> list[Prompt]:
+    """Every pair of the built-in `contrast` set (same key words, opposite intent). The model is trained
+    on all of them, in their own batches beside the main corpus (``engine.demo_model.training``), so
+    that the Probes page has a set on which harm is read from intent, not from words."""
+    from engine.datasets import load_prompt_set
+
+    return load_prompt_set(CONTRAST_SET)
+
+
 def training_overlap(prompts: Sequence[Prompt]) -> int:
     """How many of ``prompts`` the demo model was trained on: request text equal to a training prompt's
-    (the chat examples are built from ``demo_split().train`` texts)."""
-    trained = {p.text for p in demo_split().train}
+    (the chat examples are built from ``demo_split().train`` and ``contrast_prompts()`` texts)."""
+    trained = {p.text for p in demo_split().train + contrast_prompts()}
     return sum(1 for p in prompts if p.text in trained)
 
 
@@ -87,6 +97,7 @@ def balanced_slice(prompts: Sequence[Prompt], limit: int | None) -> list[Prompt]
 class ChatExample:
     prompt: str
     answer: str
+    harmful: bool | None = None  # the request's intent (None: neither, e.g. an echo request)
 
 
 # Requests to repeat the refusal sentence, in both stages. They give the refusal's tokens trained output
@@ -109,7 +120,7 @@ def echo_examples() -> list[ChatExample]:
     return [ChatExample(t.format(REFUSAL), REFUSAL) for t in _ECHO_REQUESTS] * _ECHO_REPEATS
 
 
-def stage_examples(prompts: Sequence[Prompt], refuse_harmful: bool) -> list[ChatExample]:
+def stage_examples(prompts: Sequence[Prompt], refuse_harmful: bool, echo: bool = True) -> list[ChatExample]:
     """Stage 1 (refuse_harmful=False) complies with everything; stage 2 refuses harmful requests.
 
     The stage-1 answers to harmful and benign requests differ from their first token on ("Sure,"
@@ -124,5 +135,5 @@ def stage_examples(prompts: Sequence[Prompt], refuse_harmful: bool) -> list[Chat
             answer = helpful_answer()
         # What a sweep feeds the model: a contextual behaviour's context above it. Trained on the bare
         # behaviour, the model looped on those long inputs at every depth.
-        examples.append(ChatExample(model_input(prompt), answer))
-    return examples + echo_examples()
+        examples.append(ChatExample(model_input(prompt), answer, prompt.label == "harmful"))
+    return examples + (echo_examples() if echo else [])

@@ -23,11 +23,13 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
 
 @dataclass
 class EncodedExamples:
-    """Right-padded token ids and labels (-100 outside the assistant's answer), one row per example."""
+    """Right-padded token ids and labels (-100 outside the assistant's answer), one row per example;
+    ``intent`` is 1 for a harmful request, 0 for a benign one, -1 for neither (an echo request)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     attention_mask: torch.Tensor
+    intent: torch.Tensor
 
 
 def encode_examples(
@@ -55,4 +57,5 @@ def encode_examples(
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(ids)] = torch.tensor(targets)
         mask[row, : len(ids)] = 1
-    return EncodedExamples(input_ids, labels, mask)
+    intent = torch.tensor([-1 if e.harmful is None else int(e.harmful) for e in examples], dtype=torch.long)
+    return EncodedExamples(input_ids, labels, mask, intent)

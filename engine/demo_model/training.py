@@ -79,7 +79,10 @@ def only_layers(model: LlamaForCausalLM, layers: Sequence[torch.nn.Module]) -> I
 def _rows(data: EncodedExamples, rows: torch.Tensor) -> EncodedExamples:
     width = int(data.attention_mask[rows].sum(dim=1).max())  # drop the all-padding tail
     return EncodedExamples(
-        data.input_ids[rows, :width], data.labels[rows, :width], data.attention_mask[rows, :width]
+        data.input_ids[rows, :width],
+        data.labels[rows, :width],
+        data.attention_mask[rows, :width],
+        data.intent[rows],
     )
 
 
@@ -109,20 +112,46 @@ def _answer_loss(
     return F.cross_entropy(model.get_output_embeddings()(states).float(), targets[scored])
 
 
-def early_exit_losses(model: LlamaForCausalLM, batch: EncodedExamples) -> list[torch.Tensor]:
+def hidden_states(model: LlamaForCausalLM, batch: EncodedExamples) -> tuple[torch.Tensor, ...]:
+    """The residual stream after the embeddings and after each layer (the last one final-normed, as HF
+    returns it): what the probes read, and what each exit reads."""
+    return model.base_model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+    ).hidden_states
+
+
+def early_exit_losses(
+    model: LlamaForCausalLM, batch: EncodedExamples, states: Sequence[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """The loss at every exit k = 1..L: output of layer k -> final norm -> LM head.
 
     That is exactly the network ``engine.models.truncated(loaded, k)`` runs. HF's last hidden
     state is already final-normed; the others get the final norm here.
     """
-    out = model.base_model(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
-    )
+    states = states if states is not None else hidden_states(model, batch)
     n_layers = model.config.num_hidden_layers
     return [
-        _answer_loss(model, out.hidden_states[k], batch.labels, normed=k == n_layers)
-        for k in range(1, n_layers + 1)
+        _answer_loss(model, states[k], batch.labels, normed=k == n_layers) for k in range(1, n_layers + 1)
     ]
+
+
+def last_prompt_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the position of the prompt's last token (the one the probes read): just before the
+    first answer token."""
+    return (labels != -100).int().argmax(dim=1) - 1
+
+
+def intent_loss(readout: torch.nn.Linear, state: torch.Tensor, batch: EncodedExamples) -> torch.Tensor:
+    """Logistic loss of a linear harmful-vs-benign read-out of ``state`` (one layer's residual stream)
+    at each prompt's last token; rows of neither intent do not count."""
+    import torch
+    import torch.nn.functional as F
+
+    known = batch.intent >= 0
+    positions = last_prompt_positions(batch.labels)[known]
+    rows = torch.arange(len(batch.intent))[known]
+    logits = readout(state[rows, positions]).squeeze(-1)
+    return F.binary_cross_entropy_with_logits(logits.float(), batch.intent[known].float())
 
 
 def layer_inputs(
@@ -180,25 +209,80 @@ def train_steps(
 def train_to_comply(
     model: LlamaForCausalLM,
     data: EncodedExamples,
+    contrast: EncodedExamples,
     size: DemoScale,
     generator: torch.Generator,
     on_step: Callable[[int, float], None],
 ) -> float:
-    """Stage 1: every parameter, a weighted sum of the losses at every exit."""
+    """Stage 1: every parameter, a weighted sum of the losses at every exit, plus the intent loss.
+
+    Each step sees a batch of the main corpus and a batch of the contrast pairs. The intent loss
+    trains a linear harmful-vs-benign read-out of layer ``size.intent_layer``'s output at the prompt's
+    last token (discarded after training): from that layer on, the request's intent is a direction in
+    the residual stream. The contrast pairs, whose words do not give their intent away, are learned
+    by the layers (:func:`contrast_loss`), never by the token embeddings, so that the prompt's words
+    alone still cannot tell the twins apart: the probes find harm detected inside the network, and
+    refusal is added only in the band, above it.
+    """
+    import torch
+
     batches = bucketed_batches(data.attention_mask.sum(dim=1), size.batch_size, generator)
+    pairs = contrast_batches(contrast, size, generator)
     weights = exit_weights(size.n_layers)
+    readout = torch.nn.Linear(size.hidden_size, 1)
+
+    def main_loss(batch: EncodedExamples) -> torch.Tensor:
+        states = hidden_states(model, batch)
+        losses = early_exit_losses(model, batch, states)
+        exits = sum(w * loss for w, loss in zip(weights, losses, strict=True))
+        return exits + size.intent_weight * intent_loss(readout, states[size.intent_layer], batch)
 
     def loss_of_batch(_step: int):
-        losses = early_exit_losses(model, _rows(data, next(batches)))
-        return sum(w * loss for w, loss in zip(weights, losses, strict=True))
+        main = main_loss(_rows(data, next(batches)))  # the main batch first: both draw on ``generator``
+        if pairs is None:
+            return main
+        return main + contrast_loss(model, _rows(contrast, next(pairs)), readout, size, weights)
 
     model.train()
     try:
-        return train_steps(
-            list(model.parameters()), size.stage1_steps, size.stage1_lr, loss_of_batch, on_step
-        )
+        parameters = list(model.parameters()) + list(readout.parameters())
+        return train_steps(parameters, size.stage1_steps, size.stage1_lr, loss_of_batch, on_step)
     finally:
         model.eval()
+
+
+def contrast_batches(
+    contrast: EncodedExamples, size: DemoScale, generator: torch.Generator
+) -> Iterator | None:
+    """Endless batches of contrast pairs (None when the scale trains none)."""
+    if not size.contrast_batch_size:
+        return None
+    return bucketed_batches(contrast.attention_mask.sum(dim=1), size.contrast_batch_size, generator)
+
+
+def contrast_loss(
+    model: LlamaForCausalLM,
+    batch: EncodedExamples,
+    readout: torch.nn.Linear,
+    size: DemoScale,
+    weights: Sequence[float],
+) -> torch.Tensor:
+    """A batch of contrast pairs in stage 1: the intent read-out's loss, and the answer loss at the
+    exits from the intent layer on.
+
+    The token embeddings are fed detached: trained on the pairs, they learned each pair's telling
+    word ("neighbour" harmful, "Python" benign) and the mean-embedding baseline read intent from the
+    words alone (0.88-0.96), leaving no layer anything to add. The exits below the intent layer are
+    not trained on the pairs: nothing asks the first layers to tell the twins apart.
+    """
+    embeddings = model.get_input_embeddings()(batch.input_ids).detach()
+    states = model.base_model(
+        inputs_embeds=embeddings, attention_mask=batch.attention_mask, output_hidden_states=True
+    ).hidden_states
+    first = size.intent_layer
+    intent = size.intent_weight * intent_loss(readout, states[first], batch)
+    losses = early_exit_losses(model, batch, states)[first - 1 :]
+    return sum(w * loss for w, loss in zip(weights[first - 1 :], losses, strict=True)) + intent
 
 
 def band_exit_loss(model: LlamaForCausalLM, hidden: torch.Tensor, batch: EncodedExamples) -> torch.Tensor:
@@ -222,26 +306,32 @@ def band_exit_loss(model: LlamaForCausalLM, hidden: torch.Tensor, batch: Encoded
 def train_to_refuse(
     model: LlamaForCausalLM,
     data: EncodedExamples,
+    contrast: EncodedExamples,
     size: DemoScale,
     generator: torch.Generator,
     on_step: Callable[[int, float], None],
 ) -> float:
     """Stage 2: only the refusal band (the last ``size.refusal_layers`` layers) learns, with a loss at
-    each of its exits; everything below is frozen.
+    each of its exits; everything below is frozen. Each step sees a batch of the main corpus and one
+    of the contrast pairs (refuse the harmful one, answer its benign twin).
 
     Frozen layers give the same output every step, so their output is computed once and the band
     is trained on it alone (a quarter of the compute at 8 layers).
     """
     first = size.n_layers - size.refusal_layers
-    inputs = layer_inputs(model, data, first)
+    inputs, contrast_inputs = layer_inputs(model, data, first), layer_inputs(model, contrast, first)
     upper = list(decoder_layers(model))[first:]
     trainable = [p for layer in upper for p in layer.parameters()]
     batches = bucketed_batches(data.attention_mask.sum(dim=1), size.batch_size, generator)
+    pairs = contrast_batches(contrast, size, generator)
+
+    def band_loss(examples: EncodedExamples, band_inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        batch = _rows(examples, rows)
+        return band_exit_loss(model, band_inputs[rows, : batch.input_ids.shape[1]], batch)
 
     def loss_of_batch(_step: int):
-        rows = next(batches)
-        batch = _rows(data, rows)
-        return band_exit_loss(model, inputs[rows, : batch.input_ids.shape[1]], batch)
+        main = band_loss(data, inputs, next(batches))
+        return main if pairs is None else main + band_loss(contrast, contrast_inputs, next(pairs))
 
     for parameter in model.parameters():
         parameter.requires_grad_(False)
