@@ -258,10 +258,10 @@ class _Split:
         self.n_rows = done.shape[0]
         self.n_climbing = n_climbing
         self.climbing_mask = ~done
-        self.climbing = self.climbing_mask.nonzero().squeeze(1)
-        self.exited = done.nonzero().squeeze(1)
+        order = torch.argsort(done, stable=True)  # climbing rows, then exited rows, each in row order
+        self.climbing, self.exited = order[:n_climbing], order[n_climbing:]
         # where each row sits in cat([climbing rows, exited rows]): one gather puts them back in order
-        self.merge_order = torch.cat([self.climbing, self.exited]).argsort()
+        self.merge_order = order.argsort()
         self._picked: dict[tuple[int, bool], tuple[object, object]] = {}
 
     def pick(self, value: object, exited: bool = False) -> object:
