@@ -15,11 +15,22 @@ compute for an exited token:
   row goes deeper than k, so nothing there will ever read its keys and values.
 - a dynamic rule (confidence, saturation): only the token's keys and values (CALM state propagation,
   §3.2). Its state is frozen at the exit; each layer above computes the keys and values of that frozen
-  state (the layer's own code up to its cache write: norm, projections, positions, see
-  ``_KeysValuesOnly``) so later tokens can attend to it, and skips attention output and MLP. The exit
-  head runs only on rows still climbing. Splitting rows into climbing and exited reads one small
-  tensor per layer above ``min_layers`` (a host sync per layer, the price of not computing what is not
-  needed).
+  state so later tokens can attend to it, and skips the query, attention output and MLP. They come
+  from the architecture's keys/values function (``ArchSpec.keys_values`` in ``engine.architectures``:
+  input norm, key/value projections, key norm, rotary positions; bit for bit the layer's own cache
+  write), or, for an architecture without one, from the layer run up to its cache write
+  (``_KeysValuesOnly``). One merged cache write per layer and step covers all rows. The exit head runs
+  only on rows still climbing.
+
+  How a step splits its rows (``_Split``): reading how many rows still climb at a layer above
+  ``min_layers`` is one host sync per layer, the price of tensor shapes that depend on which rows
+  exited; the indices and the per-row arguments cut to them are reused by the following layers until
+  another row exits. While more than ``SPLIT_BELOW`` of the rows still climb, the whole batch runs the
+  layer (a layer's cost per call is largely fixed, so two passes would cost more) and the exited rows'
+  outputs are dropped: their input is their frozen state, so what they write to the cache is its keys
+  and values all the same. Below it the climbing rows run the layer and the exited rows only their
+  keys and values; once every row has exited, the layer is keys and values only. Every way gives the
+  same tokens and exit layers (``tests/test_exit_routing.py``).
 
 Extending: a rule whose rows keep a set of layers other than a prefix (a block removed) declares it
 with ``layers_kept``; the loop then needs a prefill per setting group (the prompt's states differ after
