@@ -51,7 +51,8 @@ def held_out_prompts():
 
 
 def second_held_out_prompts():
-    # Labelled before detector version 4 was run on them, after it was final: prompts no other batch uses.
+    # Prompts no other batch uses; read and labelled only once detector version 4 was final, and the labels
+    # committed before it was run on them.
     return load_prompt_set("strongreject")[3::13][:24] + load_prompt_set("overrefusal")[1::6][:20]
 
 
