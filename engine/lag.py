@@ -11,7 +11,7 @@ refuse, and how many layers lie between. Torch-free (numpy + engine.stats): page
   (A fixed accuracy threshold was no control: the prompts' words alone reach 0.87-0.95.)
 * Refusal emergence ("clearly separates"): the first layer where harmful prompts' refusal exceeds
   benign prompts' by at least ``EMERGENCE_MARGIN`` AND, where a per-layer one-sided test exists
-  (harmful > benign), p < ``EMERGENCE_ALPHA`` (``engine.lens`` computes the curves).
+  (harmful > benign), p < ``EMERGENCE_ALPHA`` (``engine.lenses.logit`` computes the curves).
 * Alignment lag = refusal emergence − harm detection, in layers and in percent of the model's depth.
 """
 

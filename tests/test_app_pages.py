@@ -521,11 +521,12 @@ def test_report_exports_are_self_contained(seeded):
 
 
 def test_torch_modules_and_the_torch_free_core_agree():
-    from engine import lag, lens, models
+    from engine import lag, models
+    from engine.lenses import logit
     from pages import _charts
 
     assert (models.DEFAULT_MODEL, models.DEMO_MODEL) == (modelfiles.DEFAULT_MODEL, modelfiles.DEMO_MODEL)
-    assert (lens.EMERGENCE_MARGIN, lens.EMERGENCE_ALPHA) == (lag.EMERGENCE_MARGIN, lag.EMERGENCE_ALPHA)
+    assert (logit.EMERGENCE_MARGIN, logit.EMERGENCE_ALPHA) == (lag.EMERGENCE_MARGIN, lag.EMERGENCE_ALPHA)
     assert _charts.short(modelfiles.DEFAULT_MODEL) == "SmolLM2-135M-Instruct"
     assert _charts.short(modelfiles.DEMO_MODEL) == "DepthScope demo model"
 
@@ -541,12 +542,12 @@ def test_peek_layers_without_loading(tiny_model_dir, tmp_path):
 def test_lag_view_matches_engine_lens():
     import pandas as pd
 
-    from engine import lens
+    from engine.lenses import logit
 
     harmful = (0.0, 0.05, 0.3, 0.6)
     benign = (0.0, 0.02, 0.1, 0.1)
     p_values = (0.9, 0.2, 0.04, 0.01)
-    curve = lens.RefusalCurve((0, 1, 2, 3), harmful, benign, p_values)
+    curve = logit.RefusalCurve((0, 1, 2, 3), harmful, benign, p_values)
     table = pd.DataFrame(
         {
             "layer": [0, 1, 2, 3],
@@ -558,7 +559,7 @@ def test_lag_view_matches_engine_lens():
         }
     )
     view = queries.lag_view(table, 3)
-    assert view.refusal_emergence_layer == lens.refusal_emergence_layer(curve) == 2
+    assert view.refusal_emergence_layer == logit.refusal_emergence_layer(curve) == 2
     assert (view.harm_detection_layer, view.lag_layers) == (1, 1)
     # stored before the content baselines: no verdicts, so no detection (not the old 95 % threshold)
     assert queries.lag_view(table.drop(columns="beats_baselines"), 3).harm_detection_layer is None

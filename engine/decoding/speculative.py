@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.decoding.loop import RowOutput, _cut_at_eos, left_pad, position_ids_for
+from engine.decoding.loop import RowOutput, _cut_at_eos
+from engine.decoding.prompts import left_pad, position_ids_for
 from engine.models import LoadedModel, truncated
 from engine.types import GenerationParams, ParamsError
 

@@ -14,7 +14,7 @@ import torch
 from conftest import build_tiny_model
 
 import engine.lenses.files
-import engine.tuned_lens
+import engine.lenses.training
 from engine.cli import main
 from engine.generation import generate
 from engine.lenses.files import (
@@ -25,9 +25,9 @@ from engine.lenses.files import (
     lens_weights_path,
     read_lens_report,
 )
+from engine.lenses.training import TrainedLens, save_lens
 from engine.lenses.tuned import TunedLens, load_lens
 from engine.models import from_objects, load_model
-from engine.tuned_lens import TrainedLens, save_lens
 from engine.types import GenerationParams
 
 N_LAYERS = 4
@@ -306,9 +306,9 @@ def test_an_interrupted_save_never_leaves_a_lens_that_loads_wrongly(loaded, lens
             raise Interrupted
         return real_replace(src, dst)
 
-    monkeypatch.setattr(engine.tuned_lens.torch, "save", save)
+    monkeypatch.setattr(engine.lenses.training.torch, "save", save)
     monkeypatch.setattr(Path, "write_text", write_text)
-    monkeypatch.setattr(engine.tuned_lens.os, "replace", replace)
+    monkeypatch.setattr(engine.lenses.training.os, "replace", replace)
     with pytest.raises(Interrupted):
         save_lens(TrainedLens(new, {"model_hash": loaded.info.model_hash}))
     monkeypatch.undo()
