@@ -260,10 +260,10 @@ def _lens_key(sel: Selection, prompt: Prompt) -> tuple[str, str, str]:
 
 def logit_lens(sel: Selection, prompt: Prompt) -> None:
     def work() -> pd.DataFrame:
-        from engine import lens  # torch: only on the button
+        from engine.lenses import logit  # torch: only on the button
 
         loaded = _models.model_hub().load(sel.model)
-        cells = lens.logit_lens_strip(loaded, model_input(prompt), sel.params)
+        cells = logit.logit_lens_strip(loaded, model_input(prompt), sel.params)
         return pd.DataFrame([asdict(c) for c in cells])
 
     frame = _jobs.run_now("Running the logit lens…", work)
