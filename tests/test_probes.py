@@ -353,6 +353,39 @@ def test_probe_command_json_contract_and_store(tiny_model_dir, tmp_path, db_path
     assert stored[5].set_id == summary["set_id"]
 
 
+@pytest.mark.parametrize("foreign", ["text", "empty", "other duckdb"])
+def test_probe_command_refuses_a_foreign_db_untouched_before_any_compute(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, foreign
+):
+    """``--db`` naming a file that is not positively a DepthScope database: one sentence, exit 2, the
+    file byte for byte as it was, and no probe run first (the old code ran the probes, then refused)."""
+    import duckdb
+
+    import engine.cli.probe
+
+    db = tmp_path / "results.duckdb"
+    if foreign == "other duckdb":
+        with duckdb.connect(str(db)) as con:
+            con.execute("CREATE TABLE invoices (id INTEGER)")
+    else:
+        db.write_bytes(b"" if foreign == "empty" else b"my notes, not a database\n")
+    before = db.read_bytes()
+
+    def no_analysis(*_args, **_kwargs):
+        raise AssertionError("the probes ran before --db was checked")
+
+    monkeypatch.setattr(engine.cli.probe, "_analyse", no_analysis)
+    csv = tmp_path / "set.csv"
+    csv.write_text(to_csv(synthetic_prompts()), encoding="utf-8")
+    code = main(["probe", "--model", str(tiny_model_dir), "--prompts", str(csv), "--db", str(db)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(db) in err and ("not a DuckDB database" in err or "not a DepthScope" in err), err
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.duckdb", "set.csv"]  # no WAL, no copy
+
+
 @pytest.mark.slow
 def test_probe_on_the_default_model_and_demo_set(tmp_path):
     from engine.datasets import load_prompt_set
