@@ -2,8 +2,8 @@
 refuse, and how many layers lie between. Torch-free (numpy + engine.stats): pages, CLI and engine import it.
 
 * Harm detection: the first layer whose harmful-vs-benign probe beats the best content-only baseline
-  (``engine.baselines``: bag of words, mean input embedding; same prompts, same folds) by at least
-  ``HARM_DETECTION_MARGIN`` per-prompt out-of-fold accuracy AND whose advantage is significant by a
+  (``engine.probes.baselines``: bag of words, mean input embedding; same prompts, same folds) by at
+  least ``HARM_DETECTION_MARGIN`` per-prompt out-of-fold accuracy AND whose advantage is significant by a
   one-sided exact McNemar test on the paired per-prompt correctness (probe right / baseline wrong vs
   the reverse), p < ``HARM_DETECTION_ALPHA``. Each layer is tested on its own (no correction across
   layers: the margin keeps a trivially small gain from counting). ``layers_vs_baseline`` applies the

@@ -14,12 +14,13 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from engine import cv, lag, probes, queries
+from engine import lag, probes, queries
 from engine.cli import main
 from engine.datasets import to_csv
 from engine.generation import encode_prompts, generate
 from engine.lenses import logit
 from engine.models import from_objects
+from engine.probes import cv
 from engine.types import GenerationParams, Prompt, model_input
 
 FILLERS = [

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import baselines as content
-from engine.cv import stratified_folds
 from engine.errors import UserInputError
 from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
+from engine.probes import baselines as content
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
     Activations,
@@ -23,6 +22,7 @@ from engine.probes.activations import (
     mean_input_embeddings,
     save_residuals,
 )
+from engine.probes.cv import stratified_folds
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
 from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
 from engine.types import GenerationParams, ModelInfo, Prompt, model_input
