@@ -20,7 +20,8 @@ from engine.datasets import (
 from engine.paths import PathNotAllowedError, check_allowed
 from engine.rules import is_dynamic, page_rules
 from engine.store import DEFAULT_DB_PATH, StoreError
-from pages._display import md_escape, short_name
+from pages._charts import model_labels
+from pages._display import md_escape, model_help, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
 from pages._paths import (
@@ -198,12 +199,26 @@ def model_label(name: str) -> str:
     return MODEL_LABELS.get(name) or short_name(name)
 
 
+def model_option_labels(options: list[str]) -> dict[str, str]:
+    """The model menu's texts: the embedded models and "Other model" in words, the others by their
+    names for people, told apart when two share one."""
+    names = model_labels(o for o in options if o not in MODEL_LABELS)
+    return {o: MODEL_LABELS.get(o) or names[o] for o in options}
+
+
 def _model_picker(db: str) -> None:
     options = model_options(db)
     if st.session_state.get("model_choice") not in options:
         st.session_state.pop("model_choice", None)
+    labels = model_option_labels(options)
+    chosen = st.session_state.get("model_choice", default_model())
     st.selectbox(
-        "Model", options, index=options.index(default_model()), format_func=model_label, key="model_choice"
+        "Model",
+        options,
+        index=options.index(default_model()),
+        format_func=labels.get,
+        key="model_choice",
+        help=None if chosen == OTHER_MODEL else model_help(chosen),
     )
     if st.session_state["model_choice"] == OTHER_MODEL:
         _model_path_box()

@@ -476,7 +476,10 @@ def model_status(sel: Selection, n_layers: int | None) -> None:
     loaded = _models.model_hub().get(sel.model) is not None
     state = "loaded" if loaded else "not loaded yet: it loads on the first Generate (≈ 15 s for the default)"
     layers = f"{n_layers} layers" if n_layers else "layer count unknown"
-    st.caption(f"Model: {_display.md_escape(_display.short_name(sel.model))} · {layers} · {state}")
+    st.caption(
+        f"Model: {_display.md_escape(_display.short_name(sel.model))} · {layers} · {state}",
+        help=_display.model_help(sel.model),
+    )
 
 
 def offer_model_load(sel: Selection) -> None:

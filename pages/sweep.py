@@ -17,7 +17,7 @@ from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
 from pages import _charts, _display, _jobs, _methods, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
-from pages._sidebar import model_label, model_options, set_title
+from pages._sidebar import model_option_labels, model_options, set_title
 from pages._skeleton import start_page
 
 DEFAULT_DEPTH_TEXT = ", ".join(f"{d:g}" for d in DEFAULT_DEPTHS)
@@ -137,7 +137,8 @@ def sweep_form(sel: Selection, store: Store) -> None:
         st.markdown(
             f"**Prompt set:** {_display.md_escape(set_title(sel.prompt_set))} (change it in the sidebar)"
         )
-        chosen = st.multiselect("Models", models, default=[sel.model], format_func=model_label)
+        labels = model_option_labels(models)
+        chosen = st.multiselect("Models", models, default=[sel.model], format_func=labels.get)
         left, right = st.columns(2)
         depth_text = left.text_input(
             "Depths, in % of each model's layers",
@@ -165,7 +166,8 @@ def sweep_form(sel: Selection, store: Store) -> None:
             name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
                 f"On {name} ({n_layers} layers) the default depths "
-                f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers."
+                f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers.",
+                help=_display.model_help(sel.model),
             )
         submitted = st.form_submit_button("Start sweep", type="primary", disabled=_jobs.job_running())
     if not submitted:
@@ -223,9 +225,10 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
         f for f in flips if f.significant
     ]  # only these are marked: an observed reversal may be chance
     flip_at = {(f.model_a, f.layers) for f in significant} | {(f.model_b, f.layers_b) for f in significant}
+    names = _charts.model_labels(frame["model"])
     return pd.DataFrame(
         {
-            "model": [_charts.short(m) for m in frame["model"]],
+            "model": [names[m] for m in frame["model"]],
             "judge": frame["judge"],
             "depth": [
                 depth_label(int(k), int(n)) for k, n in zip(frame["layers"], frame["n_layers"], strict=True)
@@ -261,7 +264,8 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
 def show_flips(flips: list[Flip], judge: str) -> None:
     """Significant flips (Holm-corrected reversal test) as warnings; the rest counted, not marked."""
     for f in (f for f in flips if f.significant):
-        a, b = (_display.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
+        names = _charts.model_labels((f.model_a, f.model_b))
+        a, b = (_display.md_escape(names[m]) for m in (f.model_a, f.model_b))
         st.warning(
             f"Ranking flip at {f.depth:g} % depth ({_display.md_escape(judge)} judge; {a} at {f.layers} "
             f"layers, {b} at {f.layers_b}): {a} answers more harmful requests than "
