@@ -18,8 +18,9 @@ from engine.datasets import (
     upload_file_name,
 )
 from engine.paths import PathNotAllowedError, check_allowed
-from engine.rules import is_dynamic, page_rules
+from engine.rules import is_dynamic, page_rules, rule_named
 from engine.store import DEFAULT_DB_PATH, StoreError
+from engine.types import DEFAULT_DRAFT_TOKENS
 from pages._charts import model_labels
 from pages._display import md_escape, model_help, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
@@ -35,7 +36,15 @@ from pages._paths import (
     uploads_dir,
 )
 from pages._queries import available_sets, clear_data, settings_scopes, stored_models
-from pages._selection import DEFAULT_PROMPT_SET, NEW_SETTINGS, OTHER_MODEL, SCOPE_STATE, Selection, selection
+from pages._selection import (
+    DEFAULT_PROMPT_SET,
+    NEW_SETTINGS,
+    OTHER_MODEL,
+    SCOPE_STATE,
+    Selection,
+    default_draft_layers,
+    selection,
+)
 
 DEFAULT_MODEL_NOTE = (
     "The default model is **SmolLM2-135M-Instruct**: tiny (135 M parameters, 30 layers), it ships with "
@@ -159,6 +168,8 @@ def _exit_inputs() -> None:
         + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
         "state propagation).",
     )
+    if rule_named(st.session_state.get("exit_policy")).drafts:
+        _draft_inputs()
     if is_dynamic(st.session_state.get("exit_policy")):
         st.text_input(
             "Thresholds",
@@ -182,6 +193,40 @@ def _exit_inputs() -> None:
             help="How an exiting token's state is read. Tuned: a trained affine map per layer before the "
             "head (a tuned lens); train one with `python -m engine lens train --model M`. Static truncation "
             "always reads the model's own final norm and head.",
+        )
+
+
+def _draft_inputs() -> None:
+    """Self-speculative decoding: how many layers draft, and how many tokens per verification."""
+    sel = selection()
+    st.number_input(
+        "Draft layers",
+        min_value=1,
+        max_value=4096,
+        value=default_draft_layers(sel.model),
+        step=1,
+        key="exit_draft_layers",
+        help="The first k layers (with the final norm and head) draft tokens; k must be below the model's "
+        "layer count. Same as the CLI's --draft-layers.",
+    )
+    st.number_input(
+        "Tokens drafted per check",
+        min_value=1,
+        max_value=64,
+        value=DEFAULT_DRAFT_TOKENS,
+        step=1,
+        key="exit_draft_tokens",
+        help="How many tokens the draft proposes before the full model verifies them (--draft-tokens).",
+    )
+    problem = selection().exit.problem
+    if problem:
+        st.error(
+            md_escape(f"Self-speculative decoding: {problem}. Until then answers use static truncation.")
+        )
+    else:
+        st.caption(
+            "Answers are exactly the full model's (greedy): the Depth sweep page measures the compute this "
+            "costs and how many drafted tokens the full model accepts."
         )
 
 

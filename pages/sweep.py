@@ -15,6 +15,7 @@ from engine.rules import is_dynamic
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
+from engine.types import GenerationParams, check_draft_layers
 from pages import _charts, _display, _jobs, _methods, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
 from pages._sidebar import model_option_labels, model_options, set_title
@@ -162,6 +163,13 @@ def sweep_form(sel: Selection, store: Store) -> None:
                 f"before layer {sel.exit.min_layers}, {sel.exit.head} head. Every answer may use all layers, "
                 "so the depths are not used; each threshold is one point on the Report's compute chart."
             )
+        if sel.exit.drafts:
+            st.caption(
+                f"Self-speculative decoding (sidebar Settings): the first {sel.exit.draft_layers} layers "
+                f"draft {sel.exit.draft_tokens} tokens at a time and the full model verifies them, so every "
+                "answer is the full model's and the depths are not used; the run is one point on the "
+                "Report's ways-to-remove-depth chart (its compute and the drafts accepted)."
+            )
         if n_layers:
             name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
@@ -187,17 +195,46 @@ def sweep_form(sel: Selection, store: Store) -> None:
     if problem:
         st.error(_display.md_escape(problem))
         return
+    params = sweep_params(sel)
+    if problem := draft_problem(params, chosen):
+        st.error(_display.md_escape(problem))
+        return
     spec = SweepSpec(
         models=tuple(chosen),
         prompt_set=sel.prompt_set,
         depths=depths,
         judges=tuple(judges or [KEYWORD]),
         judge_model=classifier or None,  # the checked absolute path, not the typed text
-        params=sel.exit_params(None, sel.exit.thresholds[0]) if sel.exit.dynamic else sel.params,
+        params=params,
         limit=int(limit) or None,
         thresholds=sel.exit.thresholds,
     )
     start_sweep(sel, spec, cluster)
+
+
+def sweep_params(sel: Selection) -> GenerationParams:
+    """The run's settings: the sidebar's exit rule (the first threshold of a dynamic one; the draft of
+    self-speculative decoding), or static truncation."""
+    if sel.exit.dynamic:
+        return sel.exit_params(None, sel.exit.thresholds[0])
+    if sel.exit.drafts:
+        return sel.speculative_params()
+    return sel.params
+
+
+def draft_problem(params: GenerationParams, models: list[str]) -> str | None:
+    """A self-speculative draft as deep as one of the chosen models, said before the sweep starts."""
+    if not params.speculative:
+        return None
+    for model in models:
+        n_layers = _models.peek_n_layers(model)
+        if n_layers is None:
+            continue
+        try:
+            check_draft_layers(params, n_layers)
+        except ValueError as exc:
+            return f"Self-speculative decoding on {_display.short_name(model)}: {exc}."
+    return None
 
 
 def cluster_inputs() -> Cluster | None:
