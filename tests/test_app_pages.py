@@ -1172,7 +1172,7 @@ def test_judges_tables_have_no_empty_cells_and_fit(seeded):
         assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
     table = at.dataframe[0].value
     assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
-    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert list(table.columns[:6]) == ["model · set", "depth", "n", "coverage", "kappa", "inflation"]
     assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
 
 
