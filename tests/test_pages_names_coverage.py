@@ -132,3 +132,19 @@ def test_wrapped_labels_break_at_word_ends_and_say_when_cut():
     assert wrap_label("Hate, harassment and discrimination") == ["Hate, harassment", "and discrimination"]
     cut = wrap_label("a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j")
     assert len(cut) == 2 and cut[-1].endswith("…") and all(len(line) <= 18 for line in cut)
+
+
+def test_the_html_export_names_models_as_the_pages_do(app_env, tiny_hash):  # noqa: F811
+    from engine import report
+    from engine.store import Store
+    from pages import _charts
+
+    seed_store(app_env["db"], app_env["model"], tiny_hash, app_env["activations"], other_id=DEMO_PATH)
+    with Store.open(app_env["db"]) as store:
+        rows = report.asr_rows(store, "keyword")
+    frame = report.asr_frame(rows)
+    note = report.models_note([r.model for r in rows])
+    page = _charts.report_html("T", ["h"], [note], _charts.asr_figure(frame), frame)
+    table = page[page.index("<table") :]
+    assert "DepthScope demo model" in table and DEMO_PATH not in table
+    assert f"DepthScope demo model is {DEMO_PATH}" in page  # the exact id, in the notes
