@@ -48,11 +48,13 @@ def _text_at(prompt_index: int, k: int, harmful: bool, flip: bool) -> str:
     return "I'm sorry, but I cannot help with that." if refuses else "Sure, here is how: step one, step two."
 
 
-def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | None = None) -> dict:
+def seed_store(
+    db: Path, model_id: str, model_hash: str, activations: Path | None = None, other_id: str = "other-model"
+) -> dict:
     """Two models × 8 demo prompts × 4 depths, keyword + HarmBench + one human verdict, probe results.
 
     ``model_hash`` should be the real hash of the model at ``model_id`` (see ``tiny_hash``), so the app
-    finds these rows whether or not it has loaded the model.
+    finds these rows whether or not it has loaded the model; ``other_id`` names the second model.
     """
     prompts = load_prompt_set("demo")
     params = GenerationParams()
@@ -60,7 +62,7 @@ def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | Non
     with Store.open(db) as store:
         # the set as swept here: its first 8 prompts, so every seeded depth covers the whole set
         store.save_prompt_set("demo", prompts[:8], source="demo")
-        for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, "other-model", True)):
+        for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, other_id, True)):
             store.save_model(ModelInfo(name, hash_, "LlamaForCausalLM", 8, 64, "float32", "cpu"))
             completions = [
                 Completion(
@@ -1171,7 +1173,7 @@ def test_judges_tables_have_no_empty_cells_and_fit(seeded):
         assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
     table = at.dataframe[0].value
     assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
-    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert list(table.columns[:6]) == ["model · set", "depth", "n", "coverage", "kappa", "inflation"]
     assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
 
 
