@@ -49,28 +49,12 @@ import torch
 
 from engine.architectures import swapped
 from engine.decoding.capture import captured_residuals, hidden_of, with_hidden
+from engine.decoding.prompts import left_pad, position_ids_for
 from engine.models import LayerWrapper, LoadedModel, layer_stack
 from engine.rules import ExitRule, rule_named
 from engine.types import GenerationParams
 
-# ---------------------------------------------------------------- inputs and token choice
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
-    """Positions count real tokens only, as HF generate does under left padding."""
-    positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
+# ---------------------------------------------------------------- token choice
 
 
 def row_generators(seeds: Sequence[int], device) -> list[torch.Generator]:
@@ -554,16 +538,16 @@ def decode_rows(
     prompt_ids: Sequence[Sequence[int]],
     settings: Sequence[float],
     params: GenerationParams,
-    row_seeds: Sequence[int] | None = None,
-    head: object | None = None,
+    row_seeds: Sequence[int] | None,
+    head: object,
 ) -> list[RowOutput]:
     """Every prompt × every setting of ``params``'s exit rule in one prefill and one decoding loop.
 
     Rows come back setting-major in ``ordered_settings`` order, prompts in the given order within a
-    setting. ``row_seeds`` (sampling) gives each row its own generator, in that row order.
+    setting. ``row_seeds`` (sampling; None when greedy) gives each row its own generator, in that row
+    order. ``head`` reads an exited row's state (``engine.lenses.heads``: the caller resolves it, so the
+    loop stays below the lenses).
     """
-    from engine.lenses.heads import RAW_HEAD
-
     rule = rule_named(params.exit_policy)
     n_layers, device = loaded.n_layers, loaded.device
     groups = ordered_settings(rule, settings)
@@ -574,7 +558,7 @@ def decode_rows(
     climb = _Climb(
         loaded,
         rule,
-        head or RAW_HEAD,
+        head,
         torch.tensor(
             [float(s) for s in groups for _ in range(n_prompts)], dtype=torch.float32, device=device
         ),
