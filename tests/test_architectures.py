@@ -9,7 +9,7 @@ import torch
 from conftest import N_LAYERS, TINY_CONFIGS, build_tiny_model
 
 from engine.architectures import ARCHITECTURES, resolve
-from engine.decoding.loop import position_ids_for
+from engine.decoding.prompts import position_ids_for
 
 
 def _recorded_writes(model, spec, ids, mask, cache):
