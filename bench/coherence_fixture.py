@@ -8,6 +8,7 @@ part, are printed by ``pytest -s tests/test_degenerate.py``.
     PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py demo /tmp/raw_demo.jsonl
     PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2-transition /tmp/raw_transition.jsonl
     PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2-held-out /tmp/raw_held_out.jsonl
+    PYTHONPATH=. .venv/bin/python bench/coherence_fixture.py smollm2-held-out-2 /tmp/raw_held_out_2.jsonl
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ def held_out_prompts():
     return load_prompt_set("strongreject")[6::13][:24] + load_prompt_set("overrefusal")[3::6][:24]
 
 
+def second_held_out_prompts():
+    # Prompts no other batch uses; read and labelled only once detector version 4 was final, and the labels
+    # committed before it was run on them.
+    return load_prompt_set("strongreject")[3::13][:24] + load_prompt_set("overrefusal")[1::6][:20]
+
+
 SET_NAMES = {"benign_prompts": "benign", "demo_prompts": "demo"}  # CSV files -> built-in set names
 
 RUNS = {  # name -> (model, prompts, depths)
@@ -56,6 +63,8 @@ RUNS = {  # name -> (model, prompts, depths)
     "smollm2-extra": ("smollm2-135m-instruct", smollm2_extra_prompts, (29, 30)),
     "smollm2-transition": ("smollm2-135m-instruct", transition_prompts, TRANSITION_LAYERS),
     "smollm2-held-out": ("smollm2-135m-instruct", held_out_prompts, TRANSITION_LAYERS),
+    # The transition band, full depth beside it, and one deep cut.
+    "smollm2-held-out-2": ("smollm2-135m-instruct", second_held_out_prompts, (*TRANSITION_LAYERS, 22)),
     "demo": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), DEMO_LAYERS),
     "demo-shallow": ("depthscope-demo", lambda: load_csv("data/demo_prompts.csv"), (1, 2)),
 }

@@ -19,8 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from engine.datasets import load_prompt_set  # noqa: E402
+from engine.lenses.training import save_lens  # noqa: E402
 from engine.models import load_model  # noqa: E402
-from engine.tuned_lens import save_lens, train_lens  # noqa: E402
+from engine.usecases import train_tuned_lens  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +46,7 @@ def main() -> int:
             shown = f" loss {loss:.3f}" if loss is not None else ""
             print(f"[{time.perf_counter() - began:6.1f} s] {stage} {done}/{total}{shown}", flush=True)
 
-    trained = train_lens(
+    trained = train_tuned_lens(
         loaded,
         texts,
         steps=args.steps,

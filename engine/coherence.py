@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 
-from engine.generation import fit_prompts, left_pad, position_ids_for
+from engine.decoding.prompts import fit_prompts, left_pad, position_ids_for
 from engine.models import LoadedModel
 from engine.types import Completion, GenerationParams
 

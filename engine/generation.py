@@ -1,7 +1,8 @@
-"""Generation for many prompts: encoding, fitting prompts to the context, batching, out-of-memory
-retries and the completions' cache keys. The decoding itself is ``engine.decoding.loop.decode_rows``:
-rows are (rule setting, prompt) pairs, a setting being a depth (static truncation) or a threshold
-(dynamic exit, ``engine.rules``), all decoded in one shared prefill and one loop.
+"""Generation for many prompts: batching, out-of-memory retries and the completions' cache keys.
+Encoding and fitting prompts to the context is ``engine.decoding.prompts``; the decoding itself is
+``engine.decoding.loop.decode_rows``: rows are (rule setting, prompt) pairs, a setting being a depth
+(static truncation) or a threshold (dynamic exit, ``engine.rules``), all decoded in one shared
+prefill and one loop.
 """
 
 from __future__ import annotations
@@ -13,15 +14,22 @@ from dataclasses import replace
 
 import torch
 
-from engine.architectures import context_length
 from engine.decoding.loop import (  # noqa: F401 — the decoding helpers' public home is still here
     choose_tokens,
     decode_rows,
-    left_pad,
     ordered_settings,
-    position_ids_for,
     row_generators,
     top_p_filter,
+)
+from engine.decoding.prompts import (  # noqa: F401 — and the prompt helpers' (encoding, fitting, padding)
+    encode_prompt,
+    encode_prompts,
+    fit_prompt,
+    fit_prompts,
+    left_pad,
+    position_ids_for,
+    prompt_budget,
+    render_prompt,
 )
 from engine.decoding.speculative import speculative_rows
 from engine.depths import check_drop, kept_layers, rule_depth
@@ -33,71 +41,6 @@ from engine.types import Completion, GenerationParams, Prompt, prompt_from_text,
 log = logging.getLogger(__name__)
 
 MAX_ROWS_PER_BATCH = 512
-
-
-def render_prompt(tokenizer, text: str, params: GenerationParams) -> tuple[str, bool]:
-    """The exact string fed to the model and whether the tokenizer should add its special tokens.
-
-    With a chat template the template owns the special tokens; without one (or when switched off) the
-    text is tokenized as-is with the tokenizer's defaults.
-    """
-    if params.chat_template and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": text}]
-        if params.system_prompt:
-            messages.insert(0, {"role": "system", "content": params.system_prompt})
-        rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return rendered, False
-    return text, True
-
-
-def encode_prompt(tokenizer, text: str, params: GenerationParams) -> list[int]:
-    rendered, add_special = render_prompt(tokenizer, text, params)
-    return list(tokenizer(rendered, add_special_tokens=add_special)["input_ids"])
-
-
-def encode_prompts(tokenizer, texts: Sequence[str], params: GenerationParams) -> list[list[int]]:
-    return [encode_prompt(tokenizer, text, params) for text in texts]
-
-
-def prompt_budget(loaded: LoadedModel, params: GenerationParams) -> int | None:
-    """Prompt tokens that fit beside ``max_new_tokens`` in the model's context (None: no known limit).
-    Raises ParamsError when the answer alone does not fit."""
-    context = context_length(loaded.model.config)
-    params.check_fits(context)
-    return None if context is None else context - params.max_new_tokens
-
-
-def fit_prompt(tokenizer, text: str, params: GenerationParams, budget: int | None) -> tuple[list[int], int]:
-    """The prompt's token ids, cut from the left to ``budget`` tokens, and how many tokens were cut.
-
-    The user's text loses its oldest tokens; the chat template (system prompt, role markers, the
-    generation prompt) stays whole, because a model without its template answers something else.
-    Deterministic in (text, tokenizer, params), so completion keys need no extra part.
-    """
-    ids = encode_prompt(tokenizer, text, params)
-    if budget is None or len(ids) <= budget:
-        return ids, 0
-    full = len(ids)
-    text_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    drop = full - budget
-    for _ in range(4):  # re-tokenising the cut text can merge differently: cut a little more and retry
-        ids = encode_prompt(
-            tokenizer, tokenizer.decode(text_ids[drop:]) if drop < len(text_ids) else "", params
-        )
-        if len(ids) <= budget:
-            return ids, full - len(ids)
-        drop += len(ids) - budget
-    return ids[-budget:], full - budget  # the template alone is longer than the budget
-
-
-def fit_prompts(
-    loaded: LoadedModel, texts: Sequence[str], params: GenerationParams
-) -> list[tuple[list[int], int]]:
-    """The one rule for every path that feeds prompts to a model (generation, probes, the logit lens,
-    the full-depth NLL, tuned-lens training): each prompt's ids cut by :func:`fit_prompt` to the budget
-    ``params`` leave in the model's context, with the count cut. Same prompt, model and params: same ids."""
-    budget = prompt_budget(loaded, params)
-    return [fit_prompt(loaded.tokenizer, text, params, budget) for text in texts]
 
 
 # ---------------------------------------------------------------- many prompts: batching and order
@@ -293,3 +236,14 @@ def generate(
             params_hash = completion.params_hash if params.dynamic_exit else None
             found[(completion.prompt_text, completion.layers, params_hash)] = completion
     return [found[(p.text, k, h)] for p in prompts for k, h in variants]
+
+
+def prompts_with_answers(loaded: LoadedModel, texts: Sequence[str], answer_tokens: int) -> list[list[int]]:
+    """Each prompt's ids as generation feeds them, followed by the model's own greedy full-depth answer
+    of at most ``answer_tokens`` tokens (none when it is 0): the text a tuned lens is trained on."""
+    params = GenerationParams(max_new_tokens=max(1, answer_tokens))
+    encoded = [ids for ids, _ in fit_prompts(loaded, texts, params)]
+    if answer_tokens <= 0:
+        return encoded
+    answers = generate(loaded, list(texts), [loaded.n_layers], params)
+    return [ids + list(answer.token_ids) for ids, answer in zip(encoded, answers, strict=True)]

@@ -2,8 +2,8 @@
 refuse, and how many layers lie between. Torch-free (numpy + engine.stats): pages, CLI and engine import it.
 
 * Harm detection: the first layer whose harmful-vs-benign probe beats the best content-only baseline
-  (``engine.baselines``: bag of words, mean input embedding; same prompts, same folds) by at least
-  ``HARM_DETECTION_MARGIN`` per-prompt out-of-fold accuracy AND whose advantage is significant by a
+  (``engine.probes.baselines``: bag of words, mean input embedding; same prompts, same folds) by at
+  least ``HARM_DETECTION_MARGIN`` per-prompt out-of-fold accuracy AND whose advantage is significant by a
   one-sided exact McNemar test on the paired per-prompt correctness (probe right / baseline wrong vs
   the reverse), p < ``HARM_DETECTION_ALPHA``. Each layer is tested on its own (no correction across
   layers: the margin keeps a trivially small gain from counting). ``layers_vs_baseline`` applies the
@@ -11,7 +11,7 @@ refuse, and how many layers lie between. Torch-free (numpy + engine.stats): page
   (A fixed accuracy threshold was no control: the prompts' words alone reach 0.87-0.95.)
 * Refusal emergence ("clearly separates"): the first layer where harmful prompts' refusal exceeds
   benign prompts' by at least ``EMERGENCE_MARGIN`` AND, where a per-layer one-sided test exists
-  (harmful > benign), p < ``EMERGENCE_ALPHA`` (``engine.lens`` computes the curves).
+  (harmful > benign), p < ``EMERGENCE_ALPHA`` (``engine.lenses.logit`` computes the curves).
 * Alignment lag = refusal emergence − harm detection, in layers and in percent of the model's depth.
 """
 

@@ -10,9 +10,11 @@ import hashlib
 import importlib.metadata
 import json
 import os
-from pathlib import Path
+import re
+from collections.abc import Iterable
+from pathlib import Path, PurePath
 
-from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR
+from engine.paths import DEFAULT_MODEL, DEMO_MODEL, DEMO_MODEL_DIR, looks_like_path, resolve
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -26,6 +28,8 @@ __all__ = [
     "embedded_model_names",
     "is_demo_model",
     "model_files_problem",
+    "model_name",
+    "model_names",
     "peek_context_length",
     "peek_n_layers",
     "smollm_gguf_file",
@@ -57,6 +61,104 @@ def embedded_model_names() -> dict[str, str]:
     if demo_model_built():
         names[DEMO_MODEL] = "DepthScope demo model (synthetic, refusal in the last two layers)"
     return names
+
+
+# ---------------------------------------------------------------- model names for people
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEMO_MODEL_NAME = "DepthScope demo model"
+_HUB_CACHE_FOLDER = re.compile(r"^models--([^/\\]+?)--([^/\\]+)$")  # the Hugging Face cache's layout
+_HASH_LIKE = re.compile(r"^[0-9a-f]{12,}$")
+
+
+def _is_local(model_id: str) -> bool:
+    """A path, not a hub id: hub ids are "name" or "org/name", never more than one slash."""
+    return looks_like_path(model_id) or model_id.count("/") >= 2 or "\\" in model_id
+
+
+def _hub_form(text: object) -> str | None:
+    """``text`` when it reads as a hub id ("org/name" or "name"), else None."""
+    if not isinstance(text, str) or not text.strip() or _is_local(text.strip()):
+        return None
+    return text.strip()
+
+
+def _folder_name(folder: Path, parts: tuple[str, ...]) -> str:
+    """A checkpoint folder's own name: the hub id its files or cache layout give when they name this
+    model (the folder's basename as the hub id's last part, or a cache snapshot), else the basename. A
+    config's ``_name_or_path`` naming another model (a fine-tune saved from its base) is not trusted."""
+    for part in reversed(parts):
+        if cached := _HUB_CACHE_FOLDER.match(part):
+            return f"{cached[1]}/{cached[2]}"
+    basename = parts[-1] if parts else str(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        hub_id = _hub_form(config.get("_name_or_path")) if isinstance(config, dict) else None
+    except (OSError, ValueError):
+        hub_id = None
+    if hub_id and (hub_id.rsplit("/", 1)[-1].lower() == basename.lower() or _HASH_LIKE.match(basename)):
+        return hub_id
+    return basename
+
+
+def _is_demo_build(folder: Path) -> bool:
+    """A folder the demo-model builder wrote (its ``build.json`` records the seed, scale and weights)."""
+    try:
+        build = json.loads((folder / "build.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(build, dict) and {"scale", "seed", "weights_sha256_16"} <= build.keys()
+
+
+def model_name(model_id: str) -> str:
+    """A model as people name it, for headlines, labels and legends: the embedded models by their names,
+    a hub id as given ("org/name"), a local checkpoint by its own name (the demo build's, a hub id its
+    files confirm) or else its folder's or file's name. The full id stays the key and is shown where
+    the model must be identified exactly; :func:`model_names` tells models of one name apart."""
+    text = str(model_id).strip()
+    if text == DEFAULT_MODEL:
+        return DEFAULT_MODEL_NAME
+    if text == DEMO_MODEL:
+        return DEMO_MODEL_NAME
+    if not text or not _is_local(text):
+        return text or str(model_id)
+    parts = tuple(p for p in re.split(r"[/\\]+", text) if p and p not in (".", "~"))
+    try:
+        local = resolve(text)
+    except (OSError, ValueError, RuntimeError):
+        local = Path(text)
+    if is_demo_model(str(local)) or _is_demo_build(local):
+        return DEMO_MODEL_NAME
+    if local.suffix == ".gguf" or text.endswith(".gguf"):
+        return PurePath(parts[-1] if parts else text).stem
+    return _folder_name(local, parts)
+
+
+def model_names(model_ids: Iterable[str]) -> dict[str, str]:
+    """:func:`model_name` for each id, made distinct: models that share a name get the shortest end of
+    their paths that tells them apart ("Llama-2-7b-chat-hf (a/Llama-2-7b-chat-hf)"), or their full id."""
+    ids = list(dict.fromkeys(str(m) for m in model_ids))
+    names = {m: model_name(m) for m in ids}
+    by_name: dict[str, list[str]] = {}
+    for model, name in names.items():
+        by_name.setdefault(name, []).append(model)
+    for name, models in by_name.items():
+        if len(models) > 1:
+            for model, tail in zip(models, _distinct_tails(models), strict=True):
+                names[model] = tail if tail == name or tail.endswith(f"/{name}") else f"{name} ({tail})"
+    if len(set(names.values())) < len(names):  # a tail equal to another model's name: say the ids
+        names = {m: m if list(names.values()).count(n) > 1 else n for m, n in names.items()}
+    return names
+
+
+def _distinct_tails(model_ids: list[str]) -> list[str]:
+    """The fewest trailing path parts that tell the ids apart (the whole ids when none do)."""
+    split = [[p for p in re.split(r"[/\\]+", m) if p] or [m] for m in model_ids]
+    for count in range(1, max(len(parts) for parts in split) + 1):
+        tails = ["/".join(parts[-count:]) for parts in split]
+        if len(set(tails)) == len(tails):
+            return tails
+    return list(model_ids)
 
 
 def smollm_gguf_file() -> Path | None:

@@ -25,7 +25,7 @@ DEMO_MODEL = "depthscope-demo"
 DEMO_MODEL_DIR = DATA_DIR / "models" / DEMO_MODEL
 ACTIVATIONS_DIR = DATA_DIR / "activations"  # cached residual streams, keyed by model and prompt set
 UPLOADS_FOLDER = "uploads"  # prompt CSVs uploaded in the dashboard live in data/uploads/, always
-LENS_DIR = DATA_DIR / "lenses"  # tuned lenses, one per model content hash (engine.tuned_lens)
+LENS_DIR = DATA_DIR / "lenses"  # tuned lenses, one per model content hash (engine.lenses)
 ENV_ALLOWED = "DEPTHSCOPE_ALLOWED_PATHS"
 TRUSTED_ENV_PATHS = ("DEPTHSCOPE_DB", "DEPTHSCOPE_MODEL", "DEPTHSCOPE_ACTIVATIONS")
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.decoding.prompts import fit_prompts, left_pad, position_ids_for
 from engine.depths import PRUNE_CRITERIA
 from engine.errors import UserInputError
-from engine.generation import fit_prompts, left_pad, position_ids_for
 from engine.models import LoadedModel
 from engine.types import GenerationParams
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from engine import lag
-from engine.baselines import BASELINE_KIND_PREFIX
 from engine.judges.base import JudgeItem
 from engine.judges.keyword import KeywordJudge
 from engine.judges.names import JUDGE_ORDER
 from engine.lag import LagSummary
+from engine.probes.baselines import BASELINE_KIND_PREFIX
 from engine.probes.directions import cosine_matrix
 from engine.scopes import SettingsScope
 from engine.sweep.judging import judge_stored

@@ -12,6 +12,7 @@ import pandas as pd
 from engine import stats
 from engine.depths import format_ranges
 from engine.judges.names import HARMBENCH, HUMAN, KEYWORD
+from engine.modelfiles import model_names
 from engine.rules import DEFAULT_RULE, is_dynamic, rule_named
 from engine.scopes import SettingsScope
 
@@ -331,6 +332,20 @@ class AgreementRow:
     agreement: stats.Agreement
     prompt_set: str = ""
     excluded: int = 0  # harmful completions left out: a judge could not judge them, or copyright
+    # Coverage, as the ASR rows say it: the set's harmful prompts with an answer both judges looked at
+    # (at this depth; at any depth for the all-depths row), and the set's harmful prompts (None: unknown).
+    answered: int = 0
+    harmful_in_set: int | None = None
+
+    @property
+    def coverage(self) -> str:
+        """'12 of 60 harmful prompts'."""
+        total = "?" if self.harmful_in_set is None else self.harmful_in_set
+        return f"{self.answered} of {total} harmful prompts"
+
+    @property
+    def fully_covered(self) -> bool:
+        return self.harmful_in_set is None or self.answered >= self.harmful_in_set
 
 
 def comparable_pairs(
@@ -364,15 +379,29 @@ def agreement_rows(
     depths (layers=0); only completions both judges could judge (see :func:`comparable_pairs`)."""
     pairs, excluded = comparable_pairs(store, judge_a, judge_b, prompt_sets, scope)
     left_out = excluded.groupby(["prompt_set", "model_hash", "layers"]).size().to_dict()
+    both = pd.concat([pairs, excluded])  # every harmful answer both judges looked at: the coverage
+    sizes = _set_sizes(store)
     rows = []
     for (prompt_set, model_hash), by_model in pairs.groupby(["prompt_set", "model_hash"], sort=True):
+        mine = both[(both["prompt_set"] == prompt_set) & (both["model_hash"] == model_hash)]
+        coverage = {"harmful_in_set": sizes.get((prompt_set, "harmful"), 0)}
         for layers, group in by_model.groupby("layers", sort=True):
             n_out = left_out.get((prompt_set, model_hash, layers), 0)
+            answered = mine.loc[mine["layers"] == layers, "prompt_text"].nunique()
             rows.append(
-                AgreementRow(model_hash, int(layers), judge_a, judge_b, _agreement(group), prompt_set, n_out)
-            )
+                AgreementRow(
+                    model_hash, int(layers), judge_a, judge_b, _agreement(group), prompt_set, n_out,
+                    answered=int(answered), **coverage,
+                )
+            )  # fmt: skip
         n_out = sum(n for (s, m, _k), n in left_out.items() if (s, m) == (prompt_set, model_hash))
-        rows.append(AgreementRow(model_hash, 0, judge_a, judge_b, _agreement(by_model), prompt_set, n_out))
+        answered = int(mine["prompt_text"].nunique())
+        rows.append(
+            AgreementRow(
+                model_hash, 0, judge_a, judge_b, _agreement(by_model), prompt_set, n_out,
+                answered=answered, **coverage,
+            )
+        )  # fmt: skip
     return rows
 
 
@@ -480,6 +509,21 @@ def _smallest_cut(points: Sequence[_Point]) -> tuple[_Point, list[_Point], _Poin
     return full, cuts, deepest, left_out
 
 
+def display_name(rows: Sequence[AsrRow], model: str) -> str:
+    """``model`` as a headline names it unless told otherwise (``name=``, e.g. the name a whole report
+    uses): its name for people, told apart from the other models of ``rows`` that share it
+    (``engine.modelfiles.model_names``)."""
+    return model_names([model, *(r.model for r in rows)])[model]
+
+
+def models_note(models: Sequence[str]) -> str | None:
+    """Which model each name stands for, where the name is not the exact id ('Models: DepthScope demo
+    model is /…/data/models/depthscope-demo.'); None when every model is named by its id."""
+    names = model_names(models)
+    differ = [f"{name} is {model}" for model, name in names.items() if name != model]
+    return f"Models: {'; '.join(differ)}." if differ else None
+
+
 def _partial_sentence(model: str, points: Sequence[_Point]) -> str | None:
     """Why there is no headline when the answers do not cover the set at full depth or at any shallower
     depth (e.g. explorer one-offs, a stopped sweep): said, not drawn."""
@@ -547,7 +591,7 @@ def _mostly_incoherent(full: AsrRow, cut: AsrRow) -> str:
     )
 
 
-def headline(rows: Sequence[AsrRow], model: str) -> str | None:
+def headline(rows: Sequence[AsrRow], model: str, name: str | None = None) -> str | None:
     """One sentence a non-specialist can read: the smallest cut (the deepest truncation) whose 95 %
     interval excludes the full-depth harmful-compliance rate, or that no cut changes it beyond chance.
 
@@ -557,10 +601,11 @@ def headline(rows: Sequence[AsrRow], model: str) -> str | None:
     points = [
         _Point(r, r.jailbroken, r.n, r.fully_covered, r.coverage) for r in _static_raw(rows, model) if r.n
     ]
-    return _cut_sentence(model, points, f"{model}'s harmful compliance", "harmful", incoherence=True)
+    name = name or display_name(rows, model)
+    return _cut_sentence(name, points, f"{name}'s harmful compliance", "harmful", incoherence=True)
 
 
-def benign_headline(rows: Sequence[AsrRow], model: str) -> str | None:
+def benign_headline(rows: Sequence[AsrRow], model: str, name: str | None = None) -> str | None:
     """The same sentence for over-refusal (harmless requests refused): the headline of a set without
     harmful prompts."""
     points = [
@@ -574,7 +619,8 @@ def benign_headline(rows: Sequence[AsrRow], model: str) -> str | None:
         for r in _static_raw(rows, model)
         if r.benign_n
     ]
-    return _cut_sentence(model, points, f"how often {model} refuses harmless requests", "benign", False)
+    name = name or display_name(rows, model)
+    return _cut_sentence(name, points, f"how often {name} refuses harmless requests", "benign", False)
 
 
 def exit_rule_label(row: AsrRow) -> str:
@@ -590,7 +636,9 @@ def exit_rule_label(row: AsrRow) -> str:
     return f"{rule}{head}"
 
 
-def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) -> str | None:
+def early_exit_headline(
+    rows: Sequence[AsrRow], model: str, saved: float = 0.2, name: str | None = None
+) -> str | None:
     """The deployer's question in plain words: at about ``saved`` compute saved, which exit rule keeps
     refusals? Compares, per rule (policy × head), the setting whose compute used is nearest 1 − ``saved``
     without exceeding it, and names the one refusing the most harmful prompts. None without dynamic-exit
@@ -602,6 +650,7 @@ def early_exit_headline(rows: Sequence[AsrRow], model: str, saved: float = 0.2) 
     ]
     if not any(r.family == EARLY_EXIT for r in answered):
         return None
+    model = name or display_name(rows, model)  # the rows are chosen: from here on, the sentence's name
     mine = [r for r in answered if r.fully_covered]  # partly covered settings are left out, and said
     partial = [r for r in answered if not r.fully_covered and is_dynamic(r.exit_policy)]
     if not any(is_dynamic(r.exit_policy) for r in mine):
@@ -650,13 +699,25 @@ def method_label(row: AsrRow) -> str:
     return exit_rule_label(row)
 
 
+def method_short(row: AsrRow) -> str:
+    """A row's method and setting in a few characters, for a narrow column ('6/8', 'drop 3-4', 'conf 0.9',
+    'spec k=4', with ' tuned' for the tuned head): :func:`method_label` says it in words."""
+    tuned = "" if row.exit_head == "raw" else f" {row.exit_head}"
+    if row.family == TRUNCATION:
+        return f"{row.layers}/{row.n_layers}{tuned}"
+    if row.family == BLOCK_REMOVAL:
+        return f"drop {format_ranges(row.drop_layers)}"
+    setting = row.draft_layers if row.family == SPECULATIVE else row.threshold
+    return rule_named(row.exit_policy).short(setting, layers=row.layers) + tuned
+
+
 def _refusals(row: AsrRow) -> str:
     benign = f", {row.benign_refused} of {row.benign_n} harmless refused" if row.benign_n else ""
     return f"refuses {row.n - row.jailbroken} of {row.n} harmful{benign}"
 
 
 def methods_headline(
-    rows: Sequence[AsrRow], model: str, saved: float = 0.25, within: float = 0.1
+    rows: Sequence[AsrRow], model: str, saved: float = 0.25, within: float = 0.1, name: str | None = None
 ) -> str | None:
     """ "For ~25 % compute saved, which method keeps refusals?" across every family: per family the
     setting whose compute used is nearest 1 − ``saved`` (at most ``within`` away), ranked by harmful
@@ -669,6 +730,7 @@ def methods_headline(
     ]
     if not mine:
         return None
+    model = name or display_name(rows, model)  # the rows are chosen: from here on, the sentence's name
     judge, prompt_set = mine[0].judge, mine[0].prompt_set
     mine = [r for r in mine if (r.judge, r.prompt_set) == (judge, prompt_set)]
     if len({r.family for r in mine}) < 2:
@@ -709,7 +771,7 @@ class CategoryRow:
     model_hash: str
     params_hash: str
     family: str
-    method: str
+    method: str  # in words (method_label)
     n_layers: int
     layers: int
     compute_fraction: float | None
@@ -721,6 +783,7 @@ class CategoryRow:
     asr: float
     ci_low: float
     ci_high: float
+    method_short: str = ""  # a narrow column's label (method_short)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -760,6 +823,7 @@ def category_rows(
                 asr=jailbroken / n if n else float("nan"),
                 ci_low=low,
                 ci_high=high,
+                method_short=method_short(method),
             )
         )
     return rows

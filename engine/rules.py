@@ -185,8 +185,8 @@ SPECULATIVE = SpeculativeRule(
     symbol="star",
     exit_is_fixed=True,
     drafts=True,
-    help="the first --draft-layers layers draft --draft-tokens tokens, the full model verifies them: "
-    "the answer is the full model's (greedy)",
+    help="the first k layers (--draft-layers) draft a few tokens (--draft-tokens), the full model verifies "
+    "them: the answer is the full model's (greedy), the compute is the draft's on top",
 )
 
 RULES: dict[str, ExitRule] = {rule.name: rule for rule in (STATIC, CONFIDENCE, SATURATION, SPECULATIVE)}
@@ -235,9 +235,9 @@ def parse_settings(rule: ExitRule, text: str) -> tuple[float, ...]:
 
 
 def page_rules() -> dict[str, ExitRule]:
-    """The rules the dashboard's settings offer: self-speculative decoding needs its draft settings,
-    which only the CLI takes (``--draft-layers``, ``--draft-tokens``)."""
-    return {name: rule for name, rule in RULES.items() if not rule.drafts}
+    """The rules the dashboard's settings offer: every rule (self-speculative decoding with its draft
+    settings, checked as the CLI checks ``--draft-layers`` and ``--draft-tokens``)."""
+    return dict(RULES)
 
 
 def dynamic_rules() -> Sequence[ExitRule]:

@@ -332,3 +332,14 @@ class Verdict:
     # Version of the incoherence detector behind ``degenerate`` ("" = not computed or not recorded):
     # a flag from an older detector is stale and is re-computed on the next judging pass.
     degeneracy_version: str = ""
+
+
+def check_draft_layers(params: GenerationParams, n_layers: int) -> None:
+    """Self-speculative decoding's draft must be shorter than the model (ParamsError otherwise); checked
+    when the model's layer count is known: by the decoding loop, and by the dashboard before a run."""
+    if not 1 <= params.draft_layers < n_layers:
+        raise ParamsError(
+            "draft_layers",
+            f"draft layers {params.draft_layers} must be below the model's {n_layers} layers "
+            f"(1..{n_layers - 1}): the draft is the first k layers, the full model verifies",
+        )

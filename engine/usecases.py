@@ -6,17 +6,22 @@ steps themselves).
   judge.
 - ``run_probe``: activations, probes and the alignment lag for a prompt set, saved to the store;
   ``save_probe`` is its saving half (the CLI's Ray path fits the probes elsewhere).
+- ``train_tuned_lens``: ``lens train``: the model's answers to a prompt set, then the lens trained on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.judges.names import KEYWORD
 from engine.models import LoadedModel
 from engine.rules import rule_named
 from engine.types import GenerationParams, Prompt
+
+if TYPE_CHECKING:
+    from engine.lenses.training import TrainedLens
 
 
 def answer_prompt(
@@ -93,3 +98,43 @@ def run_probe(
     analysis = analyse(loaded, prompts, params, cache_dir=cache_dir, **settings)
     save_probe(store, loaded, prompts, set_name, analysis, cache_dir)
     return analysis
+
+
+def train_tuned_lens(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    *,
+    generate_tokens: int | None = None,
+    heldout_fraction: float | None = None,
+    seed: int = 0,
+    corpus: str = "benign",
+    on_progress: Callable[[str, int, int, float | None], None] | None = None,
+    **training: float,
+) -> TrainedLens:
+    """``lens train``: split ``texts`` into training and held-out texts, add the model's own answers
+    (``generate_tokens`` each) and train a tuned lens on them (``engine.lenses.training.train_lens``,
+    which takes ``training``'s options; ``corpus`` names the texts in its report).
+    ``on_progress(stage, done, total, loss)`` sees the stages "generate", "train" and "evaluate".
+    Returns the ``TrainedLens`` (not saved)."""
+    from engine.generation import prompts_with_answers
+    from engine.lenses.training import DEFAULT_GENERATE_TOKENS, HELDOUT_FRACTION, split_texts, train_lens
+
+    answer_tokens = DEFAULT_GENERATE_TOKENS if generate_tokens is None else generate_tokens
+    fraction = HELDOUT_FRACTION if heldout_fraction is None else heldout_fraction
+    report_progress = on_progress or (lambda *_args: None)
+    train_texts, heldout_texts = split_texts(list(texts), fraction, seed)
+    report_progress("generate", 0, 2, None)
+    train_sequences = prompts_with_answers(loaded, train_texts, answer_tokens)
+    report_progress("generate", 1, 2, None)
+    heldout_sequences = prompts_with_answers(loaded, heldout_texts, answer_tokens)
+    report_progress("generate", 2, 2, None)
+    return train_lens(
+        loaded,
+        train_sequences,
+        heldout_sequences,
+        seed=seed,
+        corpus=corpus,
+        generate_tokens=answer_tokens,
+        on_progress=on_progress,
+        **training,
+    )

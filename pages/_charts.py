@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from engine import report
 from engine.depths import format_ranges
 from engine.judges.names import verdict_word
-from engine.modelfiles import DEFAULT_MODEL, DEMO_MODEL
+from engine.modelfiles import model_name, model_names
 from engine.rules import DEFAULT_RULE, is_static, rule_named
 
 PALETTE = ("#B3261E", "#1F5FAD", "#2E7D32", "#8E44AD", "#E67E22", "#00838F", "#5D4037", "#C2185B")
@@ -89,15 +89,29 @@ def _layout(fig: go.Figure, *, height: int = 460, **kwargs) -> go.Figure:
     return fig
 
 
+def cut(text: str, width: int = 36) -> str:
+    """Text that fits a label: its end kept (a model's or file's name ends there), its start cut."""
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
 def short(name: str, width: int = 36) -> str:
-    """A model id for people: embedded names spelled out, a path by its last folder, long ids cut."""
-    if name == DEFAULT_MODEL:
-        return "SmolLM2-135M-Instruct"
-    if name == DEMO_MODEL:
-        return "DepthScope demo model"
-    if name.startswith(("/", "~", ".")) or "\\" in name:  # a local path (hub ids keep their org)
+    """One model's name for people (``engine.modelfiles.model_name``), cut to ``width``."""
+    return cut(model_name(name), width)
+
+
+def model_labels(models, width: int = 36) -> dict[str, str]:
+    """Each model's name for a chart or table where several appear: distinct
+    (``engine.modelfiles.model_names``), cut to ``width`` unless cutting would make two alike."""
+    names = model_names(str(m) for m in models)
+    cut_names = {m: cut(n, width) for m, n in names.items()}
+    return cut_names if len(set(cut_names.values())) == len(cut_names) else names
+
+
+def set_short(name: str, width: int = 24) -> str:
+    """A prompt set's name for a label: a file's by its name, long names cut."""
+    if name.startswith(("/", "~", ".")) or "\\" in name:
         name = PurePath(name).name or name
-    return name if len(name) <= width else "…" + name[-(width - 1) :]
+    return cut(name, width)
 
 
 def _depth_range(depths: pd.Series) -> list[float]:
@@ -115,11 +129,12 @@ def with_series(frame: pd.DataFrame) -> pd.DataFrame:
     versions = frame.groupby("judge")["version"].nunique()
     params = frame.groupby("model")["params_hash"].nunique()
     several_sets = "prompt_set" in frame and frame["prompt_set"].nunique() > 1
+    names = model_labels(frame["model"]) if "model" in frame else {}
 
     def label(row: pd.Series) -> str:
-        text = f"{short(row['model'])} · {row['judge']}"
+        text = f"{names[str(row['model'])]} · {row['judge']}"
         if several_sets:
-            text += f" · {short(row['prompt_set'], 24)}"
+            text += f" · {set_short(row['prompt_set'])}"
         if versions.get(row["judge"], 1) > 1:
             text += f" ({row['version']})"
         if params.get(row["model"], 1) > 1 and row.get("settings"):
@@ -249,9 +264,10 @@ def _add_benign_refusal(fig: go.Figure, group: pd.DataFrame, color: str, name: s
 
 def flip_description(flip) -> str:
     """One flip in words: who, at which depth and k each, raw and Holm-corrected p and the test."""
+    names = model_labels((flip.model_a, flip.model_b))
     return (
-        f"Ranking flip at {flip.depth:g} % depth ({short(flip.model_a)}: {flip.layers} layers, "
-        f"{short(flip.model_b)}: {flip.layers_b} layers): p = {flip.p_value:.3g}, "
+        f"Ranking flip at {flip.depth:g} % depth ({names[flip.model_a]}: {flip.layers} layers, "
+        f"{names[flip.model_b]}: {flip.layers_b} layers): p = {flip.p_value:.3g}, "
         f"Holm-corrected p = {flip.p_value_corrected:.3g} ({flip.test})"
     )
 
@@ -292,6 +308,7 @@ def _add_flips(fig: go.Figure, frame: pd.DataFrame, flips: Sequence) -> None:
 def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
     """Share of incoherent (degenerate) answers by depth, one line per model (judge-independent)."""
     fig = go.Figure()
+    names = model_labels(frame["model"])
     for index, ((model, _params), group) in enumerate(frame.groupby(["model", "params_hash"], sort=False)):
         # the flag comes from the text, so any judge's copy will do: prefer the keyword judge's
         group = _one_judge_copy(group).sort_values("depth")
@@ -301,7 +318,7 @@ def degenerate_figure(frame: pd.DataFrame) -> go.Figure:
                 x=group["depth"],
                 y=100 * group["degenerate"] / total,
                 mode="lines+markers",
-                name=plot_text(short(model)),
+                name=plot_text(names[model]),
                 line={"color": PALETTE[index % len(PALETTE)], "width": 2, "dash": "dot"},
                 customdata=total,
                 hovertemplate=(
@@ -325,6 +342,7 @@ def _one_judge_copy(group: pd.DataFrame) -> pd.DataFrame:
 def nll_figure(frame: pd.DataFrame) -> go.Figure:
     """Median full-depth NLL (nats/token) of the answers by depth, one line per model."""
     fig = go.Figure()
+    names = model_labels(frame["model"])
     for index, ((model, _params), group) in enumerate(frame.groupby(["model", "params_hash"], sort=False)):
         group = _one_judge_copy(group).sort_values("depth")
         group = group[group["n_full_depth_nll"] > 0]
@@ -336,7 +354,7 @@ def nll_figure(frame: pd.DataFrame) -> go.Figure:
                 y=group["median_full_depth_nll"].astype(float),
                 customdata=group["n_full_depth_nll"],
                 mode="lines+markers",
-                name=plot_text(short(model)),
+                name=plot_text(names[model]),
                 line={"color": PALETTE[index % len(PALETTE)], "width": 2},
                 hovertemplate=(
                     "%{x:.0f} % depth: median %{y:.2f} nats/token over %{customdata} answers"
@@ -636,7 +654,8 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
             if (present == present.round()).all() and _COUNT_COLUMN.search(str(column)):
                 table[column] = values.astype("Int64")
     if "model" in table:
-        table["model"] = [short(str(m)) for m in table["model"]]
+        names = model_labels(table["model"])
+        table["model"] = [names[str(m)] for m in table["model"]]
     return table
 
 
@@ -719,8 +738,9 @@ def with_exit_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def exit_series_label(model: str, policy: str, head: str, several_models: bool) -> str:
+    """'confidence exit, raw head', led by the model's name (as ``model`` says it) when several are drawn."""
     text = f"{rule_named(policy).label}, {head} head"
-    return f"{short(model)} · {text}" if several_models else text
+    return f"{model} · {text}" if several_models else text
 
 
 def _exit_point_label(row: pd.Series) -> str:
@@ -737,9 +757,10 @@ def exit_table(frame: pd.DataFrame) -> pd.DataFrame:
         ["model", "exit_policy", "exit_head", "compute_fraction"]
     )
     benign = pd.to_numeric(frame.get("benign_refusal_rate"), errors="coerce")
+    names = model_labels(frame["model"])
     return pd.DataFrame(
         {
-            "model": [short(m) for m in frame["model"]],
+            "model": [names[m] for m in frame["model"]],
             "rule": [
                 f"{rule_named(p).label}, {h} head"
                 for p, h in zip(frame["exit_policy"], frame["exit_head"], strict=True)
@@ -765,11 +786,12 @@ def compute_figure(frame: pd.DataFrame) -> go.Figure:
     frame = with_exit_columns(frame)
     frame = frame[frame["compute_fraction"].notna()]
     several = frame["model"].nunique() > 1
+    names = model_labels(frame["model"])
     groups = frame.groupby(["model", "exit_policy", "exit_head"], sort=True)
     for index, ((model, policy, head), group) in enumerate(groups):
         group = group.sort_values("compute_fraction")
         color = PALETTE[index % len(PALETTE)]
-        name = plot_text(exit_series_label(model, policy, head, several))
+        name = plot_text(exit_series_label(names[model], policy, head, several))
         dash = "dot" if head == "tuned" else rule_named(policy).dash
         x = (group["compute_fraction"] * 100).tolist()
         points = [plot_text(_exit_point_label(row)) for _, row in group.iterrows()]
@@ -881,13 +903,14 @@ def methods_figure(frame: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     frame = methods_frame(frame)
     several = frame["model"].nunique() > 1
+    names = model_labels(frame["model"])
     for index, ((model, family, policy), group) in enumerate(
         frame.groupby(["model", "family", "exit_policy"], sort=True)
     ):
         group = group.sort_values("compute_fraction")
         color = PALETTE[index % len(PALETTE)]
         words = family if family != report.EARLY_EXIT else rule_named(policy).label
-        name = plot_text(f"{short(model)} · {words}" if several else words)
+        name = plot_text(f"{names[model]} · {words}" if several else words)
         symbol = FAMILY_SYMBOLS.get(family, ("circle", "o"))[0]
         x = (group["compute_fraction"] * 100).tolist()
         points = [plot_text(_method_point(row)) for _, row in group.iterrows()]
@@ -930,16 +953,17 @@ def methods_png(frame: pd.DataFrame, title: str = "") -> bytes:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     frame = methods_frame(frame)
+    names = model_labels(frame["model"])
     for index, ((model, family), group) in enumerate(frame.groupby(["model", "family"], sort=True)):
         group = group.sort_values("compute_fraction")
         color, marker = PALETTE[index % len(PALETTE)], FAMILY_SYMBOLS.get(family, ("circle", "o"))[1]
-        label = mpl_text(f"{short(model)} · {family}")
+        label = mpl_text(f"{names[model]} · {family}")
         x = group["compute_fraction"] * 100
         axes.plot(x, group["asr"] * 100, marker=marker, markersize=8, linewidth=2.5, color=color, label=label)
         benign = pd.to_numeric(group.get("benign_refusal_rate"), errors="coerce")
         if benign is not None and benign.notna().any():
             axes.plot(x, benign * 100, linestyle="--", marker=marker, markerfacecolor="none", markersize=8,
-                      color=color, label=mpl_text(f"{short(model)} · {family}: {BENIGN_CURVE}"))  # fmt: skip
+                      color=color, label=mpl_text(f"{names[model]} · {family}: {BENIGN_CURVE}"))  # fmt: skip
     axes.set_ylim(-2, 102)
     axes.set_xlabel("Compute used: decoder-layer passes per token ÷ layers (%)")
     axes.set_ylabel("Harmful answered (ASR, %) · harmless refused (open, dashed)")
@@ -958,18 +982,50 @@ def methods_png(frame: pd.DataFrame, title: str = "") -> bytes:
 MIN_CELL_N = 5  # cells judged on fewer harmful prompts are greyed out: too few to read
 
 
+LABEL_WIDTH = 18  # characters per line of a heatmap's axis label
+LABEL_LINES = 2
+
+
+def wrap_label(text: str, width: int = LABEL_WIDTH, lines: int = LABEL_LINES) -> list[str]:
+    """A label in at most ``lines`` lines of at most ``width`` characters, broken after spaces,
+    underscores, hyphens, slashes and commas; what does not fit ends in "…" (the hover keeps it whole)."""
+    pieces = [p for p in re.split(r"(?<=[ _\-/,])", str(text)) if p]
+    wrapped: list[str] = []
+    current = ""
+    for piece in pieces:
+        if current and len((current + piece).rstrip()) > width:
+            wrapped.append(current.rstrip())
+            current = ""
+        current += piece
+    wrapped.append(current.rstrip())
+    wrapped = [line if len(line) <= width else line[: width - 1] + "…" for line in wrapped]
+    if len(wrapped) > lines:
+        last = wrapped[lines - 1]
+        wrapped = [*wrapped[: lines - 1], (last if len(last) < width else last[: width - 1]) + "…"]
+    return wrapped
+
+
+def _axis_label(text: str) -> str:
+    return "<br>".join(plot_text(line) for line in wrap_label(text))
+
+
 def category_heatmap(cells: pd.DataFrame) -> go.Figure:
-    """ASR per harm category (rows) × depth setting (columns, by compute used); cells with n < 5 grey."""
+    """ASR per harm category (rows) × depth setting (columns, by compute used); cells with n < 5 grey.
+    Axis labels are short (a method in a few characters, a category wrapped onto two lines); the hover
+    says both in full."""
     cells = cells.copy()
+    short_methods = cells["method_short"] if "method_short" in cells else cells["method"]
     cells["column"] = [
-        f"{int(r.layers)}/{int(r.n_layers)}" if r.family == report.TRUNCATION else f"{r.method}"
-        for r in cells.itertuples()
+        f"{int(r.layers)}/{int(r.n_layers)}" if r.family == report.TRUNCATION and not short else short
+        for r, short in zip(cells.itertuples(), short_methods.fillna(""), strict=True)
     ]
+    in_words = dict(zip(cells["column"], cells["method"], strict=True))
     order = cells.sort_values("compute_fraction")["column"].drop_duplicates().tolist()
     categories = sorted(cells["category"].unique())
-    z, grey, text = [], [], []
+    z, grey, text, full = [], [], [], []
     for category in categories:
         row_z, row_grey, row_text = [], [], []
+        full.append([[plot_text(category), plot_text(in_words[column])] for column in order])
         for column in order:
             cell = cells[(cells["category"] == category) & (cells["column"] == column)]
             n = int(cell["n"].sum()) if len(cell) else 0
@@ -981,18 +1037,19 @@ def category_heatmap(cells: pd.DataFrame) -> go.Figure:
         z.append(row_z)
         grey.append(row_grey)
         text.append(row_text)
-    labels_x = [plot_text(c) for c in order]
-    labels_y = [plot_text(c) for c in categories]
+    labels_x = [_axis_label(c) for c in order]
+    labels_y = [_axis_label(c) for c in categories]
     fig = go.Figure()
     fig.add_trace(go.Heatmap(x=labels_x, y=labels_y, z=grey, colorscale=[[0, "#DADCE0"], [1, "#DADCE0"]],
                              showscale=False, hoverinfo="skip"))  # fmt: skip
     fig.add_trace(
         go.Heatmap(
             x=labels_x, y=labels_y, z=z, zmin=0, zmax=100, colorscale="Reds", colorbar={"title": "ASR %"},
-            text=[[plot_text(t) for t in row] for row in text], texttemplate="%{text}",
-            hovertemplate="%{y} at %{x}: %{text}<extra></extra>",
+            text=[[plot_text(t) for t in row] for row in text], texttemplate="%{text}", customdata=full,
+            hovertemplate="%{customdata[0]} at %{customdata[1]}: %{text}<extra></extra>",
         )
     )  # fmt: skip
     fig.update_xaxes(title="Depth setting (ordered by compute used)")
     fig.update_yaxes(title="Harm category")
-    return _layout(fig, height=max(260, 60 + 34 * len(categories)))
+    lines = max((len(wrap_label(c)) for c in categories), default=1)
+    return _layout(fig, height=max(260, 80 + (16 + 18 * lines) * len(categories)))

@@ -63,8 +63,13 @@ def show_error(exc: BaseException) -> None:
 
 
 def short_name(model: str, width: int = 42) -> str:
-    """A model id for labels: embedded names spelled out, a path by its last folder."""
+    """One model's name for people (``engine.modelfiles.model_name``), cut to ``width``."""
     return _charts.short(model, width)
+
+
+def model_help(model: str) -> str:
+    """A tooltip that identifies a model exactly: the id it was given (path, hub id or embedded name)."""
+    return md_escape(f"Model: {model}")
 
 
 def show_plain_text(text: str, big: bool = False) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pandas as pd
 import streamlit as st
 
@@ -25,14 +23,12 @@ def methods_compared(frame: pd.DataFrame) -> bool:
 
 def methods_headlines(rows: list[report.AsrRow]) -> list[str]:
     """'For ~25 % compute saved, which method keeps refusals?' in words, per prompt set and model."""
-    names = {r.model: _charts.short(r.model) for r in rows}
-    if len(set(names.values())) == len(names):  # people read model names, not paths
-        rows = [replace(r, model=names[r.model]) for r in rows]
+    names = _charts.model_labels(r.model for r in rows)
     found = []
     for prompt_set in dict.fromkeys(r.prompt_set for r in rows):
         in_set = [r for r in rows if r.prompt_set == prompt_set]
         for model in dict.fromkeys(r.model for r in in_set):
-            if line := report.methods_headline(in_set, model):
+            if line := report.methods_headline(in_set, model, name=names[model]):
                 found.append(line)
     return found
 
@@ -75,9 +71,11 @@ def show_categories(
         st.info(CATEGORY_HOWTO)
         return
     groups = list(dict.fromkeys((c.prompt_set, c.model) for c in named))
+    names = _charts.model_labels(c.model for c in named)
     for index, (prompt_set, model) in enumerate(groups):
         mine = [c for c in named if (c.prompt_set, c.model) == (prompt_set, model)]
-        st.markdown(_display.md_escape(f"{_charts.short(model)} on {prompt_set} ({judge} judge)"))
+        title = _display.md_escape(f"{names[model]} on {prompt_set} ({judge} judge)")
+        st.markdown(title, help=_display.model_help(model))
         with st.container(key=f"{key}-box-{index}"):
             frame = pd.DataFrame([c.as_dict() for c in mine])
             st.plotly_chart(_charts.category_heatmap(frame), key=f"{key}-{index}")

@@ -16,7 +16,7 @@ from engine.datasets import BUILTIN_SETS, load_prompt_set, prompt_set_available
 from engine.judges.names import KEYWORD
 from engine.store import StoreError
 from engine.types import Completion, ModelInfo, Prompt, Verdict
-from pages._display import short_name
+from pages._charts import model_labels
 from pages._store import open_store
 
 STORE_TTL_S = 5  # seconds a page trusts a cached read while another process may be writing
@@ -145,5 +145,8 @@ def stored_layers(db: str, model_hash: str) -> list[int]:
 
 
 def model_names(db: str) -> dict[str, str]:
-    """model_hash -> a short display name, for tables keyed by hash."""
-    return {info.model_hash: short_name(info.model_id) for info in stored_models(db)}
+    """model_hash -> the model's name for people, distinct across the stored models, for tables keyed by
+    hash."""
+    infos = stored_models(db)
+    names = model_labels(info.model_id for info in infos)
+    return {info.model_hash: names[info.model_id] for info in infos}

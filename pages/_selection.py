@@ -8,9 +8,10 @@ from dataclasses import dataclass, replace
 import streamlit as st
 
 from engine.lenses.files import DamagedLensError, read_lens_report
+from engine.modelfiles import peek_n_layers
 from engine.rules import DEFAULT_RULE, is_dynamic, parse_settings, rule_named
 from engine.scopes import SettingsScope
-from engine.types import EXIT_DEFAULTS, GenerationParams
+from engine.types import DEFAULT_DRAFT_TOKENS, EXIT_DEFAULTS, GenerationParams, check_draft_layers
 from pages._paths import checked_source, default_db, default_model, resolve_db
 
 OTHER_MODEL = "__other__"  # the model picker's "type a path" choice
@@ -27,11 +28,18 @@ class ExitSettings:
     thresholds: tuple[float, ...] = ()  # dynamic policies: one completion per threshold
     min_layers: int = int(EXIT_DEFAULTS["min_layers"])
     head: str = str(EXIT_DEFAULTS["exit_head"])
-    problem: str | None = None  # why the typed thresholds cannot be used (shown in the sidebar)
+    problem: str | None = None  # why the typed settings cannot be used (shown in the sidebar)
+    # Self-speculative decoding: the draft's layer count and the tokens it drafts per verification.
+    draft_layers: int = 0
+    draft_tokens: int = 0
 
     @property
     def dynamic(self) -> bool:
         return is_dynamic(self.policy)
+
+    @property
+    def drafts(self) -> bool:
+        return rule_named(self.policy).drafts
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,15 @@ class Selection:
         (the exit head applies to the dynamic exit policies), so choosing the tuned head keeps them."""
         return self.params
 
+    def speculative_params(self) -> GenerationParams:
+        """The sidebar's self-speculative decoding in the chosen scope (its key = the stored answers' key)."""
+        return replace(
+            self.params,
+            exit_policy=self.exit.policy,
+            draft_layers=self.exit.draft_layers,
+            draft_tokens=self.exit.draft_tokens,
+        )
+
     def exit_params(self, model_hash: str | None, threshold: float) -> GenerationParams:
         """One threshold of the sidebar's dynamic exit policy (its key = the stored completions' key)."""
         return replace(
@@ -97,7 +114,7 @@ def selection() -> Selection:
         prompt_set=state.get("prompt_set", DEFAULT_PROMPT_SET),
         db=str(resolve_db(state.get("db", default_db()))),
         params=scope.params(),
-        exit=exit_settings_from(state),
+        exit=exit_settings_from(state, model),
         scope=scope,
     )
 
@@ -115,11 +132,35 @@ def scope_from(state) -> SettingsScope:
     )
 
 
-def exit_settings_from(state) -> ExitSettings:
-    """The early-exit inputs of the sidebar; a threshold the engine would refuse comes back as ``problem``
+def default_draft_layers(model: str) -> int:
+    """A draft of half the model's layers (1 when the layer count is unknown)."""
+    n_layers = peek_n_layers(model) if model else None
+    return max(1, n_layers // 2) if n_layers else 1
+
+
+def speculative_settings_from(state, model: str) -> ExitSettings:
+    """Self-speculative decoding's draft settings, checked as the CLI checks them (GenerationParams), and
+    the draft against the model's layers when they are known; a refused one comes back as ``problem``."""
+    rule = rule_named(state.get("exit_policy"))
+    draft_layers = state.get("exit_draft_layers", default_draft_layers(model))
+    draft_tokens = state.get("exit_draft_tokens", DEFAULT_DRAFT_TOKENS)
+    try:
+        params = GenerationParams(exit_policy=rule.name, draft_layers=draft_layers, draft_tokens=draft_tokens)
+        n_layers = peek_n_layers(model) if model else None
+        if n_layers is not None:
+            check_draft_layers(params, n_layers)
+    except ValueError as exc:
+        return ExitSettings(problem=str(exc))
+    return ExitSettings(rule.name, draft_layers=int(draft_layers), draft_tokens=int(draft_tokens))
+
+
+def exit_settings_from(state, model: str = "") -> ExitSettings:
+    """The early-exit inputs of the sidebar; a setting the engine would refuse comes back as ``problem``
     (with the static policy in its place, so pages keep working)."""
     rule = rule_named(state.get("exit_policy") or DEFAULT_RULE.name)
     head = state.get("exit_head", "raw")
+    if rule.drafts:
+        return speculative_settings_from(state, model)
     if not rule.dynamic:
         return ExitSettings()  # the exit head applies to the dynamic rules only
     policy = rule.name

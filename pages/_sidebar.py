@@ -18,9 +18,11 @@ from engine.datasets import (
     upload_file_name,
 )
 from engine.paths import PathNotAllowedError, check_allowed
-from engine.rules import is_dynamic, page_rules
+from engine.rules import is_dynamic, page_rules, rule_named
 from engine.store import DEFAULT_DB_PATH, StoreError
-from pages._display import md_escape, short_name
+from engine.types import DEFAULT_DRAFT_TOKENS
+from pages._charts import model_labels
+from pages._display import md_escape, model_help, short_name
 from pages._jobs import Job, job_panel, job_running, start_job
 from pages._models import peek_n_layers
 from pages._paths import (
@@ -34,7 +36,15 @@ from pages._paths import (
     uploads_dir,
 )
 from pages._queries import available_sets, clear_data, settings_scopes, stored_models
-from pages._selection import DEFAULT_PROMPT_SET, NEW_SETTINGS, OTHER_MODEL, SCOPE_STATE, Selection, selection
+from pages._selection import (
+    DEFAULT_PROMPT_SET,
+    NEW_SETTINGS,
+    OTHER_MODEL,
+    SCOPE_STATE,
+    Selection,
+    default_draft_layers,
+    selection,
+)
 
 DEFAULT_MODEL_NOTE = (
     "The default model is **SmolLM2-135M-Instruct**: tiny (135 M parameters, 30 layers), it ships with "
@@ -158,6 +168,8 @@ def _exit_inputs() -> None:
         + " Layers above a token's exit compute only its keys and values from the exited state (CALM's "
         "state propagation).",
     )
+    if rule_named(st.session_state.get("exit_policy")).drafts:
+        _draft_inputs()
     if is_dynamic(st.session_state.get("exit_policy")):
         st.text_input(
             "Thresholds",
@@ -184,6 +196,40 @@ def _exit_inputs() -> None:
         )
 
 
+def _draft_inputs() -> None:
+    """Self-speculative decoding: how many layers draft, and how many tokens per verification."""
+    sel = selection()
+    st.number_input(
+        "Draft layers",
+        min_value=1,
+        max_value=4096,
+        value=default_draft_layers(sel.model),
+        step=1,
+        key="exit_draft_layers",
+        help="The first k layers (with the final norm and head) draft tokens; k must be below the model's "
+        "layer count. Same as the CLI's --draft-layers.",
+    )
+    st.number_input(
+        "Tokens drafted per check",
+        min_value=1,
+        max_value=64,
+        value=DEFAULT_DRAFT_TOKENS,
+        step=1,
+        key="exit_draft_tokens",
+        help="How many tokens the draft proposes before the full model verifies them (--draft-tokens).",
+    )
+    problem = selection().exit.problem
+    if problem:
+        st.error(
+            md_escape(f"Self-speculative decoding: {problem}. Until then answers use static truncation.")
+        )
+    else:
+        st.caption(
+            "Answers are exactly the full model's (greedy): the Depth sweep page measures the compute this "
+            "costs and how many drafted tokens the full model accepts."
+        )
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -198,12 +244,26 @@ def model_label(name: str) -> str:
     return MODEL_LABELS.get(name) or short_name(name)
 
 
+def model_option_labels(options: list[str]) -> dict[str, str]:
+    """The model menu's texts: the embedded models and "Other model" in words, the others by their
+    names for people, told apart when two share one."""
+    names = model_labels(o for o in options if o not in MODEL_LABELS)
+    return {o: MODEL_LABELS.get(o) or names[o] for o in options}
+
+
 def _model_picker(db: str) -> None:
     options = model_options(db)
     if st.session_state.get("model_choice") not in options:
         st.session_state.pop("model_choice", None)
+    labels = model_option_labels(options)
+    chosen = st.session_state.get("model_choice", default_model())
     st.selectbox(
-        "Model", options, index=options.index(default_model()), format_func=model_label, key="model_choice"
+        "Model",
+        options,
+        index=options.index(default_model()),
+        format_func=labels.get,
+        key="model_choice",
+        help=None if chosen == OTHER_MODEL else model_help(chosen),
     )
     if st.session_state["model_choice"] == OTHER_MODEL:
         _model_path_box()

@@ -260,10 +260,10 @@ def _lens_key(sel: Selection, prompt: Prompt) -> tuple[str, str, str]:
 
 def logit_lens(sel: Selection, prompt: Prompt) -> None:
     def work() -> pd.DataFrame:
-        from engine import lens  # torch: only on the button
+        from engine.lenses import logit  # torch: only on the button
 
         loaded = _models.model_hub().load(sel.model)
-        cells = lens.logit_lens_strip(loaded, model_input(prompt), sel.params)
+        cells = logit.logit_lens_strip(loaded, model_input(prompt), sel.params)
         return pd.DataFrame([asdict(c) for c in cells])
 
     frame = _jobs.run_now("Running the logit lens…", work)
@@ -426,6 +426,13 @@ def pick_threshold(thresholds: list[float], found: dict[float, _queries.Answers]
 
 def early_exit_section(sel: Selection, store: Store, prompt: Prompt, info, n_layers: int) -> None:
     st.subheader("Early exit: the layer each token left the network at")
+    if sel.exit.drafts:
+        st.caption(
+            "Self-speculative decoding (sidebar Settings) answers exactly as the full model does (greedy): "
+            "the full-depth card above is its answer. Sweep it on the Depth sweep page to measure its "
+            "compute and how many drafted tokens the full model accepts."
+        )
+        return
     if not sel.exit.dynamic:
         st.caption(
             "Every token above exits at its card's depth. Pick a confidence or saturation exit policy under "
@@ -476,7 +483,10 @@ def model_status(sel: Selection, n_layers: int | None) -> None:
     loaded = _models.model_hub().get(sel.model) is not None
     state = "loaded" if loaded else "not loaded yet: it loads on the first Generate (≈ 15 s for the default)"
     layers = f"{n_layers} layers" if n_layers else "layer count unknown"
-    st.caption(f"Model: {_display.md_escape(_display.short_name(sel.model))} · {layers} · {state}")
+    st.caption(
+        f"Model: {_display.md_escape(_display.short_name(sel.model))} · {layers} · {state}",
+        help=_display.model_help(sel.model),
+    )
 
 
 def offer_model_load(sel: Selection) -> None:

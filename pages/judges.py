@@ -56,6 +56,7 @@ def agreement_table(
             "model · set": [names.get(r.model_hash, r.model_hash) + f" · {r.prompt_set}" for r in rows],
             "depth": [depth(r) for r in rows],
             "n": [r.agreement.n_decided for r in rows],
+            "coverage": [r.coverage for r in rows],
             "kappa": [_kappa_text(r.agreement.kappa) for r in rows],
             "inflation": [_inflation_text(r.agreement.inflation) for r in rows],
             f"both {HARMFUL}": [r.agreement.both_true for r in rows],
@@ -63,6 +64,21 @@ def agreement_table(
             f"only {rows[0].judge_b}": [r.agreement.b_only for r in rows],
             f"both {NOT_HARMFUL}": [r.agreement.both_false for r in rows],
         }
+    )
+
+
+def coverage_note(rows: list[report.AgreementRow]) -> str:
+    """Whether the compared answers cover the whole set, in words: n counts answers, coverage prompts."""
+    partial = [r for r in rows if not r.fully_covered]
+    lead = (
+        "n: answers both judges could judge; coverage: the set's harmful prompts with an answer both judges "
+        "looked at (at that depth; at any depth for “all depths”)."
+    )
+    if not partial:
+        return f"{lead} Every row covers every harmful prompt of its set."
+    return (
+        f"{lead} {len(partial)} of {len(rows)} rows cover only part of their set (e.g. "
+        f"{partial[0].coverage}): their agreement speaks for those prompts only."
     )
 
 
@@ -91,7 +107,7 @@ def show_agreement(
         return
     _scope.settings_caption(sel)
     infos = _queries.stored_models(sel.db)
-    names = {i.model_hash: _display.short_name(i.model_id) for i in infos}
+    names = _queries.model_names(sel.db)
     layer_counts = {i.model_hash: i.n_layers for i in infos}
     options = list(range(len(rows)))
     default = next((i for i, r in enumerate(rows) if r.layers == 0), 0)
@@ -122,11 +138,13 @@ def show_agreement(
             "n",
             chosen.n_decided,
             help=f"Only answers both judges could judge: {rows[index].excluded} left out (a judge undecided, "
-            "or a HarmBench copyright behaviour, which the classifier cannot judge).",
+            f"or a HarmBench copyright behaviour, which the classifier cannot judge). They answer "
+            f"{rows[index].coverage} of the set.",
         )
     with right:
         st.plotly_chart(_charts.confusion_figure(chosen, judge_a, judge_b), key="confusion-chart")
     st.subheader("Per model and depth")
+    st.caption(_display.md_escape(coverage_note(rows)))
     _display.fitting_table(
         agreement_table(rows, names, layer_counts),
         keep=2,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
@@ -32,11 +32,9 @@ def pick_judge(present: list[str]) -> str:
 
 
 def headlines(rows: list[report.AsrRow]) -> list[str]:
-    """report.headline per model (report.benign_headline for a set without harmful prompts), with model
-    paths shortened to their folder name when that is unique."""
-    names = {r.model: _charts.short(r.model) for r in rows}
-    if len(set(names.values())) == len(names):
-        rows = [replace(r, model=names[r.model]) for r in rows]
+    """report.headline per model (report.benign_headline for a set without harmful prompts): each model
+    by its name for people, told apart from the others shown (``engine.modelfiles.model_names``)."""
+    names = _charts.model_labels(r.model for r in rows)
     sets = list(dict.fromkeys(r.prompt_set for r in rows))
     found = []
     for prompt_set in sets:  # prompt sets are never pooled: one headline per set and model
@@ -44,12 +42,17 @@ def headlines(rows: list[report.AsrRow]) -> list[str]:
         harmful = any(r.n for r in in_set)
         prefix = f"{prompt_set}: " if len(sets) > 1 else ""
         for model in dict.fromkeys(r.model for r in in_set if r.n or not harmful):
-            line = report.headline(in_set, model) if harmful else report.benign_headline(in_set, model)
+            name = names[model]
+            line = (
+                report.headline(in_set, model, name)
+                if harmful
+                else report.benign_headline(in_set, model, name)
+            )
             found.append(
                 prefix
                 + (
                     line
-                    or f"{_charts.short(model)}: not enough depths for a headline yet (it needs full depth "
+                    or f"{names[model]}: not enough depths for a headline yet (it needs full depth "
                     "and one more)."
                 )
             )
@@ -106,6 +109,7 @@ def caveats(
         benign_note(rows),
         _uncertainty_note(harmful) if harmful else _benign_uncertainty_note(rows),
         _coverage_note(rows),
+        report.models_note([r.model for r in rows]) or "",
         inflation_text(db, prompt_sets, scope)
         if judge == KEYWORD
         else "HarmBench is a classifier: it makes mistakes too; "
@@ -193,8 +197,9 @@ def _coverage_note(rows: list[report.AsrRow]) -> str:
     partial = [r for r in rows if not r.fully_covered]
     if not partial:
         return "Every point covers every prompt of its set."
+    names = _charts.model_labels(r.model for r in rows)
     shown = "; ".join(
-        f"{_charts.short(r.model)} at {r.layers} of {r.n_layers} layers: {r.coverage}" for r in partial[:4]
+        f"{names[r.model]} at {r.layers} of {r.n_layers} layers: {r.coverage}" for r in partial[:4]
     )
     more = f" and {len(partial) - 4} more" if len(partial) > 4 else ""
     return f"{len(partial)} point(s) cover only part of their set ({shown}{more}); headlines leave them out."
@@ -340,14 +345,12 @@ def exit_sweep_howto(prompt_set: str) -> str:
 def compute_headlines(rows: list[report.AsrRow]) -> list[str]:
     """The early-exit question answered in words (engine.report), one line per prompt set and model:
     prompt sets are never pooled."""
-    names = {r.model: _charts.short(r.model) for r in rows}
-    if len(set(names.values())) == len(names):
-        rows = [replace(r, model=names[r.model]) for r in rows]
+    names = _charts.model_labels(r.model for r in rows)
     found = []
     for prompt_set in dict.fromkeys(r.prompt_set for r in rows):
         in_set = [r for r in rows if r.prompt_set == prompt_set]
         for model in dict.fromkeys(r.model for r in in_set):
-            line = report.early_exit_headline(in_set, model)
+            line = report.early_exit_headline(in_set, model, name=names[model])
             if line:
                 found.append(line)
     return found

@@ -15,9 +15,10 @@ from engine.rules import is_dynamic
 from engine.stats import FLIP_ALPHA, Flip
 from engine.store import Store
 from engine.sweep import SweepProgress, SweepSpec
+from engine.types import GenerationParams, check_draft_layers
 from pages import _charts, _display, _jobs, _methods, _models, _paths, _queries, _scope, _store
 from pages._selection import OTHER_MODEL, Selection
-from pages._sidebar import model_label, model_options, set_title
+from pages._sidebar import model_option_labels, model_options, set_title
 from pages._skeleton import start_page
 
 DEFAULT_DEPTH_TEXT = ", ".join(f"{d:g}" for d in DEFAULT_DEPTHS)
@@ -137,7 +138,8 @@ def sweep_form(sel: Selection, store: Store) -> None:
         st.markdown(
             f"**Prompt set:** {_display.md_escape(set_title(sel.prompt_set))} (change it in the sidebar)"
         )
-        chosen = st.multiselect("Models", models, default=[sel.model], format_func=model_label)
+        labels = model_option_labels(models)
+        chosen = st.multiselect("Models", models, default=[sel.model], format_func=labels.get)
         left, right = st.columns(2)
         depth_text = left.text_input(
             "Depths, in % of each model's layers",
@@ -161,11 +163,19 @@ def sweep_form(sel: Selection, store: Store) -> None:
                 f"before layer {sel.exit.min_layers}, {sel.exit.head} head. Every answer may use all layers, "
                 "so the depths are not used; each threshold is one point on the Report's compute chart."
             )
+        if sel.exit.drafts:
+            st.caption(
+                f"Self-speculative decoding (sidebar Settings): the first {sel.exit.draft_layers} layers "
+                f"draft {sel.exit.draft_tokens} tokens at a time and the full model verifies them, so every "
+                "answer is the full model's and the depths are not used; the run is one point on the "
+                "Report's ways-to-remove-depth chart (its compute and the drafts accepted)."
+            )
         if n_layers:
             name = _display.md_escape(_display.short_name(sel.model))
             st.caption(
                 f"On {name} ({n_layers} layers) the default depths "
-                f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers."
+                f"keep {', '.join(str(k) for k in parse_depths(DEFAULT_DEPTH_TEXT, n_layers))} layers.",
+                help=_display.model_help(sel.model),
             )
         submitted = st.form_submit_button("Start sweep", type="primary", disabled=_jobs.job_running())
     if not submitted:
@@ -185,17 +195,46 @@ def sweep_form(sel: Selection, store: Store) -> None:
     if problem:
         st.error(_display.md_escape(problem))
         return
+    params = sweep_params(sel)
+    if problem := draft_problem(params, chosen):
+        st.error(_display.md_escape(problem))
+        return
     spec = SweepSpec(
         models=tuple(chosen),
         prompt_set=sel.prompt_set,
         depths=depths,
         judges=tuple(judges or [KEYWORD]),
         judge_model=classifier or None,  # the checked absolute path, not the typed text
-        params=sel.exit_params(None, sel.exit.thresholds[0]) if sel.exit.dynamic else sel.params,
+        params=params,
         limit=int(limit) or None,
         thresholds=sel.exit.thresholds,
     )
     start_sweep(sel, spec, cluster)
+
+
+def sweep_params(sel: Selection) -> GenerationParams:
+    """The run's settings: the sidebar's exit rule (the first threshold of a dynamic one; the draft of
+    self-speculative decoding), or static truncation."""
+    if sel.exit.dynamic:
+        return sel.exit_params(None, sel.exit.thresholds[0])
+    if sel.exit.drafts:
+        return sel.speculative_params()
+    return sel.params
+
+
+def draft_problem(params: GenerationParams, models: list[str]) -> str | None:
+    """A self-speculative draft as deep as one of the chosen models, said before the sweep starts."""
+    if not params.speculative:
+        return None
+    for model in models:
+        n_layers = _models.peek_n_layers(model)
+        if n_layers is None:
+            continue
+        try:
+            check_draft_layers(params, n_layers)
+        except ValueError as exc:
+            return f"Self-speculative decoding on {_display.short_name(model)}: {exc}."
+    return None
 
 
 def cluster_inputs() -> Cluster | None:
@@ -223,9 +262,10 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
         f for f in flips if f.significant
     ]  # only these are marked: an observed reversal may be chance
     flip_at = {(f.model_a, f.layers) for f in significant} | {(f.model_b, f.layers_b) for f in significant}
+    names = _charts.model_labels(frame["model"])
     return pd.DataFrame(
         {
-            "model": [_charts.short(m) for m in frame["model"]],
+            "model": [names[m] for m in frame["model"]],
             "judge": frame["judge"],
             "depth": [
                 depth_label(int(k), int(n)) for k, n in zip(frame["layers"], frame["n_layers"], strict=True)
@@ -261,7 +301,8 @@ def result_table(frame: pd.DataFrame, flips: list[Flip]) -> pd.DataFrame:
 def show_flips(flips: list[Flip], judge: str) -> None:
     """Significant flips (Holm-corrected reversal test) as warnings; the rest counted, not marked."""
     for f in (f for f in flips if f.significant):
-        a, b = (_display.md_escape(_charts.short(m)) for m in (f.model_a, f.model_b))
+        names = _charts.model_labels((f.model_a, f.model_b))
+        a, b = (_display.md_escape(names[m]) for m in (f.model_a, f.model_b))
         st.warning(
             f"Ranking flip at {f.depth:g} % depth ({_display.md_escape(judge)} judge; {a} at {f.layers} "
             f"layers, {b} at {f.layers_b}): {a} answers more harmful requests than "

@@ -48,11 +48,13 @@ def _text_at(prompt_index: int, k: int, harmful: bool, flip: bool) -> str:
     return "I'm sorry, but I cannot help with that." if refuses else "Sure, here is how: step one, step two."
 
 
-def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | None = None) -> dict:
+def seed_store(
+    db: Path, model_id: str, model_hash: str, activations: Path | None = None, other_id: str = "other-model"
+) -> dict:
     """Two models × 8 demo prompts × 4 depths, keyword + HarmBench + one human verdict, probe results.
 
     ``model_hash`` should be the real hash of the model at ``model_id`` (see ``tiny_hash``), so the app
-    finds these rows whether or not it has loaded the model.
+    finds these rows whether or not it has loaded the model; ``other_id`` names the second model.
     """
     prompts = load_prompt_set("demo")
     params = GenerationParams()
@@ -60,7 +62,7 @@ def seed_store(db: Path, model_id: str, model_hash: str, activations: Path | Non
     with Store.open(db) as store:
         # the set as swept here: its first 8 prompts, so every seeded depth covers the whole set
         store.save_prompt_set("demo", prompts[:8], source="demo")
-        for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, "other-model", True)):
+        for hash_, name, flip in ((model_hash, model_id, False), (OTHER_HASH, other_id, True)):
             store.save_model(ModelInfo(name, hash_, "LlamaForCausalLM", 8, 64, "float32", "cpu"))
             completions = [
                 Completion(
@@ -521,11 +523,12 @@ def test_report_exports_are_self_contained(seeded):
 
 
 def test_torch_modules_and_the_torch_free_core_agree():
-    from engine import lag, lens, models
+    from engine import lag, models
+    from engine.lenses import logit
     from pages import _charts
 
     assert (models.DEFAULT_MODEL, models.DEMO_MODEL) == (modelfiles.DEFAULT_MODEL, modelfiles.DEMO_MODEL)
-    assert (lens.EMERGENCE_MARGIN, lens.EMERGENCE_ALPHA) == (lag.EMERGENCE_MARGIN, lag.EMERGENCE_ALPHA)
+    assert (logit.EMERGENCE_MARGIN, logit.EMERGENCE_ALPHA) == (lag.EMERGENCE_MARGIN, lag.EMERGENCE_ALPHA)
     assert _charts.short(modelfiles.DEFAULT_MODEL) == "SmolLM2-135M-Instruct"
     assert _charts.short(modelfiles.DEMO_MODEL) == "DepthScope demo model"
 
@@ -541,12 +544,12 @@ def test_peek_layers_without_loading(tiny_model_dir, tmp_path):
 def test_lag_view_matches_engine_lens():
     import pandas as pd
 
-    from engine import lens
+    from engine.lenses import logit
 
     harmful = (0.0, 0.05, 0.3, 0.6)
     benign = (0.0, 0.02, 0.1, 0.1)
     p_values = (0.9, 0.2, 0.04, 0.01)
-    curve = lens.RefusalCurve((0, 1, 2, 3), harmful, benign, p_values)
+    curve = logit.RefusalCurve((0, 1, 2, 3), harmful, benign, p_values)
     table = pd.DataFrame(
         {
             "layer": [0, 1, 2, 3],
@@ -558,7 +561,7 @@ def test_lag_view_matches_engine_lens():
         }
     )
     view = queries.lag_view(table, 3)
-    assert view.refusal_emergence_layer == lens.refusal_emergence_layer(curve) == 2
+    assert view.refusal_emergence_layer == logit.refusal_emergence_layer(curve) == 2
     assert (view.harm_detection_layer, view.lag_layers) == (1, 1)
     # stored before the content baselines: no verdicts, so no detection (not the old 95 % threshold)
     assert queries.lag_view(table.drop(columns="beats_baselines"), 3).harm_detection_layer is None
@@ -1170,7 +1173,7 @@ def test_judges_tables_have_no_empty_cells_and_fit(seeded):
         assert not frame.astype(str).isin(["None", "nan", "n/a"]).any().any(), frame
     table = at.dataframe[0].value
     assert "not defined" in set(table["kappa"])  # the 6-layer rows: both judges say harmful throughout
-    assert list(table.columns[:5]) == ["model · set", "depth", "n", "kappa", "inflation"]
+    assert list(table.columns[:6]) == ["model · set", "depth", "n", "coverage", "kappa", "inflation"]
     assert any("McNemar p" in d.value.columns for d in at.dataframe)  # inside the specialists' expander
 
 

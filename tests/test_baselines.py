@@ -1,4 +1,5 @@
-"""engine.baselines and engine.cv against scikit-learn cross-validation and hand-counted McNemar tests."""
+"""engine.probes.baselines and engine.probes.cv against scikit-learn cross-validation and hand-counted
+McNemar tests."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from engine import baselines, cv, lag, probes
+from engine import lag, probes
+from engine.probes import baselines, cv
 from engine.types import GenerationParams
 
 HARMFUL_WORDS = ["bomb", "poison", "weapon", "malware", "steal", "hack"]

@@ -186,8 +186,8 @@ def test_bag_of_words_sits_near_chance_on_the_contrast_set():
     intent, not vocabulary. (On the demo set the same baseline reaches 0.67.)"""
     import numpy as np
 
-    from engine.baselines import bag_of_words_baseline
-    from engine.cv import stratified_folds
+    from engine.probes.baselines import bag_of_words_baseline
+    from engine.probes.cv import stratified_folds
 
     prompts = load_prompt_set("contrast")
     harmful = np.array([p.label == "harmful" for p in prompts])

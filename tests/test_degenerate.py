@@ -109,12 +109,18 @@ def test_flag_precision_and_recall_on_distinct_texts(capsys):
     assert precision >= MIN_PRECISION and recall >= MIN_RECALL
 
 
-# The held-out part was labelled after the checks were written and never used to change them, so its
-# figures are the honest estimate; these floors only keep it from getting worse.
-HELD_OUT_MIN_PRECISION, HELD_OUT_MIN_RECALL = 0.95, 0.85
+# The held-out part was labelled by reading, with the labels committed before the detector (version 4)
+# was run on it, and never used to change it, so its figures are the honest estimate. They are held as
+# measured, per band: (flagged and incoherent, flagged but coherent, missed), so any regression fails.
+HELD_OUT_MEASURED = {
+    "overall": (204, 5, 8),  # precision 0.976, recall 0.962 on 264 completions
+    "full depth": (2, 0, 0),  # 44 completions, 42 of them coherent
+    "transition": (158, 5, 8),  # precision 0.969, recall 0.952 on 176 completions, 10 of them coherent
+    "deep cut": (44, 0, 0),  # 44 completions, all incoherent
+}
 
 
-@pytest.mark.parametrize("band", [None, *BANDS[:2]], ids=["overall", *BANDS[:2]])
+@pytest.mark.parametrize("band", [None, *BANDS], ids=["overall", *BANDS])
 def test_flag_precision_and_recall_on_the_held_out_part(band, capsys):
     items = part("held-out", band)
     precision, recall, counts = precision_recall(items)
@@ -122,8 +128,12 @@ def test_flag_precision_and_recall_on_the_held_out_part(band, capsys):
         print(f"\nincoherence flag, held-out part, {band or 'overall'}: {len(items)} labelled completions, "
               f"precision {precision:.3f}, recall {recall:.3f} {counts}")  # fmt: skip
     missed, flagged = mistakes(items)
-    assert precision >= HELD_OUT_MIN_PRECISION, flagged
-    assert recall >= HELD_OUT_MIN_RECALL, missed
+    found, false_alarms, misses = HELD_OUT_MEASURED[band or "overall"]
+    assert counts["tp"] + counts["fn"] == found + misses, "the held-out labels changed"
+    assert counts["tp"] >= found and counts["fn"] <= misses, missed
+    assert counts["fp"] <= false_alarms, flagged
+    assert precision >= MIN_PRECISION, flagged
+    assert recall >= MIN_RECALL, missed
 
 
 NBSP = "\u00a0"
@@ -196,7 +206,54 @@ COUNTING_LOOPS = [
     (" S am 3:\n\n first, 1. 2. 3:\n\n second, 1. 2. 3:\n\n third, 1. 2. 3:\n\n third,", "same numbers"),
     (" Here are five lead- in to the 500000000000000000000000000000000000000", "digit"),
     (" I'm my own little bit of a 3D- \n- \n- \n- \n- \n- \n- \n-", "empty list"),
+    (" Honest and clear is the only way to go. First, let me clarify that the history of the 100- 101, 102, "
+     "103, 104, 1", "commas"),
+    (" Lithium is a known μ- block m Ale litt L ( M 1, 2, 3, 4, 5, 6, 8, 9, 10, 11,", "commas"),
+]  # fmt: skip
+
+# Word salad made of real words, as the default model writes it at 27-29 of 30 layers (missed by the
+# version before the salad check).
+WORD_SALAD = [
+    " the D cod I just mentioned, the D cod, is a complex and complex issue. D is a term used in the D de"
+    " reason, which means D is a D de reason, a D de reason, a D de reason,",
+    " W right, the question of the most just and just for the most part is a complex one that can be a bit"
+    " m ab all. I can only say that the most just and just for the most part is a matter of the most",
+    " changing your name can be a complex and complex process, but the most common and most common- S right"
+    " of the  name is a  name change,  and  it  is  a         ",
+    ' Chlor present in the form of HCl ( which is a known known as " K Cl " in the world of the 2010 World'
+    ' War 2. K Cl is a known known as " K " in the world',
+    ' the process of water " " is a complex one that involves several key steps. the process of " " is a'
+    " complex one that is not fully explained by a single single- Y English sentence.",
+    " the answer to this question is a bit complex but it all comes down to the law of Barbad free- d un. "
+    " the law of free- d un is a law in the field of the law of free- d un, which",
 ]
+
+
+@pytest.mark.parametrize("text", WORD_SALAD)
+def test_word_salad_of_real_words_is_flagged(text):
+    reason = degeneracy_reason(text)
+    assert reason is not None and "word salad" in reason, reason
+
+
+# Answers with one sign of salad, or signs that name something on purpose, must pass.
+ONE_SIGN_OF_SALAD = [
+    "Vitamin C and vitamin D are both important: vitamin C helps the immune system and vitamin D the bones. "
+    "Take 100% of the daily value, not 100% more, and check for 100% juice on the label.",
+    "The matrix is 3 x 3, the vector v has 3 entries and the scalar c is 2. Multiply v by c.",
+    "Hepatitis B and hepatitis C spread through blood; type A and type B personalities differ. Plan B works "
+    "95% of the time.",
+    "More and more people use it, over and over again, and it gets better and better every year.",
+    "It's a very complex and complex issue, but I can give you a simple answer: talk to a lawyer first.",
+    "Call me at 555-0100, 555-0101 or 555-0102 between 9 and 5.",
+    "Listen to episodes 1, 2, 3, 4 and 5 first, then 6, 7, 8 and 9.",
+    "Add 200 g flour, 200 g sugar and 200 g butter, then bake for 20 min at 180 C.",
+    "for i in range(10):\n    x = i * 2\n    print(x)\n\nThis loop doubles each number i from 0 to 9.",
+]
+
+
+@pytest.mark.parametrize("text", ONE_SIGN_OF_SALAD)
+def test_answers_with_one_sign_of_salad_pass(text):
+    assert degeneracy_reason(text) is None
 
 
 @pytest.mark.parametrize(("text", "kind"), COUNTING_LOOPS)

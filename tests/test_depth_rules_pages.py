@@ -93,3 +93,43 @@ def test_exports_include_the_methods_chart(seeded, tiny_hash):  # noqa: F811
                               [(charts.METHODS_QUESTION, charts.methods_figure(frame))])  # fmt: skip
     assert charts.METHODS_QUESTION in page and page.count("plotly.js v") <= 1
     assert charts.methods_png(frame).startswith(b"\x89PNG")
+
+
+def test_sidebar_offers_self_speculative_decoding_checked_as_the_cli_checks_it(app_env):  # noqa: F811
+    """The tiny model has 8 layers: a draft of 8 is refused with the engine's sentence, 0 cannot be typed,
+    a draft of 3 reaches the Depth sweep page's settings."""
+    from test_app_pages import _plain
+
+    from pages._selection import exit_settings_from
+
+    at = open_page("sweep")
+    at.sidebar.selectbox(key="exit_policy").set_value("speculative").run()
+    assert at.sidebar.number_input(key="exit_draft_layers").value == 4  # half the layers by default
+    at.sidebar.number_input(key="exit_draft_layers").set_value(8).run()
+    assert any("must be below the model's 8 layers (1..7)" in _plain(str(e.value)) for e in at.sidebar.error)
+    assert exit_settings_from(at.session_state, app_env["model"]).policy == "static"  # pages keep working
+    at.sidebar.number_input(key="exit_draft_layers").set_value(3).run()
+    at.sidebar.number_input(key="exit_draft_tokens").set_value(2).run()
+    assert not at.sidebar.error and not at.exception
+    settings = exit_settings_from(at.session_state, app_env["model"])
+    assert (settings.policy, settings.draft_layers, settings.draft_tokens) == ("speculative", 3, 2)
+    assert any("the first 3 layers draft 2 tokens at a time" in _plain(str(c.value)) for c in at.caption)
+
+
+def test_sweep_page_runs_self_speculative_decoding(app_env):  # noqa: F811
+    from test_app_pages import _start_sweep
+
+    from engine import report
+
+    at = open_page("sweep")
+    at.sidebar.number_input(key="max_new_tokens").set_value(6)
+    at.sidebar.selectbox(key="exit_policy").set_value("speculative").run()
+    at.sidebar.number_input(key="exit_draft_layers").set_value(2).run()
+    job = _start_sweep(at, prompts=2, depths="50, 100")  # depths are not used: one run at full depth
+    assert (job.kind, job.state) == ("sweep", "done"), job.outcome
+    with Store.open(app_env["db"]) as store:
+        rows = report.asr_rows(store, "keyword")
+        assert store.table_counts()["generations"] == 2  # one harmful + one benign prompt, full depth only
+    assert rows and all(r.family == report.SPECULATIVE and r.layers == 8 for r in rows)
+    assert {(r.draft_layers, r.draft_tokens) for r in rows} == {(2, 4)}
+    assert all(r.acceptance_rate is not None for r in rows if r.n)

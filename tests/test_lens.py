@@ -1,4 +1,4 @@
-"""Residual stream, logit lens, refusal curves and the alignment lag (engine.lens)."""
+"""Residual stream, logit lens, refusal curves and the alignment lag (engine.lenses.logit)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 from conftest import N_LAYERS, build_tiny_model
 from scipy.stats import mannwhitneyu
 
-from engine import lag, lens
+from engine import lag
 from engine.generation import encode_prompts
 from engine.lag import LagSummary
+from engine.lenses import logit
 from engine.models import from_objects
 from engine.types import GenerationParams
 
@@ -37,7 +38,7 @@ def _unpadded_forward(loaded, text: str, params: GenerationParams):
 @pytest.mark.parametrize("chat_template", [True, False])
 def test_batched_residuals_match_hf_hidden_states_per_prompt(loaded, chat_template):
     params = GenerationParams(chat_template=chat_template)
-    batched = lens.last_token_residuals(loaded, TEXTS, params, batch_size=3)  # padded, two batches
+    batched = logit.last_token_residuals(loaded, TEXTS, params, batch_size=3)  # padded, two batches
     assert batched.shape == (len(TEXTS), N_LAYERS + 1, loaded.info.hidden_size)
     for row, text in enumerate(TEXTS):
         out = _unpadded_forward(loaded, text, params)
@@ -53,24 +54,24 @@ def test_last_real_token_is_used_under_left_padding(loaded):
     params = GenerationParams()
     encoded = encode_prompts(loaded.tokenizer, TEXTS, params)
     assert len({len(ids) for ids in encoded}) > 1, "the test needs padding"
-    together = lens.residuals_for_ids(loaded, encoded)
-    alone = torch.cat([lens.residuals_for_ids(loaded, [ids]) for ids in encoded])
+    together = logit.residuals_for_ids(loaded, encoded)
+    alone = torch.cat([logit.residuals_for_ids(loaded, [ids]) for ids in encoded])
     torch.testing.assert_close(together, alone, atol=2e-5, rtol=1e-4)
 
 
 def test_lens_at_last_layer_equals_the_models_final_distribution(loaded):
     params = GenerationParams()
-    residuals = lens.last_token_residuals(loaded, TEXTS, params)
-    lensed = lens.lens_probabilities(loaded, residuals[:, N_LAYERS])
+    residuals = logit.last_token_residuals(loaded, TEXTS, params)
+    lensed = logit.lens_probabilities(loaded, residuals[:, N_LAYERS])
     for row, text in enumerate(TEXTS):
         final = torch.softmax(_unpadded_forward(loaded, text, params).logits[0, -1], dim=-1)
         torch.testing.assert_close(lensed[row], final, atol=1e-6, rtol=1e-4)
 
 
 def test_refusal_token_ids_are_first_tokens_of_the_openings(tiny_tokenizer):
-    ids = lens.refusal_token_ids(tiny_tokenizer)
+    ids = logit.refusal_token_ids(tiny_tokenizer)
     first_tokens = {
-        tiny_tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in lens.REFUSAL_OPENINGS
+        tiny_tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in logit.REFUSAL_OPENINGS
     }
     assert set(ids) <= first_tokens
     decoded = [tiny_tokenizer.decode([i]) for i in ids]
@@ -83,9 +84,9 @@ def test_refusal_token_ids_are_first_tokens_of_the_openings(tiny_tokenizer):
 
 
 def test_refusal_mass_is_softmax_probability_on_refusal_ids(loaded):
-    residuals = lens.last_token_residuals(loaded, TEXTS)
-    ids = lens.refusal_token_ids(loaded.tokenizer)
-    mass = lens.refusal_mass(loaded, residuals, ids)
+    residuals = logit.last_token_residuals(loaded, TEXTS)
+    ids = logit.refusal_token_ids(loaded.tokenizer)
+    mass = logit.refusal_mass(loaded, residuals, ids)
     assert mass.shape == (len(TEXTS), N_LAYERS + 1)
     with torch.inference_mode():
         weight = loaded.lm_head.weight  # an independent path: norm, matmul, exp, normalise
@@ -98,7 +99,7 @@ def test_refusal_mass_is_softmax_probability_on_refusal_ids(loaded):
 
 def test_logit_lens_strip_top_token_at_last_layer_is_the_models_greedy_choice(loaded):
     text = TEXTS[2]
-    strip = lens.logit_lens_strip(loaded, text)
+    strip = logit.logit_lens_strip(loaded, text)
     assert [cell.layer for cell in strip] == list(range(N_LAYERS + 1))
     final = torch.softmax(_unpadded_forward(loaded, text, GenerationParams()).logits[0, -1], dim=-1)
     last = strip[-1]
@@ -122,37 +123,37 @@ def _synthetic_mass(rng) -> tuple[np.ndarray, np.ndarray]:
 
 def test_lens_refusal_curve_means_and_p_values_match_scipy():
     mass, harmful = _synthetic_mass(np.random.default_rng(0))
-    curve = lens.lens_refusal_curve(mass, harmful)
+    curve = logit.lens_refusal_curve(mass, harmful)
     assert curve.layers == tuple(range(7))
     np.testing.assert_allclose(curve.harmful, mass[:12].mean(0))
     np.testing.assert_allclose(curve.benign, mass[12:].mean(0))
     expected_p = [mannwhitneyu(mass[:12, k], mass[12:, k], alternative="greater").pvalue for k in range(7)]
     np.testing.assert_allclose(curve.p_values, expected_p)
-    assert curve.p_values[3] < 0.05 and curve.separation()[3] < lens.EMERGENCE_MARGIN
-    assert lens.refusal_emergence_layer(curve) == 4
-    assert lens.refusal_emergence_layer(curve, margin=0.9) is None
+    assert curve.p_values[3] < 0.05 and curve.separation()[3] < logit.EMERGENCE_MARGIN
+    assert logit.refusal_emergence_layer(curve) == 4
+    assert logit.refusal_emergence_layer(curve, margin=0.9) is None
 
 
 def test_emergence_needs_significance_not_only_a_gap():
     mass = np.array([[0.0, 0.9], [0.0, 0.0], [0.0, 0.0]])  # one harmful outlier: big mean gap, p = 1/3
-    curve = lens.lens_refusal_curve(mass, np.array([True, False, False]))
+    curve = logit.lens_refusal_curve(mass, np.array([True, False, False]))
     assert curve.separation()[1] == pytest.approx(0.9)
     assert curve.p_values[0] == 1.0  # all tied
-    assert lens.refusal_emergence_layer(curve) is None
+    assert logit.refusal_emergence_layer(curve) is None
     with pytest.raises(ValueError, match="both harmful and benign"):
-        lens.lens_refusal_curve(mass, np.array([True, True, True]))
+        logit.lens_refusal_curve(mass, np.array([True, True, True]))
 
 
 def test_sweep_refusal_curve_and_its_emergence_layer():
     harmful = {16: 0.9, 4: 0.0, 12: 0.6, 8: 0.05}
-    curve = lens.sweep_refusal_curve(harmful)
+    curve = logit.sweep_refusal_curve(harmful)
     assert curve.layers == (4, 8, 12, 16) and curve.harmful == (0.0, 0.05, 0.6, 0.9)
     assert curve.source == "sweep" and curve.p_values is None
-    assert lens.refusal_emergence_layer(curve) == 12
+    assert logit.refusal_emergence_layer(curve) == 12
     benign = {4: 0.0, 8: 0.0, 12: 0.55, 16: 0.1}  # at 12 the model refuses everything alike
-    assert lens.refusal_emergence_layer(lens.sweep_refusal_curve(harmful, benign)) == 16
+    assert logit.refusal_emergence_layer(logit.sweep_refusal_curve(harmful, benign)) == 16
     with pytest.raises(ValueError, match="same depths"):
-        lens.sweep_refusal_curve(harmful, {4: 0.0})
+        logit.sweep_refusal_curve(harmful, {4: 0.0})
 
 
 def test_lag_summary_in_layers_and_percent():

@@ -14,11 +14,13 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from engine import cv, lag, lens, probes, queries
+from engine import lag, probes, queries
 from engine.cli import main
 from engine.datasets import to_csv
 from engine.generation import encode_prompts, generate
+from engine.lenses import logit
 from engine.models import from_objects
+from engine.probes import cv
 from engine.types import GenerationParams, Prompt, model_input
 
 FILLERS = [
@@ -72,18 +74,18 @@ def test_activations_are_the_last_token_residuals_of_each_prompt(loaded, chat_ac
     assert chat_activations.residuals.shape == (len(prompts), N_LAYERS + 1, loaded.info.hidden_size)
     assert chat_activations.n_layers == N_LAYERS
     np.testing.assert_array_equal(chat_activations.harmful, [p.label == "harmful" for p in prompts])
-    alone = lens.last_token_residuals(loaded, [prompts[3].text], batch_size=1).numpy()[0]
+    alone = logit.last_token_residuals(loaded, [prompts[3].text], batch_size=1).numpy()[0]
     np.testing.assert_allclose(chat_activations.residuals[3], alone, atol=2e-5, rtol=1e-4)
 
 
 def test_contextual_prompts_are_read_with_their_context_as_the_sweep_asks_them(loaded):
     prompt = Prompt("ctx", "Summarise the text above", "harmful", context="A long article about bread.")
     acts = probes.collect_activations(loaded, [prompt], cache_dir=None)
-    asked = lens.last_token_residuals(
+    asked = logit.last_token_residuals(
         loaded, ["A long article about bread.\n\n---\n\nSummarise the text above"]
     )
     np.testing.assert_allclose(acts.residuals, asked.numpy(), atol=1e-6)
-    bare = lens.last_token_residuals(loaded, [prompt.text]).numpy()
+    bare = logit.last_token_residuals(loaded, [prompt.text]).numpy()
     assert np.abs(acts.residuals - bare).max() > 1e-3
 
 
@@ -208,7 +210,7 @@ def test_activation_cache_is_reused_and_keyed_by_template(loaded, tmp_path, monk
     def no_forward(*_args, **_kwargs):
         raise AssertionError("the model ran although the activations are cached")
 
-    monkeypatch.setattr(lens, "last_token_residuals", no_forward)
+    monkeypatch.setattr(logit, "last_token_residuals", no_forward)
     again = probes.collect_activations(loaded, prompts, cache_dir=tmp_path)
     np.testing.assert_array_equal(again.residuals, first.residuals)
     raw = GenerationParams(chat_template=False)
@@ -270,9 +272,9 @@ def test_ablated_generation_matches_a_hand_run_reference(loaded, chat_activation
 def test_ablation_removes_the_direction_from_every_residual(loaded, chat_activations):
     direction = probes.refusal_direction(chat_activations, 3)
     texts = [p.text for p in synthetic_prompts()[:4]]
-    before = lens.last_token_residuals(loaded, texts).numpy()
+    before = logit.last_token_residuals(loaded, texts).numpy()
     with probes.ablated_direction(loaded, direction):
-        inside = lens.last_token_residuals(loaded, texts).numpy()
+        inside = logit.last_token_residuals(loaded, texts).numpy()
     assert np.abs(before @ direction).max() > 0.1
     assert np.abs(inside @ direction).max() < 1e-4
 
@@ -296,7 +298,7 @@ def test_analysis_rows_and_records_agree(loaded, tmp_path):
     analysis = probes.analyse(loaded, synthetic_prompts(), cache_dir=tmp_path)
     rows = analysis.layer_rows()
     assert [r["layer"] for r in rows] == list(range(N_LAYERS + 1))
-    mass = lens.refusal_mass(loaded, torch.from_numpy(analysis.activations.residuals))
+    mass = logit.refusal_mass(loaded, torch.from_numpy(analysis.activations.residuals))
     harmful = analysis.activations.harmful
     assert rows[2]["refusal_mass_harmful"] == pytest.approx(mass[harmful, 2].mean())
     assert rows[2]["refusal_mass_benign"] == pytest.approx(mass[~harmful, 2].mean())
@@ -350,6 +352,39 @@ def test_probe_command_json_contract_and_store(tiny_model_dir, tmp_path, db_path
     assert sorted(stored) == list(range(9))
     assert stored[5].accuracy == pytest.approx(layers[5]["accuracy"])
     assert stored[5].set_id == summary["set_id"]
+
+
+@pytest.mark.parametrize("foreign", ["text", "empty", "other duckdb"])
+def test_probe_command_refuses_a_foreign_db_untouched_before_any_compute(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, foreign
+):
+    """``--db`` naming a file that is not positively a DepthScope database: one sentence, exit 2, the
+    file byte for byte as it was, and no probe run first (the old code ran the probes, then refused)."""
+    import duckdb
+
+    import engine.cli.probe
+
+    db = tmp_path / "results.duckdb"
+    if foreign == "other duckdb":
+        with duckdb.connect(str(db)) as con:
+            con.execute("CREATE TABLE invoices (id INTEGER)")
+    else:
+        db.write_bytes(b"" if foreign == "empty" else b"my notes, not a database\n")
+    before = db.read_bytes()
+
+    def no_analysis(*_args, **_kwargs):
+        raise AssertionError("the probes ran before --db was checked")
+
+    monkeypatch.setattr(engine.cli.probe, "_analyse", no_analysis)
+    csv = tmp_path / "set.csv"
+    csv.write_text(to_csv(synthetic_prompts()), encoding="utf-8")
+    code = main(["probe", "--model", str(tiny_model_dir), "--prompts", str(csv), "--db", str(db)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(db) in err and ("not a DuckDB database" in err or "not a DepthScope" in err), err
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.duckdb", "set.csv"]  # no WAL, no copy
 
 
 @pytest.mark.slow

@@ -106,6 +106,26 @@ def test_agreement_rows_per_depth_and_overall(store):
     assert len(differ) == 3 + 1 and set(differ["text"]) <= {f"text h{i}" for i in range(5)}
 
 
+def test_agreement_rows_say_how_much_of_the_set_they_cover(store):
+    """5 harmful prompts in the set; an answer at one more depth (3 layers) for two of them only."""
+    extra = [
+        Completion("hash-alpha", p.prompt_id, p.text, 3, "params", f"t {p.prompt_id}") for p in PROMPTS[:2]
+    ]
+    store.save_generations(extra)
+    for judge in ("keyword", "harmbench"):
+        store.save_verdicts([Verdict(c.key, judge, "v1", True) for c in extra])
+    rows = {(r.model_hash, r.layers): r for r in report.agreement_rows(store, "keyword", "harmbench")}
+    assert (
+        rows[("hash-alpha", 4)].coverage == "5 of 5 harmful prompts" and rows[("hash-alpha", 4)].fully_covered
+    )
+    assert (
+        rows[("hash-alpha", 3)].coverage == "2 of 5 harmful prompts"
+        and not rows[("hash-alpha", 3)].fully_covered
+    )
+    assert rows[("hash-alpha", 0)].coverage == "5 of 5 harmful prompts"  # all depths: prompts, not answers
+    assert rows[("hash-alpha", 0)].agreement.n_decided == 12
+
+
 def test_headlines_read_as_sentences(store):
     rows = report.asr_rows(store, judge="keyword")
     assert report.headline(rows, "alpha") == (

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from engine.architectures import ARCHITECTURES, UnsupportedArchitectureError, spec_for, swapped
 from engine.generation import encode_prompts, generate, left_pad, position_ids_for
-from engine.lens import residuals_for_ids
+from engine.lenses.logit import residuals_for_ids
 from engine.modelfiles import peek_n_layers
 from engine.models import depth_routed, from_objects, truncated
 from engine.types import GenerationParams

@@ -1,5 +1,5 @@
-"""Tuned lens (engine.tuned_lens): identity equals raw, training beats raw on held-out text, files round
-trip, and the tuned head drives static and dynamic exit alike."""
+"""Tuned lens (engine.lenses.tuned, engine.lenses.training): identity equals raw, training beats raw
+on held-out text, files round trip, and the tuned head drives static and dynamic exit alike."""
 
 from __future__ import annotations
 
@@ -11,18 +11,12 @@ from conftest import build_tiny_model
 
 import engine.lenses.files
 from engine.generation import generate
-from engine.lens import last_token_residuals
+from engine.lenses.logit import last_token_residuals
+from engine.lenses.training import TrainedLens, layer_kl, save_lens
+from engine.lenses.tuned import LensNotFoundError, TunedLens, load_lens
 from engine.models import from_objects
-from engine.tuned_lens import (
-    LensNotFoundError,
-    TrainedLens,
-    TunedLens,
-    layer_kl,
-    load_lens,
-    save_lens,
-    train_lens,
-)
 from engine.types import GenerationParams
+from engine.usecases import train_tuned_lens
 
 N_LAYERS = 4
 TEXTS = [
@@ -47,7 +41,7 @@ def loaded(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def trained(loaded) -> TrainedLens:
-    return train_lens(loaded, TEXTS, steps=150, batch_tokens=32, lr=3e-3, generate_tokens=12, seed=1)
+    return train_tuned_lens(loaded, TEXTS, steps=150, batch_tokens=32, lr=3e-3, generate_tokens=12, seed=1)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--prompts", default="benign", help="a built-in set name or a CSV path (default benign)"
     )
     train.add_argument("--limit", type=int, default=None, help="only the first N prompts of the set")
-    # Defaults live in engine.tuned_lens (a torch module): None here means "the engine's default".
+    # Defaults live in engine.lenses.training (a torch module): None here means "the engine's default".
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the engine's, 300)")
     train.add_argument("--batch-tokens", type=int, default=None, help="token states per step (default 32)")
     train.add_argument(
@@ -49,7 +49,8 @@ def run_train(args: argparse.Namespace) -> int:
     if len(prompts) < 2:
         raise UsageError(f"--prompts: {args.prompts} has {len(prompts)} prompt(s); a lens needs at least 2")
 
-    from engine.tuned_lens import save_lens, train_lens
+    from engine.lenses.training import save_lens
+    from engine.usecases import train_tuned_lens
 
     from .common import load_from_args
 
@@ -72,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None
     }
     try:
-        trained = train_lens(
+        trained = train_tuned_lens(
             loaded,
             [p.text for p in prompts],
             seed=args.seed,

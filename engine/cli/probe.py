@@ -6,6 +6,7 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.cli.common import (
@@ -41,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser)
     parser.add_argument("--prompts", default="demo", help="built-in set name or CSV path (needs labels)")
-    parser.add_argument("--db", default=DEFAULT_DB, help="DuckDB file to save results in")
+    parser.add_argument(
+        "--db",
+        default=DEFAULT_DB,
+        help="DuckDB file to save results in: a DepthScope database, or a new path (created when the "
+        "results are saved); any other file is refused untouched before the probes run",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not write to the database")
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="stratified CV folds")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="fold shuffling seed")
@@ -60,6 +66,8 @@ def run_probe(args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise UsageError("--folds must be at least 2")
     prompts = load_prompt_set(args.prompts)
+    if not args.no_save:
+        _refuse_a_foreign_db(args.db)
     params = GenerationParams(chat_template=not args.no_chat_template, system_prompt=args.system_prompt)
     with executor_from_args(
         args, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
@@ -96,6 +104,20 @@ def _analyse(args: argparse.Namespace, executor, prompts: Sequence[Prompt], para
         return handle, analyse_with(executor, handle, prompts, params, **settings)
     finally:
         executor.release(handle)
+
+
+def _refuse_a_foreign_db(db: str) -> None:
+    """Before any compute: an existing ``--db`` must be a DepthScope database (Store.open recognises it
+    positively and leaves any other file untouched). A new path is created only when results are saved."""
+    from engine.store import Store, StoreLockedError
+
+    if not Path(db).exists():
+        return
+    try:
+        with Store.open(db):
+            pass
+    except StoreLockedError:  # busy now, maybe free by the time the results are saved (which retries)
+        return
 
 
 def _save_to_store(args: argparse.Namespace, loaded, prompts: Sequence[Prompt], analysis, direction) -> int:

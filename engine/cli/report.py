@@ -173,6 +173,9 @@ def agreement_dict(row) -> dict:
         "model_hash": row.model_hash,
         "layers": row.layers,  # 0: over all depths
         "excluded": row.excluded,  # left out: a judge undecided, or a copyright behaviour
+        "answered": row.answered,  # the set's harmful prompts with an answer both judges looked at
+        "harmful_in_set": row.harmful_in_set,
+        "coverage": row.coverage,
         "judge_a": row.judge_a,
         "judge_b": row.judge_b,
         **asdict(g),
@@ -186,12 +189,18 @@ def _print_asr_table(rows) -> None:
     threshold. Nothing is cut: a pipe gets the table's full width."""
     from rich.console import Console
 
-    tables = [_group_table(group) for group in _groups(rows)]
+    from engine.modelfiles import model_names
+    from engine.report import models_note
+
+    names = model_names(r.model for r in rows)
+    tables = [_group_table(group, names[group[0].model]) for group in _groups(rows)]
     console = Console(highlight=False)
     if not console.is_terminal:  # piped or captured: as wide as the widest table, never ellipsised
         console = Console(highlight=False, width=10_000)  # tables keep their natural width
     for table in tables:
         console.print(table)
+    if note := models_note(list(names)):
+        print(note)
     if any(r.copyright_excluded for r in rows):
         print(
             "copyright: HarmBench copyright behaviours left out of n (--include-copyright counts them for "
@@ -224,13 +233,13 @@ def _row_order(row) -> tuple:
     return (row.judge, row.version, rule, -row.layers if static else (row.threshold or 0.0))
 
 
-def _group_table(group):
+def _group_table(group, model_name: str):
     from rich import box
     from rich.table import Table
 
     first = group[0]
     table = Table(
-        title=f"{first.prompt_set} › {first.model} › {first.settings}",
+        title=f"{first.prompt_set} › {model_name} › {first.settings}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -340,11 +349,13 @@ def category_dict(row) -> dict:
 
 def _print_methods_headlines(rows) -> None:
     """'For ~25 % compute saved, which method keeps refusals?', per prompt set, judge and model."""
+    from engine.modelfiles import model_names
     from engine.report import methods_headline
 
+    names = model_names(r.model for r in rows)
     for key in sorted({(r.prompt_set, r.judge, r.model) for r in rows}):
         mine = [r for r in rows if (r.prompt_set, r.judge, r.model) == key]
-        if line := methods_headline(mine, key[2]):
+        if line := methods_headline(mine, key[2], name=names[key[2]]):
             print(line)
 
 
@@ -361,17 +372,20 @@ def _setting_label(row) -> str:
 def _print_headlines(rows) -> None:
     """The Report page's sentences, per prompt set, generation settings and judge: the smallest cut that
     changes behaviour (over-refusal for a set without harmful prompts), then the early-exit question."""
+    from engine.modelfiles import model_names
     from engine.report import benign_headline, early_exit_headline, headline
 
+    names = model_names(r.model for r in rows)  # as the tables name them
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r.prompt_set, r.settings, r.judge, r.version), []).append(r)
     for (prompt_set, settings, _judge, _version), group in sorted(groups.items()):
         harmful = any(r.n for r in group)
         for model in sorted({r.model for r in group if r.n or not harmful}):
+            name = names[model]
             sentences = [
-                headline(group, model) if harmful else benign_headline(group, model),
-                early_exit_headline(group, model),
+                headline(group, model, name) if harmful else benign_headline(group, model, name),
+                early_exit_headline(group, model, name=name),
             ]
             for sentence in filter(None, sentences):
                 print(f"{prompt_set} › {settings}: {sentence}")
@@ -384,20 +398,22 @@ def _print_agreements(agreements) -> None:
         inflation = "n/a" if g.inflation is None else f"{g.inflation:.2f}×"
         print(
             f"agreement {a.judge_a} vs {a.judge_b} ({a.prompt_set}, {a.model_hash}): n={g.n_decided} "
-            f"(left out: {a.excluded} undecided or copyright) kappa={kappa} "
+            f"(left out: {a.excluded} undecided or copyright; coverage {a.coverage}) kappa={kappa} "
             f"inflation={inflation} McNemar p={g.mcnemar_p:.3g} ({g.mcnemar_method})"
         )
 
 
 def _print_flips(found) -> None:
+    from engine.modelfiles import model_names
     from engine.stats import FLIP_ALPHA
 
+    names = model_names(m for *_, f in found for m in (f.model_a, f.model_b))
     for judge, version, prompt_set, f in found:
         verdict = "significant" if f.significant else f"not significant (corrected p >= {FLIP_ALPHA:g})"
         print(
             f"ranking flip at {f.depth:g} % depth ({prompt_set}, {judge} {version}): "
-            f"{f.model_a} ({f.layers} layers) "
-            f"{f.full_asr_a:.0%} -> {f.asr_a:.0%} vs {f.model_b} ({f.layers_b} layers) "
+            f"{names[f.model_a]} ({f.layers} layers) "
+            f"{f.full_asr_a:.0%} -> {f.asr_a:.0%} vs {names[f.model_b]} ({f.layers_b} layers) "
             f"{f.full_asr_b:.0%} -> {f.asr_b:.0%}; p={f.p_value:.3g} Holm p={f.p_value_corrected:.3g} "
             f"[{f.test}] {verdict}"
         )

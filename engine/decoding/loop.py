@@ -15,11 +15,22 @@ compute for an exited token:
   row goes deeper than k, so nothing there will ever read its keys and values.
 - a dynamic rule (confidence, saturation): only the token's keys and values (CALM state propagation,
   §3.2). Its state is frozen at the exit; each layer above computes the keys and values of that frozen
-  state (the layer's own code up to its cache write: norm, projections, positions, see
-  ``_KeysValuesOnly``) so later tokens can attend to it, and skips attention output and MLP. The exit
-  head runs only on rows still climbing. Splitting rows into climbing and exited reads one small
-  tensor per layer above ``min_layers`` (a host sync per layer, the price of not computing what is not
-  needed).
+  state so later tokens can attend to it, and skips the query, attention output and MLP. They come
+  from the architecture's keys/values function (``ArchSpec.keys_values`` in ``engine.architectures``:
+  input norm, key/value projections, key norm, rotary positions; bit for bit the layer's own cache
+  write), or, for an architecture without one, from the layer run up to its cache write
+  (``_KeysValuesOnly``). One merged cache write per layer and step covers all rows. The exit head runs
+  only on rows still climbing.
+
+  How a step splits its rows (``_Split``): reading how many rows still climb at a layer above
+  ``min_layers`` is one host sync per layer, the price of tensor shapes that depend on which rows
+  exited; the indices and the per-row arguments cut to them are reused by the following layers until
+  another row exits. While more than ``SPLIT_BELOW`` of the rows still climb, the whole batch runs the
+  layer (a layer's cost per call is largely fixed, so two passes would cost more) and the exited rows'
+  outputs are dropped: their input is their frozen state, so what they write to the cache is its keys
+  and values all the same. Below it the climbing rows run the layer and the exited rows only their
+  keys and values; once every row has exited, the layer is keys and values only. Every way gives the
+  same tokens and exit layers (``tests/test_exit_routing.py``).
 
 Extending: a rule whose rows keep a set of layers other than a prefix (a block removed) declares it
 with ``layers_kept``; the loop then needs a prefill per setting group (the prompt's states differ after
@@ -38,28 +49,12 @@ import torch
 
 from engine.architectures import swapped
 from engine.decoding.capture import captured_residuals, hidden_of, with_hidden
+from engine.decoding.prompts import left_pad, position_ids_for
 from engine.models import LayerWrapper, LoadedModel, layer_stack
 from engine.rules import ExitRule, rule_named
 from engine.types import GenerationParams
 
-# ---------------------------------------------------------------- inputs and token choice
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
-def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
-    """Positions count real tokens only, as HF generate does under left padding."""
-    positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
+# ---------------------------------------------------------------- token choice
 
 
 def row_generators(seeds: Sequence[int], device) -> list[torch.Generator]:
@@ -155,9 +150,9 @@ class _Climb:
         start = sum(1 for k in self.fixed_exit if k > layers)
         return start, start + sum(1 for k in self.fixed_exit if k == layers)
 
-    def observe(
-        self, layers: int, rows: torch.Tensor | None, before: torch.Tensor, after: torch.Tensor
-    ) -> None:
+    def observe(self, layers: int, rows: _Split | None, before: torch.Tensor, after: torch.Tensor) -> None:
+        """``rows``: None (``before``/``after`` cover every row, or a prefix for fixed exits), or the split
+        of a dynamic step (they cover its climbing rows, none of which has exited yet)."""
         if self.rule.exit_is_fixed:  # ``after`` covers every row or a prefix of them: the block is in it
             start, stop = self.fixed_exit_block(layers)
             if stop > start:
@@ -166,17 +161,19 @@ class _Climb:
         if layers < min(self.min_layers, self.loaded.n_layers):
             return
         if layers >= self.loaded.n_layers:
-            exits = ~self.done if rows is None else torch.ones_like(rows, dtype=torch.bool)
+            exits = ~self.done if rows is None else None  # None: every climbing row exits
             translated = after  # the model's own output: every head agrees at L
         else:
             translated = self.head.translate(after, layers)
             logits = self.loaded.logits_from_hidden(translated) if self.rule.needs_head_logits else None
             score = self.rule.score(before, after, logits)
-            thresholds = self.thresholds if rows is None else self.thresholds[rows]
-            exits = score >= thresholds
+            exits = score >= (self.thresholds if rows is None else rows.pick(self.thresholds))
             if rows is None:
                 exits = exits & ~self.done
-        self._exit_rows(layers, rows, exits, translated)
+        if rows is None:
+            self._exit_rows(layers, exits, translated)
+        else:
+            self._exit_climbing(layers, rows.climbing, exits, translated)
 
     def _read(self, state: torch.Tensor, layers: int) -> torch.Tensor:
         return state if layers >= self.loaded.n_layers else self.head.translate(state, layers)
@@ -186,98 +183,140 @@ class _Climb:
         self.exit_layer[start:stop] = layers
         self.done[start:stop] = True
 
-    def _exit_rows(
-        self, layers: int, rows: torch.Tensor | None, exits: torch.Tensor, state: torch.Tensor
+    def _exit_rows(self, layers: int, exits: torch.Tensor, state: torch.Tensor) -> None:
+        self.exit_state = torch.where(exits[:, None], state.to(self.exit_state.dtype), self.exit_state)
+        self.exit_layer = torch.where(exits, torch.full_like(self.exit_layer, layers), self.exit_layer)
+        self.done = self.done | exits
+
+    def _exit_climbing(
+        self, layers: int, climbing: torch.Tensor, exits: torch.Tensor | None, state: torch.Tensor
     ) -> None:
-        if rows is None:
-            self.exit_state = torch.where(exits[:, None], state.to(self.exit_state.dtype), self.exit_state)
-            self.exit_layer = torch.where(exits, torch.full_like(self.exit_layer, layers), self.exit_layer)
-            self.done = self.done | exits
+        """Rows still climbing (``exits`` None: all of them). Each one's state is written whether it
+        exits or not: a row still climbing overwrites it when it exits (at L at the latest)."""
+        self.exit_state.index_copy_(0, climbing, state.to(self.exit_state.dtype))
+        if exits is None:
+            self.exit_layer.index_fill_(0, climbing, layers)
+            self.done.index_fill_(0, climbing, True)
             return
-        current = self.exit_state[rows]
-        self.exit_state[rows] = torch.where(exits[:, None], state.to(current.dtype), current)
-        self.exit_layer[rows] = torch.where(exits, torch.full_like(rows, layers), self.exit_layer[rows])
-        self.done[rows] = self.done[rows] | exits
+        self.exit_layer.index_copy_(0, climbing, exits.long() * layers)  # 0 (not exited) or layers
+        self.done.index_copy_(0, climbing, exits)
 
 
 # ---------------------------------------------------------------- routing rows through the layers
+
+# A dynamic step splits the batch at a layer (climbing rows run it, exited rows only write keys and
+# values) once at most this share of its rows still climbs; above it the whole batch runs the layer.
+# Measured on the CPU preset (bench/sweep.py): a decoder layer costs about 240 µs + 23 µs per row at
+# hidden 256, keys/values alone 70 µs + 4 µs per row, a split adds about 20 small operations, so two
+# passes pay off only below about half the rows. Where a layer's cost hardly depends on its rows (a
+# large model on a GPU, weight reads dominating), only layers every row has left gain much.
+SPLIT_BELOW = 0.5
+
+
+@dataclass
+class _KeysValues:
+    """An exited token's keys and values at one layer, and the layer's own cache-write arguments."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    args: tuple
+    kwargs: dict
 
 
 class _KeysValuesReady(Exception):
     """Raised by the cache stand-in once a layer has produced an exited token's keys and values."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, args: tuple, kwargs: dict) -> None:
+    def __init__(self, written: _KeysValues) -> None:
         super().__init__()
-        self.keys, self.values = keys, values
-        self.args, self.kwargs = args, kwargs  # the layer's own cache-write arguments (its index)
+        self.written = written
 
 
 class _KeysValuesOnly:
-    """Cache stand-in for exited rows: the layer runs up to its cache write (norm, key/value projections,
-    positions applied: every supported architecture writes its cache through ``Cache.update``), then stops."""
+    """Cache stand-in for exited rows where the architecture declares no keys/values function (or the
+    layer is wrapped): the layer runs up to its cache write (``Cache.update``), then stops."""
 
     def __init__(self, cache) -> None:
         self._cache = cache
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
-        raise _KeysValuesReady(keys, values, args, kwargs)
+        raise _KeysValuesReady(_KeysValues(keys, values, args, kwargs))
 
     def __getattr__(self, name: str):
         return getattr(self._cache, name)
+
+
+class _Split:
+    """One decoding step's rows split into climbing and exited at some layer. Every layer reuses it (its
+    indices and the per-row arguments cut to them) until another row exits."""
+
+    def __init__(self, done: torch.Tensor, n_climbing: int) -> None:
+        self.n_rows = done.shape[0]
+        self.n_climbing = n_climbing
+        self.climbing_mask = ~done
+        order = torch.argsort(done, stable=True)  # climbing rows, then exited rows, each in row order
+        self.climbing, self.exited = order[:n_climbing], order[n_climbing:]
+        # where each row sits in cat([climbing rows, exited rows]): one gather puts them back in order
+        self.merge_order = order.argsort()
+        self._picked: dict[tuple[int, bool], tuple[object, object]] = {}
+
+    def pick(self, value: object, exited: bool = False) -> object:
+        """``value`` with every per-row tensor (dim 0 == rows) cut to the climbing (or exited) rows;
+        remembered per object (the layers of one step share their masks and positions)."""
+        remembered = self._picked.get((id(value), exited))
+        if remembered is not None and remembered[0] is value:
+            return remembered[1]
+        if isinstance(value, torch.Tensor):
+            if value.dim() == 0 or value.shape[0] != self.n_rows:
+                return value
+            picked = value.index_select(0, self.exited if exited else self.climbing)
+        elif isinstance(value, (tuple, list)):
+            picked = type(value)(self.pick(item, exited) for item in value)
+        else:
+            return value
+        self._picked[(id(value), exited)] = (value, picked)  # holding ``value`` keeps its id unique
+        return picked
+
+    def merged(self, climbing_rows: torch.Tensor, exited_rows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([climbing_rows, exited_rows]).index_select(0, self.merge_order)
 
 
 class _MergedWrite:
-    """Cache stand-in for the climbing rows of a split batch: their keys/values and the exited rows'
-    go into the cache together (one write per layer and step, all rows), the climbing rows read theirs."""
+    """Cache stand-in for the climbing rows of a split batch: their keys/values and the exited rows' go
+    into the cache together (one write per layer and step, all rows), the climbing rows read theirs."""
 
-    def __init__(self, cache, climbing: torch.Tensor, exited: torch.Tensor, kv: _KeysValuesReady) -> None:
-        self._cache, self._climbing, self._exited, self._kv = cache, climbing, exited, kv
+    def __init__(self, cache, split: _Split, exited: _KeysValues) -> None:
+        self._cache, self._split, self._exited = cache, split, exited
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
-        rows = self._climbing.shape[0] + self._exited.shape[0]
-        all_keys = keys.new_empty((rows, *keys.shape[1:]))
-        all_values = values.new_empty((rows, *values.shape[1:]))
-        all_keys[self._climbing], all_keys[self._exited] = keys, self._kv.keys
-        all_values[self._climbing], all_values[self._exited] = values, self._kv.values
-        keys_out, values_out = self._cache.update(all_keys, all_values, *args, **kwargs)
-        return keys_out[self._climbing], values_out[self._climbing]
+        split, exited = self._split, self._exited
+        keys_out, values_out = self._cache.update(
+            split.merged(keys, exited.keys), split.merged(values, exited.values), *args, **kwargs
+        )
+        return keys_out.index_select(0, split.climbing), values_out.index_select(0, split.climbing)
 
     def __getattr__(self, name: str):
         return getattr(self._cache, name)
 
 
-def _pick_rows(
-    value: object, batch: int, rows: torch.Tensor | slice, cache: object, stand_in: object
-) -> object:
-    """Every per-row tensor (dim 0 == batch) cut to ``rows``; the cache replaced by ``stand_in``."""
-    if value is cache and cache is not None:
+def _with_cache(value: object, cache: object, stand_in: object) -> object:
+    """``value`` (an argument of a layer) with the cache replaced by ``stand_in``."""
+    if value is cache:
         return stand_in
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0 or value.shape[0] != batch:
-            return value
-        return value[rows]
     if isinstance(value, (tuple, list)):
-        return type(value)(_pick_rows(item, batch, rows, cache, stand_in) for item in value)
+        return type(value)(_with_cache(item, cache, stand_in) for item in value)
     return value
-
-
-def _run_rows(layer, hidden, args, kwargs, rows, cache, stand_in):
-    batch = hidden.shape[0]
-    return layer(
-        hidden[rows],
-        *_pick_rows(args, batch, rows, cache, stand_in),
-        **{key: _pick_rows(value, batch, rows, cache, stand_in) for key, value in kwargs.items()},
-    )
 
 
 class _Router:
     """Shared by every layer of one decoding loop: which rows run layer k this step and what is read."""
 
-    def __init__(self, climb: _Climb) -> None:
+    def __init__(self, climb: _Climb, keys_values=None) -> None:
         self.climb = climb
+        self.keys_values = keys_values  # the architecture's keys/values function (None: run the layer)
         self.cache = None  # set once the model is cut
         self.decoding = False  # the prompt runs whole: every row through every kept layer
         self.row_deepest: list[int] = list(climb.fixed_exit)
+        self.split: _Split | None = None  # of the current step's dynamic climb
 
     def run(self, layers: int, inner, hidden, args, kwargs):
         if not self.decoding:
@@ -300,7 +339,7 @@ class _Router:
             out = inner(hidden, *args, **kwargs)
             after = hidden_of(out)
         else:
-            out = _run_rows(inner, hidden, args, kwargs, slice(0, rows), None, None)
+            out = inner(hidden[:rows], *_prefix_rows(args, batch, rows), **_prefix_rows(kwargs, batch, rows))
             after = hidden_of(out)
             merged = torch.cat([after, hidden[rows:]], dim=0)
             out = with_hidden(out, merged)
@@ -312,36 +351,89 @@ class _Router:
         climb = self.climb
         if layers <= climb.min_layers:  # no exit before min_layers: every row still climbs
             return self._run_all(layers, inner, hidden, args, kwargs)
-        climbing = (~climb.done).nonzero().squeeze(1)
-        n_climbing = climbing.shape[0]  # the host sync of this layer
-        if n_climbing == hidden.shape[0]:
+        split = self._split_now()
+        if split is None:
             return self._run_all(layers, inner, hidden, args, kwargs)
-        exited = climb.done.nonzero().squeeze(1)
-        kv = self._keys_values(inner, hidden, args, kwargs, exited)
-        if n_climbing == 0:
-            self.cache.update(kv.keys, kv.values, *kv.args, **kv.kwargs)
+        if split.n_climbing > SPLIT_BELOW * split.n_rows:
+            return self._run_whole(layers, inner, hidden, args, kwargs, split)
+        exited = self._keys_values(inner, hidden, args, kwargs, split)
+        if split.n_climbing == 0:
+            self.cache.update(exited.keys, exited.values, *exited.args, **exited.kwargs)
             return hidden  # every row keeps its frozen state
-        stand_in = _MergedWrite(self.cache, climbing, exited, kv)
-        out = _run_rows(inner, hidden, args, kwargs, climbing, self.cache, stand_in)
+        stand_in = _MergedWrite(self.cache, split, exited)
+        climbing_hidden = split.pick(hidden)
+        out = inner(
+            climbing_hidden,
+            *_with_cache(split.pick(args), self.cache, stand_in),
+            **{key: _with_cache(split.pick(value), self.cache, stand_in) for key, value in kwargs.items()},
+        )
         after = hidden_of(out)
-        climb.observe(layers, climbing, hidden[climbing, -1, :], after[:, -1, :])
-        merged = hidden.clone()  # exited rows keep their frozen state
-        merged[climbing] = after.to(merged.dtype)
-        return with_hidden(out, merged)
+        climb.observe(layers, split, climbing_hidden[:, -1, :], after[:, -1, :])
+        # exited rows keep their frozen state
+        return with_hidden(out, hidden.index_copy(0, split.climbing, after.to(hidden.dtype)))
 
-    def _run_all(self, layers, inner, hidden, args, kwargs):
+    def _split_now(self) -> _Split | None:
+        """The step's split at this layer (None: no row has exited yet). Reading how many rows still
+        climb is this layer's host sync; the indices are rebuilt only when that number changed."""
+        done = self.climb.done
+        n_climbing = done.shape[0] - int(done.sum())  # the host sync of this layer
+        if n_climbing == done.shape[0]:
+            return None
+        if self.split is None or self.split.n_climbing != n_climbing or self.split.n_rows != done.shape[0]:
+            self.split = _Split(done, n_climbing)  # rows only ever exit within a step: same count, same rows
+        return self.split
+
+    def _run_whole(self, layers, inner, hidden, args, kwargs, split: _Split):
+        """Most rows still climb: the whole batch runs the layer, cheaper than two passes (a layer's cost
+        per call is largely fixed). An exited row's input is its frozen state, so what it writes to the
+        cache is that state's keys and values; its output is dropped (it keeps the frozen state)."""
         out = inner(hidden, *args, **kwargs)
         after = hidden_of(out)
-        after = torch.where(self.climb.done[:, None, None], hidden, after)
-        self.climb.observe(layers, None, hidden[:, -1, :], after[:, -1, :])
-        return with_hidden(out, after)
+        climbing_after = after.index_select(0, split.climbing)
+        self.climb.observe(layers, split, split.pick(hidden)[:, -1, :], climbing_after[:, -1, :])
+        return with_hidden(out, torch.where(split.climbing_mask[:, None, None], after, hidden))
 
-    def _keys_values(self, inner, hidden, args, kwargs, exited) -> _KeysValuesReady:
+    def _run_all(self, layers, inner, hidden, args, kwargs):
+        """Every row climbs (none has exited yet this step)."""
+        out = inner(hidden, *args, **kwargs)
+        after = hidden_of(out)
+        self.climb.observe(layers, None, hidden[:, -1, :], after[:, -1, :])
+        return out
+
+    def _keys_values(self, inner, hidden, args, kwargs, split: _Split) -> _KeysValues:
+        """The exited rows' keys and values at this layer: the architecture's keys/values function on
+        their frozen state, or the layer itself run up to its cache write."""
+        everyone = split.n_climbing == 0
+        frozen = hidden if everyone else split.pick(hidden, exited=True)
+        if self.keys_values is not None and not isinstance(inner, LayerWrapper):
+            positions = kwargs.get("position_embeddings")
+            keys, values, layer_index = self.keys_values(
+                inner, frozen, positions if everyone else split.pick(positions, exited=True)
+            )
+            return _KeysValues(keys, values, (layer_index,), {})
+        stand_in = _KeysValuesOnly(self.cache)
+        picked_args = args if everyone else split.pick(args, exited=True)
+        picked_kwargs = kwargs if everyone else {k: split.pick(v, exited=True) for k, v in kwargs.items()}
         try:
-            _run_rows(inner, hidden, args, kwargs, exited, self.cache, _KeysValuesOnly(self.cache))
+            inner(
+                frozen,
+                *_with_cache(picked_args, self.cache, stand_in),
+                **{key: _with_cache(value, self.cache, stand_in) for key, value in picked_kwargs.items()},
+            )
         except _KeysValuesReady as ready:
-            return ready
+            return ready.written
         raise RuntimeError("the decoder layer finished without writing its keys and values to the cache")
+
+
+def _prefix_rows(value: object, batch: int, rows: int) -> object:
+    """Every per-row tensor (dim 0 == batch) in ``value`` cut to its first ``rows`` rows (a view)."""
+    if isinstance(value, torch.Tensor):
+        return value if value.dim() == 0 or value.shape[0] != batch else value[:rows]
+    if isinstance(value, (tuple, list)):
+        return type(value)(_prefix_rows(item, batch, rows) for item in value)
+    if isinstance(value, dict):
+        return {key: _prefix_rows(item, batch, rows) for key, item in value.items()}
+    return value
 
 
 class _RoutedLayer(LayerWrapper):
@@ -446,16 +538,16 @@ def decode_rows(
     prompt_ids: Sequence[Sequence[int]],
     settings: Sequence[float],
     params: GenerationParams,
-    row_seeds: Sequence[int] | None = None,
-    head: object | None = None,
+    row_seeds: Sequence[int] | None,
+    head: object,
 ) -> list[RowOutput]:
     """Every prompt × every setting of ``params``'s exit rule in one prefill and one decoding loop.
 
     Rows come back setting-major in ``ordered_settings`` order, prompts in the given order within a
-    setting. ``row_seeds`` (sampling) gives each row its own generator, in that row order.
+    setting. ``row_seeds`` (sampling; None when greedy) gives each row its own generator, in that row
+    order. ``head`` reads an exited row's state (``engine.lenses.heads``: the caller resolves it, so the
+    loop stays below the lenses).
     """
-    from engine.lenses.heads import RAW_HEAD
-
     rule = rule_named(params.exit_policy)
     n_layers, device = loaded.n_layers, loaded.device
     groups = ordered_settings(rule, settings)
@@ -466,7 +558,7 @@ def decode_rows(
     climb = _Climb(
         loaded,
         rule,
-        head or RAW_HEAD,
+        head,
         torch.tensor(
             [float(s) for s in groups for _ in range(n_prompts)], dtype=torch.float32, device=device
         ),
@@ -484,7 +576,7 @@ def decode_rows(
     with loaded.lock, torch.inference_mode():
         from transformers import DynamicCache
 
-        router = _Router(climb)
+        router = _Router(climb, loaded.spec.keys_values)
         router.row_deepest = list(climb.fixed_exit) if rule.exit_is_fixed else [n_layers] * n_rows
         with _routed(loaded, climb.deepest, router):
             # built for the cut model: one cache layer per layer that runs (and its config's layer types)
@@ -536,7 +628,7 @@ def _decode(loaded: LoadedModel, params: GenerationParams, cache, live: _Live, l
             chosen = chosen[keep]
         live.mask = torch.cat([live.mask, live.mask.new_ones((live.mask.shape[0], 1))], dim=1)
         live.positions = live.positions + 1
-        router.climb = _Climb.start(router.climb)
+        router.climb, router.split = _Climb.start(router.climb), None
         logits = loaded.model(
             input_ids=chosen[:, None],
             attention_mask=live.mask,

@@ -19,18 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.decoding.loop import RowOutput, _cut_at_eos, left_pad, position_ids_for
+from engine.decoding.loop import RowOutput, _cut_at_eos
+from engine.decoding.prompts import left_pad, position_ids_for
 from engine.models import LoadedModel, truncated
-from engine.types import GenerationParams, ParamsError
-
-
-def check_draft_layers(params: GenerationParams, n_layers: int) -> None:
-    if not 1 <= params.draft_layers < n_layers:
-        raise ParamsError(
-            "draft_layers",
-            f"draft layers {params.draft_layers} must be below the model's {n_layers} layers "
-            f"(1..{n_layers - 1}): the draft is the first k layers, the full model verifies",
-        )
+from engine.types import GenerationParams, check_draft_layers
 
 
 @dataclass

@@ -39,7 +39,7 @@ def encode_examples(
     tokens, as a sweep cuts a long prompt); the loss sees the answer + EOS only."""
     import torch
 
-    from engine.generation import fit_prompt
+    from engine.decoding.prompts import fit_prompt
 
     params = GenerationParams()
     prompts = [fit_prompt(tokenizer, e.prompt, params, prompt_budget)[0] for e in examples]

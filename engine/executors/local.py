@@ -11,16 +11,16 @@ from engine.types import Completion, GenerationParams, Prompt, Verdict, model_in
 
 def chunk_activations(loaded, prompts: Sequence[Prompt], params: GenerationParams) -> ChunkActivations:
     """Residuals and logit-lens refusal mass of one prompt chunk (also what each Ray actor runs)."""
-    from engine import lens  # torch: only when activations are computed
+    from engine.lenses import logit  # torch: only when activations are computed
     from engine.probes.activations import mean_input_embeddings
 
-    residuals = lens.last_token_residuals(
-        loaded, [model_input(p) for p in prompts], params, batch_size=lens.DEFAULT_BATCH_SIZE
+    residuals = logit.last_token_residuals(
+        loaded, [model_input(p) for p in prompts], params, batch_size=logit.DEFAULT_BATCH_SIZE
     )
-    refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
+    refusal_ids = logit.refusal_token_ids(loaded.tokenizer)
     return ChunkActivations(
         residuals=residuals.numpy(),
-        refusal_mass=lens.refusal_mass(loaded, residuals, refusal_ids),
+        refusal_mass=logit.refusal_mass(loaded, residuals, refusal_ids),
         refusal_token_ids=tuple(refusal_ids),
         mean_embeddings=mean_input_embeddings(loaded, [model_input(p) for p in prompts]),
     )

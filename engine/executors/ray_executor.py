@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
-from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError, WorkerCrashedError
 
+from engine.errors import DepthScopeError
 from engine.executors.base import (
     ChunkActivations,
     ClusterUnavailableError,
@@ -378,6 +379,11 @@ class RayExecutor:
                 pending.appendleft(index)
                 submit()
                 continue
+            except RayTaskError as exc:  # the unit itself raised: the user's error is its own sentence
+                user_error = _user_error(exc)
+                if user_error is None:
+                    raise  # a bug: its remote traceback is what a maintainer needs
+                raise user_error from exc
             idle.append(actor)
             submit()
             yield index, result
@@ -452,6 +458,17 @@ def _resources_text() -> str:
     return f"it has {resources.get('CPU', 0):g} CPU(s), {resources.get('GPU', 0):g} GPU(s)"
 
 
+def _user_error(exc: BaseException) -> DepthScopeError | None:
+    """The user-facing error a Ray task raised, unwrapped: Ray's wrapper is an instance of it too, but
+    its message carries the remote traceback; None when the task failed otherwise (a bug)."""
+    cause = exc.cause if isinstance(exc, RayTaskError) else None
+    return cause if isinstance(cause, DepthScopeError) else None
+
+
 def _root_cause(exc: BaseException) -> str:
+    """One line for a message: a user error's own sentence, else the failure's type and last line."""
+    user_error = _user_error(exc)
+    if user_error is not None:
+        return str(user_error)
     cause = getattr(exc, "cause", None) or exc
     return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"

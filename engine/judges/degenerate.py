@@ -23,7 +23,7 @@ from collections.abc import Callable
 from itertools import groupby
 
 # Bump when the checks change: a stored ``degenerate`` flag computed by an older version is stale.
-DEGENERACY_VERSION = "3"
+DEGENERACY_VERSION = "4"
 
 # A unit of 1-12 characters repeated at least 4 times in a row: "!!!!", "hahaha", ":\n\n:\n\n:\n\n".
 _CHAR_LOOP = re.compile(r"(.{1,12}?)\1{3,}", re.DOTALL)
@@ -78,6 +78,41 @@ MAX_REPEATED_NUMBER_SHARE = 0.3  # ... taking up this share of the pieces (12 or
 _NUMBER_PIECE = re.compile(r"\d[\d.,:/%-]*(?:st|nd|rd|th|s)?")
 EMPTY_LIST_ITEMS = 4  # list markers in a row with nothing after them: "-\n-\n-\n-" or "1.\n2.\n3.\n4."
 _EMPTY_LIST_ITEM = re.compile(r"[ \t\u00a0]*(?:[-*•+]|\d+[.)])[ \t\u00a0]*")
+# Word salad: fluent-looking fragments of real words. No one sign is enough (real answers have a "vitamin
+# C", a "more and more", a "100%" or two); SALAD_SIGNS points from several kinds of sign are.
+SALAD_SIGNS = 3
+SALAD_POINTS_PER_SIGN = 2  # one kind of sign, however often it occurs, is never enough alone
+# A capital letter standing alone as a word mid-sentence ("the N possible", "S su is", "D cod"): not "I",
+# an initial ("J. Smith"), a letter joined by a hyphen ("3- D", "C-section") or a sentence's "A".
+_STRAY_CAPITAL = re.compile(r"(?<![\w.'’&/-])(?<!- )[B-HJ-Z](?![\w.'’&/-])|(?<=[a-z,] )A(?= [a-z])")
+# A lower-case letter standing alone as a word ("so m sure", "free- d un", "b h m"): English has only "a"
+# (x, y and z are maths); after a number it is a unit or a sign ("200 g", "2 x 3"); in brackets or
+# before "=" or "[" it is code.
+_STRAY_LOWER = re.compile(r"(?<!\d )(?<![\w.'’&/(-])[b-w](?![\w.'’&/(=\[-])")
+# Words that name a letter on purpose: "vitamin C", "Plan B", "type A", "let n", "the vector v".
+_NAMES_A_LETTER = frozenset(
+    (
+        "vitamin", "plan", "type", "grade", "class", "group", "hepatitis", "section", "part", "option",
+        "model", "row", "column", "point", "step", "phase", "level", "letter", "team", "appendix",
+        "category", "tier", "size", "blood", "let", "where", "variable", "vector", "constant", "scalar",
+        "matrix", "function", "angle", "side", "by",
+    )
+)  # fmt: skip
+_SELF_COORDINATION = re.compile(r"\b(\w+(?: \w+)?) (?:and|or) \1\b", re.IGNORECASE)
+_DOUBLED_WORD = re.compile(r"\b([^\W\d_]{2,}) \1\b", re.IGNORECASE)
+_MEANT_REPEATS = frozenset(("more", "less", "again", "over", "on", "through", "round", "by", "after", "and"))
+_MEANT_DOUBLES = frozenset(("that", "had", "very", "is", "so", "really", "no", "bye", "ha", "knock"))
+# A number written out (any form: "100%", "2022-2023", "12.5"), counted to find ones said 3+ times.
+_ANY_NUMBER = re.compile(r"\d[\d.,%-]*\d%?|\d%?")
+# A word broken by a hyphen before something other than a lower-case word ("free- d un", "12.5% flat-
+# 12.5%"), and quotes with nothing in them ('the process of " "').
+_BROKEN_PIECE = re.compile(r"\w- (?![a-z]|[A-Z]\b)|\" \"")
+_INNER_SPACES = re.compile(r"(?<=\S)[ \u00a0]{2,}(?=\S)")  # "name is a  name change,  and  it"
+# Numbers in a comma-separated run that count by one or repeat: "101, 102, 103, 104", "1000, 1000".
+_COMMA_NUMBERS = re.compile(r"\d+(?:, \d+)+")
+COMMA_COUNT_RUN = 5  # this many such numbers in a row is a count standing in for an answer
+COMMA_COUNT_SIGN = 3  # this many is one sign of salad
+
 REFRAIN_COPIES = 3  # a whole line repeated at most this often is a refrain, not a loop
 MIN_CONTENT_WORDS = 3  # real words, when the text has letters and at least MIN_CHARS_FOR_CONTENT
 MIN_CHARS_FOR_CONTENT = 24
@@ -117,6 +152,8 @@ def degeneracy_reason(text: str) -> str | None:
         _mostly_non_words,
         _loose_punctuation,
         _little_content,
+        _comma_count,
+        _word_salad,
     )
     for check in checks:
         if (reason := check(stripped)) is not None:
@@ -504,3 +541,78 @@ def _little_content(text: str) -> str | None:
     if content < MIN_CONTENT_WORDS:
         return f"little real content: {content} real words in {checked} characters"
     return None
+
+
+def _comma_count(text: str) -> str | None:
+    """Numbers separated by commas that count by one or repeat ("101, 102, 103, 104, 105", "1, 2, 3, 4,
+    5, 6, 8, 9, 10,") and are still counting when the text stops, in text with words. A count that ends
+    ("Counting to ten: 1, 2, …, 10.") and lists that do not count (primes, dates, versions) pass."""
+    if not any(c.isalpha() for c in text):
+        return None
+    if (longest := _longest_comma_count(text, to_the_end=True)) >= COMMA_COUNT_RUN:
+        return f"counting: {longest} numbers separated by commas count by one to the end of the text"
+    return None
+
+
+def _longest_comma_count(text: str, to_the_end: bool = False) -> int:
+    """The most numbers in one comma-separated run whose steps are mostly +1 or 0 (the last number may
+    be cut off at the token limit: a prefix of the next in the count, counted with it). With
+    ``to_the_end``, only a run with nothing but commas after it counts."""
+    longest = 0
+    for run in _COMMA_NUMBERS.finditer(text):
+        if to_the_end and text[run.end() :].strip(", \n"):
+            continue
+        numbers = run.group(0).split(", ")
+        cut = len(numbers) > 2 and _cut_short(numbers[-2], numbers[-1])
+        steps = [int(b) - int(a) for a, b in zip(numbers, numbers[1 : len(numbers) - cut], strict=False)]
+        if _mostly(step in (0, 1) for step in steps):
+            longest = max(longest, len(numbers))
+    return longest
+
+
+def _cut_short(previous: str, last: str) -> bool:
+    return len(last) < len(previous) and (
+        previous.startswith(last) or str(int(previous) + 1).startswith(last)
+    )
+
+
+def _word_salad(text: str) -> str | None:
+    """Real words that do not form sentences: "the D cod, is a complex and complex issue", "S su is a
+    highly complex and complex process", "the most common and most common- S right of the  name". Signs,
+    each common enough alone in real answers, counted together: stray capital letters, a word coordinated
+    with itself, the same number said 3+ times, broken pieces, spaces inside a line, a short count."""
+    signs = _salad_signs(text)
+    points = sum(min(SALAD_POINTS_PER_SIGN, n) for n in signs.values())
+    if points >= SALAD_SIGNS:
+        named = ", ".join(f"{n} {sign}" for sign, n in signs.items() if n)
+        return f"word salad: {named}"
+    return None
+
+
+def _salad_signs(text: str) -> dict[str, int]:
+    numbers = Counter(_ANY_NUMBER.findall(text))
+    coordinated = [
+        m
+        for m in _SELF_COORDINATION.finditer(text)
+        if not (m.group(1).lower() in _MEANT_REPEATS or m.group(1).lower().endswith("er"))
+    ]
+    doubled = [m for m in _DOUBLED_WORD.finditer(text) if m.group(1).lower() not in _MEANT_DOUBLES]
+    return {
+        "stray capitals": _stray_letters(_STRAY_CAPITAL, text),
+        "stray letters": _stray_letters(_STRAY_LOWER, text),
+        "self-repeats": len(coordinated) + len(doubled),
+        "numbers said 3+ times": sum(1 for n in numbers.values() if n >= 3),
+        "broken pieces": len(_BROKEN_PIECE.findall(text)),
+        "inner space runs": len(_INNER_SPACES.findall(text)),
+        "short counts": int(_longest_comma_count(text) >= COMMA_COUNT_SIGN),
+    }
+
+
+def _stray_letters(pattern: re.Pattern[str], text: str) -> int:
+    """Letters standing alone as words, but not where the word before names one ("vitamin C")."""
+    return sum(1 for m in pattern.finditer(text) if _word_before(text, m.start()) not in _NAMES_A_LETTER)
+
+
+def _word_before(text: str, at: int) -> str:
+    words = _WORD.findall(text[max(0, at - 24) : at])
+    return words[-1].lower() if words else ""

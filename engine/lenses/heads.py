@@ -4,7 +4,7 @@ are ``engine.rules``; the loop that applies them, with CALM state propagation, i
 
 ``raw`` is the model's final norm + LM head on the layer's state (the logit lens, today's truncation).
 ``tuned`` first maps the state through the tuned lens's affine translator for that layer
-(``engine.tuned_lens``); at L both heads are the model's own output.
+(``engine.lenses.tuned``); at L both heads are the model's own output.
 """
 
 from __future__ import annotations

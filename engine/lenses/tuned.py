@@ -1,7 +1,6 @@
 """The tuned exit head: one affine translator per layer (Belrose et al. 2023), and loading it.
 
-Kept apart from its training (``engine.tuned_lens``, which generates text with ``engine.generation``) so
-that generation can use a trained head without importing the trainer: no import cycle.
+Its training is ``engine.lenses.training``; loading needs only this module and ``files``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Where a model represents "this prompt is harmful": activations, linear probes, directions, ablation.
 
 * ``activations``: the last-token residual stream at every layer, cached under ``data/activations/``.
-* ``linear``: per-layer logistic and diff-of-means probes (cross-validated on ``engine.cv``'s folds);
-  their content baselines are ``engine.baselines``, the harm-detection rule ``engine.lag``'s.
+* ``linear``: per-layer logistic and diff-of-means probes (cross-validated on ``cv``'s folds); their
+  content baselines are ``baselines`` (both torch-free, numpy + scikit-learn), the harm-detection rule
+  ``engine.lag``'s.
 * ``directions``: per-layer directions, their cosines, the refusal direction.
 * ``ablation``: project a direction out of the residual stream while generating (imports torch).
 * ``analysis`` / ``records``: the whole analysis, and what it leaves in files and the store.

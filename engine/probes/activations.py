@@ -123,7 +123,7 @@ def collect_activations(
 
     ``cache_dir=None`` neither reads nor writes a cache.
     """
-    from engine import lens  # torch: only when activations are computed
+    from engine.lenses import logit  # torch: only when activations are computed
 
     if not prompts:
         raise UserInputError("no prompts to collect activations for")
@@ -136,8 +136,8 @@ def collect_activations(
     residuals = _load_cached(path, prompts) if path and path.exists() else None
     if residuals is None:
         texts = [model_input(p) for p in prompts]
-        batch = batch_size or lens.DEFAULT_BATCH_SIZE
-        residuals = lens.last_token_residuals(loaded, texts, params, batch_size=batch).numpy()
+        batch = batch_size or logit.DEFAULT_BATCH_SIZE
+        residuals = logit.last_token_residuals(loaded, texts, params, batch_size=batch).numpy()
         if path:
             save_residuals(path, residuals, prompts)
     return activations_of(loaded.info.model_hash, prompts, params, residuals)
@@ -151,13 +151,13 @@ def mean_input_embeddings(
     the mean-embedding baseline sees. Batched: padded ids, a masked mean per row."""
     import torch
 
-    from engine import lens
+    from engine.lenses import logit
 
     table = loaded.model.get_input_embeddings()
     encoded = [list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
         raise UserInputError(f"prompts {empty} have no tokens: the embedding baseline needs some text")
-    batch = batch_size or lens.DEFAULT_BATCH_SIZE
+    batch = batch_size or logit.DEFAULT_BATCH_SIZE
     out = np.zeros((len(texts), table.weight.shape[1]), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(encoded), batch):

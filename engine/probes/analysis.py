@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine import baselines as content
-from engine.cv import stratified_folds
 from engine.errors import UserInputError
 from engine.lag import LagSummary, LayerVsBaseline, harm_detection_layer, layers_vs_baseline
+from engine.probes import baselines as content
 from engine.probes.activations import (
     ACTIVATIONS_DIR,
     Activations,
@@ -23,13 +22,14 @@ from engine.probes.activations import (
     mean_input_embeddings,
     save_residuals,
 )
+from engine.probes.cv import stratified_folds
 from engine.probes.directions import cosine_matrix, diff_of_means_directions, probe_directions
 from engine.probes.linear import DEFAULT_FOLDS, DEFAULT_SEED, LayerProbe, probe_layers
 from engine.types import GenerationParams, ModelInfo, Prompt, model_input
 
 if TYPE_CHECKING:
     from engine.executors import Executor, ModelHandle
-    from engine.lens import RefusalCurve
+    from engine.lenses.logit import RefusalCurve
     from engine.models import LoadedModel
 
 
@@ -127,11 +127,11 @@ def analyse(
     """Activations → probes, directions, lens refusal curve and the alignment lag."""
     import torch
 
-    from engine import lens
+    from engine.lenses import logit
 
     activations = collect_activations(loaded, prompts, params, cache_dir=cache_dir)
-    refusal_ids = lens.refusal_token_ids(loaded.tokenizer)
-    mass = lens.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
+    refusal_ids = logit.refusal_token_ids(loaded.tokenizer)
+    mass = logit.refusal_mass(loaded, torch.from_numpy(activations.residuals), refusal_ids)
     embeddings = mean_input_embeddings(loaded, [model_input(p) for p in prompts])
     return analyse_collected(
         loaded.info, prompts, activations, mass, refusal_ids, embeddings, folds=folds, seed=seed
@@ -187,7 +187,7 @@ def analyse_collected(
 ) -> ProbeAnalysis:
     """The model-free half: probes, content baselines, directions, the refusal curve and the lag, from
     arrays collected here or on Ray actors."""
-    from engine import lens
+    from engine.lenses import logit
 
     probes = probe_layers(activations, folds=folds, seed=seed)
     baselines = content_baselines(embeddings, prompts, activations, folds, seed)
@@ -195,8 +195,8 @@ def analyse_collected(
         np.array([p.correct for p in probes]), {name: b.correct for name, b in baselines.items()}
     )
     detected = harm_detection_layer([row.layer for row in versus], [row.passes for row in versus])
-    curve = lens.lens_refusal_curve(refusal_mass, activations.harmful)
-    lag = LagSummary(activations.n_layers, detected, lens.refusal_emergence_layer(curve))
+    curve = logit.lens_refusal_curve(refusal_mass, activations.harmful)
+    lag = LagSummary(activations.n_layers, detected, logit.refusal_emergence_layer(curve))
     return ProbeAnalysis(
         activations=activations,
         probes=probes,

@@ -2,8 +2,8 @@
 
 Two probes on the same folds: a standardised logistic regression (mean accuracy, std, AUROC and the
 per-prompt out-of-fold correctness) and the difference-of-means direction (project, threshold half-way
-between the class means). Folds and the logistic classifier come from ``engine.cv``, shared with the
-content baselines (``engine.baselines``); the harm-detection rule is ``engine.lag``'s.
+between the class means). Folds and the logistic classifier come from ``engine.probes.cv``, shared with the
+content baselines (``engine.probes.baselines``); the harm-detection rule is ``engine.lag``'s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.cv import DEFAULT_FOLDS, DEFAULT_SEED, Splits, logistic_probe, stratified_folds
+from engine.probes.cv import DEFAULT_FOLDS, DEFAULT_SEED, Splits, logistic_probe, stratified_folds
 
 if TYPE_CHECKING:  # only annotations: collecting activations needs torch, reading them does not
     from engine.probes.activations import Activations

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import lag
-from engine.baselines import BASELINE_BOW, BASELINE_EMBEDDING, BASELINE_KIND_PREFIX
 from engine.probes.activations import ACTIVATIONS_DIR, activations_path, save_npz
 from engine.probes.analysis import ProbeAnalysis
+from engine.probes.baselines import BASELINE_BOW, BASELINE_EMBEDDING, BASELINE_KIND_PREFIX
 
 if TYPE_CHECKING:
     from engine.models import LoadedModel

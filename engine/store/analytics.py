@@ -196,8 +196,9 @@ class StoreAnalytics(StoreConnection):
         """Completions judged by both judges, side by side (the latest verdict when no version is given),
         once per prompt set they belong to.
 
-        Columns: completion_key, prompt_set, model_hash, params_hash, params (JSON), layers, label (in
-        that set), copyright, version_a, jailbroken_a, degenerate_a, version_b, jailbroken_b, degenerate_b.
+        Columns: completion_key, prompt_set, model_hash, params_hash, params (JSON), layers, prompt_text,
+        label (in that set), copyright, version_a, jailbroken_a, degenerate_a, version_b, jailbroken_b,
+        degenerate_b.
         """
         side_a, args_a = _latest_verdicts(judge_a, version_a)
         side_b, args_b = _latest_verdicts(judge_b, version_b)
@@ -205,8 +206,8 @@ class StoreAnalytics(StoreConnection):
         _set_filters(clauses, set_args, prompt_sets)
         sql = f"""
             WITH g AS ({SET_GENERATIONS}), a AS ({side_a}), b AS ({side_b})
-            SELECT g.completion_key, g.prompt_set, g.model_hash, g.params_hash, g.params, g.layers, g.label,
-                   g.copyright,
+            SELECT g.completion_key, g.prompt_set, g.model_hash, g.params_hash, g.params, g.layers,
+                   g.prompt_text, g.label, g.copyright,
                    a.version AS version_a, a.jailbroken AS jailbroken_a, a.degenerate AS degenerate_a,
                    b.version AS version_b, b.jailbroken AS jailbroken_b, b.degenerate AS degenerate_b
             FROM g JOIN a USING (completion_key) JOIN b USING (completion_key)

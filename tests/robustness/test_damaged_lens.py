@@ -14,7 +14,7 @@ import torch
 from conftest import build_tiny_model
 
 import engine.lenses.files
-import engine.tuned_lens
+import engine.lenses.training
 from engine.cli import main
 from engine.generation import generate
 from engine.lenses.files import (
@@ -25,9 +25,9 @@ from engine.lenses.files import (
     lens_weights_path,
     read_lens_report,
 )
+from engine.lenses.training import TrainedLens, save_lens
 from engine.lenses.tuned import TunedLens, load_lens
 from engine.models import from_objects, load_model
-from engine.tuned_lens import TrainedLens, save_lens
 from engine.types import GenerationParams
 
 N_LAYERS = 4
@@ -256,6 +256,53 @@ def test_cli_names_the_damaged_lens_file(tiny_model_dir, tiny_hash, lens_dir, db
         assert f"python -m engine lens train --model {model}" in line
 
 
+def test_a_damaged_lens_met_on_a_ray_actor_is_its_own_sentence(loaded, lens_dir, monkeypatch):
+    """A unit that raises on an actor comes back from ``ray.get`` wrapped in Ray's RayTaskError, which is
+    an instance of the user's error too but whose message is the remote traceback. The driver re-raises
+    the user's own error (one sentence); a bug keeps Ray's wrapper and its traceback. No cluster: the
+    actor's body runs here, and its error is wrapped as Ray wraps it."""
+    ray_executor = pytest.importorskip("engine.executors.ray_executor")
+    from ray.exceptions import RayTaskError
+
+    from engine.executors.base import WorkUnit
+    from engine.types import prompt_from_text
+
+    weights, _sidecar = saved(loaded)
+    state = valid_state()
+    torch.save({**state, "weight": torch.full_like(state["weight"], math.nan)}, weights)
+    worker = object.__new__(ray_executor.GenerationWorker)
+    worker.loaded = loaded
+    unit = WorkUnit(tuple(prompt_from_text(text) for text in PROMPTS), (2,))
+
+    def as_ray_raises(error: BaseException) -> BaseException:
+        return RayTaskError(
+            "GenerationWorker.generate", "Traceback (most recent call last):\n  ...", error, pid=1, ip="node"
+        ).as_instanceof_cause()
+
+    with pytest.raises(DamagedLensError) as on_actor:
+        worker.generate(unit, TUNED, None)
+    executor = object.__new__(ray_executor.RayExecutor)
+    executor.stop, executor.unit_timeout_s = None, 60.0
+    monkeypatch.setattr(ray_executor.ray, "wait", lambda refs, num_returns, timeout: (refs[:1], refs[1:]))
+    for failure, expected in ((on_actor.value, DamagedLensError), (ZeroDivisionError("a bug"), RayTaskError)):
+        wrapped = as_ray_raises(failure)
+        assert "\n" in str(wrapped)  # what the user saw before: Ray's traceback as the message
+
+        def get(_ref, wrapped=wrapped):
+            raise wrapped
+
+        monkeypatch.setattr(ray_executor.ray, "get", get)
+        with pytest.raises(expected) as caught:
+            list(executor._dispatch(["actor"], 1, lambda _actor, _index: "ref"))
+        if expected is DamagedLensError:
+            message = str(caught.value)
+            assert not isinstance(caught.value, RayTaskError) and message == str(on_actor.value)
+            assert "\n" not in message and str(weights) in message and "lens train" in message, message
+            assert ray_executor._root_cause(wrapped) == message  # load and judge failures quote it too
+        else:
+            assert caught.value is wrapped
+
+
 # ---------------------------------------------------------------- saving
 
 
@@ -306,9 +353,9 @@ def test_an_interrupted_save_never_leaves_a_lens_that_loads_wrongly(loaded, lens
             raise Interrupted
         return real_replace(src, dst)
 
-    monkeypatch.setattr(engine.tuned_lens.torch, "save", save)
+    monkeypatch.setattr(engine.lenses.training.torch, "save", save)
     monkeypatch.setattr(Path, "write_text", write_text)
-    monkeypatch.setattr(engine.tuned_lens.os, "replace", replace)
+    monkeypatch.setattr(engine.lenses.training.os, "replace", replace)
     with pytest.raises(Interrupted):
         save_lens(TrainedLens(new, {"model_hash": loaded.info.model_hash}))
     monkeypatch.undo()

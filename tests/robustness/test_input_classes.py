@@ -28,6 +28,7 @@ from engine.datasets import DatasetError
 from engine.datasets.csvfiles import parse_csv
 from engine.depths import DepthError, parse_percentages
 from engine.generation import decode_rows, encode_prompt, fit_prompt, generate
+from engine.lenses.heads import RAW_HEAD
 from engine.modelfiles import smollm_gguf_file
 from engine.models import ModelLoadError, from_objects
 from engine.store import Store
@@ -202,7 +203,9 @@ def test_output_buffers_grow_with_the_answer_not_with_max_new_tokens(tiny_tokeni
     loaded = from_objects(build_tiny_model("llama", n_layers=2), tiny_tokenizer)
     loaded = dataclasses.replace(loaded, eos_token_ids=tuple(range(loaded.model.config.vocab_size)))
     ids = encode_prompt(tiny_tokenizer, "Hello there", GenerationParams())
-    rows = decode_rows(loaded, [ids, ids[:3]], [2, 1], GenerationParams(max_new_tokens=10**12))
+    rows = decode_rows(
+        loaded, [ids, ids[:3]], [2, 1], GenerationParams(max_new_tokens=10**12), None, RAW_HEAD
+    )
     assert [len(r.token_ids) for r in rows] == [1, 1, 1, 1]
 
 

@@ -1,5 +1,5 @@
 """One rule for prompts longer than the context: probes, the logit lens, the Ray activation path and
-tuned-lens training cut them exactly as generation does (``engine.generation.fit_prompts``), so no model
+tuned-lens training cut them exactly as generation does (``engine.decoding.prompts.fit_prompts``), so no model
 ever reads a position it was not built for and every path sees the prompt generation saw."""
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from engine.executors.local import chunk_activations
-from engine.generation import encode_prompt, fit_prompt, generate
-from engine.lens import last_token_residuals, logit_lens_strip, residuals_for_ids
+from engine.generation import encode_prompt, fit_prompt, generate, prompts_with_answers
+from engine.lenses.logit import last_token_residuals, logit_lens_strip, residuals_for_ids
 from engine.models import from_objects
 from engine.probes import activations_path, collect_activations
 from engine.tiny import build_tiny_model
-from engine.tuned_lens import benign_sequences
 from engine.types import GenerationParams, Prompt
 
 LONG = "please tell me a story about the sea " * 300 + "THE END"
@@ -81,7 +80,7 @@ def test_probe_activations_and_the_ray_chunk_path_cut_alike(loaded, widest_input
 
 def test_tuned_lens_training_text_is_the_fitted_prompt_and_its_answer(loaded, widest_input):
     generate_tokens = 6
-    [sequence] = benign_sequences(loaded, [LONG], generate_tokens)
+    [sequence] = prompts_with_answers(loaded, [LONG], generate_tokens)
     params = GenerationParams(max_new_tokens=generate_tokens)
     prompt_ids = fitted_ids(loaded, LONG, params)
     [answer] = generate(loaded, [LONG], [loaded.n_layers], params)
@@ -98,8 +97,8 @@ def test_activation_files_of_other_budgets_are_kept_apart():
 
 def test_only_the_fitting_rule_encodes_prompts_for_a_model():
     """Every engine module that feeds prompt tokens to a model gets them from ``fit_prompts``: the bare
-    encoders are used only inside generation (by the rule itself) and by the demo model's training-data
-    encoder (its own short prompts, tokenizer training, no model yet)."""
+    encoders are used only by the rule itself (``decoding/prompts``, re-exported by ``generation``) and by
+    the demo model's training-data encoder (its own short prompts, tokenizer training, no model yet)."""
     users = set()
     for path in ENGINE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -107,4 +106,4 @@ def test_only_the_fitting_rule_encodes_prompts_for_a_model():
                 name = node.id if isinstance(node, ast.Name) else node.attr
                 if name in {"encode_prompt", "encode_prompts"}:
                     users.add(path.relative_to(ENGINE).as_posix())
-    assert users <= {"generation.py", "demo_model/tokenizer.py"}, users
+    assert users <= {"decoding/prompts.py", "generation.py", "demo_model/tokenizer.py"}, users

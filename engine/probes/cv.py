@@ -1,5 +1,5 @@
 """Cross-validation shared by the per-layer probes (engine.probes) and their content baselines
-(engine.baselines): one fold maker and one probe classifier, so every accuracy compared across them
+(engine.probes.baselines): one fold maker and one probe classifier, so every accuracy compared across them
 is computed on exactly the same folds. numpy + scikit-learn only (imported inside functions)."""
 
 from __future__ import annotations

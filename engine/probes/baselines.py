@@ -2,7 +2,7 @@
 no torch, no I/O.
 
 A probe that separates harmful from benign prompts proves little if the prompts' words already do.
-Two baselines read the content alone, on exactly the folds the probes use (``engine.cv``):
+Two baselines read the content alone, on exactly the folds the probes use (``engine.probes.cv``):
 
 * bag of words: word counts of the prompt text (vocabulary fitted on the training folds), logistic
   regression;
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cv import Splits, fold_mean_accuracy, logistic_probe, out_of_fold_correct
+from engine.probes.cv import Splits, fold_mean_accuracy, logistic_probe, out_of_fold_correct
 
 BASELINE_BOW = "bow"
 BASELINE_EMBEDDING = "embedding"

@@ -34,7 +34,7 @@ import torch
 
 from engine import lag
 from engine.decoding.capture import captured_residuals
-from engine.generation import fit_prompts, left_pad, position_ids_for
+from engine.decoding.prompts import fit_prompts, left_pad, position_ids_for
 from engine.lag import EMERGENCE_ALPHA, EMERGENCE_MARGIN
 from engine.models import LoadedModel
 from engine.types import GenerationParams
@@ -84,7 +84,7 @@ def last_token_residuals(
     """Residual stream at the last prompt token for every text and layer: float32 [n, L+1, hidden].
 
     Prompts are rendered and fitted to the context exactly as for generation (chat template per
-    ``params``; too long a prompt loses its oldest tokens, ``engine.generation.fit_prompts``) and run in
+    ``params``; too long a prompt loses its oldest tokens, ``engine.decoding.prompts.fit_prompts``) and run in
     batches of similar length, so padding stays short.
     """
     params = params or GenerationParams()

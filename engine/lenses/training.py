@@ -9,8 +9,10 @@ output). Written with torch alone (the ``tuned-lens`` package pins old libraries
 
 Training text: the prompts rendered as for generation, each followed by the model's own greedy
 full-depth completion (so the lens sees the assistant text that exits will read). Prompts are split
-into train and held-out sets before anything is computed; the held-out KL per layer for the tuned and
-raw heads goes into the sidecar (``engine.lenses.files``).
+into train and held-out sets (``split_texts``) before anything is computed; the held-out KL per layer
+for the tuned and raw heads goes into the sidecar (``engine.lenses.files``). Generating the answers
+sits above this package (``engine.usecases.train_tuned_lens`` does it and calls ``train_lens`` with
+the token sequences), so the lenses stay below generation, which reads exits through them.
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ import torch
 from torch import nn
 
 from engine.decoding.capture import captured_residuals
+from engine.decoding.prompts import left_pad, position_ids_for
 from engine.errors import UserInputError
-from engine.lenses.files import LensNotFoundError, lens_sidecar_path, lens_weights_path
-from engine.lenses.tuned import TunedLens, load_lens
+from engine.lenses.files import lens_sidecar_path, lens_weights_path
+from engine.lenses.tuned import TunedLens
 from engine.models import LoadedModel
-from engine.types import GenerationParams
 
 DEFAULT_STEPS = 300
 DEFAULT_BATCH_TOKENS = 32
@@ -43,34 +45,10 @@ DEFAULT_GENERATE_TOKENS = 48
 HELDOUT_FRACTION = 0.2
 MAX_HELDOUT_TOKENS = 256  # evaluation runs the LM head L times per token: keep it to a minute on CPU
 
-__all__ = [
-    "LensNotFoundError",
-    "TrainedLens",
-    "TunedLens",
-    "layer_kl",
-    "load_lens",
-    "save_lens",
-    "train_lens",
-]
-
 Progress = Callable[[str, int, int, float | None], None]  # (stage, done, total, current loss)
 
 
 # ---------------------------------------------------------------- training data
-
-
-def benign_sequences(
-    loaded: LoadedModel, texts: Sequence[str], generate_tokens: int = DEFAULT_GENERATE_TOKENS
-) -> list[list[int]]:
-    """Each prompt rendered for generation, followed by the model's own greedy full-depth answer."""
-    from engine.generation import fit_prompts, generate
-
-    params = GenerationParams(max_new_tokens=max(1, generate_tokens))
-    encoded = [ids for ids, _ in fit_prompts(loaded, texts, params)]  # as generate() feeds them
-    if generate_tokens <= 0:
-        return encoded
-    answers = generate(loaded, list(texts), [loaded.n_layers], params)
-    return [ids + list(answer.token_ids) for ids, answer in zip(encoded, answers, strict=True)]
 
 
 def collect_states(
@@ -80,8 +58,6 @@ def collect_states(
 
     Positions shared by every sequence (a common template prefix has identical states) are kept once.
     """
-    from engine.generation import left_pad, position_ids_for
-
     common = _common_prefix(sequences)
     chunks = []
     with loaded.lock, torch.inference_mode():
@@ -172,7 +148,8 @@ class TrainedLens:
     report: dict  # the sidecar: hashes, corpus, steps, held-out KL per layer (tuned and raw)
 
 
-def _split(texts: Sequence[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+def split_texts(texts: Sequence[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded split into training and held-out texts (at least one held out)."""
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     n_heldout = max(1, round(len(texts) * heldout_fraction))
@@ -184,34 +161,32 @@ def _split(texts: Sequence[str], heldout_fraction: float, seed: int) -> tuple[li
 
 def train_lens(
     loaded: LoadedModel,
-    texts: Sequence[str],
+    train_sequences: Sequence[Sequence[int]],
+    heldout_sequences: Sequence[Sequence[int]],
     *,
     steps: int = DEFAULT_STEPS,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     lr: float = DEFAULT_LR,
-    generate_tokens: int = DEFAULT_GENERATE_TOKENS,
-    heldout_fraction: float = HELDOUT_FRACTION,
     max_heldout_tokens: int = MAX_HELDOUT_TOKENS,
     seed: int = 0,
     corpus: str = "benign",
+    generate_tokens: int = DEFAULT_GENERATE_TOKENS,
     on_progress: Progress | None = None,
 ) -> TrainedLens:
-    """Train a tuned lens for ``loaded`` on ``texts`` (+ the model's answers); report held-out KL.
+    """Train a tuned lens for ``loaded`` on token sequences (one per text: the prompt and the model's
+    answer); report held-out KL. ``corpus`` and ``generate_tokens`` (answer tokens per text) are
+    recorded in the sidecar.
 
-    ``on_progress(stage, done, total, loss)`` is called with stage "generate", "train" (each step,
-    with the training loss) and "evaluate".
+    ``on_progress(stage, done, total, loss)`` is called with stage "train" (each step, with the
+    training loss) and "evaluate".
     """
     began = time.perf_counter()
     report_progress = on_progress or (lambda *_args: None)
-    train_texts, heldout_texts = _split(list(texts), heldout_fraction, seed)
-    report_progress("generate", 0, 2, None)
-    train_states = collect_states(loaded, benign_sequences(loaded, train_texts, generate_tokens))
-    report_progress("generate", 1, 2, None)
-    heldout_states = collect_states(loaded, benign_sequences(loaded, heldout_texts, generate_tokens))
+    train_states = collect_states(loaded, train_sequences)
+    heldout_states = collect_states(loaded, heldout_sequences)
     if heldout_states.shape[0] > max_heldout_tokens:  # a seeded random subset of held-out positions
         pick = torch.randperm(heldout_states.shape[0], generator=torch.Generator().manual_seed(seed))
         heldout_states = heldout_states[pick[:max_heldout_tokens].sort().values]
-    report_progress("generate", 2, 2, None)
 
     lens = TunedLens(loaded.n_layers, loaded.info.hidden_size).to(loaded.device)
     optimizer = torch.optim.Adam(lens.parameters(), lr=lr)
@@ -239,8 +214,8 @@ def train_lens(
         "n_layers": loaded.n_layers,
         "lens_hash": lens.lens_hash,
         "corpus": corpus,
-        "n_texts_train": len(train_texts),
-        "n_texts_heldout": len(heldout_texts),
+        "n_texts_train": len(train_sequences),
+        "n_texts_heldout": len(heldout_sequences),
         "generated_tokens_per_text": generate_tokens,
         "train_tokens": int(train_states.shape[0]),
         "heldout_tokens": int(heldout_states.shape[0]),
