@@ -78,8 +78,8 @@ def curve_report(rows_by_depth: dict[int, tuple[int, int, int]], n_layers: int =
 
 
 def test_contrast_pairs_are_trained_with_their_intent_and_the_probed_position():
-    from engine.demo_model.training import last_prompt_positions
     from engine.decoding.prompts import fit_prompt
+    from engine.demo_model.training import last_prompt_positions
     from engine.types import GenerationParams
 
     pairs = demo_model.contrast_prompts()
