@@ -37,9 +37,22 @@ if TYPE_CHECKING:
 
 
 def known_model(store: Store, name: str) -> ModelInfo | None:
-    """The most recently stored ModelInfo whose model_id is ``name`` (None if never stored)."""
+    """The most recently stored ModelInfo whose model_id is ``name`` (None if never stored); a local
+    folder matches however it was written (relative or absolute), since the CLI and the dashboard may
+    name the same folder differently."""
     matches = [info for info in store.list_models() if info.model_id == name]
+    if not matches:
+        folder = _local_folder(name)
+        matches = [info for info in store.list_models() if folder and _local_folder(info.model_id) == folder]
     return matches[-1] if matches else None
+
+
+def _local_folder(model_id: str) -> Path | None:
+    path = Path(model_id).expanduser()
+    try:
+        return path.resolve() if path.exists() else None
+    except OSError:  # an id that cannot be a path (too long, bad characters): a hub id
+        return None
 
 
 # ---------------------------------------------------------------- prompts and completions

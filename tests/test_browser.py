@@ -366,10 +366,12 @@ def seed_story(folder: Path) -> tuple[Path, dict[str, str]]:
         generate_missing(store, loaded, demo[:1], layers, other)
         judge_stored(store, [get_judge(KEYWORD)], demo[:1], loaded.info.model_hash, layers, other.key())
         label_by_hand(store, loaded.info.model_hash, demo[:8])
-        analysis = probes.analyse(loaded, demo, GenerationParams(), cache_dir=activations)
-        records = probes.probe_records(analysis, probes.save_directions(analysis, activations))
-        store.save_prompt_set("demo", demo, source="demo", set_id=records[0].set_id)
-        store.save_probe_results(records, replace=True)
+        for name in ("demo", "contrast"):  # contrast: where the full build shows its alignment lag
+            prompts = load_prompt_set(name)
+            analysis = probes.analyse(loaded, prompts, GenerationParams(), cache_dir=activations)
+            records = probes.probe_records(analysis, probes.save_directions(analysis, activations))
+            store.save_prompt_set(name, prompts, source=name, set_id=records[0].set_id)
+            store.save_probe_results(records, replace=True)
     env = os.environ | {
         "DEPTHSCOPE_DB": str(db),
         "DEPTHSCOPE_MODEL": str(model_dir),
@@ -568,6 +570,7 @@ STORY = [  # (screenshot name, path, sidebar choices): the report first (see PAG
     ("judges", "judges", ()),
     ("judges-human", "judges", (("judge-b", "human"),)),
     ("probes", "probes", ()),
+    ("probes-contrast", "probes", (("prompt_set", "Lexical contrast pairs"),)),
     ("report-overrefusal", "report", (("prompt_set", "Over-refusal"),)),
 ]
 

@@ -115,3 +115,20 @@ def test_cli_report_names_models_as_the_pages_do(db_path, capsys):
     assert "Models: DepthScope demo model is data/models/depthscope-demo." in lines
     headline = next(line for line in lines if "harmful compliance" in line)
     assert "DepthScope demo model's harmful compliance" in headline and "data/models" not in headline
+
+
+def test_a_local_folder_is_known_however_its_path_was_written(tmp_path, monkeypatch):
+    """The CLI may store a folder by a relative path and the dashboard name it absolutely (or the other
+    way round): its stored results (probes, headlines) must still be found."""
+    from engine import queries
+
+    folder = tmp_path / "models" / "my-model"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.save_model(ModelInfo("models/my-model", "h1", "LlamaForCausalLM", 4, 32, "float32", "cpu"))
+        store.save_model(ModelInfo("org/other", "h2", "LlamaForCausalLM", 4, 32, "float32", "cpu"))
+        assert queries.known_model(store, str(folder)).model_hash == "h1"
+        assert queries.known_model(store, "./models/my-model").model_hash == "h1"
+        assert queries.known_model(store, "org/other").model_hash == "h2"
+        assert queries.known_model(store, "models/absent") is None
