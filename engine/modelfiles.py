@@ -30,6 +30,7 @@ __all__ = [
     "model_files_problem",
     "model_name",
     "model_names",
+    "one_per_model",
     "peek_context_length",
     "peek_n_layers",
     "smollm_gguf_file",
@@ -53,6 +54,25 @@ def is_demo_model(source: str) -> bool:
         return Path(source).expanduser().resolve() == DEMO_MODEL_DIR.resolve()
     except (OSError, ValueError):
         return False
+
+
+def one_per_model(model_ids: Iterable[str]) -> list[str]:
+    """The ids in order, without a later one naming the same local folder as an earlier one (relative
+    or absolute, or the demo model by its name): a model menu lists each model once."""
+    kept: dict[str, str] = {}
+    for model_id in model_ids:
+        kept.setdefault(_folder_key(str(model_id)), str(model_id))
+    return list(kept.values())
+
+
+def _folder_key(model_id: str) -> str:
+    if model_id == DEMO_MODEL:
+        return str(DEMO_MODEL_DIR.resolve())
+    try:  # resolved against the one base every path is resolved against
+        path = resolve(model_id)
+        return str(path) if looks_like_path(model_id) and path.exists() else model_id
+    except (OSError, ValueError, RuntimeError):
+        return model_id
 
 
 def embedded_model_names() -> dict[str, str]:

@@ -237,7 +237,7 @@ def model_options(db: str) -> list[str]:
     names = [default_model(), *modelfiles.embedded_model_names()]
     with contextlib.suppress(StoreError):  # the page shows the store error
         names += [info.model_id for info in stored_models(db)]
-    return [*dict.fromkeys(names), OTHER_MODEL]
+    return [*modelfiles.one_per_model(names), OTHER_MODEL]
 
 
 def model_label(name: str) -> str:

@@ -5,6 +5,7 @@ headlines use the same names, and the full ids stay available."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from engine import modelfiles, report
@@ -132,3 +133,16 @@ def test_a_local_folder_is_known_however_its_path_was_written(tmp_path, monkeypa
         assert queries.known_model(store, "./models/my-model").model_hash == "h1"
         assert queries.known_model(store, "org/other").model_hash == "h2"
         assert queries.known_model(store, "models/absent") is None
+
+
+def test_the_model_menu_lists_one_folder_once(tmp_path):
+    """A folder stored by a relative path and chosen by its absolute one (the server resolves its model
+    setting) is one model: the menu lists it once, so it is not told apart from itself by its path."""
+    from engine.paths import REPO_ROOT
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    relative = os.path.relpath(folder, REPO_ROOT)
+    ids = [str(folder), relative, "org/hub-model", "org/hub-model", str(folder) + "/"]
+    assert modelfiles.one_per_model(ids) == [str(folder), "org/hub-model"]
+    assert modelfiles.one_per_model([modelfiles.DEMO_MODEL, str(DEMO_MODEL_DIR)]) == [modelfiles.DEMO_MODEL]
