@@ -256,6 +256,7 @@ def test_a_cut_inside_the_band_refuses_with_the_whole_refusal_sentence(small_bui
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the full build: 3-8 min on 2 cores, longer on a shared machine
 def test_full_build_verifies_on_every_depth(tmp_path, monkeypatch, capsys):
     from engine import modelfiles
 
