@@ -132,6 +132,10 @@ def batched_generate(
 
 
 EXIT_CASES = [("confidence", 0.5, 4), ("confidence", 0.9, 4), ("saturation", 0.9, 1)]  # min layers of 8
+# A random 7B never grows confident and its top token never changes after the first layer, so every
+# saturation exit lands on the minimum layer: the minimum sets c exactly (16/32 = 0.5, 24/32 = 0.75),
+# which measures what the loop realises for a known exit depth; confidence shows the head's overhead.
+EXIT_CASES_7B = [("confidence", 0.5, 4), ("saturation", 0.9, 16), ("saturation", 0.9, 24)]
 
 
 def spread(values: list[float]) -> str:
@@ -153,7 +157,9 @@ def interleaved(
     return seconds
 
 
-def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationParams, rounds: int) -> None:
+def early_exit_case(
+    loaded: LoadedModel, prompts: list[str], params: GenerationParams, rounds: int, cases: list[tuple]
+) -> None:
     """Per rule setting: tokens/s relative to the static full-depth batch (interleaved rounds), the counted
     compute fraction c (mean exit layer ÷ L) and the realisation (tokens/s ratio × c; 1.0 = the whole
     counted saving shows up in wall time).
@@ -166,7 +172,7 @@ def early_exit_case(loaded: LoadedModel, prompts: list[str], params: GenerationP
     full = generate(loaded, prompts, [n_layers], params)
     full_tokens = sum(len(c.token_ids) for c in full)
     generate(loaded, prompts, [n_layers], first_only)
-    for policy, threshold, min_layers in EXIT_CASES:
+    for policy, threshold, min_layers in cases:
         exit_params = replace(params, exit_policy=policy, threshold=threshold, min_layers=max(1, min_layers))
         done = generate(loaded, prompts, [], exit_params)
         generate(loaded, prompts, [], replace(exit_params, max_new_tokens=1))
@@ -290,17 +296,21 @@ def main() -> int:
     print(f"full depth alone: {full_s:.2f} s; depth_overhead: {ours_s / full_s:.2f}")
     print(f"identical completions: {len(naive) - len(mismatches)}/{len(naive)} (naive loop)")
     print(f"identical to batched generate: {batched_same}/{len(batched)} (left padding may flip near-ties)")
+    exact = loaded.info.dtype == "float32"  # in bf16 a batch's shape changes the rounding: near-ties flip
     if mismatches:
-        print(f"MISMATCH on {mismatches[:3]}")
+        print(f"{'MISMATCH' if exact else 'differs (bf16 rounding, not a failure)'} on {mismatches[:3]}")
+    if not exact:
+        print("exactness is asserted in float32 (tests/test_truncation.py; tests/test_gpu.py on CUDA)")
     if args.early_exit:
-        early_exit_case(loaded, prompts, params, args.rounds)
+        cases = EXIT_CASES_7B if args.preset == "7b" else EXIT_CASES
+        early_exit_case(loaded, prompts, params, args.rounds, cases)
     naive_share = len(naive_subset) / n_prompts  # the naive loop ran on fewer prompts: per completion
     vs_batched = [b / o for b, o in zip(seconds["batched"], seconds["ours"], strict=True)]
     vs_naive = [n / naive_share / o for n, o in zip(seconds["naive"], seconds["ours"], strict=True)]
     print(f"rounds: {args.rounds} interleaved after a warm-up; median (min–max) over the rounds")
     print(f"speedup_vs_batched_generate: {spread(vs_batched)}")
     print(f"speedup_vs_naive: {spread(vs_naive)}")
-    return 1 if mismatches else 0
+    return 1 if mismatches and exact else 0
 
 
 if __name__ == "__main__":

@@ -64,8 +64,12 @@ class LoadedModel:
         return lm_head_of(self.model, self.spec)
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Final norm + LM head (+ the logit soft-cap some models apply) on residual-stream states."""
-        logits = self.lm_head(self.final_norm(hidden))
+        """Final norm + LM head (+ the logit soft-cap some models apply) on residual-stream states.
+
+        States kept in float32 (lens training, probes) meet a bf16/fp16 head on a GPU: they take the
+        head's dtype, as the model's own last layer would have handed them over."""
+        head_dtype = next(self.lm_head.parameters()).dtype
+        logits = self.lm_head(self.final_norm(hidden.to(head_dtype)))
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -94,7 +94,9 @@ def run_probe(
     """Activations → probes, directions and the alignment lag (``engine.probes.analyse``), saved; returns
     the analysis. ``settings``: folds, seed."""
     from engine.probes import analyse
+    from engine.probes.cv import require_both_classes
 
+    require_both_classes([p.label == "harmful" for p in prompts])  # before the activations cost anything
     analysis = analyse(loaded, prompts, params, cache_dir=cache_dir, **settings)
     save_probe(store, loaded, prompts, set_name, analysis, cache_dir)
     return analysis

@@ -14,7 +14,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from engine.tiny import TINY_CONFIGS, build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 N_LAYERS = 6
-__all__ = ["TINY_CONFIGS", "N_LAYERS", "build_tiny_model", "build_tiny_tokenizer", "save_tiny_checkpoint"]
+REPO_ROOT = Path(__file__).resolve().parent.parent
+__all__ = [
+    "TINY_CONFIGS",
+    "N_LAYERS",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "save_tiny_checkpoint",
+    "child_env",
+]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for an ``engine`` child process: the repository first on PYTHONPATH, whatever
+    the parent had after it (an install outside the venv keeps working), offline."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", **extra}
 
 
 @pytest.fixture(scope="session")

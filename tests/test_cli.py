@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import child_env
 
 from engine.cli import main
 from engine.generation import encode_prompts
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = child_env()
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],
         capture_output=True,
@@ -46,6 +46,8 @@ def test_generate_json_contract(tiny_model_dir):
         "--max-new-tokens",
         "12",
         "--json",
+        "--device",
+        "cpu",  # the reference below runs in float32 on CPU; a GPU would default to bf16
     )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)  # stdout is exactly one JSON document

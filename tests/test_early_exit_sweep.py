@@ -259,3 +259,22 @@ def test_version_2_file_gains_exit_columns_and_old_rows_read_as_static(db_path, 
         )
         assert store.save_generations([new], params=EXIT) == 1
         assert store.get_completion(new.key).exit_layers == (2, 5, 8)
+
+
+def test_a_half_precision_model_trains_a_tuned_lens_and_sweeps_with_it(
+    tiny_model_dir, prompts_csv, db_path, capsys, no_lenses
+):
+    """On a GPU the CLI loads bf16 by default; the lens keeps its states in float32, and the model's head
+    must still take them (bf16 on CPU here takes the same path)."""
+    half = ["--dtype", "bfloat16", "--device", "cpu"]
+    train = ["lens", "train", "--model", str(tiny_model_dir), "--prompts", str(prompts_csv), "--steps", "2",
+             "--batch-tokens", "4", "--generate-tokens", "2", "--json", *half]  # fmt: skip
+    code, out, err = run(train, capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert all(k >= 0 for k in report["kl_tuned"]) and report["kl_raw"][-1] == pytest.approx(0, abs=1e-6)
+    sweep = ["sweep", "--model", str(tiny_model_dir), "--prompts", str(prompts_csv), "--db", str(db_path),
+             "--max-new-tokens", "3", "--exit-policy", "confidence", "--threshold", "0.5",
+             "--exit-head", "tuned", *half]  # fmt: skip
+    code, _out, err = run(sweep, capsys)
+    assert code == 0 and "5 new completions" in err, err

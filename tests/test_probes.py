@@ -397,3 +397,33 @@ def test_probe_on_the_default_model_and_demo_set(tmp_path):
     assert len(analysis.probes) == loaded.n_layers + 1 == 31
     assert max(p.accuracy for p in analysis.probes) >= 0.95
     assert set(analysis.baselines) == {"bow", "embedding"}
+
+
+def test_a_set_without_both_labels_is_one_sentence_before_any_compute(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """A set of harmful prompts only cannot be probed: exit 2 with one sentence, no model loaded."""
+    import engine.cli.probe
+
+    def no_model(*_args, **_kwargs):
+        raise AssertionError("the model loaded for a set that cannot be probed")
+
+    monkeypatch.setattr(engine.cli.probe, "_analyse", no_model)
+    csv = tmp_path / "harmful-only.csv"
+    csv.write_text(to_csv([Prompt(f"h{i}", f"harmful request {i}", "harmful") for i in range(5)]))
+    code = main(
+        ["probe", "--model", str(tiny_model_dir), "--prompts", str(csv), "--db", str(tmp_path / "r.duckdb")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "at least 2 harmful and 2 benign" in err and "(got 5 harmful, 0 benign)" in err, err
+
+
+def test_the_probe_use_case_checks_the_labels_before_any_compute(loaded, monkeypatch):
+    from engine import usecases
+    from engine.errors import UserInputError
+
+    monkeypatch.setattr(probes, "analyse", lambda *a, **k: pytest.fail("activations computed"))
+    prompts = [Prompt("a", "bomb", "harmful"), Prompt("b", "bread", "benign"), Prompt("c", "x", "benign")]
+    with pytest.raises(UserInputError, match="at least 2 harmful and 2 benign"):
+        usecases.run_probe(None, loaded, prompts, "tiny", GenerationParams(), cache_dir=None)

@@ -61,11 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_probe(args: argparse.Namespace) -> int:
     from engine.datasets import load_prompt_set
+    from engine.probes.cv import require_both_classes
     from engine.store import StoreError
 
     if args.folds < 2:
         raise UsageError("--folds must be at least 2")
     prompts = load_prompt_set(args.prompts)
+    require_both_classes([p.label == "harmful" for p in prompts])  # before the model loads
     if not args.no_save:
         _refuse_a_foreign_db(args.db)
     params = GenerationParams(chat_template=not args.no_chat_template, system_prompt=args.system_prompt)

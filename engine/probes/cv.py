@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import UserInputError
+
 DEFAULT_FOLDS = 5
 DEFAULT_SEED = 0
 
@@ -19,14 +21,22 @@ def stratified_folds(harmful: np.ndarray, folds: int = DEFAULT_FOLDS, seed: int 
     from sklearn.model_selection import StratifiedKFold
 
     harmful = np.asarray(harmful, dtype=bool)
+    smallest = require_both_classes(harmful)
+    splitter = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(harmful)), harmful))
+
+
+def require_both_classes(harmful) -> int:
+    """The smaller class's size; a user error (before any compute, when called first) unless both the
+    harmful and the benign class hold at least two prompts, the least a stratified split can use."""
+    harmful = np.asarray(harmful, dtype=bool)
     smallest = int(min(harmful.sum(), (~harmful).sum()))
     if smallest < 2:
-        raise ValueError(
+        raise UserInputError(
             f"probing needs at least 2 harmful and 2 benign prompts (got {int(harmful.sum())} harmful, "
             f"{int((~harmful).sum())} benign): use a prompt set with a label column, e.g. 'demo'"
         )
-    splitter = StratifiedKFold(n_splits=min(folds, smallest), shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(harmful)), harmful))
+    return smallest
 
 
 def logistic_probe(C: float = 1.0):

@@ -71,8 +71,8 @@ def test_a_saturation_threshold_of_minus_zero_is_zero(zero):
 def test_sweep_with_temperature_minus_zero_reuses_every_row(tiny_model_dir, db_path, capsys):
     """The CLI path: `--temperature=-0` after a greedy sweep generates nothing, report has each depth once."""
     base = ["sweep", "--model", str(tiny_model_dir), "--layers", "2,8", "--limit", "2",
-            "--max-new-tokens", "3", "--db", str(db_path)]  # fmt: skip
-    assert main(base) == 0
+            "--max-new-tokens", "3", "--db", str(db_path), "--device", "cpu"]  # fmt: skip
+    assert main(base) == 0  # float32, the CPU default
     capsys.readouterr()
     assert main([*base, "--temperature=-0", "--seed", "9", "--top-p", "0.5"]) == 0
     assert "0 new completions, 4 already stored" in capsys.readouterr().err
@@ -117,9 +117,9 @@ def test_from_objects_keys_bf16_apart(tiny_tokenizer):
 
 def test_local_sweep_applies_dtype_and_keeps_both_precisions(tiny_model_dir, db_path, capsys):
     base = ["sweep", "--model", str(tiny_model_dir), "--layers", "4", "--limit", "2",
-            "--max-new-tokens", "3", "--db", str(db_path)]  # fmt: skip
-    assert main(base) == 0
-    assert main([*base, "--dtype", "bfloat16", "--device", "cpu"]) == 0
+            "--max-new-tokens", "3", "--db", str(db_path), "--device", "cpu"]  # fmt: skip
+    assert main(base) == 0  # float32, the CPU default
+    assert main([*base, "--dtype", "bfloat16"]) == 0
     assert "2 new completions, 0 already stored" in capsys.readouterr().err
     with Store.open(db_path, read_only=True) as store:
         models = {m.dtype: m for m in store.list_models()}

@@ -3,7 +3,6 @@ rows stored so far), and SIGTERM stops the sweep like Ctrl-C: batch rolled back,
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from engine.store import Store
 from tests.test_app_pages import (  # noqa: F401  (fixtures)
@@ -28,7 +28,7 @@ from tests.test_app_pages import (  # noqa: F401  (fixtures)
 ROOT = Path(__file__).resolve().parents[2]
 # Far longer than the readers take, even on a loaded machine (the sweep is stopped long before its end).
 N_PROMPTS, LAYERS = 1000, (8, 5, 2)
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+ENV = child_env()
 
 
 def write_prompts(path: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,7 +94,7 @@ def test_trust_remote_code_is_off_by_default(tiny_model_dir, monkeypatch):
 
 
 def test_no_secrets_in_logs(tiny_model_dir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_TOKEN": "hf_secret_abc123", "HF_HUB_OFFLINE": "1"}
+    env = child_env(HF_TOKEN="hf_secret_abc123")
     result = subprocess.run(
         [sys.executable, "-m", "engine", "-v", "generate", "--model", str(tiny_model_dir), "--layers", "2",
          "--prompt", "Hi", "--max-new-tokens", "2"],

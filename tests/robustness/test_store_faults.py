@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import child_env
 
 from engine.store import SCHEMA_VERSION, Store, StoreLockedError
 
@@ -80,7 +81,7 @@ store.save_prompt_set("set3", prompts(3))
 @contextmanager
 def running(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """A helper process running ``script``; killed (if still alive) and reaped when the block ends."""
-    env = os.environ | {"PYTHONPATH": str(REPO_ROOT)}
+    env = child_env()
     process = subprocess.Popen(
         [sys.executable, "-c", script, *args],
         cwd=REPO_ROOT,

@@ -3,13 +3,13 @@ store is next opened, and resumes without duplicates."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from engine.models import load_model
 from engine.store import Store
@@ -68,7 +68,7 @@ ROWS_PER_BATCH = len(LAYERS)  # --batch-rows 3: one prompt at its three depths
 def test_sigkill_mid_sweep_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.csv")
     killed_db, whole_db = tmp_path / "killed.duckdb", tmp_path / "whole.duckdb"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = child_env()
     total = N_PROMPTS * len(LAYERS)
     log = (tmp_path / "sweep.log").open("w")
     process = subprocess.Popen(
