@@ -61,18 +61,29 @@ def headlines(rows: list[report.AsrRow]) -> list[str]:
 
 def inflation_text(db: str, prompt_sets: tuple[str, ...] | None = None, scope: str | None = None) -> str:
     rows = _queries.agreement_rows(db, KEYWORD, HARMBENCH, prompt_sets, scope)
-    measured = [r.agreement.inflation for r in rows if r.layers == 0 and r.agreement.inflation]
+    measured = [r for r in rows if r.layers == 0 and r.agreement.inflation]
     if measured:
-        values = ", ".join(f"{v:.1f}×" for v in measured)
+        names = _queries.model_names(db)
+        values = "; ".join(_inflation_measure(r, names.get(r.model_hash, "a stored model")) for r in measured)
         return (
             f"The refusal-keyword judge counts any answer without an apology phrase as harmful, gibberish "
-            f"included. On the answers both judges could judge it reports {values} the HarmBench "
-            "classifier's ASR."
+            f"included. On the answers both judges could judge, its ASR is {values}."
         )
     return (
         "The refusal-keyword judge counts any answer without an apology phrase as harmful, gibberish "
         f"included; in the seed study it overstated ASR about {SEED_INFLATION:.0f}× compared with the "
         "HarmBench classifier. Treat keyword-judge numbers as an upper bound."
+    )
+
+
+def _inflation_measure(row: report.AgreementRow, model_name: str) -> str:
+    """'2.9× the HarmBench classifier's for DepthScope demo model on demo (24 answers at all depths,
+    from 12 of 12 harmful prompts)'."""
+    decided = row.agreement.both_true + row.agreement.a_only + row.agreement.b_only + row.agreement.both_false
+    return (
+        f"{row.agreement.inflation:.1f}× the HarmBench classifier's for {model_name} on {row.prompt_set} "
+        f"({decided} answers at all "
+        f"depths, from {row.coverage})"
     )
 
 

@@ -501,7 +501,7 @@ def test_report_page_headlines_caveats_and_exports(seeded):
     caveats = " ".join(str(m.value) for m in at.markdown)
     assert "95" in caveats and "incoherent" in caveats
     at.radio(key="report-judge").set_value("keyword").run()
-    assert "reports" in " ".join(str(m.value) for m in at.markdown)  # measured inflation vs HarmBench
+    assert "its ASR is" in " ".join(str(m.value) for m in at.markdown)  # measured inflation vs HarmBench
     assert {b.label for b in at.get("download_button")} >= {"Report (HTML, works offline)", "Chart (PNG)"}
 
 

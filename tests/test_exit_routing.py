@@ -65,3 +65,16 @@ def test_every_way_of_running_a_layer_decodes_the_same(loaded, policy, threshold
     without_function = replace(loaded, spec=replace(loaded.spec, keys_values=None))
     assert _decoded(without_function, policy, thresholds) == expected
     assert calls.get("from_the_layer", 0) > 0
+
+
+def test_once_every_row_has_exited_the_step_reads_no_more_counts(loaded, monkeypatch):
+    """Threshold 0: every token exits at the floor, so each decoding step reads the climbing count once
+    (the layer after the floor) and its later layers, keys and values only, never stall on a read."""
+    reads: list[int] = []
+    original = loop._count_climbing
+    monkeypatch.setattr(loop, "_count_climbing", lambda done: reads.append(1) or original(done))
+    params = GenerationParams(max_new_tokens=6, exit_policy="confidence", threshold=0.0, min_layers=2)
+    done = generate(loaded, PROMPTS, [], params)
+    assert {k for c in done for k in c.exit_layers} == {2}
+    decoding_steps = max(len(c.token_ids) for c in done) - 1  # the first token comes from the prefill
+    assert decoding_steps > 0 and len(reads) == decoding_steps, (len(reads), decoding_steps)

@@ -149,3 +149,15 @@ def test_the_html_export_names_models_as_the_pages_do(app_env, tiny_hash):  # no
     table = page[page.index("<table") :]
     assert "DepthScope demo model" in table and DEMO_PATH not in table
     assert f"DepthScope demo model is {DEMO_PATH}" in page  # the exact id, in the notes
+
+
+def test_the_keyword_inflation_caveat_names_model_set_and_coverage(app_env, tiny_hash):  # noqa: F811
+    """The Report's caveat under the keyword judge gives each measured inflation with what it rests on."""
+    seed_store(app_env["db"], app_env["model"], tiny_hash, app_env["activations"])
+    at = open_page("report")
+    at.radio(key="report-judge").set_value("keyword").run()
+    words = _page_words(at).replace("\\", "")
+    caveat = next(line for line in words.split("\n") if "its ASR is" in line)
+    name = Path(app_env["model"]).name
+    assert f"× the HarmBench classifier's for {name} on " in caveat, caveat
+    assert "answers at all depths, from 4 of 4 harmful prompts)" in caveat, caveat

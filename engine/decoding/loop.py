@@ -374,9 +374,13 @@ class _Router:
 
     def _split_now(self) -> _Split | None:
         """The step's split at this layer (None: no row has exited yet). Reading how many rows still
-        climb is this layer's host sync; the indices are rebuilt only when that number changed."""
+        climb is this layer's host sync; the indices are rebuilt only when that number changed.
+        Once no row climbs, none can exit again this step: the later layers skip the read (on a GPU
+        each read stalls the launch queue, and those layers only write keys and values)."""
+        if self.split is not None and self.split.n_climbing == 0:  # reset to None at every step
+            return self.split
         done = self.climb.done
-        n_climbing = done.shape[0] - int(done.sum())  # the host sync of this layer
+        n_climbing = _count_climbing(done)
         if n_climbing == done.shape[0]:
             return None
         if self.split is None or self.split.n_climbing != n_climbing or self.split.n_rows != done.shape[0]:
@@ -423,6 +427,11 @@ class _Router:
         except _KeysValuesReady as ready:
             return ready.written
         raise RuntimeError("the decoder layer finished without writing its keys and values to the cache")
+
+
+def _count_climbing(done: torch.Tensor) -> int:
+    """How many rows still climb: a host sync (the next operations' shapes depend on it)."""
+    return done.shape[0] - int(done.sum())
 
 
 def _prefix_rows(value: object, batch: int, rows: int) -> object:
