@@ -79,10 +79,9 @@ def inflation_text(db: str, prompt_sets: tuple[str, ...] | None = None, scope: s
 def _inflation_measure(row: report.AgreementRow, model_name: str) -> str:
     """'2.9× the HarmBench classifier's for DepthScope demo model on demo (24 answers at all depths,
     from 12 of 12 harmful prompts)'."""
-    decided = row.agreement.both_true + row.agreement.a_only + row.agreement.b_only + row.agreement.both_false
     return (
         f"{row.agreement.inflation:.1f}× the HarmBench classifier's for {model_name} on {row.prompt_set} "
-        f"({decided} answers at all "
+        f"({row.agreement.n_decided} answers at all "
         f"depths, from {row.coverage})"
     )
 

@@ -265,14 +265,8 @@ class _Split:
         remembered = self._picked.get((id(value), exited))
         if remembered is not None and remembered[0] is value:
             return remembered[1]
-        if isinstance(value, torch.Tensor):
-            if value.dim() == 0 or value.shape[0] != self.n_rows:
-                return value
-            picked = value.index_select(0, self.exited if exited else self.climbing)
-        elif isinstance(value, (tuple, list)):
-            picked = type(value)(self.pick(item, exited) for item in value)
-        else:
-            return value
+        rows = self.exited if exited else self.climbing
+        picked = _per_row(value, self.n_rows, lambda tensor: tensor.index_select(0, rows))
         self._picked[(id(value), exited)] = (value, picked)  # holding ``value`` keeps its id unique
         return picked
 
@@ -305,6 +299,15 @@ def _with_cache(value: object, cache: object, stand_in: object) -> object:
     if isinstance(value, (tuple, list)):
         return type(value)(_with_cache(item, cache, stand_in) for item in value)
     return value
+
+
+def _call_with_cache(inner, hidden, args: tuple, kwargs: dict, cache: object, stand_in: object):
+    """The layer ``inner`` on ``hidden``, its cache argument replaced by ``stand_in``."""
+    return inner(
+        hidden,
+        *_with_cache(args, cache, stand_in),
+        **{key: _with_cache(value, cache, stand_in) for key, value in kwargs.items()},
+    )
 
 
 class _Router:
@@ -362,10 +365,9 @@ class _Router:
             return hidden  # every row keeps its frozen state
         stand_in = _MergedWrite(self.cache, split, exited)
         climbing_hidden = split.pick(hidden)
-        out = inner(
-            climbing_hidden,
-            *_with_cache(split.pick(args), self.cache, stand_in),
-            **{key: _with_cache(split.pick(value), self.cache, stand_in) for key, value in kwargs.items()},
+        climbing_kwargs = {key: split.pick(value) for key, value in kwargs.items()}
+        out = _call_with_cache(
+            inner, climbing_hidden, split.pick(args), climbing_kwargs, self.cache, stand_in
         )
         after = hidden_of(out)
         climb.observe(layers, split, climbing_hidden[:, -1, :], after[:, -1, :])
@@ -383,7 +385,7 @@ class _Router:
         n_climbing = _count_climbing(done)
         if n_climbing == done.shape[0]:
             return None
-        if self.split is None or self.split.n_climbing != n_climbing or self.split.n_rows != done.shape[0]:
+        if self.split is None or self.split.n_climbing != n_climbing:
             self.split = _Split(done, n_climbing)  # rows only ever exit within a step: same count, same rows
         return self.split
 
@@ -419,11 +421,7 @@ class _Router:
         picked_args = args if everyone else split.pick(args, exited=True)
         picked_kwargs = kwargs if everyone else {k: split.pick(v, exited=True) for k, v in kwargs.items()}
         try:
-            inner(
-                frozen,
-                *_with_cache(picked_args, self.cache, stand_in),
-                **{key: _with_cache(value, self.cache, stand_in) for key, value in picked_kwargs.items()},
-            )
+            _call_with_cache(inner, frozen, picked_args, picked_kwargs, self.cache, stand_in)
         except _KeysValuesReady as ready:
             return ready.written
         raise RuntimeError("the decoder layer finished without writing its keys and values to the cache")
@@ -436,12 +434,18 @@ def _count_climbing(done: torch.Tensor) -> int:
 
 def _prefix_rows(value: object, batch: int, rows: int) -> object:
     """Every per-row tensor (dim 0 == batch) in ``value`` cut to its first ``rows`` rows (a view)."""
+    return _per_row(value, batch, lambda tensor: tensor[:rows])
+
+
+def _per_row(value: object, batch: int, cut) -> object:
+    """``value`` (a layer's argument, or nested tuples, lists and dicts of them) with every per-row
+    tensor (dim 0 == batch) replaced by ``cut(tensor)``; anything else as it is."""
     if isinstance(value, torch.Tensor):
-        return value if value.dim() == 0 or value.shape[0] != batch else value[:rows]
+        return value if value.dim() == 0 or value.shape[0] != batch else cut(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_prefix_rows(item, batch, rows) for item in value)
+        return type(value)(_per_row(item, batch, cut) for item in value)
     if isinstance(value, dict):
-        return {key: _prefix_rows(item, batch, rows) for key, item in value.items()}
+        return {key: _per_row(item, batch, cut) for key, item in value.items()}
     return value
 
 

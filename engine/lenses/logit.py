@@ -127,9 +127,8 @@ def _whole_word_first_token(tokenizer, text: str, special: set[int]) -> int | No
 
 def lens_probabilities(loaded: LoadedModel, residuals: torch.Tensor) -> torch.Tensor:
     """Softmax of final norm + LM head on residual vectors [..., hidden] → float32 [..., vocab]."""
-    parameter = next(loaded.model.parameters())
-    with loaded.lock, torch.inference_mode():
-        hidden = residuals.to(device=parameter.device, dtype=parameter.dtype)
+    with loaded.lock, torch.inference_mode():  # logits_from_hidden gives the states the head's dtype
+        hidden = residuals.to(loaded.device)
         return torch.softmax(loaded.logits_from_hidden(hidden).float(), dim=-1).cpu()
 
 
