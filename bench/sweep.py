@@ -8,7 +8,9 @@ gives a fair ratio. Baselines:
   padding).
 The completions must be identical. ``--early-exit`` adds per-token exit (confidence and saturation
 rules, raw head) against the static full-depth batch: tokens/s ratio, counted compute fraction c and
-the realisation (ratio × c), whole runs and decoding steps only (the full-depth prefill taken out).
+the realisation (ratio × c), whole runs and decoding steps only (the full-depth prefill taken out),
+and the ceiling a loop with no routing or scoring overhead would reach for the same exits on this
+machine, from per-step costs measured here (``bench/exit_ceiling.py``).
 
 Timing is robust on a shared machine: one warm-up call each, then ``--rounds`` interleaved rounds
 (A B C … A B C …) and the median ratio with its min–max over the rounds.
@@ -25,8 +27,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from exit_ceiling import ceiling, compute_fractions, measure_costs, rows_per_layer, step_exits  # noqa: E402
+from timing import interleaved, spread  # noqa: E402
 
 from engine.depths import DEFAULT_DEPTHS, layers_from_percent  # noqa: E402
 from engine.generation import encode_prompts, generate, left_pad  # noqa: E402
@@ -138,23 +140,12 @@ EXIT_CASES = [("confidence", 0.5, 4), ("confidence", 0.9, 4), ("saturation", 0.9
 EXIT_CASES_7B = [("confidence", 0.5, 4), ("saturation", 0.9, 16), ("saturation", 0.9, 24)]
 
 
-def spread(values: list[float]) -> str:
-    """Median with its min–max over the rounds."""
-    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
-
-
-def interleaved(
-    contenders: dict[str, Callable[[], object]], rounds: int, warm_up: bool = True
-) -> dict[str, list[float]]:
-    """Seconds per round of each contender, run A B C A B C … (after one warm-up call each unless the
-    caller already ran them), so a load change on a shared machine hits every contender alike."""
-    for run in contenders.values() if warm_up else ():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, run in contenders.items():
-            seconds[name].append(timed(run)[1])
-    return seconds
+def row_counts(n_rows: int) -> list[int]:
+    """Batch sizes the per-step costs are measured at: from one row to the bench's own (a step's layers
+    above the first exits run on anything from a few rows to all of them)."""
+    return sorted(
+        {max(1, round(n_rows * share)) for share in (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)}
+    )
 
 
 def early_exit_case(
@@ -166,10 +157,21 @@ def early_exit_case(
 
     Also the same with the prompt's prefill taken out (each contender's time minus its own 1-token run
     in the same round): every rule runs the prompt at full depth, so that share of the wall time can
-    never shrink, and the decode-only figures show what the loop itself realises."""
+    never shrink, and the decode-only figures show what the loop itself realises.
+
+    Then the ceiling for the same exits (``exit_ceiling``): what this machine's measured layer and
+    keys/values costs allow at best, and the share of it the loop realises."""
     n_layers, n_rows = loaded.n_layers, len(prompts)
     first_only = replace(params, max_new_tokens=1)
+    counts = row_counts(n_rows)
+    costs = None  # a per-row cost needs two batch sizes, a per-step cost two tokens
+    if len(counts) > 1 and params.max_new_tokens > 1:
+        costs = measure_costs(loaded, bench_prompts, params, rounds, counts)
+        print(f"measured per-step costs (static truncation, EOS off, interleaved): {costs.describe()}")
+    else:
+        print("no ceiling: measuring per-step costs needs at least 2 prompts and 2 new tokens")
     full = generate(loaded, prompts, [n_layers], params)
+    static_exits = [[n_layers] * len(c.token_ids) for c in full]
     full_tokens = sum(len(c.token_ids) for c in full)
     generate(loaded, prompts, [n_layers], first_only)
     for policy, threshold, min_layers in cases:
@@ -177,9 +179,8 @@ def early_exit_case(
         done = generate(loaded, prompts, [], exit_params)
         generate(loaded, prompts, [], replace(exit_params, max_new_tokens=1))
         tokens = sum(len(c.token_ids) for c in done)
-        c = sum(sum(x.exit_layers) for x in done) / max(1, tokens) / n_layers
-        later = [k for x in done for k in x.exit_layers[1:]]  # tokens after the first (decoding steps)
-        c_later = sum(later) / max(1, len(later)) / n_layers
+        exits = [list(x.exit_layers) for x in done]
+        c, c_later = compute_fractions(exits, n_layers)  # every token; the decoding steps' tokens
         seconds = interleaved(
             {
                 "static": lambda: generate(loaded, prompts, [n_layers], params),
@@ -210,16 +211,18 @@ def early_exit_case(
             f"c = {c_later:.2f}; tokens/s vs static {spread(decode_ratios)}; "
             f"realisation {spread([r * c_later for r in decode_ratios])}"
         )
-
-
-def timed(func: Callable, *args, **kwargs):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    began = time.perf_counter()
-    result = func(*args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - began
+        if costs is None or not any(len(e) > 1 for e in exits):
+            continue
+        best, best_decoding = ceiling(
+            exits, static_exits, n_layers, costs, statistics.median(seconds["static first"])
+        )
+        running = " ".join(f"{r:.1f}" for r in rows_per_layer(step_exits(exits), n_layers))
+        realised = statistics.median([r * c for r in ratios])
+        print(
+            f"  ceiling (a loop with no routing or scoring overhead, these exits, the costs above): "
+            f"realisation {best:.2f}, decoding steps only {best_decoding:.2f}; the loop realises "
+            f"{realised / best:.2f} of it; rows running layer 1..{n_layers} per step (mean): {running}"
+        )
 
 
 def main() -> int:

@@ -206,10 +206,11 @@ class _Climb:
 
 # A dynamic step splits the batch at a layer (climbing rows run it, exited rows only write keys and
 # values) once at most this share of its rows still climbs; above it the whole batch runs the layer.
-# Measured on the CPU preset (bench/sweep.py): a decoder layer costs about 240 µs + 23 µs per row at
-# hidden 256, keys/values alone 70 µs + 4 µs per row, a split adds about 20 small operations, so two
-# passes pay off only below about half the rows. Where a layer's cost hardly depends on its rows (a
-# large model on a GPU, weight reads dominating), only layers every row has left gain much.
+# Measured on the CPU preset (bench/sweep.py --early-exit prints these costs): a decoder layer costs
+# about 650 µs + 25 µs per row at hidden 256, keys/values alone about 140 µs + 10 µs per row, and a
+# split adds about 20 small operations, so two passes pay off only below about half the rows. Where a
+# layer's cost hardly depends on its rows (a large model on a GPU, weight reads dominating), only
+# layers every row has left gain much.
 SPLIT_BELOW = 0.5
 
 
