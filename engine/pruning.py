@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.decoding.capture import captured_residuals
 from engine.decoding.prompts import fit_prompts, left_pad, position_ids_for
 from engine.depths import PRUNE_CRITERIA
 from engine.errors import UserInputError
@@ -43,21 +44,7 @@ class LayerScores:
 
 def _residuals(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     """h_0..h_L at every real token, float32 [tokens, hidden] each."""
-    found: dict[int, torch.Tensor] = {}
-
-    def hook_for(layer: int):
-        def after(_module, args, kwargs, output):
-            if layer == 1:
-                found[0] = args[0] if args else kwargs["hidden_states"]
-            found[layer] = output[0] if isinstance(output, tuple) else output
-
-        return after
-
-    handles = [
-        block.register_forward_hook(hook_for(index + 1), with_kwargs=True)
-        for index, block in enumerate(loaded.layers)
-    ]
-    try:
+    with captured_residuals(loaded, positions=None) as found:
         loaded.model(
             input_ids=ids,
             attention_mask=mask,
@@ -65,9 +52,6 @@ def _residuals(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> li
             use_cache=False,
             logits_to_keep=1,
         )
-    finally:
-        for handle in handles:
-            handle.remove()
     real = mask.bool()
     return [found[i][real].float() for i in range(loaded.n_layers + 1)]
 
