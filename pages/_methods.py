@@ -48,7 +48,8 @@ def show_methods(rows: list[report.AsrRow], prompt_set: str, key: str = "methods
         "Compute used: decoder-layer passes per generated token ÷ the model's layers. Truncation at k and "
         "block removal keeping k layers: k ÷ L; early exit: the mean exit layer ÷ L; self-speculative "
         "decoding: the draft's and the verification's passes, which exceed one full pass (its answers are "
-        "the full model's). Markers: circle truncation, square block removal, diamond early exit, star "
+        "the full model's). Counted, not timed: an exited token still writes keys and values in later "
+        "layers. Markers: circle truncation, square block removal, diamond early exit, star "
         "self-speculative; filled and solid: harmful answered (n harmful prompts in the hover); open and "
         "dashed: harmless requests refused (n benign prompts)."
     )

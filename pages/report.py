@@ -384,8 +384,9 @@ def show_compute(rows: list[report.AsrRow], prompt_set: str) -> None:
         "layer count (static truncation at k: k ÷ L). Solid: harmful answered (ASR, n harmful prompts per "
         "point, in the hover); dashed: harmless requests refused (n benign prompts). Markers: circle static, "
         "diamond confidence, square saturation; dotted lines read the state through the tuned lens. The "
-        "skipped layers still run here (they compute keys and values for later tokens), so the saving is "
-        "counted, not timed."
+        "saving is counted, not timed: an exited token still writes its keys and values in every later "
+        "layer (later tokens attend to them) and the prompt always runs at full depth, so wall time "
+        "falls by less; the README's benchmark measures how much."
     )
 
 

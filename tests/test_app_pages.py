@@ -955,6 +955,9 @@ def test_report_plots_asr_against_compute_used(exits_seeded, tiny_tokenizer):
     lines = [str(m.value) for m in at.markdown if "compute saved or more" in str(m.value)]
     assert len(lines) == 1, lines  # the other model has no early-exit rows, so no line
     assert "keeps refusals on 0 of 4 harmful prompts" in lines[0] and "0 of 4 benign" in lines[0]
+    captions = [str(c.value) for c in at.caption if "Compute used: the mean layer" in str(c.value)]
+    assert len(captions) == 1 and "counted, not timed" in captions[0]  # not read as a speed-up
+    assert "keys and values" in captions[0] and "full depth" in captions[0]  # why wall time falls by less
 
     assert not at.exception
 
