@@ -18,6 +18,7 @@ from engine.types import GenerationParams
 # The seed-0 build whose figures the README quotes (weights hash). Built on another CPU, the same seed
 # gives other weights, whose over-refusal of unseen benign prompts differs.
 README_BUILD = "3a1bd96d2028d924"
+NOT_AS_BUILT = "not as built: "  # how verify names a broken promise, one per line
 BENIGN_REFUSED = re.compile(r"demo, [78] of 8 layers: [12] of 12 benign prompts refused, expected 0")
 SAVED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md")
 
@@ -268,8 +269,10 @@ def test_full_build_verifies_on_every_depth(tmp_path, monkeypatch, capsys):
     out = demo_model.build_demo_model(tmp_path / "depthscope-demo", seed=0)
     monkeypatch.setattr(modelfiles, "DEMO_MODEL_DIR", out)  # verify it by its embedded name, as users do
     status = main(["demo-model", "verify"])
-    report = json.loads(capsys.readouterr().out)
-    problems = demo_verify.behaviour_problems(report)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    lines = printed.err.splitlines()
+    problems = [line.removeprefix(NOT_AS_BUILT) for line in lines if line.startswith(NOT_AS_BUILT)]
     assert status == (1 if problems else 0)
     if json.loads((out / "build.json").read_text())["weights_sha256_16"] == README_BUILD:
         assert not problems  # the build the README's figures come from keeps every promise
